@@ -1,0 +1,279 @@
+"""The `odp` command: encode, decode, truncate, info.
+
+Diagnostics go to stderr. Exit codes: 0 ok, 1 bad input / corrupt file / missing model
+(one line, no traceback), 2 usage. Outputs are written to a temporary file in the
+target folder and renamed into place, and never replace an existing file without --force.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from .. import __version__
+
+STDIO = "-"
+
+
+class UserError(click.ClickException):
+    """A one-line error that exits with status 1."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        click.echo(f"odp: error: {self.message}", err=True)
+
+
+@contextmanager
+def user_errors(what: str):
+    """Turn the errors a user can cause into one clean line naming `what`."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..codec.weights import ModelNotFound
+    from ..formats.container import FormatError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{what}: is a directory") from None
+    except PermissionError:
+        raise UserError(f"{what}: permission denied") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{what}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{what}: {e}") from None
+    except (FormatError, ModelNotFound, ValueError, RuntimeError, OSError, EOFError) as e:
+        raise UserError(f"{what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except MemoryError:
+        raise UserError(f"{what}: out of memory") from None
+
+
+def _show_warnings(caught: list[warnings.WarningMessage], what: str, quiet: bool) -> None:
+    from ..codec.pipeline import OdpWarning
+
+    for w in caught:
+        if issubclass(w.category, OdpWarning) and not quiet:
+            click.echo(f"odp: warning: {what}: {w.message}", err=True)
+
+
+def read_input(path: str) -> bytes:
+    if path == STDIO:
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()
+
+
+def write_output(path: str, data: bytes | None, force: bool, save=None) -> None:
+    """Write atomically: a temp file beside the target, then rename. `save(f)` may write instead of data."""
+    if path == STDIO:
+        if data is None:
+            buf = io.BytesIO()
+            save(buf)
+            data = buf.getvalue()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    if target.exists() and not force:
+        raise UserError(f"{path}: already exists (use --force to overwrite)")
+    if not target.parent.is_dir():
+        raise UserError(f"{path}: folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        with os.fdopen(fd, "wb") as f:
+            if data is not None:
+                f.write(data)
+            else:
+                save(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if not force and target.exists():  # appeared while we worked
+            raise UserError(f"{path}: already exists (use --force to overwrite)")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="odp")
+def main() -> None:
+    """ODP: a learned image codec whose quality is chosen after encoding, by cutting the file shorter."""
+
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where the neural network runs; the file is the same either way.")
+force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No warnings or progress, only errors.")
+
+
+def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
+    if src == STDIO and output is None:
+        return STDIO
+    if many:
+        folder = Path(output) if output else None
+        name = Path(src).with_suffix(suffix).name
+        return str(folder / name) if folder else str(Path(src).with_suffix(suffix))
+    return output or str(Path(src).with_suffix(suffix))
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", help="Output file; with several inputs, an output folder. '-' is stdout.")
+@click.option("-t", "--tokens", type=click.IntRange(1, 4096), help="Tokens kept per 256x256 tile (default: all).")
+@click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Largest file that fits this many bytes.")
+@click.option("--bpp", type=click.FloatRange(min=0, min_open=True), help="Largest file within this many bits per pixel.")
+@device_option
+@force_option
+@quiet_option
+@click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
+def encode(inputs, output, tokens, max_bytes, bpp, device, force, quiet, verbose):
+    """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
+    if sum(x is not None for x in (tokens, max_bytes, bpp)) > 1:
+        raise click.UsageError("give at most one of --tokens, --bytes, --bpp")
+    many = len(inputs) > 1
+    if many and output == STDIO:
+        raise click.UsageError("several inputs cannot all go to stdout")
+    if many and output and not Path(output).is_dir():
+        raise UserError(f"{output}: with several inputs, -o must be an existing folder")
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..codec import pipeline, weights
+
+    with user_errors("model"):
+        model = weights.load()
+    failed = 0
+    bar = tqdm(inputs, unit="image", disable=quiet or not many, file=sys.stderr)
+    for src in bar:
+        try:
+            dst = _out_path(src, output, many, ".odp")
+            if dst != STDIO and Path(dst).exists() and not force:
+                raise UserError(f"{dst}: already exists (use --force to overwrite)")
+            with user_errors(src), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                im = Image.open(io.BytesIO(read_input(src)))
+                budget = max_bytes
+                if bpp is not None:
+                    budget = int(bpp * im.width * im.height / 8)
+                data = pipeline.encode(im, tokens=tokens, max_bytes=budget, model=model, device=device)
+            _show_warnings(caught, src, quiet)
+            write_output(dst, data, force)
+            if verbose:
+                w, h = im.size
+                click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp", err=True)
+        except UserError as e:
+            if not many:
+                raise
+            failed += 1
+            bar.write(f"odp: error: {e.message}", file=sys.stderr)
+    if failed:
+        raise UserError(f"{failed} of {len(inputs)} inputs failed")
+
+
+@main.command()
+@click.argument("input")
+@click.option("-o", "--output", help="Output image (format from the extension; default IN.png). '-' is PNG on stdout.")
+@click.option("-t", "--tokens", type=click.IntRange(1, 4096), help="Decode only the first N tokens per tile.")
+@device_option
+@force_option
+@quiet_option
+def decode(input, output, tokens, device, force, quiet):
+    """Decode an .odp file to PNG or any format Pillow writes."""
+    from PIL import Image
+
+    from ..codec import pipeline
+
+    dst = output or (STDIO if input == STDIO else str(Path(input).with_suffix(".png")))
+    fmt = "PNG"
+    if dst != STDIO:
+        ext = Path(dst).suffix.lower()
+        Image.init()
+        fmt = Image.EXTENSION.get(ext)
+        if fmt is None:
+            raise UserError(f"{dst}: unknown image extension '{ext}'")
+        if Path(dst).exists() and not force:
+            raise UserError(f"{dst}: already exists (use --force to overwrite)")
+    with user_errors(input), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        im = pipeline.decode(read_input(input), tokens=tokens, device=device)
+    _show_warnings(caught, input, quiet)
+    extra = {k: v for k, v in (("icc_profile", im.info.get("icc_profile")), ("exif", im.info.get("exif"))) if v}
+    with user_errors(dst):
+        write_output(dst, None, force, save=lambda f: im.save(f, format=fmt, **extra))
+
+
+@main.command()
+@click.argument("input")
+@click.option("-o", "--output", required=True, help="Output .odp file ('-' for stdout).")
+@click.option("-t", "--tokens", type=click.IntRange(1, 4096), help="Keep the first N tokens per tile.")
+@click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Keep as many tokens as fit this many bytes.")
+@force_option
+@quiet_option
+def truncate(input, output, tokens, max_bytes, force, quiet):
+    """Make a smaller .odp file from a larger one, without running the model."""
+    if (tokens is None) == (max_bytes is None):
+        raise click.UsageError("give exactly one of --tokens or --bytes")
+    from ..codec import pipeline
+
+    with user_errors(input), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = pipeline.truncate(read_input(input), tokens=tokens, max_bytes=max_bytes)
+    _show_warnings(caught, input, quiet)
+    write_output(output, data, force)
+
+
+@main.command()
+@click.argument("input")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(input, as_json):
+    """Show what an .odp file holds: size, model, tokens, bits per token."""
+    from ..codec import pipeline
+
+    with user_errors(input), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = read_input(input)
+        c, model, toks = pipeline.read_tokens(data)
+    h = c.header
+    n_tokens = toks.size
+    payload = sum(len(ch) for ch in c.chunks)
+    d = {
+        "file_bytes": len(data), "width": h.width, "height": h.height, "tile": h.tile,
+        "tiles": f"{h.cols}x{h.rows}", "tokens_per_tile": c.kept, "model_tokens_per_tile": h.tokens,
+        "complete": c.complete, "model": h.model_name, "weights_sha256": h.weights_hash.hex(),
+        "entropy_model": h.entropy_model, "chunks": len(c.chunks), "chunk_tokens": h.chunk_tokens,
+        "payload_bytes": payload, "bpp": round(len(data) * 8 / (h.width * h.height), 5),
+        "bits_per_token": round(payload * 8 / n_tokens, 3),
+        "raw_bits_per_token": round(math.log2(model.config.codebook_size), 3),
+        "icc_profile_bytes": len(h.icc), "exif_bytes": len(h.exif),
+    }
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    _show_warnings(caught, input, False)
+    click.echo(f"{input}: ODP image {h.width}x{h.height}, {h.cols}x{h.rows} tiles of {h.tile}px")
+    click.echo(f"  tokens:   {c.kept} of {h.tokens} per tile{'' if c.complete else ' (file cut short)'}")
+    click.echo(f"  size:     {len(data)} bytes, {d['bpp']} bpp")
+    click.echo(f"  entropy:  {d['bits_per_token']} bits/token ({h.entropy_model}; raw ids: {d['raw_bits_per_token']})")
+    click.echo(f"  model:    {h.model_name} sha256 {h.weights_hash.hex()[:16]}")
+    click.echo(f"  chunks:   {len(c.chunks)} of {h.chunk_tokens} token positions each")
+    if h.icc or h.exif:
+        click.echo(f"  metadata: ICC {len(h.icc)} bytes, EXIF {len(h.exif)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Turn a training run into shippable weights: EMA tokenizer + per-position entropy tables.
+
+    python -m odp.codec.export --run runs/small --name odp-small-v1 --tiles 3000
+
+Token statistics come from random crops of the training photos (same sampler as
+training); the smoothing strength is picked by code length on the held-out training
+photos. Never looks at data/eval.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..entropy.models import PositionTables
+from .model import ModelConfig, Tokenizer
+from .train import CropSampler, list_photos
+from .weights import WEIGHTS_DIR, save_weights
+
+
+@torch.inference_mode()
+def collect_tokens(tok: Tokenizer, sampler: CropSampler, n: int, batch: int = 16) -> np.ndarray:
+    out = []
+    for i in range(0, n, batch):
+        out.append(tok.encode(sampler.batch(min(batch, n - i))).numpy())
+        print(f"\r  tokens for {i + len(out[-1])}/{n} tiles", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return np.concatenate(out)
+
+
+def count(tokens: np.ndarray, alphabet: int) -> np.ndarray:
+    counts = np.zeros((tokens.shape[1], alphabet), np.int64)
+    for j in range(tokens.shape[1]):
+        counts[j] = np.bincount(tokens[:, j], minlength=alphabet)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--tiles", type=int, default=3000, help="training crops to estimate the tables from")
+    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    args = ap.parse_args(argv)
+
+    run = Path(args.run)
+    state = json.loads((run / "state.json").read_text())
+    cfg = state["config"]
+    mc, tc = ModelConfig.from_dict(cfg["model"]), cfg["train"]
+    tok = Tokenizer(mc)
+    t = load_file(str(run / "ckpt.safetensors"))
+    tok.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    # ship what is decoded: round-trip through fp16 before measuring anything
+    tok.load_state_dict({k: v.half().float() for k, v in tok.state_dict().items()})
+    tok.eval()
+
+    files = list_photos(tc["data"])
+    held = files[:: tc["holdout_every"]]
+    train_files = [f for f in files if f not in held]
+    train_tokens = collect_tokens(tok, CropSampler(train_files, tc["areas_mp"], mc.tile, seed=99), args.tiles)
+    held_tokens = collect_tokens(tok, CropSampler(held, tc["areas_mp"], mc.tile, seed=98), max(64, args.tiles // 10))
+    counts = count(train_tokens, mc.codebook_size)
+
+    best = None
+    for w in (64, 256, 1024, 4096, 16384):
+        tables = PositionTables.from_counts(counts, prior_weight=w)
+        bpt = tables.bits(held_tokens) / held_tokens.size
+        print(f"  prior weight {w}: {bpt:.3f} bits/token on held-out crops", file=sys.stderr)
+        if best is None or bpt < best[0]:
+            best = (bpt, w, tables)
+    bpt, w, tables = best
+    path = Path(args.out) / f"{args.name}.safetensors"
+    digest = save_weights(path, args.name, tok, tables)
+    summary = {"name": args.name, "sha256": digest.hex(), "step": state["step"], "table_tiles": args.tiles,
+               "prior_weight": w, "heldout_bits_per_token": round(bpt, 4)}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

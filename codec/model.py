@@ -1,0 +1,190 @@
+"""The ODP tokenizer: one 256x256 tile <-> an ordered sequence of discrete tokens.
+
+A TiTok / One-D-Piece style 1D tokenizer. The encoder is a transformer over
+[image patches + K learned latent tokens]; the latent outputs are quantised with
+FSQ into ids of a 4096-code alphabet. The decoder is a transformer over
+[one learned query per patch + the first k tokens] followed by a convolutional
+upsampling head. Training drops a random tail of the tokens (`keep` below), so
+every prefix of the sequence decodes to a sensible tile.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    tile: int = 256            # pixels per tile side
+    patch: int = 16            # pixels per patch side (tile/patch = grid side)
+    tokens: int = 256          # K, tokens per tile
+    width: int = 256           # transformer width
+    enc_layers: int = 4
+    dec_layers: int = 4
+    heads: int = 4
+    levels: tuple[int, ...] = (8, 8, 8, 8)       # FSQ levels -> 8**4 = 4096 codes
+    head_channels: tuple[int, ...] = (128, 64, 32, 16)  # conv head, one stage per 2x
+
+    @property
+    def grid(self) -> int:
+        return self.tile // self.patch
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["levels"] = tuple(d["levels"])
+        d["head_channels"] = tuple(d["head_channels"])
+        return cls(**d)
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantisation: each of len(levels) dims is rounded to one of L values.
+
+    Chosen over a learned VQ codebook because it has no codebook to collapse, needs no
+    commitment loss or dead-code re-seeding, and trains stably from the first step,
+    which matters for short CPU training runs.
+    """
+
+    def __init__(self, levels: tuple[int, ...]):
+        super().__init__()
+        lv = torch.tensor(levels, dtype=torch.long)
+        basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), lv[:-1]]), 0)
+        self.register_buffer("levels", lv, persistent=False)
+        self.register_buffer("basis", basis, persistent=False)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (..., D) -> (values in [-1, 1] with straight-through gradient, ids (...))."""
+        lv = self.levels.to(z.dtype)
+        x = torch.sigmoid(z.float()) * lv - 0.5          # in (-0.5, L-0.5)
+        q = x + (torch.round(x) - x).detach()             # straight-through rounding
+        ids = (torch.round(x).long().clamp_min(0) * self.basis).sum(-1)
+        return self.digits_to_values(q), ids
+
+    def digits_to_values(self, digits: torch.Tensor) -> torch.Tensor:
+        return digits / (self.levels - 1) * 2 - 1
+
+    def ids_to_values(self, ids: torch.Tensor) -> torch.Tensor:
+        digits = (ids.unsqueeze(-1) // self.basis) % self.levels
+        return self.digits_to_values(digits.float())
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, c))
+        return x + self.mlp(self.norm2(x))
+
+
+class UpHead(nn.Module):
+    """Convolutional upsampling head: (B, width, g, g) -> (B, 3, tile, tile)."""
+
+    def __init__(self, width: int, channels: tuple[int, ...], patch: int):
+        super().__init__()
+        assert 2 ** len(channels) == patch, "one 2x stage per factor of two in the patch size"
+        layers: list[nn.Module] = [nn.Conv2d(width, channels[0], 3, padding=1)]
+        prev = channels[0]
+        for ch in channels:
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(prev, ch, 3, padding=1), nn.GELU(),
+                nn.Conv2d(ch, ch, 3, padding=1), nn.GELU(),
+            ]
+            prev = ch
+        layers.append(nn.Conv2d(prev, 3, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Tokenizer(nn.Module):
+    """Tiles in [-1, 1] (B, 3, T, T) <-> token ids (B, K) in [0, codebook_size)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        w, n, k = cfg.width, cfg.grid ** 2, cfg.tokens
+        dim = len(cfg.levels)
+        # encoder
+        self.patch_embed = nn.Conv2d(3, w, cfg.patch, stride=cfg.patch)
+        self.enc_patch_pos = nn.Parameter(torch.randn(1, n, w) * 0.02)
+        self.enc_latents = nn.Parameter(torch.randn(1, k, w) * 0.02)
+        self.enc_blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.enc_layers))
+        self.enc_norm = nn.LayerNorm(w)
+        self.to_code = nn.Linear(w, dim)
+        self.fsq = FSQ(cfg.levels)
+        # decoder
+        self.from_code = nn.Linear(dim, w)
+        self.dec_latent_pos = nn.Parameter(torch.randn(1, k, w) * 0.02)
+        self.dec_queries = nn.Parameter(torch.randn(1, n, w) * 0.02)
+        self.dec_blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.LayerNorm(w)
+        self.head = UpHead(w, cfg.head_channels, cfg.patch)
+
+    # -- encoder ---------------------------------------------------------
+    def encode_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiles -> (quantised code values (B, K, D), ids (B, K))."""
+        b, n = x.shape[0], self.cfg.grid ** 2
+        p = self.patch_embed(x).flatten(2).transpose(1, 2) + self.enc_patch_pos
+        h = torch.cat([p, self.enc_latents.expand(b, -1, -1)], 1)
+        for blk in self.enc_blocks:
+            h = blk(h)
+        z = self.to_code(self.enc_norm(h[:, n:]))
+        return self.fsq(z)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_values(x)[1]
+
+    # -- decoder ---------------------------------------------------------
+    def decode_values(self, values: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Code values (B, k, D) of positions 0..k-1 -> tiles (B, 3, T, T).
+
+        keep (B,) optionally keeps only the first keep[i] tokens of row i (tail drop);
+        dropped tokens are masked out of attention, equivalent to passing fewer tokens.
+        """
+        b, k = values.shape[:2]
+        n, g = self.cfg.grid ** 2, self.cfg.grid
+        lat = self.from_code(values) + self.dec_latent_pos[:, :k]
+        h = torch.cat([self.dec_queries.expand(b, -1, -1), lat], 1)
+        mask = None
+        if keep is not None:
+            visible = torch.arange(n + k, device=values.device)[None] < (n + keep)[:, None]
+            mask = visible[:, None, None, :]
+        for blk in self.dec_blocks:
+            h = blk(h, mask)
+        h = self.dec_norm(h[:, :n]).transpose(1, 2).reshape(b, -1, g, g)
+        return self.head(h)
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, k) with 1 <= k <= K -> tiles in [-1, 1]."""
+        return self.decode_values(self.fsq.ids_to_values(ids)).clamp(-1, 1)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        values, ids = self.encode_values(x)
+        return self.decode_values(values, keep), ids

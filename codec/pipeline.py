@@ -1,0 +1,192 @@
+"""Photo <-> .odp bytes: input normalisation, tiling, the model, entropy coding, the container."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..entropy import coder
+from ..formats import container
+from ..formats.container import Container, FormatError, Header
+from . import tiling, weights
+from .weights import Model
+
+CHUNK_TOKENS = 8  # token positions per payload chunk: the granularity of a cut file
+
+
+class OdpWarning(UserWarning):
+    """Something the user should hear about, but not an error (alpha dropped, file cut short)."""
+
+
+@dataclass
+class Prepared:
+    pixels: np.ndarray   # (H, W, 3) uint8 sRGB-or-as-tagged
+    icc: bytes
+    exif: bytes
+
+
+def prepare(im: Image.Image) -> Prepared:
+    """Any Pillow image -> 8-bit RGB pixels, EXIF orientation applied, ICC/EXIF kept.
+
+    Alpha is not coded: transparent images are flattened onto white, with a warning.
+    16/32-bit greyscale is scaled to 8 bits rather than clipped.
+    """
+    im.seek(0) if getattr(im, "n_frames", 1) > 1 else None
+    icc = im.info.get("icc_profile") or b""
+    im = ImageOps.exif_transpose(im)
+    exif = im.getexif()
+    exif.pop(0x0112, None)  # orientation is now applied to the pixels
+    exif_bytes = exif.tobytes() if len(exif) else b""
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(a * 255.0 / top), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            warnings.warn("alpha channel dropped: transparent pixels were flattened onto white", OdpWarning)
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        im = flat
+    pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return Prepared(np.ascontiguousarray(pixels), icc, exif_bytes)
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device '{device}' (use auto, cpu or cuda)")
+    return device
+
+
+def default_batch(device: str) -> int:
+    return 64 if device == "cuda" else 4
+
+
+@torch.inference_mode()
+def image_to_tokens(pixels: np.ndarray, model: Model, device: str, batch: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> tokens (tiles, K) int32, tile by tile in batches."""
+    tok = model.tokenizer.to(device)
+    out = []
+    for tiles in tiling.iter_tile_batches(pixels, model.config.tile, batch):
+        x = torch.from_numpy(tiles).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        out.append(tok.encode(x).cpu().numpy().astype(np.int32))
+    return np.concatenate(out)
+
+
+@torch.inference_mode()
+def tokens_to_image(tokens: np.ndarray, width: int, height: int, model: Model, device: str, batch: int) -> np.ndarray:
+    """tokens (tiles, k) -> (H, W, 3) uint8."""
+    tok = model.tokenizer.to(device)
+    canvas = np.empty((height, width, 3), np.uint8)
+    for i in range(0, len(tokens), batch):
+        ids = torch.from_numpy(tokens[i:i + batch].astype(np.int64)).to(device)
+        y = tok.decode(ids)
+        tiles = torch.round((y + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        tiling.place_tiles(canvas, tiles, i, model.config.tile)
+    return canvas
+
+
+def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes = b"", exif: bytes = b"") -> bytes:
+    """Tokens (tiles, kept) -> .odp bytes."""
+    h = Header(width, height, model.config.tile, model.config.tokens, tokens.shape[1], CHUNK_TOKENS,
+               model.name, model.sha256, model.entropy_model, icc, exif)
+    return container.write(Container(h, coder.encode_tokens(tokens, CHUNK_TOKENS, model.tables)))
+
+
+def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None,
+           model: Model | None = None, device: str = "auto", batch: int | None = None) -> bytes:
+    """Encode a Pillow image to .odp bytes, keeping `tokens` per tile or fitting `max_bytes`."""
+    model = model or weights.load()
+    dev = pick_device(device)
+    p = prepare(im)
+    toks = image_to_tokens(p.pixels, model, dev, batch or default_batch(dev))
+    data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif)
+    if tokens is not None:
+        data = truncate(data, tokens=tokens)
+    if max_bytes is not None:
+        data = truncate(data, max_bytes=max_bytes)
+    return data
+
+
+def open_container(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> tuple[Container, Model]:
+    """Parse bytes and find the model they need; warn when the payload is cut short."""
+    c = container.read(data, max_pixels)
+    h = c.header
+    model = weights.load_by_hash(h.weights_hash, h.model_name)
+    if model.entropy_model != h.entropy_model or model.config.tile != h.tile or model.config.tokens != h.tokens:
+        raise FormatError(f"file header does not match model '{model.name}' (entropy model or tile layout differ)")
+    if not c.complete:
+        if not c.chunks:
+            raise FormatError("file is cut short before its first complete chunk of tokens")
+        warnings.warn(f"file is cut short: decoding the {c.kept} of {h.kept} tokens per tile that arrived whole",
+                      OdpWarning)
+    return c, model
+
+
+def read_tokens(data: bytes, tokens: int | None = None) -> tuple[Container, Model, np.ndarray]:
+    """Entropy-decode the tokens of a file (at most `tokens` per tile); no neural network runs."""
+    c, model = open_container(data)
+    h = c.header
+    k = c.kept if tokens is None else min(max(1, tokens), c.kept)
+    need = -(-k // h.chunk_tokens)
+    try:
+        toks = coder.decode_tokens(c.chunks[:need], h.tiles, h.kept, h.chunk_tokens, model.tables)
+    except (ValueError, RuntimeError) as e:
+        raise FormatError(f"payload does not decode: {e}") from None
+    return c, model, toks[:, :k]
+
+
+def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None) -> Image.Image:
+    """.odp bytes -> Pillow RGB image, using at most `tokens` tokens per tile."""
+    c, model, toks = read_tokens(data, tokens)
+    dev = pick_device(device)
+    h = c.header
+    pixels = tokens_to_image(toks, h.width, h.height, model, dev, batch or default_batch(dev))
+    im = Image.fromarray(pixels, "RGB")
+    if h.icc:
+        im.info["icc_profile"] = h.icc
+    if h.exif:
+        im.info["exif"] = h.exif
+    return im
+
+
+def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None) -> bytes:
+    """A smaller valid file keeping `tokens` per tile, or the most tokens fitting `max_bytes`.
+
+    Whole chunks are cut off the payload; only a partial last chunk is re-coded, by the
+    entropy coder alone (no neural network runs).
+    """
+    c, model, toks = read_tokens(data)
+    h = c.header
+
+    def with_tokens(k: int) -> bytes:
+        return pack(toks[:, :k], h.width, h.height, model, h.icc, h.exif)
+
+    if tokens is not None:
+        if tokens < 1:
+            raise ValueError("--tokens must be at least 1")
+        return with_tokens(min(tokens, toks.shape[1]))
+    if max_bytes is None:
+        return with_tokens(toks.shape[1])
+    lo, hi = 1, toks.shape[1]
+    if len(with_tokens(lo)) > max_bytes:
+        raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {len(with_tokens(1))})")
+    while lo < hi:  # file size grows with k: binary search for the largest k that fits
+        mid = (lo + hi + 1) // 2
+        if len(with_tokens(mid)) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return with_tokens(lo)

@@ -1,0 +1,200 @@
+"""Train the ODP tokenizer: config-driven, resumable, logs JSON lines.
+
+    python -m odp.codec.train --config codec/configs/odp-small.toml --run runs/small
+
+Reads photos from the folders the config names (never from data/eval), takes random
+256x256 crops at several scales with flips, and trains with MSE and tail-token drop
+(each row keeps k ~ U{1..K} tokens). Checkpoints are safetensors plus a JSON state,
+written atomically every `ckpt_every` steps; rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from .model import ModelConfig, Tokenizer
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+
+
+def list_photos(folders: list[str]) -> list[Path]:
+    files = []
+    for folder in folders:
+        files += [p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files)
+
+
+def pyramid(path: Path, areas_mp: list[float], tile: int) -> list[np.ndarray]:
+    """The photo at each target area (never upscaled), as uint8 HxWx3 arrays."""
+    im = Image.open(path)
+    im.draft("RGB", (im.width // 2, im.height // 2)) if max(im.size) > 8000 else None
+    im = im.convert("RGB")
+    w, h = im.size
+    levels = []
+    for area in areas_mp:
+        s = min(1.0, math.sqrt(area * 1e6 / (w * h)))
+        size = (max(tile, round(w * s)), max(tile, round(h * s)))
+        if size[0] > w or size[1] > h:
+            size = (w, h)
+        levels.append(np.asarray(im.resize(size, Image.LANCZOS) if size != (w, h) else im))
+    return [lv for lv in levels if lv.shape[0] >= tile and lv.shape[1] >= tile]
+
+
+class CropSampler:
+    """Random tile-sized crops with flips from an in-memory multi-scale pyramid."""
+
+    def __init__(self, files: list[Path], areas_mp: list[float], tile: int, seed: int):
+        self.tile = tile
+        self.rng = np.random.default_rng(seed)
+        self.images = [lv for f in files for lv in [pyramid(f, areas_mp, tile)] if lv]
+
+    def batch(self, n: int) -> torch.Tensor:
+        out = np.empty((n, self.tile, self.tile, 3), np.uint8)
+        for i in range(n):
+            levels = self.images[self.rng.integers(len(self.images))]
+            a = levels[self.rng.integers(len(levels))]
+            y = self.rng.integers(a.shape[0] - self.tile + 1)
+            x = self.rng.integers(a.shape[1] - self.tile + 1)
+            c = a[y:y + self.tile, x:x + self.tile]
+            out[i] = c[:, ::-1] if self.rng.random() < 0.5 else c
+        return to_model_range(torch.from_numpy(out))
+
+
+def to_model_range(tiles_u8: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    return tiles_u8.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two batches in [-1, 1], over 8-bit-rounded pixels."""
+    qa = torch.round((a.clamp(-1, 1) + 1) * 127.5)
+    qb = torch.round((b.clamp(-1, 1) + 1) * 127.5)
+    mse = F.mse_loss(qa, qb).item()
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
+def lr_at(step: int, tc: dict) -> float:
+    warm, total = tc["warmup_steps"], tc["steps"]
+    if step < warm:
+        return tc["lr"] * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return tc["lr"] * (tc["final_lr_frac"] + (1 - tc["final_lr_frac"]) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def save_checkpoint(run: Path, model: Tokenizer, ema: Tokenizer, opt: torch.optim.Optimizer, step: int, cfg: dict):
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        tensors |= {f"opt.{i}.{k}": v.reshape(-1) if v.dim() == 0 else v for k, v in st.items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    tmp = run / "ckpt.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, run / "ckpt.safetensors")
+    state = {"step": step, "config": cfg, "param_groups": opt.state_dict()["param_groups"]}
+    (run / "state.json.tmp").write_text(json.dumps(state))
+    os.replace(run / "state.json.tmp", run / "state.json")
+
+
+def load_checkpoint(run: Path, model: Tokenizer, ema: Tokenizer, opt: torch.optim.Optimizer) -> int:
+    state = json.loads((run / "state.json").read_text())
+    t = load_file(str(run / "ckpt.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    opt_state: dict = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            opt_state.setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
+    opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    return state["step"]
+
+
+@torch.no_grad()
+def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int]) -> dict:
+    model.eval()
+    values = model.encode_values(tiles)[0]
+    out = {f"psnr@{k}": round(psnr(model.decode_values(values[:, :k]), tiles), 3) for k in ks}
+    model.train()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--run", required=True, help="run folder: checkpoints and log.jsonl")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args(argv)
+
+    cfg = tomllib.loads(Path(args.config).read_text())
+    mc, tc = ModelConfig.from_dict(cfg["model"]), cfg["train"]
+    torch.manual_seed(tc["seed"])
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+
+    files = list_photos(tc["data"])
+    held = files[:: tc["holdout_every"]]
+    train_files = [f for f in files if f not in held]
+    print(f"{len(train_files)} training photos, {len(held)} held out for monitoring", file=sys.stderr)
+    sampler = CropSampler(train_files, tc["areas_mp"], mc.tile, tc["seed"])
+    monitor = CropSampler(held, tc["areas_mp"], mc.tile, seed=1234).batch(tc["monitor_tiles"]).to(device)
+
+    model = Tokenizer(mc).to(device)
+    ema = Tokenizer(mc).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], betas=(0.9, 0.99), weight_decay=tc["weight_decay"])
+    step = load_checkpoint(run, model, ema, opt) if (run / "state.json").exists() else 0
+    if step:
+        print(f"resumed at step {step}", file=sys.stderr)
+        sampler.rng = np.random.default_rng(tc["seed"] + step)
+
+    log = (run / "log.jsonl").open("a")
+    t0, seen = time.time(), 0
+    while step < tc["steps"]:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tc)
+        x = sampler.batch(tc["batch"]).to(device)
+        keep = torch.randint(1, mc.tokens + 1, (x.shape[0],), device=device)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=tc["bf16"]):
+            y, _ = model(x, keep)
+        loss = F.mse_loss(y.float(), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["clip"])
+        opt.step()
+        with torch.no_grad():
+            d = tc["ema"] if step > tc["warmup_steps"] else 0.0
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        step += 1
+        seen += x.shape[0]
+        if step % tc["log_every"] == 0:
+            rec = {"step": step, "loss": round(loss.item(), 5), "grad_norm": round(gn.item(), 3),
+                   "lr": lr_at(step, tc), "tiles_per_s": round(seen / (time.time() - t0), 2)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % tc["ckpt_every"] == 0 or step == tc["steps"]:
+            rec = {"step": step, "eval": "held-out train crops", **evaluate(ema, monitor, tc["monitor_ks"]),
+                   "wall_s": round(time.time() - t0, 1)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), file=sys.stderr)
+            save_checkpoint(run, model, ema, opt, step, cfg)
+
+
+if __name__ == "__main__":
+    main()

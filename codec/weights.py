@@ -1,0 +1,98 @@
+"""Shipped models: safetensors files in package data, named and identified by content hash.
+
+A weights file holds the tokenizer's tensors ("model.*", fp16), the entropy model's
+integer tables ("entropy.freqs") and metadata (name, model config, entropy model id).
+Files record the sha256 of the whole weights file; decoding looks the model up by it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..entropy.models import PositionTables
+from .model import ModelConfig, Tokenizer
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "odp-small-v1"
+
+
+class ModelNotFound(LookupError):
+    """No shipped weights match a name or hash (one-line, user-facing message)."""
+
+
+@dataclass
+class Model:
+    name: str
+    sha256: bytes
+    config: ModelConfig
+    tokenizer: Tokenizer
+    tables: PositionTables
+    entropy_model: str
+
+    def to(self, device: str) -> "Model":
+        self.tokenizer.to(device)
+        return self
+
+
+def file_sha256(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def save_weights(path: Path, name: str, tokenizer: Tokenizer, tables: PositionTables) -> bytes:
+    """Write a shippable weights file (fp16 tensors) and return its sha256."""
+    tensors = {f"model.{k}": v.detach().to(torch.float16).contiguous() for k, v in tokenizer.state_dict().items()}
+    tensors["entropy.freqs"] = torch.from_numpy(tables.freqs.astype("int32"))
+    meta = {"name": name, "config": json.dumps(tokenizer.cfg.to_dict()), "entropy_model": tables.id}
+    save_file(tensors, str(path), metadata=meta)
+    path.chmod(0o644)
+    return file_sha256(path)
+
+
+def _available() -> list[Path]:
+    return sorted(WEIGHTS_DIR.glob("*.safetensors"))
+
+
+@lru_cache(maxsize=4)
+def load_path(path: Path) -> Model:
+    digest = file_sha256(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+    tok = Tokenizer(cfg)
+    tok.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("model.")})
+    tok.eval().requires_grad_(False)
+    tables = PositionTables(tensors["entropy.freqs"].numpy().astype("int64"))
+    return Model(meta["name"], digest, cfg, tok, tables, meta["entropy_model"])
+
+
+def load(name: str = DEFAULT_MODEL) -> Model:
+    """Shipped model by name."""
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in _available()) or "none"
+        raise ModelNotFound(f"model '{name}' is not installed (installed: {known})")
+    return load_path(path)
+
+
+def load_by_hash(sha256: bytes, name_hint: str = "") -> Model:
+    """Shipped model whose weights file has this sha256 (name_hint is tried first)."""
+    candidates = _available()
+    candidates.sort(key=lambda p: p.stem != name_hint)
+    for path in candidates:
+        if file_sha256(path) == sha256:
+            return load_path(path)
+    raise ModelNotFound(
+        f"this file needs model '{name_hint}' with weights {sha256.hex()[:16]}, which is not installed"
+    )

@@ -1,0 +1,72 @@
+"""Probability models for token ids.
+
+A model answers one question: the integer frequency table for token position j.
+Tables are integers that sum to exactly 2**PRECISION_BITS, so the probabilities the
+coder sees are exact binary fractions, identical on every machine; no floating-point
+computation at decode time can change them. A context model can later implement the
+same `table(position)` interface.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PRECISION_BITS = 24
+TOTAL = 1 << PRECISION_BITS
+
+
+class PositionTables:
+    """One frequency table per token position, estimated on training tiles."""
+
+    id = "pos-freq-v1"
+
+    def __init__(self, freqs: np.ndarray):
+        freqs = np.asarray(freqs)
+        if freqs.ndim != 2 or freqs.dtype != np.int64 and freqs.dtype != np.int32:
+            raise ValueError("frequency tables must be a 2-D integer array (positions x codes)")
+        if (freqs <= 0).any() or (freqs.sum(1) != TOTAL).any():
+            raise ValueError(f"every table entry must be positive and each row must sum to 2**{PRECISION_BITS}")
+        self.freqs = freqs.astype(np.int64)
+        # exact: integers below 2**24 divided by a power of two are representable in float64
+        self._probs = self.freqs.astype(np.float64) / TOTAL
+
+    @property
+    def positions(self) -> int:
+        return self.freqs.shape[0]
+
+    @property
+    def alphabet(self) -> int:
+        return self.freqs.shape[1]
+
+    def probabilities(self, position: int) -> np.ndarray:
+        return self._probs[position]
+
+    def bits(self, tokens: np.ndarray) -> float:
+        """Ideal code length in bits of tokens (tiles, k) under these tables."""
+        k = tokens.shape[1]
+        p = self._probs[np.arange(k)[None, :], tokens]
+        return float(-np.log2(p).sum())
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, prior_weight: float) -> "PositionTables":
+        """Smooth per-position counts towards the all-position marginal, then quantise.
+
+        prior_weight is how many pseudo-observations of the marginal each row gets.
+        """
+        counts = counts.astype(np.float64)
+        marginal = (counts.sum(0) + 1.0) / (counts.sum() + counts.shape[1])
+        p = counts + prior_weight * marginal[None, :]
+        p /= p.sum(1, keepdims=True)
+        return cls(quantize(p))
+
+
+def quantize(p: np.ndarray) -> np.ndarray:
+    """Float probabilities (rows sum to 1) -> positive int64 rows summing to TOTAL."""
+    n = p.shape[1]
+    q = np.maximum(1, np.floor(p * (TOTAL - n)).astype(np.int64))
+    # hand the remainder to the largest entries, one each, deterministically
+    for row in range(q.shape[0]):
+        rest = TOTAL - q[row].sum()
+        order = np.argsort(-p[row], kind="stable")
+        q[row, order[: abs(rest) % n]] += np.sign(rest)
+        q[row] += np.sign(rest) * (abs(rest) // n)
+    return q
