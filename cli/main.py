@@ -116,7 +116,7 @@ def main() -> None:
 
 
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                             show_default=True, help="Where the neural network runs; the file is the same either way.")
+                             show_default=True, help="Where the neural network runs; the file format is the same either way.")
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No warnings or progress, only errors.")
 
@@ -172,7 +172,8 @@ def encode(inputs, output, tokens, max_bytes, bpp, device, force, quiet, verbose
                     budget = int(bpp * im.width * im.height / 8)
                 data = pipeline.encode(im, tokens=tokens, max_bytes=budget, model=model, device=device)
             _show_warnings(caught, src, quiet)
-            write_output(dst, data, force)
+            with user_errors(dst):
+                write_output(dst, data, force)
             if verbose:
                 w, h = im.size
                 click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp", err=True)
@@ -234,7 +235,8 @@ def truncate(input, output, tokens, max_bytes, force, quiet):
         warnings.simplefilter("always")
         data = pipeline.truncate(read_input(input), tokens=tokens, max_bytes=max_bytes)
     _show_warnings(caught, input, quiet)
-    write_output(output, data, force)
+    with user_errors(output):
+        write_output(output, data, force)
 
 
 @main.command()

@@ -47,8 +47,8 @@ def prepare(im: Image.Image) -> Prepared:
         im = Image.fromarray(np.clip(np.round(a * 255.0 / top), 0, 255).astype(np.uint8), "L")
     elif im.mode == "F":
         im = Image.fromarray(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:  # palette or colour-key transparency
+        im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")
         if rgba.getextrema()[3][0] < 255:

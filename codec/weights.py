@@ -42,6 +42,13 @@ class Model:
 
 
 def file_sha256(path: Path) -> bytes:
+    st = path.stat()
+    return _sha256_cached(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _sha256_cached(path: Path, size: int, mtime_ns: int) -> bytes:
+    """Hashing 20 MB takes tens of ms: do it once per file version, not per decode."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,9 +76,12 @@ def load_path(path: Path) -> Model:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    tok = Tokenizer(cfg)
-    tok.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+        tok = Tokenizer(cfg)
+        tok.load_state_dict({k[6:]: v.float() for k, v in tensors.items() if k.startswith("model.")})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code") from e
     tok.eval().requires_grad_(False)
     tables = PositionTables(tensors["entropy.freqs"].numpy().astype("int64"))
     return Model(meta["name"], digest, cfg, tok, tables, meta["entropy_model"])

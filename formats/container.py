@@ -4,13 +4,14 @@ Layout (little-endian; full spec in docs/format.md):
 
     magic   8 bytes  b"\\x89ODP\\r\\n\\x1a\\n"
     u32     header length H
-    H bytes header fields
+    H bytes header fields, ending with the byte length of every chunk
     u32     CRC32 of the header fields
-    chunks  each: u32 length L, L bytes, u32 CRC32 of those bytes
+    chunks  each: its bytes, then u32 CRC32 of those bytes
 
 Chunk i holds token positions [i*G, min((i+1)*G, kept)) of every tile, so keeping
-fewer tokens is cutting chunks off the end. A file that ends inside a chunk is read
-as the chunks before it (`Container.complete` is then False).
+fewer tokens is cutting chunks off the end. Chunk lengths live in the checked header,
+so payload framing cannot be corrupted unnoticed: a file shorter than the lengths say
+was cut short and is read as its complete chunks (`Container.complete` is then False).
 """
 from __future__ import annotations
 
@@ -109,20 +110,23 @@ def _pack_blob(b: bytes) -> bytes:
     return struct.pack("<I", len(b)) + b
 
 
-def pack_header(h: Header) -> bytes:
+def pack_header(h: Header, chunk_lengths: list[int]) -> bytes:
     h.validate(max_pixels=None)
+    if len(chunk_lengths) != h.chunk_count or any(not 0 <= n <= MAX_CHUNK for n in chunk_lengths):
+        raise FormatError(f"{len(chunk_lengths)} chunk lengths given, header needs {h.chunk_count} within limits")
     fixed = _FIXED.pack(VERSION, 0, h.width, h.height, h.tile, h.tokens, h.kept, h.chunk_tokens, h.weights_hash)
-    return fixed + _pack_str(h.model_name) + _pack_str(h.entropy_model) + _pack_blob(h.icc) + _pack_blob(h.exif)
+    return (fixed + _pack_str(h.model_name) + _pack_str(h.entropy_model) + _pack_blob(h.icc) + _pack_blob(h.exif)
+            + struct.pack(f"<{len(chunk_lengths)}I", *chunk_lengths))
 
 
 def write(c: Container) -> bytes:
     """Serialise a container; the chunk count must match the header's kept tokens."""
     if len(c.chunks) != c.header.chunk_count:
         raise FormatError(f"{len(c.chunks)} chunks given, header needs {c.header.chunk_count}")
-    head = pack_header(c.header)
+    head = pack_header(c.header, [len(chunk) for chunk in c.chunks])
     out = [MAGIC, struct.pack("<I", len(head)), head, struct.pack("<I", zlib.crc32(head))]
     for chunk in c.chunks:
-        out += [struct.pack("<I", len(chunk)), chunk, struct.pack("<I", zlib.crc32(chunk))]
+        out += [chunk, struct.pack("<I", zlib.crc32(chunk))]
     return b"".join(out)
 
 
@@ -165,8 +169,8 @@ def is_odp(prefix: bytes) -> bool:
     return prefix[: len(MAGIC)] == MAGIC
 
 
-def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Header, int]:
-    """Parse and check the header -> (header, offset of the first chunk)."""
+def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Header, list[int], int]:
+    """Parse and check the header -> (header, chunk lengths, offset of the first chunk)."""
     if not is_odp(data):
         raise FormatError("not an ODP file (wrong magic bytes)")
     r = _Reader(data, "file header")
@@ -177,35 +181,35 @@ def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tup
     head = r.take(n)
     if r.u32() != zlib.crc32(head):
         raise FormatError("header checksum mismatch: the file is corrupt")
-    h = _parse_header_fields(head)
-    h.validate(max_pixels)
-    return h, r.pos
+    h, lengths = _parse_header_fields(head, max_pixels)
+    return h, lengths, r.pos
 
 
-def _parse_header_fields(head: bytes) -> Header:
+def _parse_header_fields(head: bytes, max_pixels: int | None) -> tuple[Header, list[int]]:
     r = _Reader(head, "header")
     version, _flags, w, hgt, tile, tokens, kept, chunk_tokens, whash = r.unpack(_FIXED)
     if version != VERSION:
         raise FormatError(f"ODP format version {version} is not supported (this reader knows version {VERSION})")
     model_name, entropy_model = r.string(), r.string()
     icc, exif = r.blob(MAX_METADATA), r.blob(MAX_METADATA)
+    h = Header(w, hgt, tile, tokens, kept, chunk_tokens, model_name, whash, entropy_model, icc, exif)
+    h.validate(max_pixels)
+    lengths = list(struct.unpack(f"<{h.chunk_count}I", r.take(4 * h.chunk_count)))
     if r.pos != len(head):
         raise FormatError("header has trailing bytes")
-    return Header(w, hgt, tile, tokens, kept, chunk_tokens, model_name, whash, entropy_model, icc, exif)
+    for i, n in enumerate(lengths):
+        if n > MAX_CHUNK:
+            raise FormatError(f"chunk {i} declares {n} bytes, over the limit of {MAX_CHUNK}")
+    return h, lengths
 
 
 def read(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Container:
     """Parse a whole file. Corrupt chunks raise; a cut-short payload is kept as far as it goes."""
-    h, pos = read_header(data, max_pixels)
+    h, lengths, pos = read_header(data, max_pixels)
     r = _Reader(data, "payload")
     r.pos = pos
     chunks: list[bytes] = []
-    for i in range(h.chunk_count):
-        if len(data) - r.pos < 4:
-            return Container(h, chunks, complete=False)
-        n = r.u32()
-        if n > MAX_CHUNK:
-            raise FormatError(f"chunk {i} declares {n} bytes, over the limit of {MAX_CHUNK}")
+    for i, n in enumerate(lengths):
         if len(data) - r.pos < n + 4:
             return Container(h, chunks, complete=False)
         chunk = r.take(n)

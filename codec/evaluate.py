@@ -1,0 +1,73 @@
+"""Rate-distortion of the shipped model on a folder of photos, at several kept-token counts.
+
+    python -m odp.codec.evaluate ../shared/data/eval/photos --tokens 16 32 64 128 256
+
+Each photo is encoded once; every k is a truncation of that file (the point of the
+format). Reports mean bpp (exact file bytes), PSNR (RGB, 8-bit) and MS-SSIM per k,
+plus entropy-coded bits per token. Needs pytorch-msssim (the `test` extra).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import pipeline, weights
+from .train import IMAGE_SUFFIXES
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].double()
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].double()
+    return float(_ms_ssim(ta, tb, data_range=255.0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    ap.add_argument("--json", help="also write every per-image point to this file")
+    args = ap.parse_args(argv)
+
+    model = weights.load()
+    files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    rows = []
+    for f in files:
+        im = Image.open(f)
+        full = pipeline.encode(im, model=model, device="cpu")
+        ref = pipeline.prepare(im).pixels
+        for k in args.tokens:
+            data = pipeline.truncate(full, tokens=k)
+            c, _, toks = pipeline.read_tokens(data)
+            out = np.asarray(pipeline.decode(data, device="cpu"))
+            payload_bits = 8 * sum(len(ch) for ch in c.chunks)
+            rows.append({"image": f.name, "tokens": k, "bytes": len(data),
+                         "bpp": len(data) * 8 / (ref.shape[0] * ref.shape[1]),
+                         "psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
+                         "bits_per_token": payload_bits / toks.size})
+        print(f"{f.name}: " + ", ".join(f"k={r['tokens']} {r['psnr']:.2f} dB" for r in rows[-len(args.tokens):]),
+              file=sys.stderr)
+    print(f"{'tokens':>6} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'bits/token':>10}  ({len(files)} images, {model.name})")
+    for k in args.tokens:
+        sel = [r for r in rows if r["tokens"] == k]
+        mean = {key: float(np.mean([r[key] for r in sel])) for key in ("bpp", "psnr", "ms_ssim", "bits_per_token")}
+        print(f"{k:>6} {mean['bpp']:>8.4f} {mean['psnr']:>8.2f} {mean['ms_ssim']:>8.4f} {mean['bits_per_token']:>10.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""The `odp` command line: click's CliRunner in process, and a few real subprocesses."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageCms
+
+import helpers
+from odp import __version__
+from odp.cli.main import main
+from odp.codec import pipeline
+from odp.formats import container
+
+
+def odp(*args: str, input: bytes | None = None):
+    """Run the CLI in process. encode/decode run on the CPU (unless a test names a device), so that
+    their output can be compared bit for bit with the CPU-made fixtures on machines with a GPU too."""
+    args = [str(a) for a in args]
+    if args and args[0] in ("encode", "decode") and "--device" not in args and "--help" not in args:
+        args[1:1] = ["--device", "cpu"]
+    return CliRunner().invoke(main, args, input=input)
+
+
+def assert_ok(r) -> None:
+    assert r.exit_code == 0, (r.exit_code, r.stderr, r.exception)
+
+
+def assert_clean_error(r, code: int = 1, contains: str = "") -> str:
+    """Exit `code`, one line on stderr starting with 'odp: error:', no traceback."""
+    assert r.exit_code == code, (r.exit_code, r.stderr, r.exception)
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("odp: error:"), lines[0]
+    assert "Traceback" not in r.output
+    assert contains in lines[0]
+    return lines[0]
+
+
+def parts(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.part")) + sorted(folder.glob(".*.part"))
+
+
+@pytest.fixture
+def png(tmp_path, small_photo) -> Path:
+    p = tmp_path / "a.png"
+    small_photo.save(p)
+    return p
+
+
+@pytest.fixture
+def odp_file(tmp_path, small_odp) -> Path:
+    p = tmp_path / "a.odp"
+    p.write_bytes(small_odp)
+    return p
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_version_and_help():
+    r = odp("--version")
+    assert_ok(r)
+    assert __version__ in r.output and "odp" in r.output
+    for args in (["--help"], ["-h"], ["encode", "--help"], ["decode", "-h"], ["truncate", "--help"], ["info", "-h"]):
+        assert_ok(odp(*args))
+
+
+def test_encode_decode(png, tmp_path, small_odp, small_photo):
+    r = odp("encode", png)
+    assert_ok(r)
+    out = tmp_path / "a.odp"
+    assert out.read_bytes() == small_odp  # the CLI and the library make the same file
+    assert r.stderr == ""
+    r = odp("decode", out, "-o", tmp_path / "back.png")
+    assert_ok(r)
+    im = Image.open(tmp_path / "back.png")
+    assert im.format == "PNG" and im.size == small_photo.size and im.mode == "RGB"
+    assert im.tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()
+
+
+def test_device_auto(png, tmp_path, small_photo):
+    assert_ok(odp("encode", png, "--device", "auto", "-o", tmp_path / "x.odp", "-t", "4"))
+    assert_ok(odp("decode", tmp_path / "x.odp", "--device", "auto", "-o", tmp_path / "x.png"))
+    assert Image.open(tmp_path / "x.png").size == small_photo.size
+
+
+def test_encode_options(png, tmp_path, small_odp):
+    assert_ok(odp("encode", png, "-o", tmp_path / "t.odp", "--tokens", "13"))
+    assert container.read((tmp_path / "t.odp").read_bytes()).header.kept == 13
+    budget = len(small_odp) // 2
+    assert_ok(odp("encode", png, "-o", tmp_path / "b.odp", "--bytes", budget))
+    assert (tmp_path / "b.odp").read_bytes() == pipeline.truncate(small_odp, max_bytes=budget)
+    w, h = Image.open(png).size
+    bpp = 8 * budget / (w * h)
+    r = odp("encode", png, "-o", tmp_path / "p.odp", "--bpp", bpp, "-v")
+    assert_ok(r)
+    assert len((tmp_path / "p.odp").read_bytes()) <= budget
+    assert "bpp" in r.stderr and "p.odp" in r.stderr
+
+
+def test_decode_options(odp_file, tmp_path, small_odp, small_photo):
+    assert_ok(odp("decode", odp_file, "-o", tmp_path / "x.jpg", "--tokens", "8"))
+    jpg = Image.open(tmp_path / "x.jpg")
+    assert jpg.format == "JPEG" and jpg.size == small_photo.size
+    assert_ok(odp("decode", odp_file, "-o", tmp_path / "x.bmp", "-t", "5"))
+    bmp = Image.open(tmp_path / "x.bmp")
+    assert bmp.tobytes() == pipeline.decode(small_odp, tokens=5, device="cpu").tobytes()
+    r = odp("decode", odp_file, "-o", tmp_path / "x.nope")
+    assert_clean_error(r, contains="unknown image extension")
+    assert not (tmp_path / "x.nope").exists()
+
+
+def test_truncate(odp_file, tmp_path, small_odp):
+    assert_ok(odp("truncate", odp_file, "-o", tmp_path / "t.odp", "--tokens", "21"))
+    assert (tmp_path / "t.odp").read_bytes() == pipeline.truncate(small_odp, tokens=21)
+    budget = len(small_odp) // 3
+    assert_ok(odp("truncate", odp_file, "-o", tmp_path / "b.odp", "-b", budget))
+    assert (tmp_path / "b.odp").read_bytes() == pipeline.truncate(small_odp, max_bytes=budget)
+    assert_clean_error(odp("truncate", odp_file, "-o", tmp_path / "c.odp", "-b", "10"), contains="cannot hold")
+    assert not (tmp_path / "c.odp").exists()
+
+
+def test_info(odp_file, small_odp, small_photo, model):
+    r = odp("info", odp_file)
+    assert_ok(r)
+    assert f"{small_photo.width}x{small_photo.height}" in r.stdout
+    assert model.name in r.stdout
+    r = odp("info", odp_file, "--json")
+    assert_ok(r)
+    d = json.loads(r.stdout)
+    assert d["width"] == small_photo.width and d["height"] == small_photo.height
+    assert d["file_bytes"] == len(small_odp)
+    assert d["tokens_per_tile"] == d["model_tokens_per_tile"] == model.config.tokens
+    assert d["complete"] is True
+    assert d["model"] == model.name and d["weights_sha256"] == model.sha256.hex()
+    assert d["tiles"] == "1x1" and d["chunks"] == -(-model.config.tokens // d["chunk_tokens"])
+    assert 0 < d["payload_bytes"] < d["file_bytes"]
+    assert d["bpp"] > 0 and d["bits_per_token"] > 0
+
+
+def test_info_on_a_cut_file(tmp_path, small_odp):
+    spans = helpers.chunk_spans(small_odp)
+    cut = tmp_path / "cut.odp"
+    cut.write_bytes(small_odp[: spans[2][0] + 6])
+    r = odp("info", cut, "--json")
+    assert_ok(r)
+    d = json.loads(r.stdout)
+    assert d["complete"] is False and d["tokens_per_tile"] == 2 * pipeline.CHUNK_TOKENS and d["chunks"] == 2
+    r = odp("info", cut)
+    assert_ok(r)
+    assert "cut short" in r.stdout and "odp: warning:" in r.stderr
+
+
+def test_decode_cut_file_warns(tmp_path, small_odp):
+    spans = helpers.chunk_spans(small_odp)
+    cut = tmp_path / "cut.odp"
+    cut.write_bytes(small_odp[: spans[1][1] + 3])
+    r = odp("decode", cut)
+    assert_ok(r)
+    assert r.stderr.startswith("odp: warning:") and "cut short" in r.stderr
+    expected = pipeline.decode(small_odp, tokens=2 * pipeline.CHUNK_TOKENS, device="cpu")
+    assert Image.open(tmp_path / "cut.png").tobytes() == expected.tobytes()
+    r = odp("truncate", cut, "-o", tmp_path / "fixed.odp", "-t", "256", "-q")
+    assert_ok(r)
+    assert r.stderr == ""
+    assert (tmp_path / "fixed.odp").read_bytes() == pipeline.truncate(small_odp, tokens=16)
+
+
+def test_transparent_input_warns(tmp_path, small_photo):
+    im = small_photo.convert("RGBA")
+    im.putpixel((0, 0), (0, 0, 0, 0))
+    im.save(tmp_path / "t.png")
+    r = odp("encode", tmp_path / "t.png", "-t", "4")
+    assert_ok(r)
+    assert r.stderr.startswith("odp: warning:") and "alpha" in r.stderr
+    r = odp("encode", tmp_path / "t.png", "-t", "4", "-o", tmp_path / "q.odp", "-q")
+    assert_ok(r)
+    assert r.stderr == ""
+
+
+def test_metadata_reaches_the_decoded_png(tmp_path, small_photo):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    ex = Image.Exif()
+    ex[0x010F] = "ODP test camera"
+    small_photo.save(tmp_path / "m.jpg", quality=95, icc_profile=icc, exif=ex.tobytes())
+    assert_ok(odp("encode", tmp_path / "m.jpg", "-t", "8"))
+    assert_ok(odp("decode", tmp_path / "m.odp"))
+    out = Image.open(tmp_path / "m.png")
+    assert out.info["icc_profile"] == icc
+    assert out.getexif()[0x010F] == "ODP test camera"
+
+
+# --------------------------------------------------------------------------- overwriting
+
+
+def test_no_overwrite_without_force(png, odp_file, tmp_path):
+    before = odp_file.read_bytes()
+    odp_file.write_bytes(b"precious")
+    assert_clean_error(odp("encode", png), contains="already exists")
+    assert odp_file.read_bytes() == b"precious"
+    assert_ok(odp("encode", png, "--force"))
+    assert odp_file.read_bytes() == before
+
+    target = tmp_path / "a.png"  # decode a.odp -> a.png, which is the input photo
+    photo = target.read_bytes()
+    assert_clean_error(odp("decode", odp_file), contains="already exists")
+    assert target.read_bytes() == photo
+    assert_ok(odp("decode", odp_file, "-f"))
+    assert Image.open(target).size == Image.open(io.BytesIO(photo)).size
+
+    other = tmp_path / "o.odp"
+    other.write_bytes(b"keep me")
+    assert_clean_error(odp("truncate", odp_file, "-o", other, "-t", "3"), contains="already exists")
+    assert other.read_bytes() == b"keep me"
+    assert_ok(odp("truncate", odp_file, "-o", other, "-t", "3", "--force"))
+    assert container.read(other.read_bytes()).header.kept == 3
+    assert parts(tmp_path) == []
+
+
+def test_output_is_a_folder(png, odp_file, tmp_path):
+    (tmp_path / "d").mkdir()
+    for args in (["encode", png, "-o", tmp_path / "d", "--force", "-t", "2"],
+                 ["truncate", odp_file, "-o", tmp_path / "d", "--force", "-t", "2"],
+                 ["decode", odp_file, "-o", tmp_path / "d.png", "-t", "2"]):
+        if args[0] == "decode":
+            (tmp_path / "d.png").mkdir()
+            args.append("--force")
+        assert_clean_error(odp(*args))
+    assert parts(tmp_path) == []
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_output_folder_missing(png, tmp_path):
+    assert_clean_error(odp("encode", png, "-o", tmp_path / "nowhere" / "a.odp"), contains="does not exist")
+
+
+# --------------------------------------------------------------------------- several inputs
+
+
+def test_several_inputs_into_a_folder(tmp_path, small_photo):
+    names = ["p1", "p2", "p3"]
+    for i, n in enumerate(names):
+        small_photo.rotate(90 * i, expand=True).save(tmp_path / f"{n}.png")
+    (tmp_path / "out").mkdir()
+    r = odp("encode", *[tmp_path / f"{n}.png" for n in names], "-o", tmp_path / "out", "-t", "8", "-q")
+    assert_ok(r)
+    for i, n in enumerate(names):
+        h = container.read((tmp_path / "out" / f"{n}.odp").read_bytes()).header
+        assert (h.width, h.height) == small_photo.rotate(90 * i, expand=True).size
+    assert_clean_error(odp("encode", tmp_path / "p1.png", tmp_path / "p2.png", "-o", tmp_path / "p1.png"),
+                       contains="must be an existing folder")
+
+
+def test_batch_with_a_bad_input_continues(tmp_path, small_photo):
+    small_photo.save(tmp_path / "good1.png")
+    (tmp_path / "bad.png").write_bytes(b"this is not a picture")
+    small_photo.save(tmp_path / "good2.jpg")
+    r = odp("encode", tmp_path / "good1.png", tmp_path / "bad.png", tmp_path / "missing.png",
+            tmp_path / "good2.jpg", "-t", "4", "-q")
+    assert r.exit_code == 1
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert "Traceback" not in r.output
+    assert (tmp_path / "good1.odp").is_file() and (tmp_path / "good2.odp").is_file()
+    assert not (tmp_path / "bad.odp").exists() and not (tmp_path / "missing.odp").exists()
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("odp: error:")]
+    assert any("bad.png" in e and "not an image" in e for e in errors)
+    assert any("missing.png" in e and "no such file" in e for e in errors)
+    assert errors[-1] == "odp: error: 2 of 4 inputs failed"
+    assert parts(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- stdin / stdout
+
+
+def test_stdin_and_stdout(png, small_odp, small_photo):
+    r = odp("encode", "-", input=png.read_bytes())
+    assert_ok(r)
+    assert r.stdout_bytes == small_odp
+    r = odp("encode", png, "-o", "-", "-t", "8")
+    assert_ok(r)
+    assert r.stdout_bytes == pipeline.truncate(small_odp, tokens=8)
+    r = odp("decode", "-", "-t", "8", input=small_odp)
+    assert_ok(r)
+    im = Image.open(io.BytesIO(r.stdout_bytes))
+    assert im.format == "PNG" and im.size == small_photo.size
+    r = odp("truncate", "-", "-o", "-", "-t", "9", input=small_odp)
+    assert_ok(r)
+    assert r.stdout_bytes == pipeline.truncate(small_odp, tokens=9)
+    r = odp("info", "-", "--json", input=small_odp)
+    assert_ok(r)
+    assert json.loads(r.stdout)["file_bytes"] == len(small_odp)
+
+
+def test_stdin_errors(small_odp):
+    assert_clean_error(odp("decode", "-", input=b"garbage"), contains="not an ODP file")
+    assert_clean_error(odp("encode", "-", input=b"garbage"), contains="not an image")
+    assert_clean_error(odp("info", "-", input=small_odp[:30]))
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize("args", [
+    ["encode", "a.png", "--tokens", "8", "--bytes", "1000"],
+    ["encode", "a.png", "--tokens", "8", "--bpp", "0.5"],
+    ["encode", "a.png", "b.png", "-o", "-"],
+    ["encode", "a.png", "--tokens", "0"],
+    ["encode", "a.png", "--bpp", "0"],
+    ["encode"],
+    ["truncate", "a.odp", "-o", "b.odp"],
+    ["truncate", "a.odp", "-o", "b.odp", "-t", "3", "-b", "100"],
+    ["truncate", "a.odp", "-t", "3"],
+    ["decode", "a.odp", "--device", "tpu"],
+    ["info"],
+    ["frobnicate"],
+])
+def test_usage_errors_exit_2(args, png, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = odp(*args)
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "b.odp").exists() and not (tmp_path / "a.odp").exists()
+
+
+# --------------------------------------------------------------------------- corrupt files
+
+
+def corruptions(data: bytes) -> dict[str, bytes]:
+    magic = len(container.MAGIC)
+    first_chunk = helpers.header_end(data)
+    mid = helpers.chunk_spans(data)[3]
+    return {
+        "wrong magic": b"\x89PNG\r\n\x1a\n" + data[8:],
+        "empty": b"",
+        "short magic": data[:5],
+        "short header": data[: magic + 10],
+        "header only": data[:first_chunk],
+        "header crc": helpers.flip(data, magic + 6),
+        "chunk crc": helpers.flip(data, (mid[0] + mid[1]) // 2),
+        "foreign model": helpers.reheader(data, model_name="odp-huge-v7", weights_hash=b"\x42" * 32),
+        "huge size": helpers.reheader(data, width=65535, height=65535),
+        "huge header length": helpers.put_u32(data, magic, 0xFFFFFFFF),
+        "huge chunk length": helpers.put_u32(data, first_chunk, 0xFFFFFFFF),
+        "trailing bytes": data + b"\x00\x00",
+    }
+
+
+CORRUPTIONS = ["wrong magic", "empty", "short magic", "short header", "header only", "header crc", "chunk crc",
+               "foreign model", "huge size", "huge header length", "huge chunk length", "trailing bytes"]
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_corrupt_file_gives_one_clean_line(kind, tmp_path, small_odp):
+    bad = tmp_path / "bad.odp"
+    bad.write_bytes(corruptions(small_odp)[kind])
+    msgs = [assert_clean_error(odp("decode", bad)),
+            assert_clean_error(odp("info", bad)),
+            assert_clean_error(odp("info", bad, "--json")),
+            assert_clean_error(odp("truncate", bad, "-o", tmp_path / "t.odp", "-t", "1"))]
+    assert all(str(bad) in m for m in msgs)
+    if kind == "foreign model":
+        assert all("odp-huge-v7" in m for m in msgs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.odp"]  # no output, no .part
+
+
+def test_every_short_prefix_gives_one_clean_line(tmp_path, small_odp):
+    first_chunk_end = helpers.chunk_spans(small_odp)[0][1]
+    bad = tmp_path / "short.odp"
+    for n in range(first_chunk_end):
+        bad.write_bytes(small_odp[:n])
+        assert_clean_error(odp("info", bad))
+    assert_clean_error(odp("decode", bad), contains="cut short")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.odp"]
+
+
+def test_missing_and_unreadable_inputs(tmp_path):
+    assert_clean_error(odp("decode", tmp_path / "nope.odp"), contains="no such file")
+    assert_clean_error(odp("info", tmp_path), contains="is a directory")
+    assert_clean_error(odp("encode", tmp_path / "nope.png"), contains="no such file")
+    (tmp_path / "cut.png").write_bytes(helpers.encode_bytes(Image.new("RGB", (300, 300), (1, 2, 3)), "PNG")[:60])
+    assert_clean_error(odp("encode", tmp_path / "cut.png"))
+    assert parts(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- real subprocesses
+
+
+def run_odp(*args: str, cwd: Path, script: bool = False) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "odp"
+    cmd = [str(exe)] if script else [sys.executable, "-m", "odp.cli.main"]
+    env = dict(os.environ, PYTHONWARNINGS="default")
+    return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, capture_output=True, timeout=300, env=env)
+
+
+def test_subprocess_corrupt_file(tmp_path, small_odp):
+    (tmp_path / "bad.odp").write_bytes(helpers.flip(small_odp, 20))
+    p = run_odp("decode", "bad.odp", "-o", "out.png", cwd=tmp_path)
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("odp: error: bad.odp:")
+    assert "checksum" in err
+    assert p.stdout == b""
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bad.odp"]
+
+
+def test_subprocess_failed_write_leaves_no_part_file(tmp_path, small_odp):
+    (tmp_path / "a.odp").write_bytes(small_odp)
+    (tmp_path / "taken").mkdir()
+    p = run_odp("truncate", "a.odp", "-o", "taken", "-t", "5", "--force", cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.decode()
+    assert "Traceback" not in err and err.startswith("odp: error: taken:")
+    assert len(err.strip().splitlines()) == 1
+    assert parts(tmp_path) == [] and list((tmp_path / "taken").iterdir()) == []
+    # and the same command to a file works, leaving exactly that file
+    p = run_odp("truncate", "a.odp", "-o", "b.odp", "-t", "5", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "b.odp").read_bytes() == pipeline.truncate(small_odp, tokens=5)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.odp", "b.odp", "taken"]
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "odp").exists(), reason="no odp console script beside python")
+def test_console_script_exit_codes(tmp_path):
+    p = run_odp("--version", cwd=tmp_path, script=True)
+    assert p.returncode == 0 and __version__ in p.stdout.decode()
+    p = run_odp("truncate", "x.odp", "-o", "y.odp", cwd=tmp_path, script=True)  # neither --tokens nor --bytes
+    assert p.returncode == 2 and b"Traceback" not in p.stderr
+    p = run_odp("info", "missing.odp", cwd=tmp_path, script=True)
+    assert p.returncode == 1
+    assert p.stderr.decode().strip() == "odp: error: missing.odp: no such file"
