@@ -58,6 +58,10 @@ def user_errors(what: str):
         raise UserError(f"{what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     except MemoryError:
         raise UserError(f"{what}: out of memory") from None
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a broken input can make a library fail in any way: still one line
+        raise UserError(f"{what}: cannot be processed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _show_warnings(caught: list[warnings.WarningMessage], what: str, quiet: bool) -> None:
@@ -68,10 +72,23 @@ def _show_warnings(caught: list[warnings.WarningMessage], what: str, quiet: bool
             click.echo(f"odp: warning: {what}: {w.message}", err=True)
 
 
+MAX_INPUT_BYTES = 2 << 30  # refuse to slurp endless streams such as /dev/zero
+
+
+def printable(text: str) -> str:
+    """Text from an untrusted file, with control characters (terminal escapes) replaced."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def read_input(path: str) -> bytes:
     if path == STDIO:
-        return sys.stdin.buffer.read()
-    return Path(path).read_bytes()
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    else:
+        with open(path, "rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ValueError(f"input is larger than {MAX_INPUT_BYTES >> 30} GiB")
+    return data
 
 
 def write_output(path: str, data: bytes | None, force: bool, save=None) -> None:
@@ -121,14 +138,22 @@ force_option = click.option("-f", "--force", is_flag=True, help="Overwrite exist
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No warnings or progress, only errors.")
 
 
+def _positive_finite(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive number")
+    return value
+
+
 def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
+    """Where the output of `src` goes: -o itself, or src's name with `suffix` (in the -o folder if many)."""
     if src == STDIO and output is None:
         return STDIO
-    if many:
-        folder = Path(output) if output else None
-        name = Path(src).with_suffix(suffix).name
-        return str(folder / name) if folder else str(Path(src).with_suffix(suffix))
-    return output or str(Path(src).with_suffix(suffix))
+    if output and not many:
+        return output
+    if not Path(src).name:
+        raise UserError(f"{src}: is not a file name; give -o")
+    name = Path(src).with_suffix(suffix)
+    return str(Path(output) / name.name) if output else str(name)
 
 
 @main.command()
@@ -136,7 +161,8 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @click.option("-o", "--output", help="Output file; with several inputs, an output folder. '-' is stdout.")
 @click.option("-t", "--tokens", type=click.IntRange(1, 4096), help="Tokens kept per 256x256 tile (default: all).")
 @click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Largest file that fits this many bytes.")
-@click.option("--bpp", type=click.FloatRange(min=0, min_open=True), help="Largest file within this many bits per pixel.")
+@click.option("--bpp", type=float, callback=lambda ctx, param, v: _positive_finite(v),
+              help="Largest file within this many bits per pixel.")
 @device_option
 @force_option
 @quiet_option
@@ -158,10 +184,14 @@ def encode(inputs, output, tokens, max_bytes, bpp, device, force, quiet, verbose
     with user_errors("model"):
         model = weights.load()
     failed = 0
+    claimed: dict[str, str] = {}
     bar = tqdm(inputs, unit="image", disable=quiet or not many, file=sys.stderr)
     for src in bar:
         try:
             dst = _out_path(src, output, many, ".odp")
+            if dst != STDIO and dst in claimed:
+                raise UserError(f"{src}: its output {dst} is already the output of {claimed[dst]}")
+            claimed[dst] = src
             if dst != STDIO and Path(dst).exists() and not force:
                 raise UserError(f"{dst}: already exists (use --force to overwrite)")
             with user_errors(src), warnings.catch_warnings(record=True) as caught:
@@ -199,14 +229,14 @@ def decode(input, output, tokens, device, force, quiet):
 
     from ..codec import pipeline
 
-    dst = output or (STDIO if input == STDIO else str(Path(input).with_suffix(".png")))
+    dst = _out_path(input, output, False, ".png")
     fmt = "PNG"
     if dst != STDIO:
         ext = Path(dst).suffix.lower()
         Image.init()
         fmt = Image.EXTENSION.get(ext)
-        if fmt is None:
-            raise UserError(f"{dst}: unknown image extension '{ext}'")
+        if fmt not in Image.SAVE:
+            raise UserError(f"{dst}: Pillow cannot write '{ext}' images")
         if Path(dst).exists() and not force:
             raise UserError(f"{dst}: already exists (use --force to overwrite)")
     with user_errors(input), warnings.catch_warnings(record=True) as caught:
@@ -271,7 +301,7 @@ def info(input, as_json):
     click.echo(f"  tokens:   {c.kept} of {h.tokens} per tile{'' if c.complete else ' (file cut short)'}")
     click.echo(f"  size:     {len(data)} bytes, {d['bpp']} bpp")
     click.echo(f"  entropy:  {d['bits_per_token']} bits/token ({h.entropy_model}; raw ids: {d['raw_bits_per_token']})")
-    click.echo(f"  model:    {h.model_name} sha256 {h.weights_hash.hex()[:16]}")
+    click.echo(f"  model:    {printable(h.model_name)} sha256 {h.weights_hash.hex()[:16]}")
     click.echo(f"  chunks:   {len(c.chunks)} of {h.chunk_tokens} token positions each")
     if h.icc or h.exif:
         click.echo(f"  metadata: ICC {len(h.icc)} bytes, EXIF {len(h.exif)} bytes")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from safetensors.torch import load_file
 
 from ..entropy.models import PositionTables
 from .model import ModelConfig, Tokenizer
-from .train import CropSampler, list_photos
+from .train import CropSampler, split_photos
 from .weights import WEIGHTS_DIR, save_weights
 
 
@@ -60,9 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     tok.load_state_dict({k: v.half().float() for k, v in tok.state_dict().items()})
     tok.eval()
 
-    files = list_photos(tc["data"])
-    held = files[:: tc["holdout_every"]]
-    train_files = [f for f in files if f not in held]
+    train_files, held = split_photos(tc)
     train_tokens = collect_tokens(tok, CropSampler(train_files, tc["areas_mp"], mc.tile, seed=99), args.tiles)
     held_tokens = collect_tokens(tok, CropSampler(held, tc["areas_mp"], mc.tile, seed=98), max(64, args.tiles // 10))
     counts = count(train_tokens, mc.codebook_size)

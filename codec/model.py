@@ -65,10 +65,11 @@ class FSQ(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (..., D) -> (values in [-1, 1] with straight-through gradient, ids (...))."""
-        lv = self.levels.to(z.dtype)
-        x = torch.sigmoid(z.float()) * lv - 0.5          # in (-0.5, L-0.5)
-        q = x + (torch.round(x) - x).detach()             # straight-through rounding
-        ids = (torch.round(x).long().clamp_min(0) * self.basis).sum(-1)
+        lv = self.levels.to(torch.float32)
+        x = torch.sigmoid(z.float()) * lv - 0.5                 # in [-0.5, L-0.5]
+        digits = torch.minimum(torch.round(x).clamp_min(0), lv - 1)  # sigmoid can round to 0 or 1 exactly
+        q = x + (digits - x).detach()                           # straight-through rounding
+        ids = (digits.long() * self.basis).sum(-1)
         return self.digits_to_values(q), ids
 
     def digits_to_values(self, digits: torch.Tensor) -> torch.Tensor:
@@ -146,10 +147,13 @@ def coarse_to_fine_order(grid: int) -> torch.Tensor:
     """
     bits = int(math.log2(grid))
     assert 2 ** bits == grid, "grid side must be a power of two"
+
     def z(r: int, c: int) -> int:
         return sum((((r >> b) & 1) << (2 * b + 1)) | (((c >> b) & 1) << (2 * b)) for b in range(bits))
+
     def rev(v: int) -> int:
         return int(format(v, f"0{2 * bits}b")[::-1], 2)
+
     cells = sorted(((r, c) for r in range(grid) for c in range(grid)), key=lambda rc: rev(z(*rc)))
     return torch.tensor([r * grid + c for r, c in cells])
 
@@ -160,8 +164,8 @@ class Tokenizer(nn.Module):
     Each latent token is anchored to one patch (coarse_to_fine_order): the encoder adds
     that patch's embedding to the token's input and the decoder adds the token's code
     to that patch's query. Attention still lets every token carry information about the
-    whole tile; the anchors give the model a spatial start that trains in CPU-hours
-    instead of GPU-days, and make every prefix an even sampling of the tile.
+    whole tile; the anchors give the model a spatial start that a short CPU training
+    run can learn from, and make every prefix an even sampling of the tile.
     """
 
     def __init__(self, cfg: ModelConfig):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ def prepare(im: Image.Image) -> Prepared:
     """
     im.seek(0) if getattr(im, "n_frames", 1) > 1 else None
     icc = im.info.get("icc_profile") or b""
+    if icc[16:20] != b"RGB ":  # a CMYK or grey profile would mis-tag the RGB output
+        icc = b""
     im = ImageOps.exif_transpose(im)
     exif = im.getexif()
     exif.pop(0x0112, None)  # orientation is now applied to the pixels
@@ -143,7 +145,7 @@ def read_tokens(data: bytes, tokens: int | None = None) -> tuple[Container, Mode
     need = -(-k // h.chunk_tokens)
     try:
         toks = coder.decode_tokens(c.chunks[:need], h.tiles, h.kept, h.chunk_tokens, model.tables)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, AssertionError) as e:  # constriction asserts on some junk streams
         raise FormatError(f"payload does not decode: {e}") from None
     return c, model, toks[:, :k]
 
@@ -169,10 +171,14 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
     entropy coder alone (no neural network runs).
     """
     c, model, toks = read_tokens(data)
-    h = c.header
+    h, g = c.header, c.header.chunk_tokens
 
     def with_tokens(k: int) -> bytes:
-        return pack(toks[:, :k], h.width, h.height, model, h.icc, h.exif)
+        whole = k // g  # these chunks are kept byte for byte
+        chunks = c.chunks[:whole]
+        if k % g:
+            chunks = chunks + [coder.encode_chunk(toks[:, whole * g:k], whole * g, model.tables)]
+        return container.write(Container(replace(h, kept=k), chunks))
 
     if tokens is not None:
         if tokens < 1:
@@ -181,8 +187,9 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
     if max_bytes is None:
         return with_tokens(toks.shape[1])
     lo, hi = 1, toks.shape[1]
-    if len(with_tokens(lo)) > max_bytes:
-        raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {len(with_tokens(1))})")
+    smallest = len(with_tokens(lo))
+    if smallest > max_bytes:
+        raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {smallest})")
     while lo < hi:  # file size grows with k: binary search for the largest k that fits
         mid = (lo + hi + 1) // 2
         if len(with_tokens(mid)) <= max_bytes:

@@ -86,6 +86,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
 
 
+def split_photos(tc: dict) -> tuple[list[Path], list[Path]]:
+    """(training photos, held-out photos): every `holdout_every`-th photo monitors training."""
+    files = list_photos(tc["data"])
+    held = files[:: tc["holdout_every"]]
+    return [f for f in files if f not in held], held
+
+
 def lr_at(step: int, tc: dict) -> float:
     warm, total = tc["warmup_steps"], tc["steps"]
     if step < warm:
@@ -146,9 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
 
-    files = list_photos(tc["data"])
-    held = files[:: tc["holdout_every"]]
-    train_files = [f for f in files if f not in held]
+    train_files, held = split_photos(tc)
     print(f"{len(train_files)} training photos, {len(held)} held out for monitoring", file=sys.stderr)
     sampler = CropSampler(train_files, tc["areas_mp"], mc.tile, tc["seed"])
     monitor = CropSampler(held, tc["areas_mp"], mc.tile, seed=1234).batch(tc["monitor_tiles"]).to(device)
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         seen += x.shape[0]
         if step % tc["log_every"] == 0:
             rec = {"step": step, "loss": round(loss.item(), 5), "grad_norm": round(gn.item(), 3),
-                   "lr": lr_at(step, tc), "tiles_per_s": round(seen / (time.time() - t0), 2)}
+                   "lr": lr_at(step - 1, tc), "tiles_per_s": round(seen / (time.time() - t0), 2)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % tc["ckpt_every"] == 0 or step == tc["steps"]:
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             log.flush()
             print(json.dumps(rec), file=sys.stderr)
             save_checkpoint(run, model, ema, opt, step, cfg)
+    log.close()
 
 
 if __name__ == "__main__":

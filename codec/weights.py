@@ -36,10 +36,6 @@ class Model:
     tables: PositionTables
     entropy_model: str
 
-    def to(self, device: str) -> "Model":
-        self.tokenizer.to(device)
-        return self
-
 
 def file_sha256(path: Path) -> bytes:
     st = path.stat()

@@ -15,7 +15,7 @@ _Categorical = constriction.stream.model.Categorical
 
 
 class EntropyError(ValueError):
-    """A chunk that does not decode to the token count it declares."""
+    """A chunk whose bytes cannot be a range-coder stream."""
 
 
 def chunk_bounds(kept: int, chunk_tokens: int) -> list[tuple[int, int]]:

@@ -1,10 +1,10 @@
 """Probability models for token ids.
 
 A model answers one question: the integer frequency table for token position j.
-Tables are integers that sum to exactly 2**PRECISION_BITS, so the probabilities the
-coder sees are exact binary fractions, identical on every machine; no floating-point
-computation at decode time can change them. A context model can later implement the
-same `table(position)` interface.
+Tables are integers that sum to exactly 2**PRECISION_BITS and reach the coder as exact
+binary fractions; constriction's deterministic fixed-point quantiser (pinned to 0.5.x)
+does the rest, so encoder and decoder see identical probabilities on every machine.
+A context model can later implement the same `probabilities(position)` interface.
 """
 from __future__ import annotations
 

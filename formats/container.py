@@ -112,8 +112,10 @@ def _pack_blob(b: bytes) -> bytes:
 
 def pack_header(h: Header, chunk_lengths: list[int]) -> bytes:
     h.validate(max_pixels=None)
-    if len(chunk_lengths) != h.chunk_count or any(not 0 <= n <= MAX_CHUNK for n in chunk_lengths):
-        raise FormatError(f"{len(chunk_lengths)} chunk lengths given, header needs {h.chunk_count} within limits")
+    if len(chunk_lengths) != h.chunk_count:
+        raise FormatError(f"{len(chunk_lengths)} chunks given, header needs {h.chunk_count}")
+    for i, n in enumerate(chunk_lengths):
+        _check_chunk_length(i, n)
     fixed = _FIXED.pack(VERSION, 0, h.width, h.height, h.tile, h.tokens, h.kept, h.chunk_tokens, h.weights_hash)
     return (fixed + _pack_str(h.model_name) + _pack_str(h.entropy_model) + _pack_blob(h.icc) + _pack_blob(h.exif)
             + struct.pack(f"<{len(chunk_lengths)}I", *chunk_lengths))
@@ -121,8 +123,6 @@ def pack_header(h: Header, chunk_lengths: list[int]) -> bytes:
 
 def write(c: Container) -> bytes:
     """Serialise a container; the chunk count must match the header's kept tokens."""
-    if len(c.chunks) != c.header.chunk_count:
-        raise FormatError(f"{len(c.chunks)} chunks given, header needs {c.header.chunk_count}")
     head = pack_header(c.header, [len(chunk) for chunk in c.chunks])
     out = [MAGIC, struct.pack("<I", len(head)), head, struct.pack("<I", zlib.crc32(head))]
     for chunk in c.chunks:
@@ -198,9 +198,15 @@ def _parse_header_fields(head: bytes, max_pixels: int | None) -> tuple[Header, l
     if r.pos != len(head):
         raise FormatError("header has trailing bytes")
     for i, n in enumerate(lengths):
-        if n > MAX_CHUNK:
-            raise FormatError(f"chunk {i} declares {n} bytes, over the limit of {MAX_CHUNK}")
+        _check_chunk_length(i, n)
     return h, lengths
+
+
+def _check_chunk_length(i: int, n: int) -> None:
+    if n > MAX_CHUNK:
+        raise FormatError(f"chunk {i} declares {n} bytes, over the limit of {MAX_CHUNK}")
+    if n == 0 or n % 4:
+        raise FormatError(f"chunk {i} declares {n} bytes, not a positive whole number of 32-bit words")
 
 
 def read(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Container:

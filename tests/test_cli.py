@@ -114,7 +114,7 @@ def test_decode_options(odp_file, tmp_path, small_odp, small_photo):
     bmp = Image.open(tmp_path / "x.bmp")
     assert bmp.tobytes() == pipeline.decode(small_odp, tokens=5, device="cpu").tobytes()
     r = odp("decode", odp_file, "-o", tmp_path / "x.nope")
-    assert_clean_error(r, contains="unknown image extension")
+    assert_clean_error(r, contains="cannot write")
     assert not (tmp_path / "x.nope").exists()
 
 
@@ -437,3 +437,46 @@ def test_console_script_exit_codes(tmp_path):
     p = run_odp("info", "missing.odp", cwd=tmp_path, script=True)
     assert p.returncode == 1
     assert p.stderr.decode().strip() == "odp: error: missing.odp: no such file"
+
+
+# --------------------------------------------------------------------------- odd arguments (from review)
+
+
+def test_bpp_must_be_finite(png, tmp_path):
+    for value in ("inf", "nan", "-1"):
+        r = odp("encode", png, "-o", tmp_path / "x.odp", "--bpp", value)
+        assert r.exit_code == 2, (value, r.output)
+    assert not (tmp_path / "x.odp").exists()
+
+
+def test_decode_to_a_format_pillow_only_reads(odp_file, tmp_path):
+    assert_clean_error(odp("decode", odp_file, "-o", tmp_path / "x.psd"), contains="cannot write")
+
+
+def test_input_that_is_not_a_file_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_clean_error(odp("encode", "."))
+    assert_clean_error(odp("decode", "."))
+
+
+def test_batch_inputs_that_would_share_an_output(tmp_path, small_photo):
+    small_photo.save(tmp_path / "a.png")
+    small_photo.save(tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = odp("encode", tmp_path / "a.png", tmp_path / "a.jpg", "-o", out, "--force", "--tokens", "8")
+    assert r.exit_code == 1
+    assert "already the output of" in r.stderr
+    assert [p.name for p in out.iterdir()] == ["a.odp"]
+
+
+def test_junk_chunk_with_valid_crc_is_one_line(tmp_path, small_odp):
+    c = container.read(small_odp)
+    junk = [bytes([0xFF]) * len(ch) for ch in c.chunks]
+    bad = tmp_path / "junk.odp"
+    bad.write_bytes(helpers.with_chunks(small_odp, junk))
+    for cmd in (["decode", bad, "-o", tmp_path / "j.png"], ["info", bad], ["truncate", bad, "-o", tmp_path / "t.odp", "--tokens", "4"]):
+        r = odp(*cmd)
+        assert r.exit_code in (0, 1), (cmd, r.output)
+        if r.exit_code == 1:
+            assert_clean_error(r)
