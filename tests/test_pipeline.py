@@ -506,10 +506,15 @@ def test_huge_length_fields(small_odp):
 
 def test_chunk_that_does_not_decode(small_odp):
     """A forged chunk with a valid checksum but a ragged length is a FormatError, not a crash."""
-    chunks = container.read(small_odp).chunks
-    data = helpers.with_chunks(small_odp, [chunks[0] + b"\x00"] + chunks[1:])
-    with pytest.raises(FormatError, match="does not decode"):
-        pipeline.decode(data)
+    c = container.read(small_odp)
+    ragged = [c.chunks[0] + b"\x00"] + c.chunks[1:]
+    with pytest.raises(FormatError, match="whole number of 32-bit words"):
+        helpers.with_chunks(small_odp, ragged)  # the writer refuses it
+    lengths = [len(ch) for ch in ragged]
+    head = container.pack_header(c.header, [len(ch) for ch in c.chunks])[: -4 * len(lengths)]
+    forged = helpers.assemble(head + struct.pack(f"<{len(lengths)}I", *lengths), ragged)
+    with pytest.raises(FormatError, match="whole number of 32-bit words"):
+        pipeline.decode(forged)  # and so does the reader
 
 
 def test_errors_are_value_errors_with_one_line_messages(small_odp):
