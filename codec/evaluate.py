@@ -4,35 +4,21 @@
 
 Each photo is encoded once; every k is a truncation of that file (the point of the
 format). Reports mean bpp (exact file bytes), PSNR (RGB, 8-bit) and MS-SSIM per k,
-plus entropy-coded bits per token. Needs pytorch-msssim (the `test` extra).
+plus entropy-coded bits per token. `odp bench` compares with other codecs.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from . import pipeline, weights
+from .metrics import ms_ssim, psnr
 from .train import IMAGE_SUFFIXES
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
-
-
-def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from pytorch_msssim import ms_ssim as _ms_ssim
-
-    ta = torch.from_numpy(a).permute(2, 0, 1)[None].double()
-    tb = torch.from_numpy(b).permute(2, 0, 1)[None].double()
-    return float(_ms_ssim(ta, tb, data_range=255.0))
 
 
 def main(argv: list[str] | None = None) -> None:

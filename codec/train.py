@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 import tomllib

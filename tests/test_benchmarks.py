@@ -2,14 +2,18 @@
 
     python -m pytest tests/test_benchmarks.py --benchmark-enable --benchmark-only
 
-They time, never assert: the machines are shared and noisy.
+They time, never assert: the machines are shared and noisy. Hot paths: the whole
+encode/decode of a 768x512 photo, the network on one CPU batch of tiles, entropy coding,
+container read/write and truncation.
 """
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from odp.codec import pipeline, weights
 from odp.entropy import coder
+from odp.formats import container
 
 PHOTO = Image.open(__import__("pathlib").Path(__file__).parent / "data" / "photo_768x512.png").convert("RGB")
 
@@ -41,3 +45,31 @@ def test_entropy_code_tokens(benchmark, model):
 
 def test_truncate_768x512(benchmark, encoded):
     benchmark(pipeline.truncate, encoded, tokens=100)
+
+
+@pytest.fixture(scope="module")
+def tile_batch(model):
+    """A batch of 4 real 256x256 tiles (the CPU batch size), as the network sees them."""
+    x = torch.from_numpy(np.asarray(PHOTO).copy())  # 768x512: take 4 of its 6 tiles
+    tiles = [x[r:r + 256, c:c + 256] for r, c in ((0, 0), (0, 256), (0, 512), (256, 0))]
+    return torch.stack(tiles).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def test_model_encode_tile_batch(benchmark, model, tile_batch):
+    with torch.inference_mode():
+        benchmark.pedantic(model.tokenizer.encode, args=(tile_batch,), rounds=5, warmup_rounds=1)
+
+
+def test_model_decode_tile_batch(benchmark, model, tile_batch):
+    with torch.inference_mode():
+        ids = model.tokenizer.encode(tile_batch)
+        benchmark.pedantic(model.tokenizer.decode, args=(ids,), rounds=5, warmup_rounds=1)
+
+
+def test_container_read(benchmark, encoded):
+    benchmark(container.read, encoded)
+
+
+def test_container_write(benchmark, encoded):
+    c = container.read(encoded)
+    benchmark(container.write, c)

@@ -1,0 +1,444 @@
+"""`odp bench`: rate-distortion and speed of ODP against JPEG, WebP, AVIF (and JPEG XL).
+
+For every image and every byte budget, each codec gets its best file of no more bytes:
+ODP by truncating one full encode (the point of the format), a classic codec by the
+highest quality that fits, at full size and after downscaling by 2, 4 and 8 (the
+"downscale trick"). The "classic hull" is, per metric, the best of all classic
+variants that fit. Rate is exact file bytes x 8 / original pixels.
+
+Outputs in --out: points.json (every measured point and the run's settings), summary.csv
+(mean metric per budget and codec), comparison.csv (ODP against each codec at the same
+budget: win rate, mean difference, BD-rate), plots/*.png, side_by_side.png; and a
+Markdown summary on stdout. Per-image results are cached in cache/ so an interrupted run
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import classic, metrics, pipeline, weights
+
+BUDGETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+SCALES = (1, 2, 4, 8)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".avif"}
+CACHE_VERSION = 1
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every image under folder (recursively), in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def budget_bytes(bpp: float, width: int, height: int) -> int:
+    return int(bpp * width * height / 8)
+
+
+# --------------------------------------------------------------------------- measuring one image
+
+
+def measure_image(path: Path, budgets, metric_names, codecs, model, device: str) -> list[dict]:
+    """All points for one image: ODP and every classic variant, at their best file per budget."""
+    pixels = np.asarray(Image.open(path).convert("RGB"))  # bare pixels: no ICC/EXIF for anyone
+    h, w = pixels.shape[:2]
+    score = metrics.Scorer(pixels, metric_names, "cpu" if device == "cpu" else device)
+    points: dict[tuple, dict] = {}
+
+    def add(codec: str, scale: int, setting: int, data_len: int, budget: float, decoded) -> None:
+        key = (codec, scale, setting)
+        if key not in points:
+            points[key] = {"codec": codec, "scale": scale, "setting": setting, "bytes": data_len,
+                           "bpp": data_len * 8 / (w * h), "budgets": [], **score(decoded())}
+        points[key]["budgets"].append(budget)
+
+    full = pipeline.encode(Image.fromarray(pixels, "RGB"), model=model, device=device)
+    for b in budgets:
+        try:
+            data = pipeline.truncate(full, max_bytes=budget_bytes(b, w, h))
+        except ValueError:  # not even one token per tile fits
+            continue
+        kept = pipeline.container.read(data).kept
+        add("odp", 1, kept, len(data), b,
+            lambda d=data: np.asarray(pipeline.decode(d, device=device)))
+    for codec in codecs.values():
+        for scale in SCALES:
+            v = classic.Variant(codec, scale, classic.shrink(pixels, scale))
+            for b in budgets:
+                q = v.best_under(budget_bytes(b, w, h))
+                if q is not None:
+                    add(codec.name, scale, q, v.size(q), b,
+                        lambda q=q: classic.decode(v.data(q), w, h))
+    return [{"image": str(path), "width": w, "height": h, **p} for p in points.values()]
+
+
+# --------------------------------------------------------------------------- selecting and comparing
+
+
+def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales=(1,)) -> dict | None:
+    """The point a codec offers at this budget: for several scales, the best by `metric`."""
+    cands = [p for p in points if budget in p["budgets"] and p["codec"] == codec and p["scale"] in scales
+             and not math.isnan(p[metric])]
+    if codec == "hull":
+        cands = [p for p in points if budget in p["budgets"] and p["codec"] != "odp" and not math.isnan(p[metric])]
+    best = None
+    for p in cands:
+        if best is None or metrics.better(metric, p[metric], best[metric]):
+            best = p
+    return best
+
+
+def contenders(codec_names) -> list[tuple[str, str, tuple]]:
+    """(label, codec, scales): each codec at full size, each with the downscale trick, and the hull."""
+    out = [(c, c, (1,)) for c in codec_names]
+    out += [(f"{c}+downscale", c, SCALES) for c in codec_names]
+    return out + [("classic hull", "hull", SCALES)]
+
+
+def summarize(points: list[dict], images: list[str], budgets, metric_names, codec_names):
+    """Mean metric per (budget, contender), and ODP-vs-contender comparisons at equal budgets."""
+    by_image = {im: [p for p in points if p["image"] == im] for im in images}
+    summary, comparison = [], []
+    for b in budgets:
+        for label, codec, scales in [("odp", "odp", (1,))] + contenders(codec_names):
+            row = {"budget_bpp": b, "codec": label}
+            for m in metric_names:
+                vals = [p[m] for im in images if (p := at_budget(by_image[im], b, codec, m, scales))]
+                row[f"{m}_images"] = len(vals)
+                row[m] = float(np.mean(vals)) if vals else None
+            sizes = [p["bpp"] for im in images if (p := at_budget(by_image[im], b, codec, metric_names[0], scales))]
+            row["mean_bpp"] = float(np.mean(sizes)) if sizes else None
+            summary.append(row)
+        for label, codec, scales in contenders(codec_names):
+            for m in metric_names:
+                wins = diffs = n = only_odp = 0
+                for im in images:
+                    o = at_budget(by_image[im], b, "odp", m)
+                    c = at_budget(by_image[im], b, codec, m, scales)
+                    if o and not c:
+                        only_odp += 1
+                    if o and c:
+                        n += 1
+                        wins += metrics.better(m, o[m], c[m])
+                        diffs += o[m] - c[m]
+                comparison.append({"budget_bpp": b, "versus": label, "metric": m, "images_both": n,
+                                   "odp_wins": wins, "win_rate": wins / n if n else None,
+                                   "mean_diff_odp_minus_other": diffs / n if n else None,
+                                   "images_only_odp_has_a_file": only_odp})
+    return summary, comparison
+
+
+def _envelope(rate: np.ndarray, quality: np.ndarray):
+    """Sort by rate and keep the points that improve quality (a rate-quality curve must rise)."""
+    order = np.argsort(rate)
+    r, q = [], []
+    for i in order:
+        if not q or quality[i] > q[-1]:
+            r.append(rate[i])
+            q.append(quality[i])
+    return np.array(r), np.array(q)
+
+
+def bd_rate(r1, q1, r2, q2) -> float | None:
+    """Bjøntegaard-style rate difference of curve 2 against curve 1, in percent (negative: 2 needs
+    fewer bytes), over their overlapping quality range; piecewise-linear in log-rate, which is
+    steadier than the cubic fit on few points. None without overlap."""
+    r1, q1 = _envelope(np.log(np.asarray(r1)), np.asarray(q1))
+    r2, q2 = _envelope(np.log(np.asarray(r2)), np.asarray(q2))
+    lo, hi = max(q1.min(initial=np.inf), q2.min(initial=np.inf)), min(q1.max(initial=-np.inf), q2.max(initial=-np.inf))
+    if len(q1) < 2 or len(q2) < 2 or not hi > lo:
+        return None
+    grid = np.linspace(lo, hi, 101)
+    diff = np.mean(np.interp(grid, q2, r2) - np.interp(grid, q1, r1))
+    return float((math.exp(diff) - 1) * 100)
+
+
+def bd_rates(points, images, metric_names, codec_names) -> list[dict]:
+    """BD-rate of ODP against each full-size codec and against the hull, per metric (mean over images)."""
+    out = []
+    for label, codec, scales in contenders(codec_names):
+        for m in metric_names:
+            sign = 1 if metrics.HIGHER_IS_BETTER[m] else -1
+            vals = []
+            for im in images:
+                pts = [p for p in points if p["image"] == im and not math.isnan(p[m])]
+                o = [p for p in pts if p["codec"] == "odp"]
+                c = [p for p in pts if (p["codec"] == codec or (codec == "hull" and p["codec"] != "odp"))
+                     and p["scale"] in scales]
+                v = bd_rate([p["bpp"] for p in c], [sign * p[m] for p in c],
+                            [p["bpp"] for p in o], [sign * p[m] for p in o])
+                if v is not None:
+                    vals.append(v)
+            out.append({"versus": label, "metric": m, "images_with_overlap": len(vals),
+                        "bd_rate_percent_mean": float(np.mean(vals)) if vals else None,
+                        "bd_rate_percent_median": float(np.median(vals)) if vals else None})
+    return out
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _rss_peak_reset() -> int | None:
+    """Reset the kernel's peak-RSS mark (Linux) and return the current RSS in bytes."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _proc_status_bytes("VmRSS")
+
+
+def _timed(fn, repeats: int) -> tuple[float, int | None]:
+    fn()  # warm-up
+    base = _rss_peak_reset()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    peak = _proc_status_bytes("VmHWM")
+    return statistics.median(times), (peak - base if peak is not None and base is not None else None)
+
+
+def measure_speed(paths: list[Path], codecs, model, devices, repeats: int = 3, quality: int = 50) -> list[dict]:
+    """Encode and decode seconds per megapixel (median of repeats after a warm-up) and the extra
+    peak memory while doing it. Classic codecs at `quality` with their final settings."""
+    rows = []
+    for path in paths:
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        mp = pixels.shape[0] * pixels.shape[1] / 1e6
+        im = Image.fromarray(pixels, "RGB")
+        jobs = []
+        for dev in devices:
+            data = pipeline.encode(im, model=model, device=dev)
+            jobs.append((f"odp ({dev})", "256 tokens/tile",
+                         lambda dev=dev: pipeline.encode(im, model=model, device=dev),
+                         lambda dev=dev, data=data: pipeline.decode(data, device=dev)))
+        for c in codecs.values():
+            data = c.encode(im, quality)
+            jobs.append((c.name, f"quality {quality} {c.final}", lambda c=c: c.encode(im, quality),
+                         lambda data=data: np.asarray(Image.open(__import__("io").BytesIO(data)).convert("RGB"))))
+        for name, setting, enc, dec in jobs:
+            te, me = _timed(enc, repeats)
+            td, md = _timed(dec, repeats)
+            rows.append({"image": str(path), "codec": name, "setting": setting, "megapixels": mp,
+                         "encode_s_per_mp": te / mp, "decode_s_per_mp": td / mp,
+                         "encode_peak_extra_mb": me / 2**20 if me is not None else None,
+                         "decode_peak_extra_mb": md / 2**20 if md is not None else None})
+    return rows
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(summary, metric_names, labels, out_dir: Path, n_images: int) -> list[Path]:
+    """One PNG per metric: mean score of the best file within each budget, log-scale bpp."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for m in metric_names:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+        for label in labels:
+            rows = [r for r in summary if r["codec"] == label and r[m] is not None and r[f"{m}_images"] == n_images]
+            if rows:
+                style = "-o" if label in ("odp", "classic hull") else "--."
+                ax.plot([r["budget_bpp"] for r in rows], [r[m] for r in rows], style, label=label,
+                        linewidth=2.2 if label == "odp" else 1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("budget (bits per pixel, log scale)")
+        ax.set_ylabel(m + ("  (higher is better)" if metrics.HIGHER_IS_BETTER[m] else "  (lower is better)"))
+        ax.set_title(f"{m}: best file within each budget, mean over {n_images} images")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{m}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, device: str, out: Path) -> None:
+    """original | ODP | best classic variant (by `metric`) at no more bytes, one row per budget."""
+    from PIL import ImageDraw
+
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    h, w = pixels.shape[:2]
+    full = pipeline.encode(Image.fromarray(pixels, "RGB"), model=model, device=device)
+    codecs = classic.available_codecs()
+    rows = []
+    for b in budgets:
+        o = at_budget(pts, b, "odp", metric)
+        c = at_budget(pts, b, "hull", metric)
+        cells = [(pixels, "original")]
+        for p in (o, c):
+            if p is None:
+                cells.append((np.full_like(pixels, 255), "no file fits"))
+                continue
+            if p["codec"] == "odp":
+                img = np.asarray(pipeline.decode(pipeline.truncate(full, tokens=p["setting"]), device=device))
+            else:
+                v = classic.Variant(codecs[p["codec"]], p["scale"], classic.shrink(pixels, p["scale"]))
+                img = classic.decode(v.data(p["setting"]), w, h)
+            name = "ODP" if p["codec"] == "odp" else f"{p['codec'].upper()} q{p['setting']}" + (
+                f" at 1/{p['scale']}" if p["scale"] > 1 else "")
+            cells.append((img, f"{name}: {p['bytes']} B, {p['bpp']:.4f} bpp, {metric} {p[metric]:.3f}"))
+        rows.append((b, cells))
+    band = 18
+    sheet = Image.new("RGB", (3 * w, len(rows) * (h + band)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (b, cells) in enumerate(rows):
+        for i, (img, text) in enumerate(cells):
+            sheet.paste(Image.fromarray(img), (i * w, r * (h + band) + band))
+            label = text if i else f"original; budget {b} bpp = {budget_bytes(b, w, h)} bytes"
+            draw.text((i * w + 4, r * (h + band) + 3), label, fill="black")
+    sheet.save(out)
+
+
+def markdown(summary, comparison, bd, metric_names, budgets) -> str:
+    """The summary table (mean per budget) and the byte-matched win rates, as Markdown."""
+    labels = list(dict.fromkeys(r["codec"] for r in summary))
+    lines = ["| budget bpp | codec | mean bpp | " + " | ".join(metric_names) + " |",
+             "|---:|---|---:|" + "---:|" * len(metric_names)]
+    for b in budgets:
+        for label in labels:
+            r = next(r for r in summary if r["budget_bpp"] == b and r["codec"] == label)
+            cells = [("–" if r[m] is None else f"{r[m]:.4f}" if m != "psnr" else f"{r[m]:.2f}")
+                     + ("" if r[f"{m}_images"] in (0, max(x[f"{m}_images"] for x in summary)) else f" ({r[f'{m}_images']})")
+                     for m in metric_names]
+            mb = "–" if r["mean_bpp"] is None else f"{r['mean_bpp']:.4f}"
+            lines.append(f"| {b} | {label} | {mb} | " + " | ".join(cells) + " |")
+    lines += ["", "ODP's win rate against each codec at the same budget (images where both have a file):", "",
+              "| budget bpp | versus | " + " | ".join(metric_names) + " |", "|---:|---|" + "---:|" * len(metric_names)]
+    versus = list(dict.fromkeys(r["versus"] for r in comparison))
+    for b in budgets:
+        for v in versus:
+            cells = []
+            for m in metric_names:
+                r = next(r for r in comparison if r["budget_bpp"] == b and r["versus"] == v and r["metric"] == m)
+                cells.append("–" if r["win_rate"] is None else f"{100 * r['win_rate']:.0f}% of {r['images_both']}"
+                             + (f" (+{r['images_only_odp_has_a_file']} only ODP)" if r["images_only_odp_has_a_file"] else ""))
+            lines.append(f"| {b} | {v} | " + " | ".join(cells) + " |")
+    lines += ["", "BD-rate of ODP (mean over images with overlapping curves; negative: ODP needs fewer bytes):", "",
+              "| versus | " + " | ".join(metric_names) + " |", "|---|" + "---:|" * len(metric_names)]
+    for v in versus:
+        cells = []
+        for m in metric_names:
+            r = next(r for r in bd if r["versus"] == v and r["metric"] == m)
+            cells.append("–" if r["bd_rate_percent_mean"] is None
+                         else f"{r['bd_rate_percent_mean']:+.1f}% ({r['images_with_overlap']})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, device: str = "auto",
+        codec_names=None, speed_images: int = 2, progress: bool = True) -> str:
+    """Benchmark every image under folder; write the outputs to `out`; return the Markdown summary."""
+    from tqdm import tqdm
+
+    t0 = time.time()
+    images = find_images(folder)
+    if not images:
+        raise ValueError(f"{folder}: no images found")
+    codecs = classic.available_codecs()
+    if codec_names:
+        unknown = set(codec_names) - set(codecs)
+        if unknown:
+            raise ValueError(f"codec {sorted(unknown)[0]!r} is not available here: {', '.join(codecs)}")
+        codecs = {k: v for k, v in codecs.items() if k in codec_names}
+    dev = pipeline.pick_device(device)
+    model = weights.load()
+    budgets, metric_names = tuple(sorted(budgets)), tuple(metric_names)
+    settings = {"version": CACHE_VERSION, "model_sha256": model.sha256.hex(), "budgets": budgets,
+                "metrics": metric_names, "scales": SCALES,
+                "codecs": {k: {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1]}
+                           for k, c in codecs.items()}}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    points, per_image_s = [], {}
+    for path in tqdm(images, desc="bench", unit="image", disable=not progress, file=sys.stderr):
+        cfile = cache / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}-{key}.json"
+        if cfile.exists():
+            cached = json.loads(cfile.read_text())
+            points += cached["points"]
+            per_image_s[str(path)] = cached["seconds"]
+            continue
+        t = time.time()
+        pts = measure_image(path, budgets, metric_names, codecs, model, dev)
+        per_image_s[str(path)] = time.time() - t
+        tmp = cfile.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"points": pts, "seconds": per_image_s[str(path)]}))
+        os.replace(tmp, cfile)
+        points += pts
+    names = [str(p) for p in images]
+    summary, comparison = summarize(points, names, budgets, metric_names, list(codecs))
+    bd = bd_rates(points, names, metric_names, list(codecs))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    speed = measure_speed(images[:speed_images], codecs, model, devices) if speed_images else []
+    labels = ["odp"] + [c[0] for c in contenders(list(codecs))]
+    plot_files = plot(summary, metric_names, labels, out / "plots", len(images))
+    pick = "lpips-alex" if "lpips-alex" in metric_names else metric_names[0]
+    side = [b for b in (0.01, 0.03) if b in budgets] or list(budgets[:2])
+    side_by_side(images[0], [p for p in points if p["image"] == names[0]], side, pick, model, dev,
+                 out / "side_by_side.png")
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "comparison.csv", comparison)
+    write_csv(out / "bd_rate.csv", bd)
+    write_csv(out / "speed.csv", speed)
+    elapsed = time.time() - t0
+    meta = {**settings, "folder": str(folder), "images": names, "device": dev, "seconds_total": elapsed,
+            "seconds_per_image": per_image_s, "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(), "model": model.name}
+    (out / "points.json").write_text(json.dumps({"settings": meta, "points": points, "summary": summary,
+                                                 "comparison": comparison, "bd_rate": bd, "speed": speed}, indent=1))
+    md = markdown(summary, comparison, bd, metric_names, budgets)
+    if speed:
+        md += "\n\nSpeed (median of 3 after a warm-up; peak memory above the idle process):\n\n"
+        md += "| codec | setting | encode s/MP | decode s/MP | encode peak MB | decode peak MB |\n|---|---|---:|---:|---:|---:|\n"
+        for c in dict.fromkeys(r["codec"] for r in speed):
+            rs = [r for r in speed if r["codec"] == c]
+            f = lambda k: statistics.median([r[k] for r in rs]) if all(r[k] is not None for r in rs) else float("nan")
+            md += (f"| {c} | {rs[0]['setting']} | {f('encode_s_per_mp'):.3f} | {f('decode_s_per_mp'):.3f} | "
+                   f"{f('encode_peak_extra_mb'):.0f} | {f('decode_peak_extra_mb'):.0f} |\n")
+    md += f"\n{len(images)} images, {elapsed / 60:.1f} minutes in all; plots: {', '.join(p.name for p in plot_files)}"
+    (out / "summary.md").write_text(md + "\n")
+    return md

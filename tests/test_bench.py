@@ -1,0 +1,166 @@
+"""`odp bench` and its parts: classic codecs under a byte budget, metrics, selection, BD-rate, outputs."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import DATA
+from odp.cli.main import main
+from odp.codec import bench, classic, metrics
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.asarray(Image.open(DATA / "astronaut-320x240.png").convert("RGB"))
+
+
+@pytest.mark.parametrize("name", ["jpeg", "webp"])
+def test_best_under_is_the_highest_quality_that_fits(pixels, name):
+    codec = classic.available_codecs()[name]
+    v = classic.Variant(codec, 2, classic.shrink(pixels, 2))
+    sizes = {q: len(codec.encode(v.small, q)) for q in codec.qualities}
+    for budget in (300, 900, 2500, 10**6):
+        q = v.best_under(budget)
+        fitting = [k for k, s in sizes.items() if s <= budget]
+        if not fitting:
+            assert q is None
+            continue
+        assert sizes[q] <= budget
+        # the search assumes size grows with quality; it must find the top of the fitting run
+        assert q == codec.qualities[-1] or sizes[q + 1] > budget
+
+
+def test_nothing_fits_a_budget_below_the_header(pixels):
+    for codec in classic.available_codecs().values():
+        assert classic.Variant(codec, 1, classic.shrink(pixels, 1)).best_under(20) is None
+
+
+def test_downscale_variant_decodes_to_full_size(pixels):
+    codec = classic.available_codecs()["webp"]
+    v = classic.Variant(codec, 8, classic.shrink(pixels, 8))
+    assert v.small.size == (40, 30)
+    assert classic.decode(v.data(50), 320, 240).shape == pixels.shape
+
+
+def test_metrics_on_real_photo(pixels):
+    blurred = np.asarray(Image.fromarray(pixels).resize((80, 60)).resize((320, 240)))
+    assert metrics.psnr(pixels, pixels) > 90
+    assert 15 < metrics.psnr(pixels, blurred) < 35
+    assert metrics.ms_ssim(pixels, pixels) == pytest.approx(1.0)
+    assert metrics.ms_ssim(pixels, blurred) < 0.98
+    assert np.isnan(metrics.ms_ssim(pixels[:100, :100], blurred[:100, :100]))
+    assert metrics.better("psnr", 30, 20) and metrics.better("dists", 0.1, 0.2)
+
+
+def test_scorer_rejects_unknown_metric(pixels):
+    with pytest.raises(ValueError, match="unknown metric"):
+        metrics.Scorer(pixels, ["psnr", "vmaf"])
+
+
+def test_bd_rate():
+    rate = np.array([0.01, 0.02, 0.04, 0.08])
+    quality = np.array([20.0, 23.0, 26.0, 29.0])
+    assert bench.bd_rate(rate, quality, rate, quality) == pytest.approx(0.0)
+    assert bench.bd_rate(rate, quality, rate / 2, quality) == pytest.approx(-50.0)  # same quality, half the bytes
+    assert bench.bd_rate(rate, quality, rate * 1.1, quality) == pytest.approx(10.0)
+    assert bench.bd_rate(rate, quality, rate, quality + 100) is None  # no overlap
+
+
+def test_selection_takes_best_fitting_point_per_metric():
+    pts = [
+        {"image": "a", "codec": "jpeg", "scale": 1, "budgets": [0.1], "psnr": 20.0, "dists": 0.5},
+        {"image": "a", "codec": "webp", "scale": 4, "budgets": [0.1], "psnr": 19.0, "dists": 0.3},
+        {"image": "a", "codec": "odp", "scale": 1, "budgets": [0.1], "psnr": 19.5, "dists": 0.2},
+    ]
+    assert bench.at_budget(pts, 0.1, "hull", "psnr")["codec"] == "jpeg"
+    assert bench.at_budget(pts, 0.1, "hull", "dists")["codec"] == "webp"  # the hull never includes ODP
+    assert bench.at_budget(pts, 0.1, "webp", "psnr") is None  # full size only
+    assert bench.at_budget(pts, 0.1, "webp", "psnr", bench.SCALES)["scale"] == 4
+    assert bench.at_budget(pts, 0.2, "jpeg", "psnr") is None
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    sub = folder / "sub"
+    sub.mkdir()
+    shutil.copy(DATA / "astronaut-320x240.png", folder)
+    shutil.copy(DATA / "coffee-200x150.png", sub)  # folders are searched recursively
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path_factory.mktemp("results")
+    r = CliRunner().invoke(main, ["bench", str(folder), "--out", str(out), "--budgets", "0.05,0.2",
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "1", "-q"])
+    return r, out
+
+
+def test_bench_writes_every_output(bench_run):
+    r, out = bench_run
+    assert r.exit_code == 0, r.output
+    for name in ("points.json", "summary.csv", "comparison.csv", "bd_rate.csv", "speed.csv", "summary.md",
+                 "side_by_side.png", "plots/psnr.png", "plots/ms-ssim.png"):
+        assert (out / name).is_file(), name
+    assert "| 0.05 | odp |" in r.output and "classic hull" in r.output
+    assert Image.open(out / "plots/psnr.png").size[0] > 300
+
+
+def test_bench_points_respect_their_budgets(bench_run):
+    _, out = bench_run
+    doc = json.loads((out / "points.json").read_text())
+    assert len(doc["settings"]["images"]) == 2
+    assert {p["codec"] for p in doc["points"]} == {"odp", "jpeg", "webp"}
+    for p in doc["points"]:
+        for b in p["budgets"]:
+            assert p["bytes"] <= int(b * p["width"] * p["height"] / 8)
+        assert p["bpp"] == pytest.approx(p["bytes"] * 8 / (p["width"] * p["height"]))
+
+
+def test_bench_hull_is_at_least_as_good_as_each_codec(bench_run):
+    _, out = bench_run
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    for b in ("0.05", "0.2"):
+        get = {r["codec"]: r for r in rows if r["budget_bpp"] == b}
+        for c in ("jpeg", "webp", "jpeg+downscale", "webp+downscale"):
+            if get[c]["psnr"] and get[c]["psnr_images"] == get["classic hull"]["psnr_images"]:
+                assert float(get["classic hull"]["psnr"]) >= float(get[c]["psnr"]) - 1e-9
+
+
+def test_bench_speed_rows(bench_run):
+    _, out = bench_run
+    rows = list(csv.DictReader(open(out / "speed.csv")))
+    assert {r["codec"] for r in rows} >= {"odp (cpu)", "jpeg", "webp"}
+    assert all(float(r["encode_s_per_mp"]) > 0 and float(r["decode_s_per_mp"]) > 0 for r in rows)
+
+
+def test_bench_resumes_from_its_cache(bench_run, tmp_path):
+    r, out = bench_run
+    cached = sorted((out / "cache").glob("*.json"))
+    assert len(cached) == 2
+    folder = json.loads((out / "points.json").read_text())["settings"]["folder"]
+    again = CliRunner().invoke(main, ["bench", folder, "--out", str(out), "--budgets", "0.05,0.2",
+                                      "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "-q"])
+    assert again.exit_code == 0, again.output
+    assert sorted((out / "cache").glob("*.json")) == cached
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budgets", "abc"], "--budgets"),
+    (["--budgets", "0"], "--budgets"),
+    (["--metrics", "vmaf"], "unknown metric"),
+    (["--codecs", "bpg", "--metrics", "psnr"], "not available"),
+])
+def test_bench_bad_arguments_are_one_line_errors(tmp_path, args, message):
+    shutil.copy(DATA / "coffee-200x150.png", tmp_path)
+    r = CliRunner().invoke(main, ["bench", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 1
+    assert message in r.output and r.output.count("\n") == 1
+
+
+def test_bench_empty_folder(tmp_path):
+    r = CliRunner().invoke(main, ["bench", str(tmp_path), "--out", str(tmp_path / "o"), "--metrics", "psnr"])
+    assert r.exit_code == 1 and "no images" in r.output
