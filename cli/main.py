@@ -321,8 +321,10 @@ def info(input, as_json):
 @click.option("--speed-images", default=2, show_default=True, type=click.IntRange(0, None),
               help="How many images to time encode/decode on (0: skip).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a Markdown results page with the plots here (e.g. docs/results.md).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, quiet):
+def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, report, quiet):
     """Rate-distortion and speed of ODP against JPEG, WebP, AVIF (JPEG XL) on a folder of images."""
     from ..codec import bench as bench_mod
     from ..codec import metrics, perceptual
@@ -343,7 +345,7 @@ def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, q
             raise UserError("LPIPS/DISTS weights are not set up: run `odp fetch-metrics` once "
                             "(or pass --metrics psnr,ms-ssim)")
         codec_names = [c.strip() for c in codec_list.split(",")] if codec_list else None
-        md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet)
+        md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet, report)
     click.echo(md)
 
 

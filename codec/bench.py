@@ -370,8 +370,10 @@ def markdown(summary, comparison, bd, metric_names, budgets) -> str:
 
 
 def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, device: str = "auto",
-        codec_names=None, speed_images: int = 2, progress: bool = True) -> str:
-    """Benchmark every image under folder; write the outputs to `out`; return the Markdown summary."""
+        codec_names=None, speed_images: int = 2, progress: bool = True, report: Path | None = None) -> str:
+    """Benchmark every image under folder; write the outputs to `out`; return the Markdown summary.
+
+    With `report`, also write a Markdown page there that embeds the plots (docs/results.md)."""
     from tqdm import tqdm
 
     t0 = time.time()
@@ -418,7 +420,8 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     plot_files = plot(summary, metric_names, labels, out / "plots", len(images))
     pick = "lpips-alex" if "lpips-alex" in metric_names else metric_names[0]
     side = [b for b in (0.01, 0.03) if b in budgets] or list(budgets[:2])
-    side_by_side(images[0], [p for p in points if p["image"] == names[0]], side, pick, model, dev,
+    shown = max(images[:8], key=lambda p: Image.open(p).size[0])  # a wide photo shows the most
+    side_by_side(shown, [p for p in points if p["image"] == str(shown)], side, pick, model, dev,
                  out / "side_by_side.png")
     write_csv(out / "summary.csv", summary)
     write_csv(out / "comparison.csv", comparison)
@@ -441,4 +444,29 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
                    f"{f('encode_peak_extra_mb'):.0f} | {f('decode_peak_extra_mb'):.0f} |\n")
     md += f"\n{len(images)} images, {elapsed / 60:.1f} minutes in all; plots: {', '.join(p.name for p in plot_files)}"
     (out / "summary.md").write_text(md + "\n")
+    if report:
+        write_report(report, md, meta, out, plot_files, shown, side)
     return md
+
+
+def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[Path], shown: Path, side) -> None:
+    """The results page: how it was made, the tables, the plots and the side-by-side picture."""
+    rel = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
+    cmd = " ".join(["odp bench", meta["folder"], "--out", str(out), "--report", str(report)])
+    page = [f"# Results: ODP ({meta['model']}) against the classic codecs", "",
+            f"Regenerate with `{cmd}` (`odp fetch-metrics` once first). "
+            f"{len(meta['images'])} images from `{meta['folder']}`, never trained on; device {meta['device']}, "
+            f"{meta['cpu_threads']} CPU threads, torch {meta['torch']}, {meta['platform']}.", "",
+            "Each codec gets its best file of no more bytes than the budget (bpp = file bytes × 8 / pixels, "
+            "headers included). ODP: one encode, truncated. Classic codecs: the highest quality that fits "
+            "(JPEG optimised, WebP method 6, AVIF speed 0, JPEG XL effort 9); `+downscale`: the best of full size "
+            "and Lanczos downscaling by 2, 4 and 8, enlarged back; `classic hull`: per metric, the best of every "
+            "classic variant. A number in parentheses after a mean is how many images had a file that fits.", "",
+            md, "", "## Plots", ""]
+    page += [f"![{p.stem}]({rel(p)})" for p in plot_files]
+    page += ["", f"## Side by side: `{shown}` at {' and '.join(map(str, side))} bpp", "",
+             "original | ODP | best classic variant at no more bytes (by LPIPS-Alex)", "",
+             f"![side by side]({rel(out / 'side_by_side.png')})", ""]
+    tmp = report.with_suffix(".tmp")
+    tmp.write_text("\n".join(page))
+    os.replace(tmp, report)

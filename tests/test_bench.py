@@ -95,7 +95,8 @@ def bench_run(tmp_path_factory):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path_factory.mktemp("results")
     r = CliRunner().invoke(main, ["bench", str(folder), "--out", str(out), "--budgets", "0.05,0.2",
-                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "1", "-q"])
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "1", "-q",
+                                  "--report", str(out / "results.md")])
     return r, out
 
 
@@ -107,6 +108,8 @@ def test_bench_writes_every_output(bench_run):
         assert (out / name).is_file(), name
     assert "| 0.05 | odp |" in r.output and "classic hull" in r.output
     assert Image.open(out / "plots/psnr.png").size[0] > 300
+    page = (out / "results.md").read_text()
+    assert "](plots/psnr.png)" in page and "](side_by_side.png)" in page and "| 0.2 | classic hull |" in page
 
 
 def test_bench_points_respect_their_budgets(bench_run):
