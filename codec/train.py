@@ -6,6 +6,12 @@ Reads photos from the folders the config names (never from data/eval), takes ran
 256x256 crops at several scales with flips, and trains with MSE and tail-token drop
 (each row keeps k ~ U{1..K} tokens). Checkpoints are safetensors plus a JSON state,
 written atomically every `ckpt_every` steps; rerunning the same command resumes.
+
+Optional stage-2 terms (config `[loss]`, in the One-D-Piece/TiTok spirit): LPIPS-VGG on a
+random crop of each tile (offline weights, `odp fetch-metrics`), and a hinge patch
+discriminator switched on at `adv_start` with a small weight; `freeze_encoder = true`
+fine-tunes only the decoder, so the tokens of existing files keep their meaning.
+`init = "odp-small-v1"` starts a new run from shipped weights.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from .model import ModelConfig, Tokenizer
 
+DECODER_PREFIXES = ("from_code", "dec_", "head")  # the parameters stage 2 trains
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
 
@@ -75,6 +82,31 @@ class CropSampler:
 def to_model_range(tiles_u8: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
     return tiles_u8.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class PatchDiscriminator(torch.nn.Module):
+    """A small PatchGAN: one real/fake logit per ~30 px patch, GroupNorm (batch sizes are small on CPU)."""
+
+    def __init__(self, width: int = 64, layers: int = 3):
+        super().__init__()
+        mods, c = [torch.nn.Conv2d(3, width, 4, 2, 1), torch.nn.LeakyReLU(0.2)], width
+        for i in range(1, layers):
+            nc = min(width * 2 ** i, 512)
+            mods += [torch.nn.Conv2d(c, nc, 4, 2, 1), torch.nn.GroupNorm(8, nc), torch.nn.LeakyReLU(0.2)]
+            c = nc
+        mods.append(torch.nn.Conv2d(c, 1, 4, 1, 1))
+        self.net = torch.nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def random_crop_pair(x: torch.Tensor, y: torch.Tensor, size: int, rng: np.random.Generator):
+    """The same random size x size window of two batches (LPIPS on a crop costs a fraction)."""
+    if size >= x.shape[-1]:
+        return x, y
+    i, j = (int(rng.integers(x.shape[-1] - size + 1)) for _ in range(2))
+    return x[..., i:i + size, j:j + size], y[..., i:i + size, j:j + size]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -130,9 +162,15 @@ def load_checkpoint(run: Path, model: Tokenizer, ema: Tokenizer, opt: torch.opti
 
 @torch.no_grad()
 def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int]) -> dict:
+    """PSNR at several prefix lengths, and how much of the codebook the held-out tiles use
+    (FSQ has no codebook vectors to die, but a collapsed code distribution shows here)."""
     model.eval()
-    values = model.encode_values(tiles)[0]
+    values, ids = model.encode_values(tiles)
     out = {f"psnr@{k}": round(psnr(model.decode_values(values[:, :k]), tiles), 3) for k in ks}
+    counts = torch.bincount(ids.flatten(), minlength=model.cfg.codebook_size).float()
+    p = counts[counts > 0] / counts.sum()
+    out["codes_used"] = int((counts > 0).sum())
+    out["code_perplexity"] = round(float(torch.exp(-(p * p.log()).sum())), 1)
     model.train()
     return out
 
@@ -157,14 +195,38 @@ def main(argv: list[str] | None = None) -> None:
     sampler = CropSampler(train_files, tc["areas_mp"], mc.tile, tc["seed"])
     monitor = CropSampler(held, tc["areas_mp"], mc.tile, seed=1234).batch(tc["monitor_tiles"]).to(device)
 
+    lc = {"perceptual": 0.0, "perceptual_crop": 128, "adversarial": 0.0, "adv_start": 0, "disc_lr": 1e-4,
+          "freeze_encoder": False, **cfg.get("loss", {})}
     model = Tokenizer(mc).to(device)
+    if tc.get("init") and not (run / "state.json").exists():
+        from .weights import load as load_shipped
+
+        model.load_state_dict(load_shipped(tc["init"]).tokenizer.state_dict())
+        print(f"initialised from shipped weights {tc['init']}", file=sys.stderr)
     ema = Tokenizer(mc).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], betas=(0.9, 0.99), weight_decay=tc["weight_decay"])
+    if lc["freeze_encoder"]:  # stage 2: the decoder learns, the tokens keep their meaning
+        for name, prm in model.named_parameters():
+            if not name.startswith(DECODER_PREFIXES):
+                prm.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc["lr"], betas=(0.9, 0.99), weight_decay=tc["weight_decay"])
     step = load_checkpoint(run, model, ema, opt) if (run / "state.json").exists() else 0
     if step:
         print(f"resumed at step {step}", file=sys.stderr)
         sampler.rng = np.random.default_rng(tc["seed"] + step)
+    lpips_vgg = None
+    if lc["perceptual"] > 0:
+        from .perceptual import get as get_metric
+
+        lpips_vgg = get_metric("vgg", device)
+    disc = disc_opt = None
+    if lc["adversarial"] > 0:
+        disc = PatchDiscriminator().to(device)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=lc["disc_lr"], betas=(0.5, 0.9))
+        if (run / "disc.safetensors").exists():
+            disc.load_state_dict(load_file(str(run / "disc.safetensors")))
+    crop_rng = np.random.default_rng(tc["seed"] + 7 + step)
 
     log = (run / "log.jsonl").open("a")
     t0, seen = time.time(), 0
@@ -175,11 +237,29 @@ def main(argv: list[str] | None = None) -> None:
         keep = torch.randint(1, mc.tokens + 1, (x.shape[0],), device=device)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=tc["bf16"]):
             y, _ = model(x, keep)
-        loss = F.mse_loss(y.float(), x)
+        y = y.float()
+        loss = mse = F.mse_loss(y, x)
+        rec = {}
+        if lpips_vgg is not None:
+            a, b = random_crop_pair((y.clamp(-1, 1) + 1) / 2, (x + 1) / 2, lc["perceptual_crop"], crop_rng)
+            perc = lpips_vgg(a, b).mean()
+            loss = loss + lc["perceptual"] * perc
+            rec["lpips_vgg"] = round(perc.item(), 4)
+        adv_on = disc is not None and step >= lc["adv_start"]
+        if adv_on:
+            g_adv = -disc(y).mean()  # hinge generator loss
+            loss = loss + lc["adversarial"] * g_adv
+            rec["g_adv"] = round(g_adv.item(), 4)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["clip"])
+        gn = torch.nn.utils.clip_grad_norm_(params, tc["clip"])
         opt.step()
+        if adv_on:
+            d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            rec["d_loss"] = round(d_loss.item(), 4)
         with torch.no_grad():
             d = tc["ema"] if step > tc["warmup_steps"] else 0.0
             for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -187,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         seen += x.shape[0]
         if step % tc["log_every"] == 0:
-            rec = {"step": step, "loss": round(loss.item(), 5), "grad_norm": round(gn.item(), 3),
-                   "lr": lr_at(step - 1, tc), "tiles_per_s": round(seen / (time.time() - t0), 2)}
+            rec = {"step": step, "loss": round(loss.item(), 5), "mse": round(mse.item(), 5), **rec,
+                   "grad_norm": round(gn.item(), 3), "lr": lr_at(step - 1, tc),
+                   "tiles_per_s": round(seen / (time.time() - t0), 2)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % tc["ckpt_every"] == 0 or step == tc["steps"]:
@@ -198,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
             log.flush()
             print(json.dumps(rec), file=sys.stderr)
             save_checkpoint(run, model, ema, opt, step, cfg)
+            if disc is not None:
+                save_file({k: v.contiguous() for k, v in disc.state_dict().items()}, str(run / "disc.safetensors.tmp"))
+                os.replace(run / "disc.safetensors.tmp", run / "disc.safetensors")
     log.close()
 
 
