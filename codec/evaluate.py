@@ -4,7 +4,7 @@
 
 Each photo is encoded once; every k is a truncation of that file (the point of the
 format). Reports mean bpp (exact file bytes), PSNR (RGB, 8-bit) and MS-SSIM per k,
-plus entropy-coded bits per token. `odp bench` compares with other codecs.
+plus entropy-coded bits per token and the tile-seam ratio (metrics.seam_ratio). `odp bench` compares with other codecs.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import pipeline, weights
-from .metrics import ms_ssim, psnr
+from .metrics import ms_ssim, psnr, seam_ratio
 from .train import IMAGE_SUFFIXES
 
 
@@ -43,14 +43,18 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"image": f.name, "tokens": k, "bytes": len(data),
                          "bpp": len(data) * 8 / (ref.shape[0] * ref.shape[1]),
                          "psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
+                         "seam_ratio": seam_ratio(out, model.config.tile),
                          "bits_per_token": payload_bits / toks.size})
         print(f"{f.name}: " + ", ".join(f"k={r['tokens']} {r['psnr']:.2f} dB" for r in rows[-len(args.tokens):]),
               file=sys.stderr)
-    print(f"{'tokens':>6} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'bits/token':>10}  ({len(files)} images, {model.name})")
+    print(f"{'tokens':>6} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'bits/token':>10} {'seam':>6}"
+          f"  ({len(files)} images, {model.name}; seam: tile-border / inside gradient)")
     for k in args.tokens:
         sel = [r for r in rows if r["tokens"] == k]
-        mean = {key: float(np.mean([r[key] for r in sel])) for key in ("bpp", "psnr", "ms_ssim", "bits_per_token")}
-        print(f"{k:>6} {mean['bpp']:>8.4f} {mean['psnr']:>8.2f} {mean['ms_ssim']:>8.4f} {mean['bits_per_token']:>10.3f}")
+        mean = {key: float(np.nanmean([r[key] for r in sel]))
+                for key in ("bpp", "psnr", "ms_ssim", "bits_per_token", "seam_ratio")}
+        print(f"{k:>6} {mean['bpp']:>8.4f} {mean['psnr']:>8.2f} {mean['ms_ssim']:>8.4f} {mean['bits_per_token']:>10.3f}"
+              f" {mean['seam_ratio']:>6.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

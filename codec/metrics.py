@@ -33,6 +33,24 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(_ms_ssim(ta, tb, data_range=255.0))
 
 
+def seam_ratio(image: np.ndarray, tile: int = 256) -> float:
+    """Mean absolute pixel step across tile borders over the mean step inside tiles.
+
+    About 1 when tiles join invisibly; a visible seam raises it. NaN for a single tile.
+    """
+    x = image.astype(np.float64)
+    dx = np.abs(np.diff(x, axis=1)).mean(axis=(0, 2))  # step between column c and c+1
+    dy = np.abs(np.diff(x, axis=0)).mean(axis=(1, 2))
+    border_x = np.arange(tile - 1, len(dx), tile)
+    border_y = np.arange(tile - 1, len(dy), tile)
+    if not len(border_x) and not len(border_y):
+        return float("nan")
+    inside_x, inside_y = np.delete(dx, border_x), np.delete(dy, border_y)
+    border = np.concatenate([dx[border_x], dy[border_y]]).mean()
+    inside = np.concatenate([inside_x, inside_y]).mean()
+    return float(border / max(inside, 1e-9))
+
+
 def better(metric: str, x: float, y: float) -> bool:
     """Whether score x is strictly better than y for this metric."""
     return x > y if HIGHER_IS_BETTER[metric] else x < y

@@ -58,6 +58,15 @@ def test_metrics_on_real_photo(pixels):
     assert metrics.better("psnr", 30, 20) and metrics.better("dists", 0.1, 0.2)
 
 
+def test_seam_ratio_sees_a_seam(pixels):
+    smooth = np.asarray(Image.open(DATA / "photo_768x512.png").convert("RGB"))
+    assert 0.8 < metrics.seam_ratio(smooth, tile=256) < 1.2  # a real photo has no seams at tile borders
+    seamed = smooth.copy()
+    seamed[:, 256:512] = np.clip(seamed[:, 256:512].astype(int) + 40, 0, 255)  # one tile column brighter
+    assert metrics.seam_ratio(seamed, tile=256) > 1.5
+    assert np.isnan(metrics.seam_ratio(smooth[:200, :200], tile=256))
+
+
 def test_scorer_rejects_unknown_metric(pixels):
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.Scorer(pixels, ["psnr", "vmaf"])
