@@ -122,12 +122,12 @@ def summarize(points: list[dict], images: list[str], budgets, metric_names, code
             summary.append(row)
         for label, codec, scales in contenders(codec_names):
             for m in metric_names:
-                wins = diffs = n = only_odp = 0
+                wins = diffs = n = only_odp = only_other = 0
                 for im in images:
                     o = at_budget(by_image[im], b, "odp", m)
                     c = at_budget(by_image[im], b, codec, m, scales)
-                    if o and not c:
-                        only_odp += 1
+                    only_odp += bool(o and not c)
+                    only_other += bool(c and not o)
                     if o and c:
                         n += 1
                         wins += metrics.better(m, o[m], c[m])
@@ -135,7 +135,8 @@ def summarize(points: list[dict], images: list[str], budgets, metric_names, code
                 comparison.append({"budget_bpp": b, "versus": label, "metric": m, "images_both": n,
                                    "odp_wins": wins, "win_rate": wins / n if n else None,
                                    "mean_diff_odp_minus_other": diffs / n if n else None,
-                                   "images_only_odp_has_a_file": only_odp})
+                                   "images_only_odp_has_a_file": only_odp,
+                                   "images_only_other_has_a_file": only_other})
     return summary, comparison
 
 
@@ -352,7 +353,9 @@ def markdown(summary, comparison, bd, metric_names, budgets) -> str:
             for m in metric_names:
                 r = next(r for r in comparison if r["budget_bpp"] == b and r["versus"] == v and r["metric"] == m)
                 cells.append("–" if r["win_rate"] is None else f"{100 * r['win_rate']:.0f}% of {r['images_both']}"
-                             + (f" (+{r['images_only_odp_has_a_file']} only ODP)" if r["images_only_odp_has_a_file"] else ""))
+                             + (f" (+{r['images_only_odp_has_a_file']} only ODP)" if r["images_only_odp_has_a_file"] else "")
+                             + (f" (+{r['images_only_other_has_a_file']} only {v})"
+                                if r["images_only_other_has_a_file"] else ""))
             lines.append(f"| {b} | {v} | " + " | ".join(cells) + " |")
     lines += ["", "BD-rate of ODP (mean over images with overlapping curves; negative: ODP needs fewer bytes):", "",
               "| versus | " + " | ".join(metric_names) + " |", "|---|" + "---:|" * len(metric_names)]
