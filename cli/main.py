@@ -145,6 +145,17 @@ def _positive_finite(value: float | None) -> float | None:
     return value
 
 
+def _metadata(value: str) -> tuple[str, ...]:
+    names = {v.strip().lower() for v in value.split(",") if v.strip()}
+    if names == {"none"}:
+        return ()
+    if names == {"all"}:
+        return ("icc", "exif")
+    if not names or not names <= {"icc", "exif"}:
+        raise click.BadParameter(f"{value!r}: use none, icc, exif, icc,exif or all")
+    return tuple(sorted(names))
+
+
 def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
     """Where the output of `src` goes: -o itself, or src's name with `suffix` (in the -o folder if many)."""
     if src == STDIO and output is None:
@@ -167,8 +178,11 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @device_option
 @force_option
 @quiet_option
+@click.option("--metadata", default="none", show_default=True, callback=lambda ctx, param, v: _metadata(v),
+              help="What to carry: none, icc, exif or all (comma-separated). Without icc, colours are "
+                   "converted to sRGB; metadata can outweigh a small image.")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
-def encode(inputs, output, tokens, max_bytes, bpp, device, force, quiet, verbose):
+def encode(inputs, output, tokens, max_bytes, bpp, metadata, device, force, quiet, verbose):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
     if sum(x is not None for x in (tokens, max_bytes, bpp)) > 1:
         raise click.UsageError("give at most one of --tokens, --bytes, --bpp")
@@ -201,7 +215,8 @@ def encode(inputs, output, tokens, max_bytes, bpp, device, force, quiet, verbose
                 budget = max_bytes
                 if bpp is not None:
                     budget = int(bpp * im.width * im.height / 8)
-                data = pipeline.encode(im, tokens=tokens, max_bytes=budget, model=model, device=device)
+                data = pipeline.encode(im, tokens=tokens, max_bytes=budget, model=model, device=device,
+                                       metadata=metadata)
             _show_warnings(caught, src, quiet)
             with user_errors(dst):
                 write_output(dst, data, force)

@@ -1,6 +1,8 @@
 """Photo <-> .odp bytes: input normalisation, tiling, the model, entropy coding, the container."""
 from __future__ import annotations
 
+import io
+
 import warnings
 from dataclasses import dataclass, replace
 
@@ -28,12 +30,21 @@ class Prepared:
     exif: bytes
 
 
-def prepare(im: Image.Image) -> Prepared:
-    """Any Pillow image -> 8-bit RGB pixels, EXIF orientation applied, ICC/EXIF kept.
+METADATA = ("icc", "exif")
 
+
+def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
+    """Any Pillow image -> 8-bit RGB pixels, EXIF orientation applied.
+
+    ODP makes small files, so metadata is dropped unless `keep` names it ("icc", "exif"),
+    as cwebp does: an ICC profile or EXIF block can outweigh the whole image. A dropped
+    ICC profile is first applied (pixels converted to sRGB), so colours stay right.
     Alpha is not coded: transparent images are flattened onto white, with a warning.
     16/32-bit greyscale is scaled to 8 bits rather than clipped.
     """
+    unknown = set(keep) - set(METADATA)
+    if unknown:
+        raise ValueError(f"unknown metadata {sorted(unknown)[0]!r}: choose from {', '.join(METADATA)}")
     im.seek(0) if getattr(im, "n_frames", 1) > 1 else None
     icc = im.info.get("icc_profile") or b""
     if icc[16:20] != b"RGB ":  # a CMYK or grey profile would mis-tag the RGB output
@@ -58,8 +69,24 @@ def prepare(im: Image.Image) -> Prepared:
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat.alpha_composite(rgba)
         im = flat
-    pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return Prepared(np.ascontiguousarray(pixels), icc, exif_bytes)
+    im = im.convert("RGB")
+    if icc and "icc" not in keep:
+        im = to_srgb(im, icc)
+        icc = b""
+    pixels = np.asarray(im, dtype=np.uint8)
+    return Prepared(np.ascontiguousarray(pixels), icc, exif_bytes if "exif" in keep else b"")
+
+
+def to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+    """Apply an embedded RGB profile, giving sRGB pixels; an unusable profile is ignored, with a warning."""
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        warnings.warn(f"ICC profile ignored (cannot be applied: {e})", OdpWarning)
+        return im
 
 
 def pick_device(device: str) -> str:
@@ -108,11 +135,13 @@ def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes =
 
 
 def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None,
-           model: Model | None = None, device: str = "auto", batch: int | None = None) -> bytes:
-    """Encode a Pillow image to .odp bytes, keeping `tokens` per tile or fitting `max_bytes`."""
+           model: Model | None = None, device: str = "auto", batch: int | None = None,
+           metadata: tuple[str, ...] = ()) -> bytes:
+    """Encode a Pillow image to .odp bytes, keeping `tokens` per tile or fitting `max_bytes`;
+    `metadata` names what to carry ("icc", "exif"; default none, see prepare)."""
     model = model or weights.load()
     dev = pick_device(device)
-    p = prepare(im)
+    p = prepare(im, metadata)
     toks = image_to_tokens(p.pixels, model, dev, batch or default_batch(dev))
     data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif)
     if tokens is not None:

@@ -191,11 +191,18 @@ def test_metadata_reaches_the_decoded_png(tmp_path, small_photo):
     ex = Image.Exif()
     ex[0x010F] = "ODP test camera"
     small_photo.save(tmp_path / "m.jpg", quality=95, icc_profile=icc, exif=ex.tobytes())
-    assert_ok(odp("encode", tmp_path / "m.jpg", "-t", "8"))
+    assert_ok(odp("encode", tmp_path / "m.jpg", "-t", "8", "--metadata", "all"))
     assert_ok(odp("decode", tmp_path / "m.odp"))
     out = Image.open(tmp_path / "m.png")
     assert out.info["icc_profile"] == icc
     assert out.getexif()[0x010F] == "ODP test camera"
+    assert_ok(odp("encode", tmp_path / "m.jpg", "-t", "8", "-o", tmp_path / "bare.odp"))  # default: none
+    assert_ok(odp("decode", tmp_path / "bare.odp"))
+    bare = Image.open(tmp_path / "bare.png")
+    assert "icc_profile" not in bare.info and 0x010F not in bare.getexif()
+    assert (tmp_path / "bare.odp").stat().st_size < (tmp_path / "m.odp").stat().st_size
+    r = odp("encode", tmp_path / "m.jpg", "--metadata", "xmp", "-o", tmp_path / "x.odp")
+    assert r.exit_code == 2 and "--metadata" in r.stderr
 
 
 # --------------------------------------------------------------------------- overwriting

@@ -181,7 +181,7 @@ def test_truncate_keeps_metadata(small_photo, model):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     im = small_photo.copy()
     im.info["icc_profile"] = icc
-    data = pipeline.encode(im, model=model, device="cpu")
+    data = pipeline.encode(im, model=model, device="cpu", metadata=("icc",))
     cut = pipeline.truncate(data, tokens=3)
     assert container.read(cut).header.icc == icc
     assert len(pipeline.truncate(data, max_bytes=len(cut))) <= len(cut)
@@ -354,7 +354,7 @@ def exif_with(orientation: int) -> bytes:
                                                    (5, True), (6, True), (7, True), (8, True)])
 def test_exif_orientation_is_applied(orientation, swapped, small_photo):
     jpeg = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "JPEG", quality=95, exif=exif_with(orientation))))
-    p = pipeline.prepare(jpeg)
+    p = pipeline.prepare(jpeg, keep=("exif",))
     w, h = small_photo.size
     assert p.pixels.shape[:2] == ((w, h) if swapped else (h, w))
     ex = Image.Exif()
@@ -365,12 +365,37 @@ def test_exif_orientation_is_applied(orientation, swapped, small_photo):
 
 def test_exif_orientation_6_end_to_end(small_photo, model):
     jpeg = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "JPEG", quality=95, exif=exif_with(6))))
-    data = pipeline.encode(jpeg, tokens=8, model=model, device="cpu")
+    data = pipeline.encode(jpeg, tokens=8, model=model, device="cpu", metadata=("exif",))
     out = decode(data)
     assert out.size == (small_photo.height, small_photo.width)
     ex = Image.Exif()
     ex.load(out.info["exif"])
     assert 0x0112 not in ex and ex[0x010F] == "ODP test camera"
+
+
+def test_metadata_is_dropped_by_default_and_colours_go_to_srgb(small_photo, model):
+    """Small files first (as cwebp): no ICC/EXIF unless asked; a dropped profile is applied to the pixels."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    jpeg = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "JPEG", quality=95, exif=exif_with(6),
+                                                      icc_profile=srgb.tobytes())))
+    data = pipeline.encode(jpeg, tokens=8, model=model, device="cpu")
+    h = container.read(data).header
+    assert h.icc == b"" and h.exif == b""
+    assert decode(data).size == (small_photo.height, small_photo.width)  # orientation still applied
+    p_keep = pipeline.prepare(jpeg, keep=("icc",))
+    p_drop = pipeline.prepare(jpeg)
+    assert p_keep.icc and not p_drop.icc
+    assert np.abs(p_keep.pixels.astype(int) - p_drop.pixels.astype(int)).max() <= 2  # sRGB -> sRGB: as good as same
+    with pytest.raises(ValueError, match="unknown metadata"):
+        pipeline.prepare(jpeg, keep=("xmp",))
+
+
+def test_broken_icc_profile_is_ignored_with_a_warning(small_photo):
+    im = small_photo.copy()
+    im.info["icc_profile"] = b"\0" * 16 + b"RGB " + b"junk" * 10
+    with pytest.warns(pipeline.OdpWarning, match="ICC profile ignored"):
+        p = pipeline.prepare(im)
+    np.testing.assert_array_equal(p.pixels, np.asarray(small_photo))
 
 
 def test_tiff_orientation(small_photo):
@@ -385,7 +410,7 @@ def test_icc_profile_is_carried_through(small_photo, model):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     png = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "PNG", icc_profile=icc)))
     assert png.info["icc_profile"] == icc
-    data = pipeline.encode(png, tokens=8, model=model, device="cpu")
+    data = pipeline.encode(png, tokens=8, model=model, device="cpu", metadata=("icc", "exif"))
     assert container.read(data).header.icc == icc
     out = decode(data)
     assert out.info["icc_profile"] == icc
