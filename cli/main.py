@@ -359,6 +359,8 @@ def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, r
         if any(m in metrics.DEEP for m in names) and not perceptual.available():
             raise UserError("LPIPS/DISTS weights are not set up: run `odp fetch-metrics` once "
                             "(or pass --metrics psnr,ms-ssim)")
+        if report is not None and not report.resolve().parent.is_dir():
+            raise UserError(f"--report: folder {report.parent} does not exist")
         codec_names = [c.strip() for c in codec_list.split(",")] if codec_list else None
         md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet, report)
     click.echo(md)

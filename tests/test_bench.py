@@ -175,6 +175,7 @@ def test_bench_resumes_from_its_cache_part_by_part(bench_run):
     (["--budgets", "0"], "--budgets"),
     (["--metrics", "vmaf"], "unknown metric"),
     (["--codecs", "bpg", "--metrics", "psnr"], "not available"),
+    (["--metrics", "psnr", "--report", "/nonexistent/folder/r.md"], "--report"),
 ])
 def test_bench_bad_arguments_are_one_line_errors(tmp_path, args, message):
     shutil.copy(DATA / "coffee-200x150.png", tmp_path)
