@@ -104,16 +104,18 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
 # --------------------------------------------------------------------------- selecting and comparing
 
 
+def offers(p: dict, codec: str, scales) -> bool:
+    """Whether point p belongs to a contender: a codec at some scales, or ("hull") any classic variant."""
+    return p["codec"] != "odp" if codec == "hull" else p["codec"] == codec and p["scale"] in scales
+
+
 def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales=(1,)) -> dict | None:
     """The point a codec offers at this budget: for several scales, the best by `metric`."""
-    cands = [p for p in points if budget in p["budgets"] and p["codec"] == codec and p["scale"] in scales
-             and not math.isnan(p[metric])]
-    if codec == "hull":
-        cands = [p for p in points if budget in p["budgets"] and p["codec"] != "odp" and not math.isnan(p[metric])]
     best = None
-    for p in cands:
-        if best is None or metrics.better(metric, p[metric], best[metric]):
-            best = p
+    for p in points:
+        if budget in p["budgets"] and offers(p, codec, scales) and not math.isnan(p[metric]):
+            if best is None or metrics.better(metric, p[metric], best[metric]):
+                best = p
     return best
 
 
@@ -193,8 +195,7 @@ def bd_rates(points, images, metric_names, codec_names) -> list[dict]:
             for im in images:
                 pts = [p for p in points if p["image"] == im and not math.isnan(p[m])]
                 o = [p for p in pts if p["codec"] == "odp"]
-                c = [p for p in pts if (p["codec"] == codec or (codec == "hull" and p["codec"] != "odp"))
-                     and p["scale"] in scales]
+                c = [p for p in pts if offers(p, codec, scales)]
                 v = bd_rate([p["bpp"] for p in c], [sign * p[m] for p in c],
                             [p["bpp"] for p in o], [sign * p[m] for p in o])
                 if v is not None:
@@ -257,7 +258,7 @@ def measure_speed(paths: list[Path], codecs, model, devices, repeats: int = 3, q
         for c in codecs.values():
             data = c.encode(im, quality)
             jobs.append((c.name, f"quality {quality} {c.final}", lambda c=c: c.encode(im, quality),
-                         lambda data=data: np.asarray(Image.open(__import__("io").BytesIO(data)).convert("RGB"))))
+                         lambda data=data: classic.decode(data, *im.size)))
         for name, setting, enc, dec in jobs:
             te, me = _timed(enc, repeats)
             td, md = _timed(dec, repeats)
