@@ -29,7 +29,7 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
     if min(a.shape[:2]) < MS_SSIM_MIN_SIDE:
         return float("nan")
-    ta, tb = (torch.from_numpy(np.array(x, copy=True)).permute(2, 0, 1)[None].double() for x in (a, b))
+    ta, tb = (torch.from_numpy(np.array(x, copy=True)).permute(2, 0, 1)[None].float() for x in (a, b))
     return float(_ms_ssim(ta, tb, data_range=255.0))
 
 
