@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import classic, metrics, pipeline, weights
+from . import classic, metrics, pipeline, tiling, weights
 
 BUDGETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 SCALES = (1, 2, 4, 8)
@@ -94,6 +94,7 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
     deps = {"version": CACHE_VERSION, "budgets": budgets, "metrics": metric_names}
     if part == "odp":
         deps["model_sha256"] = model.sha256.hex()
+        deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
     else:
         c = codecs[part]
         deps |= {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1], "scales": SCALES,

@@ -124,6 +124,7 @@ def tokens_to_image(tokens: np.ndarray, width: int, height: int, model: Model, d
         y = tok.decode(ids)
         tiles = torch.round((y + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         tiling.place_tiles(canvas, tiles, i, model.config.tile)
+    tiling.deblock(canvas, model.config.tile)
     return canvas
 
 
@@ -226,3 +227,49 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
         else:
             hi = mid - 1
     return with_tokens(lo)
+
+
+@torch.inference_mode()
+def images_to_tokens(pixel_list: list[np.ndarray], model: Model, device: str, batch: int) -> list[np.ndarray]:
+    """Several (H, W, 3) uint8 images -> tokens (tiles, K) int32 of each; one batch may mix images' tiles."""
+    tok, tile = model.tokenizer.to(device), model.config.tile
+
+    def batches():
+        pending: list[np.ndarray] = []
+        for px in pixel_list:
+            for tiles in tiling.iter_tile_batches(px, tile, batch):
+                pending.append(tiles)
+                while sum(len(t) for t in pending) >= batch:
+                    joined = np.concatenate(pending)
+                    yield joined[:batch]
+                    pending = [joined[batch:]]
+        if sum(len(t) for t in pending):
+            yield np.concatenate(pending)
+
+    out = []
+    for tiles in batches():
+        x = torch.from_numpy(tiles).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        out.append(tok.encode(x).cpu().numpy().astype(np.int32))
+    counts = [tiling.grid(px.shape[1], px.shape[0], tile) for px in pixel_list]
+    return np.split(np.concatenate(out), np.cumsum([c * r for c, r in counts])[:-1])
+
+
+def encode_many(ims: list[Image.Image], tokens: int | None = None, max_bytes: int | None = None,
+                model: Model | None = None, device: str = "auto", batch: int | None = None,
+                metadata: tuple[str, ...] = ()) -> list[bytes]:
+    """Encode several Pillow images (as encode), batching tiles of different images together through the network."""
+    if not ims:
+        return []
+    model = model or weights.load()
+    dev = pick_device(device)
+    prepared = [prepare(im, metadata) for im in ims]
+    toks = images_to_tokens([p.pixels for p in prepared], model, dev, batch or default_batch(dev))
+    out = []
+    for p, t in zip(prepared, toks):
+        data = pack(t, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif)
+        if tokens is not None:
+            data = truncate(data, tokens=tokens)
+        if max_bytes is not None:
+            data = truncate(data, max_bytes=max_bytes)
+        out.append(data)
+    return out

@@ -41,3 +41,38 @@ def place_tiles(canvas: np.ndarray, tiles: np.ndarray, first: int, tile: int) ->
     boxes = tile_boxes(w, h, tile)
     for j, (x0, y0, x1, y1) in enumerate(boxes[first:first + len(tiles)]):
         canvas[y0:y1, x0:x1] = tiles[j, : y1 - y0, : x1 - x0]
+
+
+DEBLOCK_REACH = 16  # pixels each side of a tile border that the deblocking filter may change
+DEBLOCK_EDGE = 3    # pixels nearest a border that the decoder draws poorly, rebuilt by interpolation
+
+
+def deblock(canvas: np.ndarray, tile: int) -> None:
+    """Hide tile borders in a decoded image (in place), as classic codecs' loop filters do.
+
+    Tiles are decoded independently, so colours jump at borders and the decoder draws the
+    outer few pixels of a tile poorly. Across each border the filter removes the jump that
+    the slopes on either side do not explain, spreading it as a ramp over DEBLOCK_REACH
+    pixels each side, then rebuilds the DEBLOCK_EDGE pixels next to the border by linear
+    interpolation. Tuned on training photos: border/inside gradient ratio from ~15 to
+    ~0.7 and +0.1 dB PSNR (docs/model.md). Bands are filtered one at a time, so memory
+    stays small on huge images.
+    """
+    m, reach = DEBLOCK_EDGE, DEBLOCK_REACH
+    for axis in (1, 0):  # vertical borders first, then horizontal ones
+        x = np.moveaxis(canvas, axis, 0)  # a view: borders now lie across the first axis
+        n = x.shape[0]
+        for b in range(tile, n, tile):
+            w = min(reach, b, n - b)
+            if w < m + 5:  # a sliver of an edge tile: too narrow to estimate slopes
+                continue
+            band = x[b - w:b + w].astype(np.float32)  # border between band[w-1] and band[w]
+            left, right = band[w - 1 - m], band[w + m]
+            slope = ((left - band[w - 5 - m]) + (band[w + m + 4] - right)) / 8
+            jump = (right - left) - slope * (2 * m + 1)
+            ramp = (1 - (2 * np.arange(w, dtype=np.float32) + 1) / (2 * w)).reshape((w,) + (1,) * (x.ndim - 1))
+            band[:w] += jump / 2 * ramp[::-1]
+            band[w:] -= jump / 2 * ramp
+            t = (np.arange(1, 2 * m + 1, dtype=np.float32) / (2 * m + 1)).reshape((2 * m,) + (1,) * (x.ndim - 1))
+            band[w - m:w + m] = band[w - 1 - m] * (1 - t) + band[w + m] * t
+            x[b - w:b + w] = np.clip(np.round(band), 0, 255).astype(canvas.dtype)
