@@ -175,6 +175,13 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Largest file that fits this many bytes.")
 @click.option("--bpp", type=float, callback=lambda ctx, param, v: _positive_finite(v),
               help="Largest file within this many bits per pixel.")
+@click.option("--quality", type=click.FloatRange(1, 100),
+              help="1..100, like cwebp's -q: a budget of 0.002 bpp (1) to 0.08 bpp (100) on a log scale "
+                   "(at least 1 token per tile).")
+@click.option("--psnr", type=float, callback=lambda ctx, param, v: _positive_finite(v),
+              help="Smallest file whose decoded image reaches this PSNR (dB).")
+@click.option("--msssim", type=click.FloatRange(0, 1, min_open=True),
+              help="Smallest file whose decoded image reaches this MS-SSIM (0..1).")
 @device_option
 @force_option
 @quiet_option
@@ -182,10 +189,11 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
               help="What to carry: none, icc, exif or all (comma-separated). Without icc, colours are "
                    "converted to sRGB; metadata can outweigh a small image.")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
-def encode(inputs, output, tokens, max_bytes, bpp, metadata, device, force, quiet, verbose):
+def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, verbose):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
-    if sum(x is not None for x in (tokens, max_bytes, bpp)) > 1:
-        raise click.UsageError("give at most one of --tokens, --bytes, --bpp")
+    if sum(x is not None for x in (tokens, max_bytes, bpp, quality, psnr, msssim)) > 1:
+        raise click.UsageError("give at most one of --tokens, --bytes, --bpp, --quality, --psnr, --msssim")
+    target = ("psnr", psnr) if psnr is not None else ("ms-ssim", msssim) if msssim is not None else None
     many = len(inputs) > 1
     if many and output == STDIO:
         raise click.UsageError("several inputs cannot all go to stdout")
@@ -216,7 +224,7 @@ def encode(inputs, output, tokens, max_bytes, bpp, metadata, device, force, quie
                 if bpp is not None:
                     budget = int(bpp * im.width * im.height / 8)
                 data = pipeline.encode(im, tokens=tokens, max_bytes=budget, model=model, device=device,
-                                       metadata=metadata)
+                                       metadata=metadata, target=target, quality=quality)
             _show_warnings(caught, src, quiet)
             with user_errors(dst):
                 write_output(dst, data, force)
@@ -364,6 +372,27 @@ def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, r
         codec_names = [c.strip() for c in codec_list.split(",")] if codec_list else None
         md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet, report)
     click.echo(md)
+
+
+@main.command()
+@click.argument("folder", default=".", type=click.Path(exists=True, path_type=Path))
+@click.option("-t", "--tokens", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="ODP tokens per tile to start with (sets the byte budget; +/- and [/] change it).")
+@click.option("--out", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder where `s` saves the ODP file and the comparison PNG.")
+@click.option("--fast", is_flag=True, help="Classic codecs at fast settings (WebP method 0, AVIF speed 8) "
+                                           "instead of the slowest, best ones that `odp bench` uses.")
+@click.option("--graphics", type=click.Choice(["auto", "halfcell", "sixel", "tgp"]), default="auto",
+              show_default=True, help="How images are drawn: auto takes Kitty/Sixel graphics where the terminal "
+                                      "has them, else coloured half-blocks.")
+@device_option
+def tui(folder, tokens, out, fast, graphics, device):
+    """Browse images (and .odp files) in FOLDER: ODP beside JPEG, WebP and AVIF at no more bytes."""
+    try:
+        from ..tui.app import OdpTui  # imports textual-image, which asks the terminal what it can draw
+    except ImportError as e:
+        raise UserError(f"tui: {e} (install textual and textual-image)") from None
+    OdpTui(folder, tokens=tokens, out=out, fast=fast, graphics=graphics, device=device).run()
 
 
 @main.command("fetch-metrics")

@@ -135,21 +135,78 @@ def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes =
     return container.write(Container(h, coder.encode_tokens(tokens, CHUNK_TOKENS, model.tables)))
 
 
+QUALITY_BPP = (0.002, 0.08)  # --quality 1 and 100: the ends of a log scale of bits per pixel
+
+
+def quality_to_bpp(quality: float) -> float:
+    """cwebp-like --quality 1..100 -> a budget in bits per pixel, log-linear between QUALITY_BPP.
+
+    A byte budget rather than a quantiser, because ODP's size is what truncation controls.
+    """
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality {quality} is outside 1..100")
+    lo, hi = QUALITY_BPP
+    return lo * (hi / lo) ** ((quality - 1) / 99)
+
+
+TARGET_METRICS = ("psnr", "ms-ssim")
+
+
 def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None,
            model: Model | None = None, device: str = "auto", batch: int | None = None,
-           metadata: tuple[str, ...] = ()) -> bytes:
-    """Encode a Pillow image to .odp bytes, keeping `tokens` per tile or fitting `max_bytes`;
+           metadata: tuple[str, ...] = (), target: tuple[str, float] | None = None,
+           quality: float | None = None) -> bytes:
+    """Encode a Pillow image to .odp bytes, keeping `tokens` per tile, fitting `max_bytes`, at
+    `quality` 1..100 (a budget, see quality_to_bpp; never less than 1 token per tile), or the
+    smallest truncation reaching `target` = (metric, value), metric "psnr" or "ms-ssim";
     `metadata` names what to carry ("icc", "exif"; default none, see prepare)."""
     model = model or weights.load()
     dev = pick_device(device)
+    batch = batch or default_batch(dev)
     p = prepare(im, metadata)
-    toks = image_to_tokens(p.pixels, model, dev, batch or default_batch(dev))
+    toks = image_to_tokens(p.pixels, model, dev, batch)
     data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif)
     if tokens is not None:
         data = truncate(data, tokens=tokens)
     if max_bytes is not None:
         data = truncate(data, max_bytes=max_bytes)
+    if quality is not None:
+        budget = int(quality_to_bpp(quality) * p.pixels.shape[0] * p.pixels.shape[1] / 8)
+        data = truncate(data, max_bytes=max(budget, len(truncate(data, tokens=1))))
+    if target is not None:
+        data = truncate(data, tokens=tokens_reaching(toks, p.pixels, target, model, dev, batch))
     return data
+
+
+def tokens_reaching(toks: np.ndarray, pixels: np.ndarray, target: tuple[str, float], model: Model,
+                    device: str, batch: int) -> int:
+    """The fewest kept tokens per tile whose decoded image reaches `target`, found by bisection
+    (quality rises with kept tokens on average; every candidate is decoded and measured).
+    All tokens, with a warning, when even those fall short."""
+    from . import metrics
+
+    name, value = target
+    if name not in TARGET_METRICS:
+        raise ValueError(f"unknown target metric {name!r}: choose from {', '.join(TARGET_METRICS)}")
+    score = {"psnr": metrics.psnr, "ms-ssim": metrics.ms_ssim}[name]
+    h, w = pixels.shape[:2]
+    if name == "ms-ssim" and min(h, w) < metrics.MS_SSIM_MIN_SIDE:
+        raise ValueError(f"MS-SSIM needs images of at least {metrics.MS_SSIM_MIN_SIDE} pixels a side")
+
+    def reaches(k: int) -> bool:
+        return score(pixels, tokens_to_image(toks[:, :k], w, h, model, device, batch)) >= value
+
+    lo, hi = 1, toks.shape[1]
+    if not reaches(hi):
+        warnings.warn(f"{name} {value} is out of reach: keeping all {hi} tokens per tile", OdpWarning)
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reaches(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def open_container(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> tuple[Container, Model]:

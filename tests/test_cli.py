@@ -104,6 +104,16 @@ def test_encode_options(png, tmp_path, small_odp):
     assert_ok(r)
     assert len((tmp_path / "p.odp").read_bytes()) <= budget
     assert "bpp" in r.stderr and "p.odp" in r.stderr
+    assert_ok(odp("encode", png, "-o", tmp_path / "q.odp", "--quality", "1"))  # below 1 token: 1 token
+    assert len((tmp_path / "q.odp").read_bytes()) == len(pipeline.truncate(small_odp, tokens=1))
+    assert_ok(odp("encode", png, "-o", tmp_path / "p.odp", "--psnr", "12", "--force"))
+    assert container.read((tmp_path / "p.odp").read_bytes()).header.kept < 256
+
+
+def test_unreachable_target_warns(png, tmp_path):
+    r = odp("encode", png, "-o", tmp_path / "p.odp", "--psnr", "90")
+    assert_ok(r)
+    assert "out of reach" in r.stderr
 
 
 def test_decode_options(odp_file, tmp_path, small_odp, small_photo):
@@ -321,6 +331,10 @@ def test_stdin_errors(small_odp):
     ["encode", "a.png", "b.png", "-o", "-"],
     ["encode", "a.png", "--tokens", "0"],
     ["encode", "a.png", "--bpp", "0"],
+    ["encode", "a.png", "--quality", "0"],
+    ["encode", "a.png", "--quality", "101"],
+    ["encode", "a.png", "--msssim", "1.5"],
+    ["encode", "a.png", "--psnr", "30", "--quality", "50"],
     ["encode"],
     ["truncate", "a.odp", "-o", "b.odp"],
     ["truncate", "a.odp", "-o", "b.odp", "-t", "3", "-b", "100"],

@@ -638,3 +638,48 @@ def test_4000x3000_photo(big_photo, model):
     out = decode(small)
     assert out.size == (4000, 3000)
     assert math.isfinite(helpers.psnr(out, big_photo))
+
+
+# --------------------------------------------------------------------------- rate control
+
+
+def test_quality_maps_monotonically_to_a_budget():
+    bpps = [pipeline.quality_to_bpp(q) for q in range(1, 101)]
+    assert bpps == sorted(bpps) and len(set(bpps)) == 100
+    assert bpps[0] == pytest.approx(pipeline.QUALITY_BPP[0]) and bpps[-1] == pytest.approx(pipeline.QUALITY_BPP[1])
+    for bad in (0, 100.5, float("nan")):
+        with pytest.raises(ValueError):
+            pipeline.quality_to_bpp(bad)
+
+
+def test_quality_is_a_budget(astronaut, model, encoded):
+    w, h = astronaut.size
+    sizes = []
+    for q in (20, 60, 90):
+        data = pipeline.encode(astronaut, model=model, device="cpu", quality=q)
+        budget = int(pipeline.quality_to_bpp(q) * w * h / 8)
+        smallest = len(pipeline.truncate(encoded["astronaut"], tokens=1))
+        assert data == pipeline.truncate(encoded["astronaut"], max_bytes=max(budget, smallest))
+        sizes.append(len(data))
+    assert sizes == sorted(sizes)
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ms-ssim"])
+def test_target_gives_a_small_file_reaching_it(astronaut, model, encoded, metric):
+    from odp.codec.metrics import ms_ssim, psnr
+
+    score = {"psnr": psnr, "ms-ssim": ms_ssim}[metric]
+    original = np.asarray(astronaut.convert("RGB"))
+    goal = score(original, np.asarray(pipeline.decode(encoded["astronaut"], tokens=24, device="cpu")))
+    data = pipeline.encode(astronaut, model=model, device="cpu", target=(metric, goal))
+    kept = container.read(data).header.kept
+    assert kept <= 24
+    assert score(original, np.asarray(pipeline.decode(data, device="cpu"))) >= goal
+
+
+def test_target_out_of_reach_keeps_everything_and_warns(small_photo, model, small_odp):
+    with pytest.warns(pipeline.OdpWarning, match="out of reach"):
+        data = pipeline.encode(small_photo, model=model, device="cpu", target=("psnr", 99.0))
+    assert data == small_odp
+    with pytest.raises(ValueError, match="at least"):
+        pipeline.encode(small_photo, model=model, device="cpu", target=("ms-ssim", 0.5))
