@@ -1,0 +1,226 @@
+"""`odp tui`: Pilot tests that press the keys and read the widgets, an SVG snapshot, and broken files.
+
+Small and fast: the 320×240 test photo (two tiles; MS-SSIM needs 161 px), few tokens, the
+classic codecs at their fast settings, half-block drawing (what a plain terminal gets).
+The snapshot shows real decoded pixels, so new weights or codec libraries change it:
+look at the new screen, then accept it with `pytest tests/test_tui.py --snapshot-update`.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textual")
+pytest.importorskip("textual_image")
+
+from odp.codec import perceptual, pipeline  # noqa: E402
+from odp.formats import container  # noqa: E402
+from odp.tui.app import OdpTui  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:Image.Image.getdata:DeprecationWarning")  # textual-image 0.12
+DATA = Path(__file__).parent / "data"
+PHOTO = "astronaut-320x240.png"
+SIZE = (120, 36)
+
+
+@pytest.fixture
+def photo_dir(tmp_path) -> Path:
+    """A folder with one real photo (a fixed name: the snapshot shows the folder's listing)."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(DATA / PHOTO, d / PHOTO)
+    return d
+
+
+def make_app(folder: Path, **kw) -> OdpTui:
+    kw = {"tokens": 16, "fast": True, "graphics": "halfcell", "device": "cpu", "lpips": False, **kw}
+    return OdpTui(folder, **kw)
+
+
+async def settle(pilot) -> None:
+    """Let key handlers and debounce timers start their work, then wait for all of it to be drawn."""
+    await pilot.pause(0.3)
+    await pilot.app.idle()
+    await pilot.pause()
+
+
+def check_panes(app: OdpTui) -> None:
+    """Every file shown fits the budget, and every picture has its figures."""
+    assert app.error is None
+    assert app.budget is not None
+    for key in ("odp", "jpeg", "webp", "avif", "hull"):
+        s = app.panes[key].shown
+        assert s is not None, key
+        if s.pixels is not None:
+            assert s.nbytes <= app.budget, (key, s.nbytes, app.budget)
+            assert {"psnr", "ms-ssim"} <= set(s.scores), key
+            assert "PSNR" in str(app.panes[key].query_one(".caption").render())
+        else:
+            assert "fits" in s.note or "not available" in s.note
+    assert app.query_one("#step").render().plain == "ready"
+
+
+def test_keys_move_the_budget(photo_dir):
+    async def run():
+        app = make_app(photo_dir, lpips=None)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            check_panes(app)
+            odp = app.panes["odp"].shown
+            assert odp.tokens == 16 and app.budget == odp.nbytes
+            assert odp.pixels.shape == (240, 320, 3)
+            if perceptual.available():
+                assert "lpips-alex" in odp.scores
+            small, full = app.budget, app.items[app.current].full
+
+            await pilot.press("plus")  # one chunk up: 24 tokens
+            await settle(pilot)
+            assert app.tokens == 24 and app.panes["odp"].shown.tokens == 24
+            assert app.budget > small
+            assert app.items[app.current].full is full  # a new budget truncates the one encode
+            check_panes(app)
+
+            await pilot.press("left_square_bracket", "minus")  # halve: 12, then the chunk boundary below: 8
+            await settle(pilot)  # the work for 12 was cancelled or dropped: only 8 is shown
+            assert app.tokens == 8 and app.panes["odp"].shown.tokens == 8
+            check_panes(app)
+
+            await pilot.press("b")  # an exact budget, typed
+            await pilot.press(*"1500", "enter")
+            await settle(pilot)
+            assert app.max_bytes == 1500 and app.budget == 1500
+            check_panes(app)
+            k, full = app.panes["odp"].shown.tokens, app.items[app.current].full
+            assert k == 256 or len(pipeline.truncate(full, tokens=k + 1)) > 1500  # the most tokens that fit
+            assert any(app.panes[k].shown.pixels is not None for k in ("webp", "avif", "hull"))
+            assert "1,500 B" in app.query_one("#status").render().plain
+    asyncio.run(run())
+
+
+def test_zoom_hull_and_save(photo_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def run():
+        app = make_app(photo_dir, out=out)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("z")
+            await pilot.pause()
+            crops = {k: p.crop for k, p in app.panes.items() if p.shown is not None and p.shown.pixels is not None}
+            assert len(crops) >= 2 and len(set(crops.values())) == 1  # the same region in every pane
+            left, top, w, h = next(iter(crops.values()))
+            boxes = [app.panes[k].query_one(".box").content_size for k in crops]
+            assert (w, h) == (min(320, *(b.width for b in boxes)), min(240, *(2 * b.height for b in boxes)))  # 1:1
+
+            await pilot.click("#img-original", offset=(0, 0))  # the crop's top-left pixel becomes the centre
+            await pilot.pause()
+            assert abs(app.centre[0] * 320 - left) <= 1 and abs(app.centre[1] * 240 - top) <= 1
+            new = app.panes["odp"].crop
+            assert new == app.panes["original"].crop and new[2:] == (w, h)
+            assert abs(new[0] - max(0, left - w // 2)) <= 1 and abs(new[1] - max(0, top - h // 2)) <= 1
+            await pilot.press("z")
+            await pilot.pause()
+            assert app.panes["odp"].crop is None
+
+            await pilot.press("h")  # hull off: its pane goes
+            await settle(pilot)
+            assert not app.panes["hull"].display
+            await pilot.press("h")
+            await settle(pilot)
+            assert app.panes["hull"].display and app.panes["hull"].shown is not None
+
+            await pilot.press("s", "s")
+            await pilot.pause(0.2)
+            await app.workers.wait_for_complete()
+            names = sorted(p.name for p in out.iterdir())
+            stem = PHOTO.removesuffix(".png") + ".16t"
+            assert names == sorted([f"{stem}.odp", f"{stem}-2.odp", f"{stem}.compare.png", f"{stem}.compare-2.png"])
+            data = (out / f"{stem}.odp").read_bytes()
+            assert data == app.panes["odp"].shown.data and container.read(data).header.kept == 16
+    asyncio.run(run())
+
+
+def test_odp_file_shows_header_and_truncation_slider(tmp_path, small_odp):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "small.odp").write_bytes(small_odp)
+
+    async def run():
+        app = make_app(folder)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert app.query_one("#single").display and not app.query_one("#grid").display
+            assert "ODP image 64×48" in app.query_one("#info").render().plain
+            slider = app.query_one("#slider")
+            assert [k for k, _ in slider.points] == list(range(8, 257, 8))
+            assert slider.tokens == 256
+            await pilot.press("minus")
+            await settle(pilot)
+            await pilot.press("left_square_bracket")
+            await settle(pilot)
+            shown = app.query_one("#pane-file").shown
+            assert shown.tokens == 124 and shown.nbytes == len(pipeline.truncate(small_odp, tokens=124))
+            await pilot.click("#slider", offset=(0, 0))  # the first truncation point
+            await settle(pilot)
+            assert app.query_one("#pane-file").shown.tokens == 8
+    asyncio.run(run())
+
+
+def test_broken_files_show_an_error_not_a_crash(tmp_path, small_odp):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    bad = bytearray(small_odp)
+    bad[-1] ^= 0xFF  # the last chunk's CRC no longer matches
+    (folder / "a-corrupt.odp").write_bytes(bytes(bad))
+    (folder / "b-garbage.png").write_bytes(b"this is not a PNG file at all")
+    (folder / "c-gone.png").symlink_to(folder / "nowhere.png")
+    (folder / "d-presentation.odp").write_bytes(b"PK\x03\x04" + bytes(40))
+    expected = {"a-corrupt.odp": "corrupt", "b-garbage.png": "not an image", "c-gone.png": "no such file",
+                "d-presentation.odp": "OpenDocument"}
+    if os.geteuid() != 0:  # root reads anything
+        (folder / "e-locked.png").write_bytes((DATA / PHOTO).read_bytes())
+        (folder / "e-locked.png").chmod(0)
+        expected["e-locked.png"] = "permission denied"
+    shutil.copy(DATA / PHOTO, folder / f"z-{PHOTO}")
+
+    async def run():
+        app = make_app(folder)
+        async with app.run_test(size=SIZE) as pilot:
+            files = app.query_one("#files")
+            for i, path in enumerate(app.files):
+                files.highlighted = i
+                await settle(pilot)
+                if path.name in expected:
+                    assert app.error and expected[path.name] in app.error, (path.name, app.error)
+                    assert app.query_one("#error").display
+                    assert path.name in app.query_one("#error").render().plain
+            assert app.error is None  # the good photo at the end still shows
+            check_panes(app)
+    asyncio.run(run())
+
+
+def test_main_screen_snapshot(photo_dir, snap_compare):
+    async def budget(pilot) -> None:  # 2,500 B: every codec has a file (ODP's whole file is smaller)
+        await settle(pilot)
+        await pilot.press("b", *"2500", "enter")
+        await settle(pilot)
+
+    assert snap_compare(make_app(photo_dir), terminal_size=SIZE, run_before=budget)
+
+
+def test_cli_imports_textual_only_for_tui():
+    code = "import sys, odp.cli.main; assert 'textual' not in sys.modules, 'textual imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from click.testing import CliRunner
+
+    from odp.cli.main import main
+
+    r = CliRunner().invoke(main, ["tui", "--help"])
+    assert r.exit_code == 0 and "--tokens" in r.output

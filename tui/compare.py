@@ -1,0 +1,252 @@
+"""The work behind `odp tui`, without any Textual: one photo against every codec at one budget.
+
+`Photo.run` yields each pane as soon as it is ready, so the app's worker can show
+progress and stop between steps when the user has moved on. Everything costly is
+cached on the Photo: the one neural encode, each decoded file and its scores, and
+the classic codecs' file sizes per quality. A new budget on an encoded photo costs a
+truncation and a decode for ODP (no encode).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from ..codec import classic, metrics, pipeline, weights
+from ..formats import container
+from .files import printable
+
+SCALES = (1, 2, 4, 8)  # the downscale trick, as in `odp bench`
+CLASSIC = ("jpeg", "webp", "avif")
+TITLES = {"original": "original", "odp": "ODP", "jpeg": "JPEG", "webp": "WebP", "avif": "AVIF",
+          "hull": "hull"}
+CACHED_RESULTS = 24  # decoded images kept per photo (a 1.5 MP image is 4.5 MB)
+
+
+def load_model() -> weights.Model:
+    """The shipped model, loaded once (weights.load caches it)."""
+    return weights.load()
+
+
+@dataclass
+class Shown:
+    """What one pane shows: a decoded image and the size of its file, or why there is none."""
+
+    label: str
+    pixels: np.ndarray | None = None
+    nbytes: int | None = None
+    data: bytes | None = None           # the file itself (ODP only: `s` saves it)
+    tokens: int | None = None           # ODP: tokens per tile kept
+    scores: dict | None = field(default_factory=dict)  # None: nothing to score against
+    note: str = ""
+
+
+@dataclass
+class Update:
+    """One finished step of Photo.run: the pane it filled and what comes next."""
+
+    pane: str
+    shown: Shown
+    budget: int | None
+    next: str
+
+
+def is_odp(data: bytes) -> bool:
+    return data.startswith(container.MAGIC)
+
+
+class Photo:
+    """A source image and everything measured on it so far."""
+
+    def __init__(self, path: Path, metric_names: tuple[str, ...], fast: bool = False, device: str = "auto") -> None:
+        with warnings.catch_warnings(record=True) as self.warnings:
+            warnings.simplefilter("always")
+            with Image.open(path) as im:
+                self.pixels = pipeline.prepare(im).pixels  # EXIF turned, ICC applied: what ODP codes
+        self.path, self.device = path, pipeline.pick_device(device)
+        self.height, self.width = self.pixels.shape[:2]
+        self.metric_names = metric_names
+        self.codecs = classic.available_codecs()
+        if fast:  # the fast probe settings (WebP method 0, AVIF speed 8) instead of the slowest ones
+            self.codecs = {k: replace(c, final=c.probe) for k, c in self.codecs.items()}
+        self.full: bytes | None = None
+        self.max_tokens = load_model().config.tokens
+        self.variants: dict[tuple[str, int], classic.Variant] = {}
+        self.results: OrderedDict[tuple, Shown] = OrderedDict()
+        self._score = self._judge = None
+
+    def bpp(self, nbytes: int) -> float:
+        return nbytes * 8 / (self.width * self.height)
+
+    def judge_metric(self) -> str:
+        """How the hull picks among classic variants: MS-SSIM (cheap, and defined from 161 px), else PSNR."""
+        return "ms-ssim" if min(self.width, self.height) >= metrics.MS_SSIM_MIN_SIDE else "psnr"
+
+    def score(self, shown: Shown) -> Shown:
+        if shown.pixels is not None and not shown.scores:
+            if self._score is None:
+                self._score = metrics.Scorer(self.pixels, self.metric_names)
+            shown.scores = self._score(shown.pixels)
+        return shown
+
+    def _cached(self, key: tuple, make) -> Shown:
+        if key not in self.results:
+            self.results[key] = make()
+            while len(self.results) > CACHED_RESULTS:
+                self.results.popitem(last=False)
+        self.results.move_to_end(key)
+        return self.results[key]
+
+    def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
+        """ODP at `tokens` per tile, or the most tokens within `max_bytes`: truncation of one encode."""
+        if self.full is None:
+            self.full = pipeline.encode(Image.fromarray(self.pixels, "RGB"), model=load_model(), device=self.device)
+        try:
+            data = pipeline.truncate(self.full, tokens=tokens, max_bytes=max_bytes)
+        except ValueError as e:  # not even one token per tile fits
+            return Shown("ODP", note=str(e))
+        k = container.read(data).header.kept
+
+        def make() -> Shown:
+            im = pipeline.decode(data, device=self.device)
+            return Shown(f"ODP {k} tokens", np.asarray(im), len(data), data, k)
+        return self._cached(("odp", k), make)
+
+    def variant(self, codec: str, scale: int) -> classic.Variant:
+        if (codec, scale) not in self.variants:
+            self.variants[codec, scale] = classic.Variant(self.codecs[codec], scale, classic.shrink(self.pixels, scale))
+        return self.variants[codec, scale]
+
+    def classic(self, codec: str, scale: int, budget: int) -> Shown:
+        """The highest quality of `codec` at `scale` whose file fits `budget` bytes."""
+        name = TITLES[codec]
+        if codec not in self.codecs:
+            return Shown(name, note=f"{name} is not available in this Pillow")
+        v = self.variant(codec, scale)
+        q = v.best_under(budget)
+        if q is None:
+            return Shown(name + (f" at 1/{scale}" if scale > 1 else ""), note=f"no {name} file fits {budget:,} B")
+
+        def make() -> Shown:
+            data = v.data(q)
+            label = f"{name} q{q}" + (f" at 1/{scale}" if scale > 1 else "")
+            return Shown(label, classic.decode(data, self.width, self.height), len(data))
+        return self._cached((codec, scale, q), make)
+
+    def hull(self, budget: int) -> Shown:
+        """The best classic variant (every codec, every downscale) within budget, by judge_metric."""
+        m = self.judge_metric()
+        if self._judge is None:
+            self._judge = metrics.Scorer(self.pixels, (m,))
+        best, best_score = None, None
+        for codec in CLASSIC:
+            for scale in SCALES:
+                s = self.classic(codec, scale, budget) if codec in self.codecs else None
+                if s is None or s.pixels is None:
+                    continue
+                score = s.scores.get(m)
+                if score is None:
+                    score = self._judge(s.pixels)[m]
+                if best is None or metrics.better(m, score, best_score):
+                    best, best_score = s, score
+        return best or Shown("hull", note=f"no classic file fits {budget:,} B")
+
+    def run(self, tokens: int | None, max_bytes: int | None, hull: bool = True) -> Iterator[Update]:
+        """Every pane at one budget, each step yielded: the budget is ODP's file at `tokens`, or `max_bytes`."""
+        original = Shown("original", self.pixels, self.path.stat().st_size)
+        yield Update("original", original, None, "ODP: encoding" if self.full is None else "ODP: decoding")
+        odp = self.odp(None if max_bytes is not None else tokens, max_bytes)
+        budget = max_bytes if max_bytes is not None else odp.nbytes
+        yield Update("odp", odp, budget, "ODP: scoring")
+        yield Update("odp", self.score(odp), budget, "JPEG: searching quality")
+        names = list(CLASSIC) + (["hull"] if hull else [])
+        for i, codec in enumerate(names):
+            s = self.hull(budget) if codec == "hull" else self.classic(codec, 1, budget)
+            yield Update(codec, s, budget, f"{TITLES[codec]}: scoring")
+            nxt = f"{TITLES[names[i + 1]]}: searching quality" if i + 1 < len(names) else "done"
+            yield Update(codec, self.score(s), budget, nxt)
+
+
+class OdpFile:
+    """An .odp file on its own: its header, its truncation points, and decodes at any of them."""
+
+    def __init__(self, path: Path, data: bytes, device: str = "auto") -> None:
+        with warnings.catch_warnings(record=True) as self.warnings:
+            warnings.simplefilter("always")
+            self.container, self.model, toks = pipeline.read_tokens(data)
+        self.path, self.data, self.device = path, data, pipeline.pick_device(device)
+        h = self.container.header
+        self.kept = self.container.kept
+        g = h.chunk_tokens
+        self.points = [(k, len(self.truncated(k))) for k in sorted({*range(g, self.kept + 1, g), self.kept})]
+        payload = sum(len(ch) for ch in self.container.chunks)
+        self.info = [
+            f"ODP image {h.width}×{h.height}, {h.cols}×{h.rows} tiles of {h.tile} px",
+            f"tokens:  {self.kept} of {h.tokens} per tile" + ("" if self.container.complete else " (file cut short)"),
+            f"size:    {len(data)} bytes, {len(data) * 8 / (h.width * h.height):.4f} bpp",
+            f"entropy: {payload * 8 / max(1, toks.size):.3f} bits/token ({printable(h.entropy_model)})",
+            f"model:   {printable(h.model_name)} sha256 {h.weights_hash.hex()[:16]}",
+            f"chunks:  {len(self.container.chunks)} of {g} token positions each",
+        ]
+        self.decoded: OrderedDict[int, Shown] = OrderedDict()
+
+    def truncated(self, k: int) -> bytes:
+        return pipeline.truncate(self.data, tokens=k)
+
+    def tokens_within(self, max_bytes: int) -> int | None:
+        try:
+            return container.read(pipeline.truncate(self.data, max_bytes=max_bytes)).header.kept
+        except ValueError:
+            return None
+
+    def at(self, k: int) -> Shown:
+        k = max(1, min(k, self.kept))
+        if k not in self.decoded:
+            data = self.data if k == self.kept else self.truncated(k)
+            im = pipeline.decode(data, device=self.device)
+            self.decoded[k] = Shown(f"ODP {k} tokens", np.asarray(im), len(data), data, k, scores=None)
+            while len(self.decoded) > CACHED_RESULTS:
+                self.decoded.popitem(last=False)
+        return self.decoded[k]
+
+
+def open_any(path: Path, metric_names: tuple[str, ...], fast: bool, device: str) -> Photo | OdpFile:
+    """A Photo, or an OdpFile when the bytes say so (by magic, never by extension)."""
+    with open(path, "rb") as f:
+        head = f.read(len(container.MAGIC))
+    if is_odp(head):
+        return OdpFile(path, path.read_bytes(), device)
+    if head.startswith(b"PK\x03\x04") and path.suffix.lower() == ".odp":
+        raise ValueError("an OpenDocument presentation, not an ODP image")
+    return Photo(path, metric_names, fast, device)
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def sheet(cells: list[tuple[list[str], Shown]]) -> Image.Image:
+    """The comparison as one picture: each pane's full image under its caption lines, 3 per row."""
+    from PIL import ImageDraw, ImageFont
+
+    h, w = cells[0][1].pixels.shape[:2]
+    cols = min(3, len(cells))
+    rows = -(-len(cells) // cols)
+    size = max(10, w // 64)  # text about as wide as the picture, at any picture size
+    font = ImageFont.load_default(size)
+    band = 6 + (size + 3) * max(len(lines) for lines, _ in cells)
+    out = Image.new("RGB", (cols * w, rows * (h + band)), "white")
+    draw = ImageDraw.Draw(out)
+    for i, (lines, s) in enumerate(cells):
+        x, y = (i % cols) * w, (i // cols) * (h + band)
+        out.paste(Image.fromarray(s.pixels), (x, y + band))
+        draw.multiline_text((x + 4, y + 3), "\n".join(lines).replace("×", "x"), fill="black", font=font, spacing=3)
+    return out
