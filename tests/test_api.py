@@ -1,0 +1,151 @@
+"""The public API in odp/__init__.py, and the examples in docs/api.md (executed as written)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import odp
+from odp.codec import pipeline
+
+DOCS = Path(__file__).parents[1] / "docs" / "api.md"
+DATA = Path(__file__).parent / "data"
+
+
+def test_import_is_cheap():
+    code = "import sys, odp; print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_docs_examples_run(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(blocks) >= 8
+    shutil.copy(DATA / "coffee-200x150.png", tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/api.md block {i + 1}", "exec"), namespace)
+    assert (tmp_path / "back.png").is_file() and (tmp_path / "small.odp").stat().st_size <= 300
+
+
+def test_encode_matches_pipeline_and_decodes(small_photo, small_odp):
+    data = odp.encode(small_photo, device="cpu")
+    assert data == small_odp
+    assert odp.decode(data, device="cpu").tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()
+
+
+def test_array_and_tensor_inputs_give_the_same_file(small_photo, small_odp):
+    a = np.asarray(small_photo)
+    t = torch.from_numpy(a.copy()).permute(2, 0, 1)
+    assert odp.encode(a, device="cpu") == small_odp
+    assert odp.encode(t, device="cpu") == small_odp
+    assert odp.encode(t.float() / 255, device="cpu") == small_odp
+    grey = np.asarray(small_photo.convert("L"))
+    assert odp.encode(grey, device="cpu") == odp.encode(small_photo.convert("L"), device="cpu")
+    assert odp.encode(torch.from_numpy(grey.copy()), device="cpu") == odp.encode(grey, device="cpu")
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (np.zeros((8, 8, 3), np.float32), TypeError, "uint8"),
+    (np.zeros((8, 8, 2), np.uint8), ValueError, "HxWx3"),
+    (np.zeros((0, 8, 3), np.uint8), ValueError, "empty"),
+    (torch.zeros(1, 3, 8, 8), ValueError, "encode_batch"),
+    (torch.full((3, 8, 8), 2.0), ValueError, "[0, 1]"),
+    (torch.full((3, 8, 8), float("nan")), ValueError, "[0, 1]"),
+    (torch.zeros(3, 8, 8, dtype=torch.int64), TypeError, "uint8"),
+    ("photo.png", TypeError, "encode_file"),
+    (42, TypeError, "PIL image"),
+])
+def test_bad_images_are_clear_errors(bad, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        odp.encode(bad, device="cpu")
+
+
+def test_bad_arguments_are_clear_errors(small_photo, small_odp):
+    with pytest.raises(ValueError, match="not both"):
+        odp.encode(small_photo, tokens=8, bytes=300)
+    with pytest.raises(ValueError, match="at least 1"):
+        odp.encode(small_photo, tokens=0)
+    with pytest.raises(TypeError, match="int"):
+        odp.decode(small_odp, tokens=2.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        odp.truncate(small_odp)
+    with pytest.raises(TypeError, match="decode_file"):
+        odp.decode("photo.odp")
+    with pytest.raises(odp.FormatError, match="magic"):
+        odp.info(b"GIF89a" + bytes(40))
+    with pytest.raises(ValueError, match="device"):
+        odp.encode(small_photo, device="tpu")
+
+
+def test_truncate_and_info(small_odp):
+    cut = odp.truncate(small_odp, tokens=20)
+    i = odp.info(cut)
+    assert (i.width, i.height, i.tiles, i.tokens, i.stored_tokens, i.complete) == (64, 48, 1, 20, 20, True)
+    assert i.file_bytes == len(cut) and i.model == "odp-small-v1" and len(i.weights_sha256) == 64
+    assert i.bpp == pytest.approx(len(cut) * 8 / (64 * 48))
+    assert len(odp.truncate(small_odp, bytes=200)) <= 200
+    with pytest.raises(AttributeError):
+        i.tokens = 3  # frozen
+
+
+def test_info_and_decode_of_a_file_cut_short(small_odp):
+    cut = small_odp[: len(small_odp) - 30]
+    i = odp.info(cut)
+    assert not i.complete and i.stored_tokens == 256 and 0 < i.tokens < 256
+    with pytest.warns(odp.OdpWarning, match="cut short"):
+        im = odp.decode(cut, device="cpu")
+    assert im.tobytes() == odp.decode(small_odp, tokens=i.tokens, device="cpu").tobytes()
+
+
+def test_missing_model_is_named(small_odp):
+    from helpers import reheader
+
+    other = reheader(small_odp, weights_hash=bytes(32), model_name="odp-huge-v9")
+    assert odp.info(other).model == "odp-huge-v9"
+    with pytest.raises(odp.ModelNotFound, match="odp-huge-v9"):
+        odp.decode(other)
+
+
+def test_encode_batch_equals_one_by_one(astronaut, coffee, small_photo, encoded):
+    files = odp.encode_batch([astronaut, coffee, np.asarray(small_photo)], device="cpu", batch=4)
+    assert files[0] == encoded["astronaut"] and files[1] == encoded["coffee"]
+    assert odp.decode(files[2], device="cpu").size == small_photo.size
+    assert odp.encode_batch([], device="cpu") == []
+    cut = odp.encode_batch([coffee, astronaut], tokens=16, device="cpu", batch=3)
+    assert cut == [odp.truncate(encoded["coffee"], tokens=16), odp.truncate(encoded["astronaut"], tokens=16)]
+
+
+def test_file_helpers_write_atomically(tmp_path, small_photo):
+    src = tmp_path / "in.png"
+    small_photo.save(src)
+    out = odp.encode_file(src, tokens=32, device="cpu")
+    assert out == tmp_path / "in.odp" and odp.info(out.read_bytes()).tokens == 32
+    with pytest.raises(FileExistsError):
+        odp.encode_file(src, device="cpu")
+    with pytest.raises(FileExistsError):
+        odp.decode_file(out, device="cpu")  # the default output, in.png, exists
+    assert Image.open(src).tobytes() == small_photo.tobytes()
+    png = odp.decode_file(out, tmp_path / "back.png", device="cpu")
+    assert Image.open(png).size == small_photo.size
+    assert odp.decode_file(out, png, tokens=8, device="cpu", overwrite=True) == png
+
+
+def test_decode_file_writes_by_extension(tmp_path, small_odp):
+    src = tmp_path / "a.odp"
+    src.write_bytes(small_odp)
+    out = odp.decode_file(src, tmp_path / "a.webp", tokens=8, device="cpu")
+    assert Image.open(out).format == "WEBP"
+    with pytest.raises(ValueError, match="cannot write"):
+        odp.decode_file(src, tmp_path / "a.xyz")
+    small = odp.truncate_file(src, tmp_path / "b.odp", tokens=8)
+    assert odp.info(small.read_bytes()).tokens == 8
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left

@@ -1,0 +1,79 @@
+"""The standalone binary (odp.spec, PyInstaller): it builds, and its outputs equal the Python package's byte for byte.
+
+Slow (the build takes minutes): `python3 -m pytest tests/test_binary.py --runslow`, after
+`pip install -e ".[binary]"`. With ODP_BINARY=/path/to/odp/odp it tests that binary instead of building one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import odp
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[1]
+PHOTO = Path(__file__).parent / "data" / "astronaut-320x240.png"
+
+
+def run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)
+    assert r.returncode == 0, f"{cmd} failed: {r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory) -> Iterator[Path]:
+    if os.environ.get("ODP_BINARY"):
+        yield Path(os.environ["ODP_BINARY"])
+        return
+    pytest.importorskip("PyInstaller", reason='PyInstaller is not installed: pip install -e ".[binary]"')
+    out = tmp_path_factory.mktemp("pyinstaller")
+    run([sys.executable, "-m", "PyInstaller", ROOT / "odp.spec", "--noconfirm", "--log-level", "WARN",
+         "--distpath", out / "dist", "--workpath", out / "work"], cwd=ROOT)
+    yield out / "dist" / "odp" / "odp"
+    shutil.rmtree(out)  # 700 MB
+
+
+def test_version(binary):
+    assert run([binary, "--version"]).stdout.strip() == f"odp, version {odp.__version__}"
+
+
+def test_round_trip_equals_the_python_package_byte_for_byte(binary, tmp_path):
+    outputs = {}
+    for name, cmd in (("binary", [binary]), ("python", [sys.executable, "-m", "odp.cli.main"])):
+        d = tmp_path / name
+        d.mkdir()
+        run(cmd + ["encode", PHOTO, "-o", d / "a.odp", "--device", "cpu"])
+        run(cmd + ["decode", d / "a.odp", "-o", d / "a.png", "--device", "cpu"])
+        run(cmd + ["truncate", d / "a.odp", "-o", d / "t.odp", "--bytes", "400"])
+        run(cmd + ["decode", d / "t.odp", "-o", d / "t.png", "--device", "cpu"])
+        info = json.loads(run(cmd + ["info", d / "t.odp", "--json"]).stdout)
+        outputs[name] = {f: (d / f).read_bytes() for f in ("a.odp", "a.png", "t.odp", "t.png")}, info
+    assert outputs["binary"] == outputs["python"]
+    files = outputs["binary"][0]
+    assert files["a.odp"] == odp.encode(Image.open(PHOTO), device="cpu")  # the library's own output
+    assert outputs["binary"][1]["file_bytes"] <= 400
+
+
+def test_bench_runs(binary, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(PHOTO).save(photos / "a.png")
+    md = run([binary, "bench", photos, "--out", tmp_path / "results", "--metrics", "psnr,ms-ssim",
+              "--codecs", "jpeg", "--budgets", "0.1", "--speed-images", "0", "-q"]).stdout
+    assert "jpeg" in md.lower() and (tmp_path / "results" / "points.json").is_file()
+
+
+def test_errors_are_one_line(binary, tmp_path):
+    bad = tmp_path / "bad.odp"
+    bad.write_bytes(b"not an odp file")
+    r = subprocess.run([str(binary), "decode", str(bad), "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "magic" in r.stderr

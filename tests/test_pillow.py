@@ -1,0 +1,87 @@
+"""The Pillow plugin (odp.formats.pillow): open by magic bytes, save by extension, truncated files."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from PIL import Image, UnidentifiedImageError
+
+import odp
+import odp.formats.pillow  # noqa: F401  (registers ODP with Pillow)
+from odp.codec import pipeline
+
+
+def test_registered_by_magic_extension_and_mime():
+    assert Image.EXTENSION[".odp"] == "ODP"
+    assert Image.MIME["ODP"] == "image/x-odp"
+    assert "ODP" in Image.OPEN and "ODP" in Image.SAVE
+
+
+def test_register_pillow_in_a_fresh_interpreter():
+    code = "import odp; from PIL import Image; odp.register_pillow(); print(Image.EXTENSION['.odp'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ODP"
+
+
+def test_open_reads_the_header_and_load_decodes(tmp_path, small_odp):
+    path = tmp_path / "x.odp"  # also opened under another name: the magic bytes decide
+    path.write_bytes(small_odp)
+    for p in (path, io.BytesIO(small_odp)):
+        with Image.open(p) as im:
+            assert (im.format, im.size, im.mode) == ("ODP", (64, 48), "RGB")
+            assert im.info["odp_tokens"] == 256 and im.info["odp_model"] == "odp-small-v1"
+            assert im.get_format_mimetype() == "image/x-odp"
+            assert im.tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()
+
+
+def test_save_with_tokens_and_bytes(tmp_path, small_photo, small_odp):
+    small_photo.save(tmp_path / "a.odp")
+    assert (tmp_path / "a.odp").read_bytes() == small_odp
+    small_photo.save(tmp_path / "b.odp", tokens=24, device="cpu")
+    assert odp.info((tmp_path / "b.odp").read_bytes()).tokens == 24
+    buf = io.BytesIO()
+    small_photo.convert("RGBA").save(buf, format="ODP", bytes=150)
+    assert len(buf.getvalue()) <= 150
+    with Image.open(tmp_path / "b.odp") as im:
+        assert im.tobytes() == odp.decode(small_odp, tokens=24, device="cpu").tobytes()
+
+
+def test_truncated_file_decodes_what_arrived(small_odp):
+    cut = small_odp[: len(small_odp) - 40]
+    kept = odp.info(cut).tokens
+    with Image.open(io.BytesIO(cut)) as im:
+        with pytest.warns(odp.OdpWarning, match="cut short"):
+            im.load()
+        assert im.tobytes() == odp.decode(small_odp, tokens=kept, device="cpu").tobytes()
+
+
+def test_odp_tokens_decodes_fewer(small_odp):
+    with Image.open(io.BytesIO(small_odp)) as im:
+        im.odp_tokens = 8
+        assert im.tobytes() == odp.decode(small_odp, tokens=8, device="cpu").tobytes()
+
+
+def test_thumbnail_uses_all_tokens(small_odp):
+    full = odp.decode(small_odp, device="cpu")
+    full.thumbnail((16, 16))
+    with Image.open(io.BytesIO(small_odp)) as im:
+        im.thumbnail((16, 16))
+        assert im.size == (16, 12) and im.tobytes() == full.tobytes()
+
+
+def test_errors_are_clear(small_odp):
+    from helpers import reheader
+
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"PK\x03\x04 an OpenDocument presentation"))
+    with pytest.raises(odp.FormatError, match="checksum"):
+        bad = bytearray(small_odp)
+        bad[20] ^= 0xFF
+        Image.open(io.BytesIO(bytes(bad)))
+    with pytest.raises(odp.FormatError, match="cut short"):
+        Image.open(io.BytesIO(small_odp[:20]))
+    other = reheader(small_odp, weights_hash=bytes(32), model_name="odp-huge-v9")
+    with Image.open(io.BytesIO(other)) as im, pytest.raises(odp.ModelNotFound, match="odp-huge-v9"):
+        im.load()
