@@ -170,6 +170,28 @@ def test_bench_resumes_from_its_cache_part_by_part(bench_run):
     assert sorted(map(key, after)) == sorted(map(key, before))  # the same files again: encoding is deterministic
 
 
+def test_bench_caches_each_part_as_soon_as_it_is_measured(tmp_path, monkeypatch):
+    """An interrupted run keeps the parts it finished (a photo's part can take many minutes)."""
+    from odp.codec import bench, classic
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(DATA / "coffee-200x150.png", folder)
+    real = classic.Variant.best_under
+
+    def interrupted(self, budget):
+        if self.codec.name == "webp":
+            raise KeyboardInterrupt
+        return real(self, budget)
+
+    monkeypatch.setattr(classic.Variant, "best_under", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(folder, tmp_path / "out", budgets=(0.2,), metric_names=("psnr",), codec_names=["jpeg", "webp"],
+                  speed_images=0, progress=False)
+    done = sorted(p.name.split("-")[1] for p in (tmp_path / "out" / "cache").glob("*.json"))
+    assert done == ["jpeg", "odp"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--budgets", "abc"], "--budgets"),
     (["--budgets", "0"], "--budgets"),
