@@ -133,8 +133,11 @@ def _to_pil(image: Any) -> Image.Image:
 
 
 def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",
-           metadata: tuple[str, ...] = ()) -> bytes:  # noqa: A002  (bytes= matches the CLI's --bytes)
-    """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, or the largest file within `bytes`.
+           metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
+           msssim: float | None = None) -> bytes:  # noqa: A002  (bytes= matches the CLI's --bytes)
+    """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, the largest file within
+    `bytes`, a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`), or the
+    smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
 
     `image`: a PIL image (any mode; alpha is flattened onto white), a numpy uint8 array H×W×3 (RGB),
     H×W×4 (RGBA) or H×W (grey), or a torch tensor 3×H×W / 1×H×W / H×W, float in [0, 1] or uint8.
@@ -144,9 +147,11 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     from .codec import pipeline
 
     tokens, budget = _count(tokens, "tokens"), _count(bytes, "bytes")
-    if tokens is not None and budget is not None:
-        raise ValueError("give tokens or bytes, not both")
-    return pipeline.encode(_to_pil(image), tokens=tokens, max_bytes=budget, device=device, metadata=tuple(metadata))
+    if sum(x is not None for x in (tokens, budget, quality, psnr, msssim)) > 1:
+        raise ValueError("give at most one of tokens, bytes, quality, psnr, msssim")
+    target = ("psnr", psnr) if psnr is not None else ("ms-ssim", msssim) if msssim is not None else None
+    return pipeline.encode(_to_pil(image), tokens=tokens, max_bytes=budget, device=device, metadata=tuple(metadata),
+                           quality=quality, target=target)
 
 
 def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,

@@ -70,7 +70,7 @@ def test_bad_images_are_clear_errors(bad, error, words):
 
 
 def test_bad_arguments_are_clear_errors(small_photo, small_odp):
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="at most one"):
         odp.encode(small_photo, tokens=8, bytes=300)
     with pytest.raises(ValueError, match="at least 1"):
         odp.encode(small_photo, tokens=0)
@@ -149,3 +149,13 @@ def test_decode_file_writes_by_extension(tmp_path, small_odp):
     small = odp.truncate_file(src, tmp_path / "b.odp", tokens=8)
     assert odp.info(small.read_bytes()).tokens == 8
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_rate_control_options_match_the_pipeline(astronaut):
+    from odp.codec import pipeline
+
+    assert odp.encode(astronaut, quality=70, device="cpu") == pipeline.encode(astronaut, quality=70, device="cpu")
+    assert odp.encode(astronaut, psnr=15.0, device="cpu") == pipeline.encode(astronaut, target=("psnr", 15.0),
+                                                                               device="cpu")
+    with pytest.raises(ValueError, match="at most one"):
+        odp.encode(astronaut, tokens=8, quality=50)
