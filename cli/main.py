@@ -120,6 +120,26 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              show_default=True, help="Where the neural network runs; the file format is the same either way.")
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No warnings or progress, only errors.")
+max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=None,
+                                 help="Refuse images of more pixels (decompression-bomb guard; "
+                                      "default $ODP_MAX_PIXELS or 268435456).")
+
+
+@contextmanager
+def pillow_limit(max_pixels: int | None):
+    """Set Pillow's own bomb guard (it refuses over twice MAX_IMAGE_PIXELS) to ours while encoding,
+    so that --max-pixels governs input images too, then put Pillow's value back."""
+    from PIL import Image
+
+    from ..formats.container import FROM_ENV, pixel_limit
+
+    old = Image.MAX_IMAGE_PIXELS
+    with user_errors("--max-pixels"):
+        Image.MAX_IMAGE_PIXELS = pixel_limit(FROM_ENV if max_pixels is None else max_pixels)
+    try:
+        yield Image.MAX_IMAGE_PIXELS
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def _positive_finite(value: float | None) -> float | None:
@@ -172,7 +192,9 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
               help="What to carry: none, icc, exif or all (comma-separated). Without icc, colours are "
                    "converted to sRGB; metadata can outweigh a small image.")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
-def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, verbose):
+@max_pixels_option
+def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, verbose,
+           max_pixels):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
     if sum(x is not None for x in (tokens, max_bytes, bpp, quality, psnr, msssim)) > 1:
         raise click.UsageError("give at most one of --tokens, --bytes, --bpp, --quality, --psnr, --msssim")
@@ -182,13 +204,25 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
         raise click.UsageError("several inputs cannot all go to stdout")
     if many and output and not Path(output).is_dir():
         raise UserError(f"{output}: with several inputs, -o must be an existing folder")
-    from PIL import Image
-    from tqdm import tqdm
-
-    from ..codec import pipeline, weights
+    from ..codec import weights
 
     with user_errors("model"):
         model = weights.load()
+    with pillow_limit(max_pixels) as limit:
+        failed = _encode_all(inputs, output, many, force, quiet, verbose, model, limit,
+                             dict(tokens=tokens, max_bytes=max_bytes, bpp=bpp, quality=quality, target=target,
+                                  metadata=metadata, device=device))
+    if failed:
+        raise UserError(f"{failed} of {len(inputs)} inputs failed")
+
+
+def _encode_all(inputs, output, many, force, quiet, verbose, model, limit, opts) -> int:
+    """Encode each input in turn; with several, report a bad one and go on. Returns how many failed."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..codec import pipeline
+
     failed = 0
     claimed: dict[str, str] = {}
     bar = tqdm(inputs, unit="image", disable=quiet or not many, file=sys.stderr)
@@ -203,11 +237,12 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
             with user_errors(src), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 im = Image.open(io.BytesIO(read_input(src)))
-                budget = max_bytes
-                if bpp is not None:
-                    budget = int(bpp * im.width * im.height / 8)
-                data = pipeline.encode(im, tokens=tokens, max_bytes=budget, model=model, device=device,
-                                       metadata=metadata, target=target, quality=quality)
+                budget = opts["max_bytes"]
+                if opts["bpp"] is not None:
+                    budget = int(opts["bpp"] * im.width * im.height / 8)
+                data = pipeline.encode(im, tokens=opts["tokens"], max_bytes=budget, model=model,
+                                       device=opts["device"], metadata=opts["metadata"], target=opts["target"],
+                                       quality=opts["quality"], max_pixels=limit)
             _show_warnings(caught, src, quiet)
             with user_errors(dst):
                 write_output(dst, data, force)
@@ -219,8 +254,7 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
                 raise
             failed += 1
             bar.write(f"odp: error: {e.message}", file=sys.stderr)
-    if failed:
-        raise UserError(f"{failed} of {len(inputs)} inputs failed")
+    return failed
 
 
 @main.command()
@@ -230,11 +264,13 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
 @device_option
 @force_option
 @quiet_option
-def decode(input, output, tokens, device, force, quiet):
+@max_pixels_option
+def decode(input, output, tokens, device, force, quiet, max_pixels):
     """Decode an .odp file to PNG or any format Pillow writes."""
     from PIL import Image
 
     from ..codec import pipeline
+    from ..formats import container
 
     dst = _out_path(input, output, False, ".png")
     fmt = "PNG"
@@ -248,7 +284,8 @@ def decode(input, output, tokens, device, force, quiet):
             raise UserError(f"{dst}: already exists (use --force to overwrite)")
     with user_errors(input), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        im = pipeline.decode(read_input(input), tokens=tokens, device=device)
+        limit = container.FROM_ENV if max_pixels is None else max_pixels
+        im = pipeline.decode(read_input(input), tokens=tokens, device=device, max_pixels=limit)
     _show_warnings(caught, input, quiet)
     extra = {k: v for k, v in (("icc_profile", im.info.get("icc_profile")), ("exif", im.info.get("exif"))) if v}
     with user_errors(dst):
@@ -279,13 +316,17 @@ def truncate(input, output, tokens, max_bytes, force, quiet):
 @main.command()
 @click.argument("input")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(input, as_json):
+@click.option("--verify", is_flag=True, help="Exit 1 unless the file is whole: every checksum good, no chunk "
+                                             "missing, and every chunk exactly the coding of its tokens.")
+def info(input, as_json, verify):
     """Show what an .odp file holds: size, model, tokens, bits per token."""
     from ..codec import pipeline
 
     with user_errors(input), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = read_input(input)
+        if verify:
+            pipeline.verify(data)
         c, model, toks = pipeline.read_tokens(data)
     h = c.header
     n_tokens = toks.size
@@ -300,6 +341,8 @@ def info(input, as_json):
         "raw_bits_per_token": round(math.log2(model.config.codebook_size), 3),
         "icc_profile_bytes": len(h.icc), "exif_bytes": len(h.exif),
     }
+    if verify:
+        d["verified"] = True
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -312,6 +355,8 @@ def info(input, as_json):
     click.echo(f"  chunks:   {len(c.chunks)} of {h.chunk_tokens} token positions each")
     if h.icc or h.exif:
         click.echo(f"  metadata: ICC {len(h.icc)} bytes, EXIF {len(h.exif)} bytes")
+    if verify:
+        click.echo(f"  verified: header and {len(c.chunks)} chunk checksums good, every chunk codes its tokens exactly")
 
 
 

@@ -49,15 +49,17 @@ def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
     icc = im.info.get("icc_profile") or b""
     if icc[16:20] != b"RGB ":  # a CMYK or grey profile would mis-tag the RGB output
         icc = b""
-    im = ImageOps.exif_transpose(im)
+    if 0x0112 in im.getexif():  # only then: exif_transpose copies even an upright image
+        im = ImageOps.exif_transpose(im)
     exif = im.getexif()
     exif.pop(0x0112, None)  # orientation is now applied to the pixels
     exif_bytes = exif.tobytes() if len(exif) else b""
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(np.round(a * 255.0 / top), 0, 255).astype(np.uint8), "L")
+        a = np.asarray(im)  # integers: a float64 copy would take 8 bytes per pixel of a huge scan
+        top = 65535 if im.mode.startswith("I;16") or a.max() > 255 else 255
+        a = np.clip(a, 0, top).astype(np.uint32)
+        im = Image.fromarray(((a * 255 + top // 2) // top).astype(np.uint8), "L")  # rounds as before: no ties
     elif im.mode == "F":
         im = Image.fromarray(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8), "L")
     if im.mode in ("P", "L", "RGB") and "transparency" in im.info:  # palette or colour-key transparency
@@ -69,12 +71,21 @@ def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat.alpha_composite(rgba)
         im = flat
-    im = im.convert("RGB")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
     if icc and "icc" not in keep:
         im = to_srgb(im, icc)
         icc = b""
-    pixels = np.asarray(im, dtype=np.uint8)
-    return Prepared(np.ascontiguousarray(pixels), icc, exif_bytes if "exif" in keep else b"")
+    return Prepared(rgb_array(im), icc, exif_bytes if "exif" in keep else b"")
+
+
+def rgb_array(im: Image.Image, rows: int = 256) -> np.ndarray:
+    """RGB image -> (H, W, 3) uint8, copied a strip at a time: np.asarray(im) goes through
+    tobytes(), which holds the whole image twice more while it runs (measured on 50 MP)."""
+    out = np.empty((im.height, im.width, 3), np.uint8)
+    for y in range(0, im.height, rows):
+        out[y:y + rows] = np.asarray(im.crop((0, y, im.width, min(y + rows, im.height))))
+    return out
 
 
 def to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
@@ -155,11 +166,13 @@ TARGET_METRICS = ("psnr", "ms-ssim")
 def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None,
            model: Model | None = None, device: str = "auto", batch: int | None = None,
            metadata: tuple[str, ...] = (), target: tuple[str, float] | None = None,
-           quality: float | None = None) -> bytes:
+           quality: float | None = None, max_pixels: int | None = container.FROM_ENV) -> bytes:
     """Encode a Pillow image to .odp bytes, keeping `tokens` per tile, fitting `max_bytes`, at
     `quality` 1..100 (a budget, see quality_to_bpp; never less than 1 token per tile), or the
     smallest truncation reaching `target` = (metric, value), metric "psnr" or "ms-ssim";
-    `metadata` names what to carry ("icc", "exif"; default none, see prepare)."""
+    `metadata` names what to carry ("icc", "exif"; default none, see prepare). Images over
+    `max_pixels` are refused before their pixels are decoded."""
+    check_pixels(im.width, im.height, max_pixels)
     model = model or weights.load()
     dev = pick_device(device)
     batch = batch or default_batch(dev)
@@ -209,13 +222,38 @@ def tokens_reaching(toks: np.ndarray, pixels: np.ndarray, target: tuple[str, flo
     return lo
 
 
-def open_container(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> tuple[Container, Model]:
+def check_pixels(width: int, height: int, max_pixels: int | None = container.FROM_ENV) -> None:
+    """Refuse an input image over the pixel limit before any of its pixels is decoded (bomb guard)."""
+    limit = container.pixel_limit(max_pixels)
+    if limit is not None and width * height > limit:
+        raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {limit} pixels")
+
+
+def min_chunk_bytes(tiles: int, bounds: list[tuple[int, int]], model: Model) -> list[int]:
+    """Fewest bytes a valid chunk of `tiles` x positions [start, end) can have, for each chunk.
+
+    No token is likelier than its table's largest entry, so a range-coder stream holds at least
+    sum(-log2 max p) bits per tile (less 2% and 8 bytes of slack for the coder's quantiser).
+    This ties a header's tile count to the bytes actually sent: a 100-byte file cannot make the
+    decoder run the network on thousands of tiles.
+    """
+    f = model.tables.freqs
+    min_bits = np.log2(f.sum(1) / f.max(1))
+    return [max(0, int(min_bits[s:e].sum() * tiles * 0.98 / 8) - 8) for s, e in bounds]
+
+
+def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV) -> tuple[Container, Model]:
     """Parse bytes and find the model they need; warn when the payload is cut short."""
     c = container.read(data, max_pixels)
     h = c.header
     model = weights.load_by_hash(h.weights_hash, h.model_name)
     if model.entropy_model != h.entropy_model or model.config.tile != h.tile or model.config.tokens != h.tokens:
         raise FormatError(f"file header does not match model '{model.name}' (entropy model or tile layout differ)")
+    least = min_chunk_bytes(h.tiles, coder.chunk_bounds(h.kept, h.chunk_tokens)[:len(c.chunks)], model)
+    for i, (chunk, n) in enumerate(zip(c.chunks, least)):
+        if len(chunk) < n:
+            raise FormatError(f"payload chunk {i} of {len(chunk)} bytes is too short for {h.tiles} tiles "
+                              f"(at least {n}): the file is corrupt")
     if not c.complete:
         if not c.chunks:
             raise FormatError("file is cut short before its first complete chunk of tokens")
@@ -224,22 +262,36 @@ def open_container(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_P
     return c, model
 
 
-def read_tokens(data: bytes, tokens: int | None = None) -> tuple[Container, Model, np.ndarray]:
-    """Entropy-decode the tokens of a file (at most `tokens` per tile); no neural network runs."""
-    c, model = open_container(data)
+def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None = container.FROM_ENV,
+                strict: bool = False) -> tuple[Container, Model, np.ndarray]:
+    """Entropy-decode the tokens of a file (at most `tokens` per tile); no neural network runs.
+    `strict` also refuses a chunk that is not exactly the coding of its tokens (see verify)."""
+    c, model = open_container(data, max_pixels)
     h = c.header
     k = c.kept if tokens is None else min(max(1, tokens), c.kept)
     need = -(-k // h.chunk_tokens)
     try:
-        toks = coder.decode_tokens(c.chunks[:need], h.tiles, h.kept, h.chunk_tokens, model.tables)
-    except (ValueError, RuntimeError, AssertionError) as e:  # constriction asserts on some junk streams
+        toks = coder.decode_tokens(c.chunks[:need], h.tiles, h.kept, h.chunk_tokens, model.tables, strict)
+    except coder.EntropyError as e:
         raise FormatError(f"payload does not decode: {e}") from None
     return c, model, toks[:, :k]
 
 
-def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None) -> Image.Image:
-    """.odp bytes -> Pillow RGB image, using at most `tokens` tokens per tile."""
-    c, model, toks = read_tokens(data, tokens)
+def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
+    """FormatError unless the file is whole: header and every chunk CRC good, every chunk present,
+    and every chunk exactly the range coding of the tokens it decodes to. No network runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OdpWarning)
+        c, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True)
+    if not c.complete:
+        raise FormatError(f"file is cut short: {len(c.chunks)} of {c.header.chunk_count} chunks are whole")
+
+
+def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
+           max_pixels: int | None = container.FROM_ENV) -> Image.Image:
+    """.odp bytes -> Pillow RGB image, using at most `tokens` tokens per tile; refuses images over
+    `max_pixels` (default $ODP_MAX_PIXELS or container.DEFAULT_MAX_PIXELS) before allocating them."""
+    c, model, toks = read_tokens(data, tokens, max_pixels)
     dev = pick_device(device)
     h = c.header
     pixels = tokens_to_image(toks, h.width, h.height, model, dev, batch or default_batch(dev))
@@ -313,10 +365,12 @@ def images_to_tokens(pixel_list: list[np.ndarray], model: Model, device: str, ba
 
 def encode_many(ims: list[Image.Image], tokens: int | None = None, max_bytes: int | None = None,
                 model: Model | None = None, device: str = "auto", batch: int | None = None,
-                metadata: tuple[str, ...] = ()) -> list[bytes]:
+                metadata: tuple[str, ...] = (), max_pixels: int | None = container.FROM_ENV) -> list[bytes]:
     """Encode several Pillow images (as encode), batching tiles of different images together through the network."""
     if not ims:
         return []
+    for im in ims:
+        check_pixels(im.width, im.height, max_pixels)
     model = model or weights.load()
     dev = pick_device(device)
     prepared = [prepare(im, metadata) for im in ims]

@@ -21,6 +21,11 @@ from .model import ModelConfig, Tokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "odp-small-v1"
+# sha256 of each shipped weights file: a damaged or swapped file under a shipped name is refused
+# (a new model exported into WEIGHTS_DIR loads unchecked until its hash is pinned here).
+SHIPPED_SHA256 = {
+    "odp-small-v1": "3c971564bc2e13374a4d58293253c36b0d64a9816ce40e96579eabefe94eddc3",
+}
 
 
 class ModelNotFound(LookupError):
@@ -68,7 +73,12 @@ def _available() -> list[Path]:
 
 @lru_cache(maxsize=4)
 def load_path(path: Path) -> Model:
+    """Load a safetensors weights file (never a pickle), checking a shipped name's pinned sha256 first."""
     digest = file_sha256(path)
+    pinned = SHIPPED_SHA256.get(path.stem)
+    if pinned is not None and digest.hex() != pinned:
+        raise ModelNotFound(f"weights file {path.name} does not match its pinned sha256 {pinned[:16]} "
+                            f"(damaged or altered): reinstall ODP")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -32,16 +32,27 @@ def encode_chunk(tokens: np.ndarray, start: int, model: PositionTables) -> bytes
     return enc.get_compressed().astype("<u4").tobytes()
 
 
-def decode_chunk(data: bytes, tiles: int, start: int, end: int, model: PositionTables) -> np.ndarray:
-    """Inverse of encode_chunk -> (tiles, end-start) int32."""
+def decode_chunk(data: bytes, tiles: int, start: int, end: int, model: PositionTables,
+                 strict: bool = False) -> np.ndarray:
+    """Inverse of encode_chunk -> (tiles, end-start) int32. EntropyError for bytes that are no stream
+    (constriction raises AssertionError or ValueError on some junk). `strict` (`odp info --verify`) also
+    refuses bytes that are not exactly what encode_chunk writes for the decoded tokens, such as a word
+    appended to a stream: the decoder's end-of-data test cannot see one word too many."""
     if len(data) % 4:
         raise EntropyError("chunk length is not a whole number of 32-bit words")
+    if not 0 <= start <= end <= model.positions:
+        raise EntropyError(f"positions {start}..{end - 1} are outside the model's {model.positions} tables")
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    dec = constriction.stream.queue.RangeDecoder(words)
     out = np.empty((tiles, end - start), np.int32)
-    for j in range(end - start):
-        m = _Categorical(model.probabilities(start + j), perfect=False)
-        out[:, j] = dec.decode(m, tiles)
+    try:
+        dec = constriction.stream.queue.RangeDecoder(words)
+        for j in range(end - start):
+            m = _Categorical(model.probabilities(start + j), perfect=False)
+            out[:, j] = dec.decode(m, tiles)
+    except (AssertionError, ValueError, RuntimeError) as e:
+        raise EntropyError(str(e) or type(e).__name__) from None
+    if strict and encode_chunk(out, start, model) != data:
+        raise EntropyError(f"chunk of positions {start}..{end - 1} is not the exact coding of its tokens")
     return out
 
 
@@ -50,8 +61,9 @@ def encode_tokens(tokens: np.ndarray, chunk_tokens: int, model: PositionTables) 
     return [encode_chunk(tokens[:, s:e], s, model) for s, e in chunk_bounds(tokens.shape[1], chunk_tokens)]
 
 
-def decode_tokens(chunks: list[bytes], tiles: int, kept: int, chunk_tokens: int, model: PositionTables) -> np.ndarray:
+def decode_tokens(chunks: list[bytes], tiles: int, kept: int, chunk_tokens: int, model: PositionTables,
+                  strict: bool = False) -> np.ndarray:
     """Chunks (possibly fewer than `kept` needs: a cut file) -> tokens (tiles, k)."""
     bounds = chunk_bounds(kept, chunk_tokens)[: len(chunks)]
-    parts = [decode_chunk(c, tiles, s, e, model) for c, (s, e) in zip(chunks, bounds)]
+    parts = [decode_chunk(c, tiles, s, e, model, strict) for c, (s, e) in zip(chunks, bounds)]
     return np.concatenate(parts, 1) if parts else np.zeros((tiles, 0), np.int32)

@@ -15,6 +15,7 @@ was cut short and is read as its complete chunks (`Container.complete` is then F
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -29,12 +30,29 @@ MAX_METADATA = 8 << 20      # bytes per ICC profile or EXIF block
 MAX_TOKENS = 4096           # tokens per tile
 MAX_CHUNK = 256 << 20       # bytes per payload chunk
 DEFAULT_MAX_PIXELS = 1 << 28  # decompression-bomb guard: 268 MP (16384 x 16384)
+MAX_PIXELS_ENV = "ODP_MAX_PIXELS"  # overrides DEFAULT_MAX_PIXELS for every reader in the process
+FROM_ENV = -1               # max_pixels default: $ODP_MAX_PIXELS if set, else DEFAULT_MAX_PIXELS
 
 _FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
 
 
 class FormatError(ValueError):
     """The bytes are not a valid .odp file (one-line, user-facing message)."""
+
+
+def pixel_limit(max_pixels: int | None = FROM_ENV) -> int | None:
+    """Resolve a max_pixels argument: FROM_ENV reads $ODP_MAX_PIXELS (a positive integer), None is no limit.
+
+    An environment variable lets a service lower the bomb guard for every entry point at once.
+    """
+    if max_pixels != FROM_ENV:
+        return max_pixels
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r} is not a positive whole number of pixels")
+    return int(raw)
 
 
 @dataclass
@@ -67,7 +85,8 @@ class Header:
     def chunk_count(self) -> int:
         return -(-self.kept // self.chunk_tokens)
 
-    def validate(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    def validate(self, max_pixels: int | None = FROM_ENV) -> None:
+        max_pixels = pixel_limit(max_pixels)
         if not (1 <= self.width <= MAX_SIDE and 1 <= self.height <= MAX_SIDE):
             raise FormatError(f"image size {self.width}x{self.height} is outside 1..{MAX_SIDE} pixels per side")
         if max_pixels is not None and self.width * self.height > max_pixels:
@@ -169,7 +188,7 @@ def is_odp(prefix: bytes) -> bool:
     return prefix[: len(MAGIC)] == MAGIC
 
 
-def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Header, list[int], int]:
+def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header, list[int], int]:
     """Parse and check the header -> (header, chunk lengths, offset of the first chunk)."""
     if not is_odp(data):
         raise FormatError("not an ODP file (wrong magic bytes)")
@@ -209,7 +228,7 @@ def _check_chunk_length(i: int, n: int) -> None:
         raise FormatError(f"chunk {i} declares {n} bytes, not a positive whole number of 32-bit words")
 
 
-def read(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Container:
+def read(data: bytes, max_pixels: int | None = FROM_ENV) -> Container:
     """Parse a whole file. Corrupt chunks raise; a cut-short payload is kept as far as it goes."""
     h, lengths, pos = read_header(data, max_pixels)
     r = _Reader(data, "payload")

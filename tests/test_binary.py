@@ -24,7 +24,7 @@ PHOTO = Path(__file__).parent / "data" / "astronaut-320x240.png"
 
 
 def run(cmd: list, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=1800, **kw)
     assert r.returncode == 0, f"{cmd} failed: {r.stderr}"
     return r
 
