@@ -62,19 +62,23 @@ class Info:
     cols: int               # tiles per row
     rows: int               # tiles per column
     tiles: int              # cols * rows
-    tokens: int             # tokens per tile this file decodes with (those that arrived whole)
-    stored_tokens: int      # tokens per tile the header says were stored (more than `tokens` if cut short)
+    tokens: int             # tokens of the fullest tile this file decodes with (those that arrived whole)
+    stored_tokens: int      # the same, as the header says they were stored (more than `tokens` if cut short)
     model_tokens: int       # tokens per tile the model makes (the most a file can keep)
     complete: bool          # False when the file was cut short (e.g. an interrupted download)
     file_bytes: int
     payload_bytes: int      # entropy-coded tokens, without header and checksums
     bpp: float              # bits per pixel, whole file
     bits_per_token: float   # payload bits per decodable token (0.0 when nothing arrived)
-    model: str              # name of the model the file needs, e.g. "odp-small-v1"
-    weights_sha256: str     # hex sha256 of that model's weights file (what decoding looks up)
+    model: str              # name of the model the file needs ("odp-small-v1"; version-1 files only, else "")
+    weights_sha256: str     # hex sha256 (version 2: its first 8 hex digits) of that model's weights file
     entropy_model: str
     icc_profile_bytes: int
     exif_bytes: int
+    mean_tokens: float = 0.0  # tokens per tile on average (tiles differ when `adaptive`)
+    adaptive: bool = False    # tiles got tokens by need rather than alike
+    layers: int = 0           # complete payload layers: the points where the file can be cut as is
+    version: int = 2          # format version
 
 
 def _data(data: Any, what: str) -> bytes:
@@ -134,7 +138,7 @@ def _to_pil(image: Any) -> Image.Image:
 
 def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",
            metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
-           msssim: float | None = None) -> bytes:  # noqa: A002  (bytes= matches the CLI's --bytes)
+           msssim: float | None = None, adaptive: bool = True) -> bytes:  # noqa: A002  (bytes= as --bytes)
     """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, the largest file within
     `bytes`, a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`), or the
     smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
@@ -143,6 +147,8 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     H×W×4 (RGBA) or H×W (grey), or a torch tensor 3×H×W / 1×H×W / H×W, float in [0, 1] or uint8.
     `device`: "auto" (CUDA when torch sees a GPU), "cpu" or "cuda"; the file is the same format either way.
     `metadata`: what to carry from a PIL image ("icc", "exif"); by default none (colours converted to sRGB).
+    `adaptive`: tiles get tokens by need (`tokens` is then a mean); False gives every tile the same
+    number, encoding several times faster.
     """
     from .codec import pipeline
 
@@ -151,7 +157,7 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
         raise ValueError("give at most one of tokens, bytes, quality, psnr, msssim")
     target = ("psnr", psnr) if psnr is not None else ("ms-ssim", msssim) if msssim is not None else None
     return pipeline.encode(_to_pil(image), tokens=tokens, max_bytes=budget, device=device, metadata=tuple(metadata),
-                           quality=quality, target=target)
+                           quality=quality, target=target, adaptive=adaptive)
 
 
 def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,
@@ -174,7 +180,7 @@ def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: 
 def decode(data: bytes, tokens: int | None = None, device: str = "auto") -> Image.Image:
     """Decode .odp bytes to an RGB PIL image, using at most `tokens` tokens per tile.
 
-    A file cut short decodes from its complete chunks, with an odp.OdpWarning. The model is found by the
+    A file cut short decodes from its complete layers, with an odp.OdpWarning. The model is found by the
     weights hash in the file; odp.ModelNotFound names it when it is not installed.
     """
     from .codec import pipeline
@@ -185,7 +191,7 @@ def decode(data: bytes, tokens: int | None = None, device: str = "auto") -> Imag
 def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None) -> bytes:  # noqa: A002
     """A shorter valid .odp file keeping `tokens` per tile, or the most tokens that fit `bytes` (give one).
 
-    No neural network runs: whole chunks are cut, only a partial last one is re-coded.
+    No neural network runs: whole layers are cut, only a partial last one is re-coded.
     """
     from .codec import pipeline
 
@@ -202,11 +208,12 @@ def info(data: bytes) -> Info:
     raw = _data(data, "info")
     c = container.read(raw)
     h = c.header
-    payload = sum(len(ch) for ch in c.chunks)
-    n = h.tiles * c.kept
-    return Info(h.width, h.height, h.tile, h.cols, h.rows, h.tiles, c.kept, h.kept, h.tokens, c.complete,
-                len(raw), payload, len(raw) * 8 / (h.width * h.height), payload * 8 / n if n else 0.0,
-                h.model_name, h.weights_hash.hex(), h.entropy_model, len(h.icc), len(h.exif))
+    payload = c.payload_bytes
+    n = sum(h.counts(c.level))
+    return Info(h.width, h.height, h.tile, h.cols, h.rows, h.tiles, c.kept, max(h.counts(c.declared_level)),
+                h.tokens, c.complete, len(raw), payload, len(raw) * 8 / (h.width * h.height),
+                payload * 8 / n if n else 0.0, h.model_name, h.model_id.hex(), h.entropy_model, len(h.icc),
+                len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version)
 
 
 # -- files ------------------------------------------------------------------

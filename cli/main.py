@@ -28,7 +28,7 @@ class UserError(click.ClickException):
     exit_code = 1
 
     def show(self, file=None) -> None:
-        click.echo(f"odp: error: {self.message}", err=True)
+        click.echo(f"odp: error: {printable(self.message)}", err=True)  # messages may quote untrusted names
 
 
 @contextmanager
@@ -174,7 +174,8 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output file; with several inputs, an output folder. '-' is stdout.")
-@click.option("-t", "--tokens", type=click.IntRange(1, 4096), help="Tokens kept per 256x256 tile (default: all).")
+@click.option("-t", "--tokens", type=click.IntRange(1, 4096),
+              help="Tokens kept per 256x256 tile, on average (default: all).")
 @click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Largest file that fits this many bytes.")
 @click.option("--bpp", type=float, callback=lambda ctx, param, v: _positive_finite(v),
               help="Largest file within this many bits per pixel.")
@@ -191,10 +192,12 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @click.option("--metadata", default="none", show_default=True, callback=lambda ctx, param, v: _metadata(v),
               help="What to carry: none, icc, exif or all (comma-separated). Without icc, colours are "
                    "converted to sRGB; metadata can outweigh a small image.")
+@click.option("--uniform", is_flag=True, help="Give every tile the same number of tokens: encodes several "
+                                             "times faster, files slightly worse (default: tiles get tokens by need).")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
-def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, verbose,
-           max_pixels):
+def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,
+           verbose, max_pixels):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
     if sum(x is not None for x in (tokens, max_bytes, bpp, quality, psnr, msssim)) > 1:
         raise click.UsageError("give at most one of --tokens, --bytes, --bpp, --quality, --psnr, --msssim")
@@ -211,7 +214,7 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
     with pillow_limit(max_pixels) as limit:
         failed = _encode_all(inputs, output, many, force, quiet, verbose, model, limit,
                              dict(tokens=tokens, max_bytes=max_bytes, bpp=bpp, quality=quality, target=target,
-                                  metadata=metadata, device=device))
+                                  metadata=metadata, device=device, adaptive=not uniform))
     if failed:
         raise UserError(f"{failed} of {len(inputs)} inputs failed")
 
@@ -242,7 +245,7 @@ def _encode_all(inputs, output, many, force, quiet, verbose, model, limit, opts)
                     budget = int(opts["bpp"] * im.width * im.height / 8)
                 data = pipeline.encode(im, tokens=opts["tokens"], max_bytes=budget, model=model,
                                        device=opts["device"], metadata=opts["metadata"], target=opts["target"],
-                                       quality=opts["quality"], max_pixels=limit)
+                                       quality=opts["quality"], max_pixels=limit, adaptive=opts["adaptive"])
             _show_warnings(caught, src, quiet)
             with user_errors(dst):
                 write_output(dst, data, force)
@@ -260,7 +263,8 @@ def _encode_all(inputs, output, many, force, quiet, verbose, model, limit, opts)
 @main.command()
 @click.argument("input")
 @click.option("-o", "--output", help="Output image (format from the extension; default IN.png). '-' is PNG on stdout.")
-@click.option("-t", "--tokens", type=click.IntRange(1, 4096), help="Decode only the first N tokens per tile.")
+@click.option("-t", "--tokens", type=click.IntRange(1, 4096),
+              help="Decode only the first N tokens per tile (on average, for a file whose tiles differ).")
 @device_option
 @force_option
 @quiet_option
@@ -295,7 +299,8 @@ def decode(input, output, tokens, device, force, quiet, max_pixels):
 @main.command()
 @click.argument("input")
 @click.option("-o", "--output", required=True, help="Output .odp file ('-' for stdout).")
-@click.option("-t", "--tokens", type=click.IntRange(1, 4096), help="Keep the first N tokens per tile.")
+@click.option("-t", "--tokens", type=click.IntRange(1, 4096),
+              help="Keep N tokens per tile (on average, for a file whose tiles differ).")
 @click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Keep as many tokens as fit this many bytes.")
 @force_option
 @quiet_option
@@ -316,8 +321,8 @@ def truncate(input, output, tokens, max_bytes, force, quiet):
 @main.command()
 @click.argument("input")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--verify", is_flag=True, help="Exit 1 unless the file is whole: every checksum good, no chunk "
-                                             "missing, and every chunk exactly the coding of its tokens.")
+@click.option("--verify", is_flag=True, help="Exit 1 unless the file is whole: every checksum good, no layer "
+                                             "missing, and every layer exactly the coding of its tokens.")
 def info(input, as_json, verify):
     """Show what an .odp file holds: size, model, tokens, bits per token."""
     from ..codec import pipeline
@@ -327,15 +332,17 @@ def info(input, as_json, verify):
         data = read_input(input)
         if verify:
             pipeline.verify(data)
-        c, model, toks = pipeline.read_tokens(data)
+        c, model, _, counts = pipeline.read_tokens(data)
     h = c.header
-    n_tokens = toks.size
-    payload = sum(len(ch) for ch in c.chunks)
+    n_tokens = int(counts.sum())
+    payload = c.payload_bytes
     d = {
-        "file_bytes": len(data), "width": h.width, "height": h.height, "tile": h.tile,
-        "tiles": f"{h.cols}x{h.rows}", "tokens_per_tile": c.kept, "model_tokens_per_tile": h.tokens,
-        "complete": c.complete, "model": h.model_name, "weights_sha256": h.weights_hash.hex(),
-        "entropy_model": h.entropy_model, "chunks": len(c.chunks), "chunk_tokens": h.chunk_tokens,
+        "file_bytes": len(data), "version": h.version, "width": h.width, "height": h.height, "tile": h.tile,
+        "tiles": f"{h.cols}x{h.rows}", "tokens_per_tile": round(c.mean_tokens, 2),
+        "tokens_min": int(counts.min()), "tokens_max": int(counts.max()), "adaptive": h.adaptive,
+        "model_tokens_per_tile": h.tokens, "complete": c.complete, "model": model.name,
+        "weights_sha256": model.sha256.hex(), "entropy_model": h.entropy_model, "layers": len(c.layers),
+        "truncation_points": [x.level for x in c.layers],
         "payload_bytes": payload, "bpp": round(len(data) * 8 / (h.width * h.height), 5),
         "bits_per_token": round(payload * 8 / n_tokens, 3),
         "raw_bits_per_token": round(math.log2(model.config.codebook_size), 3),
@@ -347,16 +354,17 @@ def info(input, as_json, verify):
         click.echo(json.dumps(d, indent=2))
         return
     _show_warnings(caught, input, False)
-    click.echo(f"{input}: ODP image {h.width}x{h.height}, {h.cols}x{h.rows} tiles of {h.tile}px")
-    click.echo(f"  tokens:   {c.kept} of {h.tokens} per tile{'' if c.complete else ' (file cut short)'}")
+    spread = f" (tiles {d['tokens_min']}..{d['tokens_max']}, allocated by need)" if h.adaptive else ""
+    click.echo(f"{input}: ODP image {h.width}x{h.height}, {h.cols}x{h.rows} tiles of {h.tile}px (format v{h.version})")
+    click.echo(f"  tokens:   {c.mean_tokens:.1f} of {h.tokens} per tile{spread}{'' if c.complete else ' (file cut short)'}")
     click.echo(f"  size:     {len(data)} bytes, {d['bpp']} bpp")
     click.echo(f"  entropy:  {d['bits_per_token']} bits/token ({h.entropy_model}; raw ids: {d['raw_bits_per_token']})")
-    click.echo(f"  model:    {printable(h.model_name)} sha256 {h.weights_hash.hex()[:16]}")
-    click.echo(f"  chunks:   {len(c.chunks)} of {h.chunk_tokens} token positions each")
+    click.echo(f"  model:    {printable(model.name)} sha256 {model.sha256.hex()[:16]}")
+    click.echo(f"  layers:   {len(c.layers)} (each a point where the file can be cut as it is)")
     if h.icc or h.exif:
         click.echo(f"  metadata: ICC {len(h.icc)} bytes, EXIF {len(h.exif)} bytes")
     if verify:
-        click.echo(f"  verified: header and {len(c.chunks)} chunk checksums good, every chunk codes its tokens exactly")
+        click.echo(f"  verified: header checksum and {len(c.layers)} token checks good, every layer codes its tokens exactly")
 
 
 

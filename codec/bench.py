@@ -68,15 +68,22 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
                                           "bpp": data_len * 8 / (w * h), "budgets": [], **score(decoded())}
             points[scale, setting]["budgets"].append(budget)
 
+        stats = {}
         if part == "odp":
-            full = pipeline.encode(Image.fromarray(pixels, "RGB"), model=model, device=device)
-            for b in budgets:
-                try:
-                    data = pipeline.truncate(full, max_bytes=budget_bytes(b, w, h))
-                except ValueError:  # not even one token per tile fits
-                    continue
-                add(1, pipeline.container.read(data).kept, len(data), b,
-                    lambda d=data: np.asarray(pipeline.decode(d, device=device)))
+            fulls, stats = odp_files(pixels, model, device)
+            for codec, full in fulls.items():
+                for b in budgets:
+                    try:
+                        data = pipeline.truncate(full, max_bytes=budget_bytes(b, w, h))
+                    except ValueError:  # not even one token per tile fits
+                        continue
+                    setting = pipeline.container.read(data).level
+                    key = (codec, setting)
+                    if key not in points:
+                        points[key] = {"image": str(path), "width": w, "height": h, "codec": codec, "scale": 1,
+                                       "setting": setting, "bytes": len(data), "bpp": len(data) * 8 / (w * h),
+                                       "budgets": [], **score(np.asarray(pipeline.decode(data, device=device)))}
+                    points[key]["budgets"].append(b)
         else:
             for scale in SCALES:
                 v = classic.Variant(codecs[part], scale, classic.shrink(pixels, scale))
@@ -84,7 +91,29 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
                     q = v.best_under(budget_bytes(b, w, h))
                     if q is not None:
                         add(scale, q, v.size(q), b, lambda v=v, q=q: classic.decode(v.data(q), w, h))
-        yield part, {"points": list(points.values()), "seconds": time.time() - t0}
+        yield part, {"points": list(points.values()), "seconds": time.time() - t0, "stats": stats}
+
+
+def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, bytes], dict]:
+    """Full ODP files of one image ("odp": adaptive allocation, "odp-uniform": every tile alike, both
+    with the shipped context model) and what they cost: bits per token under each entropy model
+    (raw ids, per-position tables, context model; the same uniform tokens) and encode seconds."""
+    h, w = pixels.shape[:2]
+    batch = pipeline.default_batch(device)
+    t0 = time.perf_counter()
+    toks = pipeline.image_to_tokens(pixels, model, device, batch)
+    t1 = time.perf_counter()
+    weights_ = pipeline.allocation_weights(toks, pixels, model, device, batch, model.best_entropy)
+    t2 = time.perf_counter()
+    fulls = {"odp": pipeline.pack(toks, w, h, model, weights=weights_), "odp-uniform": pipeline.pack(toks, w, h, model)}
+    t3 = time.perf_counter()
+    tables = pipeline.pack(toks, w, h, model, entropy=model.tables)
+    payload = lambda d: pipeline.container.read(d).payload_bytes * 8 / toks.size  # noqa: E731
+    stats = {"tokens": int(toks.size), "raw_bits_per_token": math.log2(model.config.codebook_size),
+             "tables_bits_per_token": payload(tables), "context_bits_per_token": payload(fulls["odp-uniform"]),
+             "entropy_model": model.best_entropy.id, "tokenize_s": t1 - t0, "allocate_s": t2 - t1,
+             "entropy_code_s": (t3 - t2) / 2, "megapixels": w * h / 1e6}
+    return fulls, stats
 
 
 def part_key(part: str, budgets, metric_names, codecs, model) -> str:
@@ -95,6 +124,8 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
     if part == "odp":
         deps["model_sha256"] = model.sha256.hex()
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
+        deps["format"] = [pipeline.container.VERSION, model.best_entropy.id, list(pipeline.ALLOCATION_GRID),
+                          list(pipeline.LEVELS)]
     else:
         c = codecs[part]
         deps |= {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1], "scales": SCALES,
@@ -107,7 +138,7 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
 
 def offers(p: dict, codec: str, scales) -> bool:
     """Whether point p belongs to a contender: a codec at some scales, or ("hull") any classic variant."""
-    return p["codec"] != "odp" if codec == "hull" else p["codec"] == codec and p["scale"] in scales
+    return not p["codec"].startswith("odp") if codec == "hull" else p["codec"] == codec and p["scale"] in scales
 
 
 def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales=(1,)) -> dict | None:
@@ -120,9 +151,11 @@ def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales
     return best
 
 
-def contenders(codec_names) -> list[tuple[str, str, tuple]]:
-    """(label, codec, scales): each codec at full size, each with the downscale trick, and the hull."""
-    out = [(c, c, (1,)) for c in codec_names]
+def contenders(codec_names, with_uniform: bool = False) -> list[tuple[str, str, tuple]]:
+    """(label, codec, scales): each codec at full size, each with the downscale trick, and the hull;
+    `with_uniform` puts ODP without adaptive allocation first (what the allocation gains)."""
+    out = [("odp uniform", "odp-uniform", (1,))] if with_uniform else []
+    out += [(c, c, (1,)) for c in codec_names]
     out += [(f"{c}+downscale", c, SCALES) for c in codec_names]
     return out + [("classic hull", "hull", SCALES)]
 
@@ -132,7 +165,7 @@ def summarize(points: list[dict], images: list[str], budgets, metric_names, code
     by_image = {im: [p for p in points if p["image"] == im] for im in images}
     summary, comparison = [], []
     for b in budgets:
-        for label, codec, scales in [("odp", "odp", (1,))] + contenders(codec_names):
+        for label, codec, scales in [("odp", "odp", (1,))] + contenders(codec_names, with_uniform=True):
             row = {"budget_bpp": b, "codec": label}
             for m in metric_names:
                 vals = [p[m] for im in images if (p := at_budget(by_image[im], b, codec, m, scales))]
@@ -141,7 +174,7 @@ def summarize(points: list[dict], images: list[str], budgets, metric_names, code
             sizes = [p["bpp"] for im in images if (p := at_budget(by_image[im], b, codec, metric_names[0], scales))]
             row["mean_bpp"] = float(np.mean(sizes)) if sizes else None
             summary.append(row)
-        for label, codec, scales in contenders(codec_names):
+        for label, codec, scales in contenders(codec_names, with_uniform=True):
             for m in metric_names:
                 wins = diffs = n = only_odp = only_other = 0
                 for im in images:
@@ -189,7 +222,7 @@ def bd_rate(r1, q1, r2, q2) -> float | None:
 def bd_rates(points, images, metric_names, codec_names) -> list[dict]:
     """BD-rate of ODP against each full-size codec and against the hull, per metric (mean over images)."""
     out = []
-    for label, codec, scales in contenders(codec_names):
+    for label, codec, scales in contenders(codec_names, with_uniform=True):
         for m in metric_names:
             sign = 1 if metrics.HIGHER_IS_BETTER[m] else -1
             vals = []
@@ -332,7 +365,7 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
                 cells.append((np.full_like(pixels, 255), "no file fits"))
                 continue
             if p["codec"] == "odp":
-                img = np.asarray(pipeline.decode(pipeline.truncate(full, tokens=p["setting"]), device=device))
+                img = np.asarray(pipeline.decode(pipeline.truncate(full, level=p["setting"]), device=device))
             else:
                 v = classic.Variant(codecs[p["codec"]], p["scale"], classic.shrink(pixels, p["scale"]))
                 img = classic.decode(v.data(p["setting"]), w, h)
@@ -389,6 +422,25 @@ def markdown(summary, comparison, bd, metric_names, budgets) -> str:
     return "\n".join(lines)
 
 
+def entropy_markdown(stats: list[dict]) -> str:
+    """Bits per token under each entropy model, and what adaptive allocation costs the encoder."""
+    if not stats:
+        return ""
+    total = sum(s["tokens"] for s in stats)
+    mean = lambda k: sum(s[k] * s["tokens"] for s in stats) / total  # noqa: E731
+    raw, tables, ctx = mean("raw_bits_per_token"), mean("tables_bits_per_token"), mean("context_bits_per_token")
+    mp = sum(s["megapixels"] for s in stats)
+    per_mp = lambda k: sum(s[k] for s in stats) / mp  # noqa: E731
+    return ("\n\nBits per token, all tokens of every image, measured as file payload bytes (same tokens):\n\n"
+            "| entropy model | bits/token | vs raw ids | vs per-position tables |\n|---|---:|---:|---:|\n"
+            f"| raw 12-bit ids | {raw:.3f} | | |\n"
+            f"| per-position tables (pos-freq-v1) | {tables:.3f} | {100 * (tables / raw - 1):+.1f}% | |\n"
+            f"| context model ({stats[0]['entropy_model']}) | {ctx:.3f} | {100 * (ctx / raw - 1):+.1f}% | "
+            f"{100 * (ctx / tables - 1):+.1f}% |\n\n"
+            f"Encoder time per megapixel (CPU seconds, during this run): tokenizer {per_mp('tokenize_s'):.2f}, "
+            f"adaptive allocation {per_mp('allocate_s'):.2f}, entropy coding {per_mp('entropy_code_s'):.2f}.")
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -419,7 +471,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     keys = {part: part_key(part, budgets, metric_names, codecs, model) for part in parts}
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    points, measured_s = [], 0.0
+    points, measured_s, odp_stats = [], 0.0, []
     for path in tqdm(images, desc="bench", unit="image", disable=not progress, file=sys.stderr):
         stem = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
         files = {part: cache / f"{stem}-{part}-{keys[part]}.json" for part in parts}
@@ -433,12 +485,14 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
             doc = json.loads(files[part].read_text())
             points += [{**p, "image": str(path)} for p in doc["points"]]  # the cache may know it by another path
             measured_s += doc["seconds"]
+            if doc.get("stats"):
+                odp_stats.append(doc["stats"])
     names = [str(p) for p in images]
     summary, comparison = summarize(points, names, budgets, metric_names, list(codecs))
     bd = bd_rates(points, names, metric_names, list(codecs))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     speed = measure_speed(images[:speed_images], codecs, model, devices) if speed_images else []
-    labels = ["odp"] + [c[0] for c in contenders(list(codecs))]
+    labels = ["odp"] + [c[0] for c in contenders(list(codecs), with_uniform=True)]
     plot_files = plot(summary, metric_names, labels, out / "plots", len(images))
     pick = "lpips-alex" if "lpips-alex" in metric_names else metric_names[0]
     side = [b for b in (0.01, 0.03) if b in budgets] or list(budgets[:2])
@@ -454,8 +508,9 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
             "seconds_measuring_all_parts": measured_s, "torch": torch.__version__, "platform": platform.platform(),
             "cpu_threads": torch.get_num_threads(), "model": model.name}
     (out / "points.json").write_text(json.dumps({"settings": meta, "points": points, "summary": summary,
-                                                 "comparison": comparison, "bd_rate": bd, "speed": speed}, indent=1))
-    md = markdown(summary, comparison, bd, metric_names, budgets)
+                                                 "comparison": comparison, "bd_rate": bd, "speed": speed,
+                                                 "odp_stats": odp_stats}, indent=1))
+    md = markdown(summary, comparison, bd, metric_names, budgets) + entropy_markdown(odp_stats)
     if speed:
         md += "\n\nSpeed (median of 3 after a warm-up; peak memory above the idle process):\n\n"
         md += "| codec | setting | encode s/MP | decode s/MP | encode peak MB | decode peak MB |\n|---|---|---:|---:|---:|---:|\n"

@@ -33,18 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for f in files:
         im = Image.open(f)
-        full = pipeline.encode(im, model=model, device="cpu")
+        full = pipeline.encode(im, model=model, device="cpu", adaptive=False)  # tokens per tile exactly
         ref = pipeline.prepare(im).pixels
         for k in args.tokens:
             data = pipeline.truncate(full, tokens=k)
-            c, _, toks = pipeline.read_tokens(data)
+            c, _, _, counts = pipeline.read_tokens(data)
             out = np.asarray(pipeline.decode(data, device="cpu"))
-            payload_bits = 8 * sum(len(ch) for ch in c.chunks)
+            payload_bits = 8 * c.payload_bytes
             rows.append({"image": f.name, "tokens": k, "bytes": len(data),
                          "bpp": len(data) * 8 / (ref.shape[0] * ref.shape[1]),
                          "psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
                          "seam_ratio": seam_ratio(out, model.config.tile),
-                         "bits_per_token": payload_bits / toks.size})
+                         "bits_per_token": payload_bits / counts.sum()})
         print(f"{f.name}: " + ", ".join(f"k={r['tokens']} {r['psnr']:.2f} dB" for r in rows[-len(args.tokens):]),
               file=sys.stderr)
     print(f"{'tokens':>6} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'bits/token':>10} {'seam':>6}"

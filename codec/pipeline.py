@@ -12,11 +12,14 @@ from PIL import Image, ImageOps
 
 from ..entropy import coder
 from ..formats import container
-from ..formats.container import Container, FormatError, Header
+from ..formats.container import Container, FormatError, Header, Layer
 from . import tiling, weights
 from .weights import Model
 
-CHUNK_TOKENS = 8  # token positions per payload chunk: the granularity of a cut file
+# Levels at which new files end a layer: the points where a file can be cut without re-coding
+# (each layer costs about 7 bytes of header and coder flush). `truncate` reaches any level in between.
+LEVELS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+          4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
 
 
 class OdpWarning(UserWarning):
@@ -126,24 +129,116 @@ def image_to_tokens(pixels: np.ndarray, model: Model, device: str, batch: int) -
 
 
 @torch.inference_mode()
-def tokens_to_image(tokens: np.ndarray, width: int, height: int, model: Model, device: str, batch: int) -> np.ndarray:
-    """tokens (tiles, k) -> (H, W, 3) uint8."""
-    tok = model.tokenizer.to(device)
+def tokens_to_image(tokens: np.ndarray, width: int, height: int, model: Model, device: str, batch: int,
+                    counts: np.ndarray | None = None) -> np.ndarray:
+    """tokens (tiles, k), of which tile t uses its first counts[t] (default all k) -> (H, W, 3) uint8.
+
+    Tiles with equal counts go through the network together, given exactly their tokens."""
+    tok, tile = model.tokenizer.to(device), model.config.tile
+    counts = np.full(len(tokens), tokens.shape[1]) if counts is None else np.asarray(counts)
     canvas = np.empty((height, width, 3), np.uint8)
-    for i in range(0, len(tokens), batch):
-        ids = torch.from_numpy(tokens[i:i + batch].astype(np.int64)).to(device)
-        y = tok.decode(ids)
-        tiles = torch.round((y + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        tiling.place_tiles(canvas, tiles, i, model.config.tile)
-    tiling.deblock(canvas, model.config.tile)
+    for k in np.unique(counts):
+        rows = np.flatnonzero(counts == k)
+        for i in range(0, len(rows), batch):
+            sel = rows[i:i + batch]
+            ids = torch.from_numpy(tokens[sel, :k].astype(np.int64)).to(device)
+            y = tok.decode(ids)
+            tiles = torch.round((y + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for j, t in enumerate(sel):
+                tiling.place_tiles(canvas, tiles[j:j + 1], int(t), tile)
+    tiling.deblock(canvas, tile)
     return canvas
 
 
-def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes = b"", exif: bytes = b"") -> bytes:
-    """Tokens (tiles, kept) -> .odp bytes."""
-    h = Header(width, height, model.config.tile, model.config.tokens, tokens.shape[1], CHUNK_TOKENS,
-               model.name, model.sha256, model.entropy_model, icc, exif)
-    return container.write(Container(h, coder.encode_tokens(tokens, CHUNK_TOKENS, model.tables)))
+def layer_levels(h: Header, top: int) -> list[int]:
+    """Levels ending the layers of a new file up to `top`: LEVELS, skipping any that add no token."""
+    out, seen = [], 0
+    for level in [lv for lv in LEVELS if lv < top] + [top]:
+        n = sum(h.counts(level))
+        if n > seen:
+            out.append(level)
+            seen = n
+    return out
+
+
+def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes = b"", exif: bytes = b"",
+         weights: bytes = b"", level: int | None = None, entropy=None) -> bytes:
+    """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default)."""
+    entropy = entropy or model.best_entropy
+    h = Header(width, height, model.config.tile, model.config.tokens, model.sha256[:container.MODEL_ID_BYTES],
+               entropy.id, weights, icc, exif)
+    levels = layer_levels(h, level or h.full_level)
+    return container.write(Container(h, build_layers(tokens, h, levels, entropy)))
+
+
+def build_layers(tokens: np.ndarray, h: Header, levels: list[int], entropy, start: int = 0) -> list[Layer]:
+    layers, before = [], np.array(h.counts(start))
+    for level in levels:
+        after = np.array(h.counts(level))
+        data, check = coder.encode_layer(tokens, before, after, entropy)
+        layers.append(Layer(level, data, check))
+        before = after
+    return layers
+
+
+ALLOCATION_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # token counts the encoder decodes to weigh the tiles
+
+
+def token_bits(toks: np.ndarray, entropy) -> np.ndarray:
+    """(tiles, K) ideal code length in bits of each token under `entropy` (its context = earlier tokens)."""
+    t_idx, pos = np.divmod(np.arange(toks.size), toks.shape[1])
+    bits = np.empty(toks.size)
+    for i in range(0, toks.size, coder.BLOCK):
+        t, p = t_idx[i:i + coder.BLOCK], pos[i:i + coder.BLOCK]
+        f = entropy.frequencies(coder.contexts(entropy, toks, t, p), p)
+        bits[i:i + coder.BLOCK] = 24 - np.log2(f[np.arange(len(t)), toks[t, p]])
+    return bits.reshape(toks.shape)
+
+
+@torch.inference_mode()
+def allocation_weights(toks: np.ndarray, pixels: np.ndarray, model: Model, device: str, batch: int,
+                       entropy) -> bytes:
+    """Per-tile weights 1..255 such that giving tile t ceil(w_t * L / 255) tokens at every level L
+    follows the rate-distortion-optimal allocation (b"": every tile alike).
+
+    Each tile is decoded at ALLOCATION_GRID token counts; its squared error and exact code length
+    there give, for each Lagrange multiplier, the count that minimises error + lambda * bits. Those
+    optimal counts are fitted as tile weight x level (least squares in log counts), which is what a
+    power-law rate-distortion curve per tile predicts; one weight per tile keeps the header small
+    and every cut of the file near the optimal allocation for its size.
+    """
+    tiles_n, k_max = toks.shape
+    if tiles_n == 1:
+        return b""
+    tile = model.config.tile
+    h, w = pixels.shape[:2]
+    boxes = tiling.tile_boxes(w, h, tile)
+    grid = np.array([k for k in ALLOCATION_GRID if k <= k_max])
+    err = np.zeros((tiles_n, len(grid)))
+    tok = model.tokenizer.to(device)
+    for gi, k in enumerate(grid):
+        for i in range(0, tiles_n, batch):
+            y = tok.decode(torch.from_numpy(toks[i:i + batch, :k].astype(np.int64)).to(device))
+            y = torch.round((y + 1) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).cpu().numpy()
+            for j, (x0, y0, x1, y1) in enumerate(boxes[i:i + batch]):
+                err[i + j, gi] = ((y[j, :y1 - y0, :x1 - x0] - pixels[y0:y1, x0:x1]) ** 2).sum()
+    rate = np.cumsum(token_bits(toks, entropy), 1)[:, grid - 1]
+    logk, fit = [], []
+    for lam in np.geomspace(1e-2, 1e5, 60) * err.mean() / rate.mean():
+        k = grid[np.argmin(err + lam * rate, 1)]
+        if 1 < np.median(k) < k_max:
+            logk.append(np.log(k))
+            fit.append((k > grid[0]) & (k < grid[-1]))  # counts at the grid's ends are clipped, not chosen
+    if not logk:
+        return b""
+    a, m = np.array(logk).T, np.array(fit).T.astype(float)  # (tiles, lambdas)
+    tile_w, level = np.zeros(tiles_n), np.zeros(a.shape[1])
+    for _ in range(20):  # alternating least squares for log k = tile_w + level
+        tile_w = ((a - level) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        tile_w[m.sum(1) == 0] = (a - level).mean(1)[m.sum(1) == 0]
+        level = ((a - tile_w[:, None]) * m).sum(0) / np.maximum(m.sum(0), 1e-9)
+    weights = np.clip(np.round(255 * np.exp(tile_w - tile_w.max())), 1, 255).astype(np.uint8)
+    return b"" if (weights == 255).all() else weights.tobytes()
 
 
 QUALITY_BPP = (0.002, 0.08)  # --quality 1 and 100: the ends of a log scale of bits per pixel
@@ -166,8 +261,10 @@ TARGET_METRICS = ("psnr", "ms-ssim")
 def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None,
            model: Model | None = None, device: str = "auto", batch: int | None = None,
            metadata: tuple[str, ...] = (), target: tuple[str, float] | None = None,
-           quality: float | None = None, max_pixels: int | None = container.FROM_ENV) -> bytes:
-    """Encode a Pillow image to .odp bytes, keeping `tokens` per tile, fitting `max_bytes`, at
+           quality: float | None = None, max_pixels: int | None = container.FROM_ENV,
+           adaptive: bool = True) -> bytes:
+    """Encode a Pillow image to .odp bytes (`adaptive`: tiles get tokens by need, see
+    allocation_weights; else every tile alike), keeping `tokens` per tile (on average), fitting `max_bytes`, at
     `quality` 1..100 (a budget, see quality_to_bpp; never less than 1 token per tile), or the
     smallest truncation reaching `target` = (metric, value), metric "psnr" or "ms-ssim";
     `metadata` names what to carry ("icc", "exif"; default none, see prepare). Images over
@@ -178,7 +275,8 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     batch = batch or default_batch(dev)
     p = prepare(im, metadata)
     toks = image_to_tokens(p.pixels, model, dev, batch)
-    data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif)
+    weights_ = allocation_weights(toks, p.pixels, model, dev, batch, model.best_entropy) if adaptive else b""
+    data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif, weights_)
     if tokens is not None:
         data = truncate(data, tokens=tokens)
     if max_bytes is not None:
@@ -187,31 +285,33 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
         budget = int(quality_to_bpp(quality) * p.pixels.shape[0] * p.pixels.shape[1] / 8)
         data = truncate(data, max_bytes=max(budget, len(truncate(data, tokens=1))))
     if target is not None:
-        data = truncate(data, tokens=tokens_reaching(toks, p.pixels, target, model, dev, batch))
+        h = container.read(data).header
+        data = truncate(data, level=level_reaching(toks, p.pixels, h, target, model, dev, batch))
     return data
 
 
-def tokens_reaching(toks: np.ndarray, pixels: np.ndarray, target: tuple[str, float], model: Model,
-                    device: str, batch: int) -> int:
-    """The fewest kept tokens per tile whose decoded image reaches `target`, found by bisection
-    (quality rises with kept tokens on average; every candidate is decoded and measured).
-    All tokens, with a warning, when even those fall short."""
+def level_reaching(toks: np.ndarray, pixels: np.ndarray, h: Header, target: tuple[str, float], model: Model,
+                   device: str, batch: int) -> int:
+    """The lowest allocation level of header h whose decoded image reaches `target`, found by bisection
+    (quality rises with the level on average; every candidate is decoded and measured).
+    The full level, with a warning, when even all tokens fall short."""
     from . import metrics
 
     name, value = target
     if name not in TARGET_METRICS:
         raise ValueError(f"unknown target metric {name!r}: choose from {', '.join(TARGET_METRICS)}")
     score = {"psnr": metrics.psnr, "ms-ssim": metrics.ms_ssim}[name]
-    h, w = pixels.shape[:2]
-    if name == "ms-ssim" and min(h, w) < metrics.MS_SSIM_MIN_SIDE:
+    height, width = pixels.shape[:2]
+    if name == "ms-ssim" and min(height, width) < metrics.MS_SSIM_MIN_SIDE:
         raise ValueError(f"MS-SSIM needs images of at least {metrics.MS_SSIM_MIN_SIDE} pixels a side")
 
-    def reaches(k: int) -> bool:
-        return score(pixels, tokens_to_image(toks[:, :k], w, h, model, device, batch)) >= value
+    def reaches(level: int) -> bool:
+        image = tokens_to_image(toks, width, height, model, device, batch, np.array(h.counts(level)))
+        return score(pixels, image) >= value
 
-    lo, hi = 1, toks.shape[1]
+    lo, hi = 1, h.full_level
     if not reaches(hi):
-        warnings.warn(f"{name} {value} is out of reach: keeping all {hi} tokens per tile", OdpWarning)
+        warnings.warn(f"{name} {value} is out of reach: keeping all {h.tokens} tokens per tile", OdpWarning)
         return hi
     while lo < hi:
         mid = (lo + hi) // 2
@@ -229,72 +329,92 @@ def check_pixels(width: int, height: int, max_pixels: int | None = container.FRO
         raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {limit} pixels")
 
 
-def min_chunk_bytes(tiles: int, bounds: list[tuple[int, int]], model: Model) -> list[int]:
-    """Fewest bytes a valid chunk of `tiles` x positions [start, end) can have, for each chunk.
+def min_first_layer_bytes(tiles: int, entropy) -> int:
+    """Fewest bytes a valid first layer for `tiles` tiles can have.
 
-    No token is likelier than its table's largest entry, so a range-coder stream holds at least
-    sum(-log2 max p) bits per tile (less 2% and 8 bytes of slack for the coder's quantiser).
-    This ties a header's tile count to the bytes actually sent: a 100-byte file cannot make the
-    decoder run the network on thousands of tiles.
+    The first layer codes every tile's first token, none of which is likelier than the model's
+    largest probability at position 0, so the stream holds at least that many bits per tile (less
+    2% and 8 bytes of slack for the coder's quantiser). This ties a header's tile count to the
+    bytes actually sent: a 100-byte file cannot make the decoder run the network on thousands of tiles.
     """
-    f = model.tables.freqs
-    min_bits = np.log2(f.sum(1) / f.max(1))
-    return [max(0, int(min_bits[s:e].sum() * tiles * 0.98 / 8) - 8) for s, e in bounds]
+    return max(0, int(entropy.first_token_bits() * tiles * 0.98 / 8) - 8)
 
 
-def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV) -> tuple[Container, Model]:
-    """Parse bytes and find the model they need; warn when the payload is cut short."""
+def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV) -> tuple[Container, Model, object]:
+    """Parse bytes and find the model and entropy model they need; warn when the payload is cut short."""
     c = container.read(data, max_pixels)
     h = c.header
-    model = weights.load_by_hash(h.weights_hash, h.model_name)
-    if model.entropy_model != h.entropy_model or model.config.tile != h.tile or model.config.tokens != h.tokens:
-        raise FormatError(f"file header does not match model '{model.name}' (entropy model or tile layout differ)")
-    least = min_chunk_bytes(h.tiles, coder.chunk_bounds(h.kept, h.chunk_tokens)[:len(c.chunks)], model)
-    for i, (chunk, n) in enumerate(zip(c.chunks, least)):
-        if len(chunk) < n:
-            raise FormatError(f"payload chunk {i} of {len(chunk)} bytes is too short for {h.tiles} tiles "
-                              f"(at least {n}): the file is corrupt")
+    model = weights.load_by_hash(h.model_id, h.model_name)
+    if model.config.tile != h.tile or model.config.tokens != h.tokens:
+        raise FormatError(f"file header does not match model '{model.name}' (tile layout differs)")
+    try:
+        entropy = model.entropy(h.entropy_model)
+    except weights.ModelNotFound as e:
+        raise FormatError(str(e)) from None
+    least = min_first_layer_bytes(h.tiles, entropy)
+    if c.layers and len(c.layers[0].data) < least:
+        raise FormatError(f"first layer of {len(c.layers[0].data)} bytes is too short for {h.tiles} tiles "
+                          f"(at least {least}): the file is corrupt")
     if not c.complete:
-        if not c.chunks:
-            raise FormatError("file is cut short before its first complete chunk of tokens")
-        warnings.warn(f"file is cut short: decoding the {c.kept} of {h.kept} tokens per tile that arrived whole",
-                      OdpWarning)
-    return c, model
+        if not c.layers:
+            raise FormatError("file is cut short before its first complete layer of tokens")
+        warnings.warn(f"file is cut short: decoding the {len(c.layers)} layers that arrived whole "
+                      f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
+    return c, model, entropy
+
+
+def level_for_tokens(h: Header, tokens: int, top: int) -> int:
+    """The highest level up to `top` keeping at most `tokens` per tile on average (at least level 1)."""
+    lo, hi = 1, top
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(h.counts(mid)) <= tokens * h.tiles:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None = container.FROM_ENV,
-                strict: bool = False) -> tuple[Container, Model, np.ndarray]:
-    """Entropy-decode the tokens of a file (at most `tokens` per tile); no neural network runs.
-    `strict` also refuses a chunk that is not exactly the coding of its tokens (see verify)."""
-    c, model = open_container(data, max_pixels)
+                strict: bool = False) -> tuple[Container, Model, np.ndarray, np.ndarray]:
+    """Entropy-decode a file -> (container, model, tokens (tiles, K), counts per tile); no neural network runs.
+    With `tokens`, decode only up to the level keeping at most that many per tile on average.
+    `strict` also refuses a layer that is not exactly the coding of its tokens (see verify)."""
+    c, model, entropy = open_container(data, max_pixels)
     h = c.header
-    k = c.kept if tokens is None else min(max(1, tokens), c.kept)
-    need = -(-k // h.chunk_tokens)
-    try:
-        toks = coder.decode_tokens(c.chunks[:need], h.tiles, h.kept, h.chunk_tokens, model.tables, strict)
-    except coder.EntropyError as e:
-        raise FormatError(f"payload does not decode: {e}") from None
-    return c, model, toks[:, :k]
+    level = c.level if tokens is None else min(c.level, level_for_tokens(h, max(1, tokens), c.level))
+    toks = np.zeros((h.tiles, h.tokens), np.int32)
+    before = np.array(h.counts(0))
+    for i, layer in enumerate(c.layers):  # a layer that goes past `level` is decoded whole, then cut
+        after = np.array(h.counts(layer.level))
+        try:
+            coder.decode_layer(layer.data, toks, before, after, entropy, layer.check, strict)
+        except coder.EntropyError as e:
+            raise FormatError(f"payload layer {i} does not decode (the file is corrupt): {e}") from None
+        before = after
+        if layer.level >= level:
+            break
+    return c, model, toks, np.array(h.counts(level))
 
 
 def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
-    """FormatError unless the file is whole: header and every chunk CRC good, every chunk present,
-    and every chunk exactly the range coding of the tokens it decodes to. No network runs."""
+    """FormatError unless the file is whole: header CRC good, every layer present, decoding to tokens
+    that pass their checks, and exactly the range coding of those tokens. No network runs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OdpWarning)
-        c, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True)
+        c, _, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True)
     if not c.complete:
-        raise FormatError(f"file is cut short: {len(c.chunks)} of {c.header.chunk_count} chunks are whole")
+        raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")
 
 
 def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
            max_pixels: int | None = container.FROM_ENV) -> Image.Image:
-    """.odp bytes -> Pillow RGB image, using at most `tokens` tokens per tile; refuses images over
-    `max_pixels` (default $ODP_MAX_PIXELS or container.DEFAULT_MAX_PIXELS) before allocating them."""
-    c, model, toks = read_tokens(data, tokens, max_pixels)
+    """.odp bytes -> Pillow RGB image, using at most `tokens` tokens per tile on average; refuses images
+    over `max_pixels` (default $ODP_MAX_PIXELS or container.DEFAULT_MAX_PIXELS) before allocating them."""
+    c, model, toks, counts = read_tokens(data, tokens, max_pixels)
     dev = pick_device(device)
     h = c.header
-    pixels = tokens_to_image(toks, h.width, h.height, model, dev, batch or default_batch(dev))
+    pixels = tokens_to_image(toks, h.width, h.height, model, dev, batch or default_batch(dev), counts)
     im = Image.fromarray(pixels, "RGB")
     if h.icc:
         im.info["icc_profile"] = h.icc
@@ -303,39 +423,50 @@ def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: 
     return im
 
 
-def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None) -> bytes:
-    """A smaller valid file keeping `tokens` per tile, or the most tokens fitting `max_bytes`.
+def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None, level: int | None = None) -> bytes:
+    """A smaller valid file: at `tokens` per tile (on average, for an adaptive file), or the largest
+    that fits `max_bytes`. Whole layers are kept byte for byte; only a partial last layer is re-coded,
+    by the entropy coder alone (no neural network runs). A version-1 file comes out as version 2."""
+    c, model, toks, _ = read_tokens(data)
+    h = replace(c.header, model_id=c.header.model_id[:container.MODEL_ID_BYTES], model_name="",
+                version=container.VERSION)
+    entropy = model.entropy(h.entropy_model)
+    if c.header.version == 1:  # v1 chunks are v2 layers without their token checks: add them
+        before, layers = np.array(h.counts(0)), []
+        for layer in c.layers:
+            after = np.array(h.counts(layer.level))
+            tile, pos, _ = coder.layer_order(before, after)
+            layers.append(Layer(layer.level, layer.data, coder.token_check(toks[tile, pos])))
+            before = after
+    else:
+        layers = c.layers
 
-    Whole chunks are cut off the payload; only a partial last chunk is re-coded, by the
-    entropy coder alone (no neural network runs).
-    """
-    c, model, toks = read_tokens(data)
-    h, g = c.header, c.header.chunk_tokens
+    def at_level(level: int) -> bytes:
+        whole = [x for x in layers if x.level <= level]
+        start = whole[-1].level if whole else 0
+        adds = sum(h.counts(level)) > sum(h.counts(start))  # a level between two weights' steps may add none
+        extra = build_layers(toks, h, [level], entropy, start) if adds else []
+        return container.write(Container(h, whole + extra))
 
-    def with_tokens(k: int) -> bytes:
-        whole = k // g  # these chunks are kept byte for byte
-        chunks = c.chunks[:whole]
-        if k % g:
-            chunks = chunks + [coder.encode_chunk(toks[:, whole * g:k], whole * g, model.tables)]
-        return container.write(Container(replace(h, kept=k), chunks))
-
+    if level is not None:
+        return at_level(max(1, min(level, c.level)))
     if tokens is not None:
         if tokens < 1:
             raise ValueError("--tokens must be at least 1")
-        return with_tokens(min(tokens, toks.shape[1]))
+        return at_level(level_for_tokens(h, tokens, c.level))
     if max_bytes is None:
-        return with_tokens(toks.shape[1])
-    lo, hi = 1, toks.shape[1]
-    smallest = len(with_tokens(lo))
+        return at_level(c.level)
+    lo, hi = 1, c.level
+    smallest = len(at_level(lo))
     if smallest > max_bytes:
         raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {smallest})")
-    while lo < hi:  # file size grows with k: binary search for the largest k that fits
+    while lo < hi:  # file size grows with the level: binary search for the highest level that fits
         mid = (lo + hi + 1) // 2
-        if len(with_tokens(mid)) <= max_bytes:
+        if len(at_level(mid)) <= max_bytes:
             lo = mid
         else:
             hi = mid - 1
-    return with_tokens(lo)
+    return at_level(lo)
 
 
 @torch.inference_mode()
@@ -366,7 +497,8 @@ def images_to_tokens(pixel_list: list[np.ndarray], model: Model, device: str, ba
 def encode_many(ims: list[Image.Image], tokens: int | None = None, max_bytes: int | None = None,
                 model: Model | None = None, device: str = "auto", batch: int | None = None,
                 metadata: tuple[str, ...] = (), max_pixels: int | None = container.FROM_ENV) -> list[bytes]:
-    """Encode several Pillow images (as encode), batching tiles of different images together through the network."""
+    """Encode several Pillow images (as encode with adaptive=False: every tile alike), batching tiles of
+    different images together through the network: the throughput path."""
     if not ims:
         return []
     for im in ims:

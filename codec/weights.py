@@ -2,7 +2,9 @@
 
 A weights file holds the tokenizer's tensors ("model.*", fp16), the entropy model's
 integer tables ("entropy.freqs") and metadata (name, model config, entropy model id).
-Files record the sha256 of the whole weights file; decoding looks the model up by it.
+Files record the sha256 of the whole weights file (version-2 files its first 4 bytes);
+decoding looks the model up by it. Context models (entropy/weights/*.safetensors, integer
+tensors) are bound to the tokenizer whose tokens they predict by its sha256.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..entropy.context import ContextModel
 from ..entropy.models import PositionTables
 from .model import ModelConfig, Tokenizer
 
@@ -25,6 +28,10 @@ DEFAULT_MODEL = "odp-small-v1"
 # (a new model exported into WEIGHTS_DIR loads unchecked until its hash is pinned here).
 SHIPPED_SHA256 = {
     "odp-small-v1": "3c971564bc2e13374a4d58293253c36b0d64a9816ce40e96579eabefe94eddc3",
+}
+CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
+CONTEXT_SHA256 = {
+    "ctx16-v1": "322f3effa82c5f1be0343253839e75ec5f74360d8fecfc7a118cd8cb1e78c721",
 }
 
 
@@ -39,7 +46,21 @@ class Model:
     config: ModelConfig
     tokenizer: Tokenizer
     tables: PositionTables
-    entropy_model: str
+    entropy_model: str                       # the id of `tables` (what version-1 files record)
+    context: ContextModel | None = None      # the shipped context model for this tokenizer, if any
+
+    def entropy(self, id: str):
+        """The probability model a file names; ModelNotFound if this model has no such one."""
+        if id == self.tables.id:
+            return self.tables
+        if self.context is not None and id == self.context.id:
+            return self.context
+        raise ModelNotFound(f"this file needs entropy model '{id}', which model '{self.name}' does not have")
+
+    @property
+    def best_entropy(self):
+        """What new files are coded with: the context model when one is installed."""
+        return self.context or self.tables
 
 
 def file_sha256(path: Path) -> bytes:
@@ -90,7 +111,27 @@ def load_path(path: Path) -> Model:
         raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code") from e
     tok.eval().requires_grad_(False)
     tables = PositionTables(tensors["entropy.freqs"].numpy().astype("int64"))
-    return Model(meta["name"], digest, cfg, tok, tables, meta["entropy_model"])
+    return Model(meta["name"], digest, cfg, tok, tables, meta["entropy_model"], _context_for(digest))
+
+
+def _context_for(tokenizer_sha256: bytes) -> ContextModel | None:
+    """The installed context model bound to these tokenizer weights (pinned hash checked), or None."""
+    from safetensors.numpy import load_file
+
+    for path in sorted(CONTEXT_DIR.glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+        if meta.get("tokenizer_sha256") != tokenizer_sha256.hex():
+            continue
+        pinned = CONTEXT_SHA256.get(path.stem)
+        if pinned is not None and file_sha256(path).hex() != pinned:
+            raise ModelNotFound(f"context model {path.name} does not match its pinned sha256 {pinned[:16]} "
+                                f"(damaged or altered): reinstall ODP")
+        try:
+            return ContextModel(meta["id"], load_file(str(path)), meta)
+        except (KeyError, ValueError) as e:
+            raise ModelNotFound(f"context model {path.name} does not fit this version of ODP: {e}") from None
+    return None
 
 
 def load(name: str = DEFAULT_MODEL) -> Model:
@@ -103,12 +144,11 @@ def load(name: str = DEFAULT_MODEL) -> Model:
 
 
 def load_by_hash(sha256: bytes, name_hint: str = "") -> Model:
-    """Shipped model whose weights file has this sha256 (name_hint is tried first)."""
+    """Shipped model whose weights file's sha256 is, or starts with, these bytes (name_hint is tried first)."""
     candidates = _available()
     candidates.sort(key=lambda p: p.stem != name_hint)
     for path in candidates:
-        if file_sha256(path) == sha256:
+        if file_sha256(path).startswith(sha256):
             return load_path(path)
-    raise ModelNotFound(
-        f"this file needs model '{name_hint}' with weights {sha256.hex()[:16]}, which is not installed"
-    )
+    named = f"model '{name_hint}'" if name_hint else "a model"
+    raise ModelNotFound(f"this file needs {named} with weights {sha256.hex()[:16]}, which is not installed")

@@ -1,69 +1,91 @@
-"""Range coding of token ids, one independent stream per chunk of token positions.
+"""Range coding of token ids, one independent stream per layer of the payload.
 
-Tokens are coded position-major: all tiles' token j, then all tiles' token j+1, ...
-A chunk covers a run of positions, so dropping the last chunks drops the last
-tokens of every tile: a shorter file is a cut of a longer one.
+A layer brings each tile from `before[t]` to `after[t]` tokens. Inside a layer, symbols
+are coded step-major: step i codes token before[t] + i of every tile t that still has
+one, tiles in order. A token's probabilities depend only on its position and on earlier
+tokens of its own tile, so every layer decodes from the layers before it, and a shorter
+file is a cut of a longer one.
+
+Probability models answer `frequencies(contexts, positions)` with integer tables summing
+to 2**24; the coder gets them as exact binary fractions, and constriction's deterministic
+quantiser (pinned to 0.5.x) does the rest, so both ends see identical models.
 """
 from __future__ import annotations
+
+import zlib
 
 import constriction
 import numpy as np
 
-from .models import PositionTables
+from .models import TOTAL
 
-_Categorical = constriction.stream.model.Categorical
+_FAMILY = constriction.stream.model.Categorical(perfect=False)
+BLOCK = 2048  # symbols whose tables are computed at once when encoding (memory: BLOCK x 4096 x 8 bytes)
 
 
 class EntropyError(ValueError):
-    """A chunk whose bytes cannot be a range-coder stream."""
+    """A layer whose bytes cannot be a range-coder stream, or decode to tokens failing their check."""
 
 
-def chunk_bounds(kept: int, chunk_tokens: int) -> list[tuple[int, int]]:
-    """[(first position, end position)) of each chunk for `kept` tokens per tile."""
-    return [(s, min(s + chunk_tokens, kept)) for s in range(0, kept, chunk_tokens)]
+def layer_order(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tile, position) of each symbol of a layer in coding order, and the symbol count per step."""
+    need = after - before
+    steps = int(need.max(initial=0))
+    active = np.arange(steps)[:, None] < need[None, :]           # (steps, tiles)
+    step, tile = np.nonzero(active)                               # row-major: step by step, tiles in order
+    return tile, before[tile] + step, active.sum(1)
 
 
-def encode_chunk(tokens: np.ndarray, start: int, model: PositionTables) -> bytes:
-    """tokens (tiles, n) holding positions start..start+n-1 -> compressed bytes."""
+def contexts(model, tokens: np.ndarray, tile: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Previous `model.lags` tokens of each (tile, position), the model's alphabet size where there is none."""
+    lags = getattr(model, "lags", 0)
+    src = pos[:, None] - np.arange(1, lags + 1)[None, :]
+    ctx = tokens[tile[:, None], np.maximum(src, 0)]
+    return np.where(src >= 0, ctx, model.alphabet)
+
+
+def token_check(symbols: np.ndarray) -> int:
+    """16-bit check of a layer's decoded tokens: a wrong model or corrupt bytes show as a mismatch."""
+    return zlib.crc32(np.ascontiguousarray(symbols, dtype="<u2").tobytes()) & 0xFFFF
+
+
+def encode_layer(tokens: np.ndarray, before: np.ndarray, after: np.ndarray, model) -> tuple[bytes, int]:
+    """Code tokens[t, before[t]:after[t]] of every tile -> (bytes, token check)."""
+    tile, pos, _ = layer_order(before, after)
+    symbols = tokens[tile, pos].astype(np.int32)
     enc = constriction.stream.queue.RangeEncoder()
-    for j in range(tokens.shape[1]):
-        m = _Categorical(model.probabilities(start + j), perfect=False)
-        enc.encode(np.ascontiguousarray(tokens[:, j], dtype=np.int32), m)
-    return enc.get_compressed().astype("<u4").tobytes()
+    for i in range(0, len(symbols), BLOCK):
+        t, p = tile[i:i + BLOCK], pos[i:i + BLOCK]
+        probs = model.frequencies(contexts(model, tokens, t, p), p) / TOTAL  # exact: integers / 2**24
+        enc.encode(symbols[i:i + BLOCK], _FAMILY, probs)
+    return enc.get_compressed().astype("<u4").tobytes(), token_check(symbols)
 
 
-def decode_chunk(data: bytes, tiles: int, start: int, end: int, model: PositionTables,
-                 strict: bool = False) -> np.ndarray:
-    """Inverse of encode_chunk -> (tiles, end-start) int32. EntropyError for bytes that are no stream
-    (constriction raises AssertionError or ValueError on some junk). `strict` (`odp info --verify`) also
-    refuses bytes that are not exactly what encode_chunk writes for the decoded tokens, such as a word
-    appended to a stream: the decoder's end-of-data test cannot see one word too many."""
+def decode_layer(data: bytes, tokens: np.ndarray, before: np.ndarray, after: np.ndarray, model,
+                 check: int | None = None, strict: bool = False) -> None:
+    """Inverse of encode_layer: fills tokens[t, before[t]:after[t]] in place (earlier positions must be
+    there). EntropyError for bytes that are no stream (constriction raises AssertionError or ValueError
+    on some junk) or whose tokens fail `check`. `strict` (`odp info --verify`) also refuses bytes that
+    are not exactly what encode_layer writes for the decoded tokens, such as a word appended to a
+    stream: the decoder's end-of-data test cannot see one word too many."""
     if len(data) % 4:
-        raise EntropyError("chunk length is not a whole number of 32-bit words")
-    if not 0 <= start <= end <= model.positions:
-        raise EntropyError(f"positions {start}..{end - 1} are outside the model's {model.positions} tables")
+        raise EntropyError("layer length is not a whole number of 32-bit words")
+    if int(after.max(initial=0)) > model.positions:
+        raise EntropyError(f"positions beyond the model's {model.positions}")
+    tile, pos, per_step = layer_order(before, after)
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    out = np.empty((tiles, end - start), np.int32)
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
-        for j in range(end - start):
-            m = _Categorical(model.probabilities(start + j), perfect=False)
-            out[:, j] = dec.decode(m, tiles)
+        i = 0
+        for n in per_step:
+            t, p = tile[i:i + n], pos[i:i + n]
+            probs = model.frequencies(contexts(model, tokens, t, p), p) / TOTAL
+            tokens[t, p] = dec.decode(_FAMILY, probs)
+            i += n
     except (AssertionError, ValueError, RuntimeError) as e:
         raise EntropyError(str(e) or type(e).__name__) from None
-    if strict and encode_chunk(out, start, model) != data:
-        raise EntropyError(f"chunk of positions {start}..{end - 1} is not the exact coding of its tokens")
-    return out
-
-
-def encode_tokens(tokens: np.ndarray, chunk_tokens: int, model: PositionTables) -> list[bytes]:
-    """tokens (tiles, kept) -> one compressed byte string per chunk."""
-    return [encode_chunk(tokens[:, s:e], s, model) for s, e in chunk_bounds(tokens.shape[1], chunk_tokens)]
-
-
-def decode_tokens(chunks: list[bytes], tiles: int, kept: int, chunk_tokens: int, model: PositionTables,
-                  strict: bool = False) -> np.ndarray:
-    """Chunks (possibly fewer than `kept` needs: a cut file) -> tokens (tiles, k)."""
-    bounds = chunk_bounds(kept, chunk_tokens)[: len(chunks)]
-    parts = [decode_chunk(c, tiles, s, e, model, strict) for c, (s, e) in zip(chunks, bounds)]
-    return np.concatenate(parts, 1) if parts else np.zeros((tiles, 0), np.int32)
+    symbols = tokens[tile, pos]
+    if check is not None and token_check(symbols) != check:
+        raise EntropyError("decoded tokens fail their check: the file is corrupt or needs another model")
+    if strict and encode_layer(tokens, before, after, model)[0] != data:
+        raise EntropyError("layer is not the exact coding of its tokens")

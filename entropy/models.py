@@ -4,7 +4,7 @@ A model answers one question: the integer frequency table for token position j.
 Tables are integers that sum to exactly 2**PRECISION_BITS and reach the coder as exact
 binary fractions; constriction's deterministic fixed-point quantiser (pinned to 0.5.x)
 does the rest, so encoder and decoder see identical probabilities on every machine.
-A context model can later implement the same `probabilities(position)` interface.
+Every model answers `frequencies(contexts, positions)`; these tables ignore the context.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class PositionTables:
     """One frequency table per token position, estimated on training tiles."""
 
     id = "pos-freq-v1"
+    lags = 0  # previous tokens it looks at
 
     def __init__(self, freqs: np.ndarray):
         freqs = np.asarray(freqs)
@@ -26,8 +27,7 @@ class PositionTables:
         if (freqs <= 0).any() or (freqs.sum(1) != TOTAL).any():
             raise ValueError(f"every table entry must be positive and each row must sum to 2**{PRECISION_BITS}")
         self.freqs = freqs.astype(np.int64)
-        # exact: integers below 2**24 divided by a power of two are representable in float64
-        self._probs = self.freqs.astype(np.float64) / TOTAL
+        self._probs = self.freqs.astype(np.float64) / TOTAL  # exact: integers / 2**24
 
     @property
     def positions(self) -> int:
@@ -37,8 +37,11 @@ class PositionTables:
     def alphabet(self) -> int:
         return self.freqs.shape[1]
 
-    def probabilities(self, position: int) -> np.ndarray:
-        return self._probs[position]
+    def frequencies(self, contexts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return self.freqs[positions]
+
+    def first_token_bits(self) -> float:
+        return float(PRECISION_BITS - np.log2(self.freqs[0].max()))
 
     def bits(self, tokens: np.ndarray) -> float:
         """Ideal code length in bits of tokens (tiles, k) under these tables."""

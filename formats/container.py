@@ -1,17 +1,22 @@
-"""The .odp container: a checked header, then payload chunks in token-position order.
+"""The .odp container: a checked header listing the truncation points, then payload layers.
 
-Layout (little-endian; full spec in docs/format.md):
+Version 2 layout (full spec in docs/format.md):
 
-    magic   8 bytes  b"\\x89ODP\\r\\n\\x1a\\n"
-    u32     header length H
-    H bytes header fields, ending with the byte length of every chunk
-    u32     CRC32 of the header fields
-    chunks  each: its bytes, then u32 CRC32 of those bytes
+    magic    4 bytes  b"\\x89ODP"
+    version  u8       2
+    varint   header length H
+    H bytes  header fields, ending with the layer table (level, byte length, token check)
+    u32      CRC32 of the version byte, H and the header fields
+    layers   their bytes back to back
 
-Chunk i holds token positions [i*G, min((i+1)*G, kept)) of every tile, so keeping
-fewer tokens is cutting chunks off the end. Chunk lengths live in the checked header,
-so payload framing cannot be corrupted unnoticed: a file shorter than the lengths say
-was cut short and is read as its complete chunks (`Container.complete` is then False).
+Layer i brings every tile from the token count of level L(i-1) to that of level L(i):
+tile t keeps min(K, ceil(w_t * L / 255)) tokens at level L, w_t its allocation weight
+(255 for every tile unless the encoder adapted the allocation). So keeping fewer tokens
+is cutting layers off the end; layer lengths live in the checked header, so a file
+shorter than they say was cut short and is read as its complete layers.
+
+Version 1 files (8-byte magic, u32 lengths, CRC per chunk; every tile the same) are read
+into the same structures, as layers without token checks; they are never written.
 """
 from __future__ import annotations
 
@@ -20,20 +25,27 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-MAGIC = b"\x89ODP\r\n\x1a\n"
-VERSION = 1
+MAGIC = b"\x89ODP"                  # both versions start so; v1 goes on with "\r\n\x1a\n"
+MAGIC_V1 = b"\x89ODP\r\n\x1a\n"
+VERSION = 2
 MIME_TYPE = "image/x-odp"
+
+# Entropy models by their byte in a version-2 header (docs/format.md keeps this table).
+ENTROPY_MODELS = {1: "pos-freq-v1", 2: "ctx16-v1"}
 
 MAX_SIDE = 65535            # pixels per side the format can describe
 MAX_HEADER = 16 << 20       # header bytes (dominated by ICC/EXIF)
 MAX_METADATA = 8 << 20      # bytes per ICC profile or EXIF block
 MAX_TOKENS = 4096           # tokens per tile
-MAX_CHUNK = 256 << 20       # bytes per payload chunk
+MAX_LAYER = 256 << 20       # bytes per payload layer
+MAX_LEVEL = MAX_TOKENS * 255
 DEFAULT_MAX_PIXELS = 1 << 28  # decompression-bomb guard: 268 MP (16384 x 16384)
 MAX_PIXELS_ENV = "ODP_MAX_PIXELS"  # overrides DEFAULT_MAX_PIXELS for every reader in the process
 FROM_ENV = -1               # max_pixels default: $ODP_MAX_PIXELS if set, else DEFAULT_MAX_PIXELS
+MODEL_ID_BYTES = 4          # a version-2 file names its model by this prefix of the weights' sha256
 
-_FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
+FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS = 1, 2, 4
+_V1_FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
 
 
 class FormatError(ValueError):
@@ -61,13 +73,13 @@ class Header:
     height: int
     tile: int
     tokens: int               # K: tokens per tile the model produces
-    kept: int                 # tokens per tile stored in this file
-    chunk_tokens: int         # G: token positions per payload chunk
-    model_name: str
-    weights_hash: bytes       # sha256 of the weights file
+    model_id: bytes           # sha256 of the weights file (v2 stores its first MODEL_ID_BYTES bytes)
     entropy_model: str
+    weights: bytes = b""      # allocation weight 1..255 per tile; empty: every tile alike (255)
     icc: bytes = b""
     exif: bytes = b""
+    model_name: str = ""      # version-1 files name their model too
+    version: int = VERSION
 
     @property
     def cols(self) -> int:
@@ -82,8 +94,19 @@ class Header:
         return self.cols * self.rows
 
     @property
-    def chunk_count(self) -> int:
-        return -(-self.kept // self.chunk_tokens)
+    def adaptive(self) -> bool:
+        return bool(self.weights)
+
+    @property
+    def full_level(self) -> int:
+        """A level at which every tile has all K tokens (the highest a layer may have)."""
+        return -(-self.tokens * 255 // min(self.weights)) if self.weights else self.tokens
+
+    def counts(self, level: int) -> list[int]:
+        """Tokens each tile keeps at `level`."""
+        if not self.weights:
+            return [min(self.tokens, level)] * self.tiles
+        return [min(self.tokens, -(-w * level // 255)) for w in self.weights]
 
     def validate(self, max_pixels: int | None = FROM_ENV) -> None:
         max_pixels = pixel_limit(max_pixels)
@@ -91,69 +114,124 @@ class Header:
             raise FormatError(f"image size {self.width}x{self.height} is outside 1..{MAX_SIDE} pixels per side")
         if max_pixels is not None and self.width * self.height > max_pixels:
             raise FormatError(f"image of {self.width}x{self.height} pixels exceeds the limit of {max_pixels} pixels")
-        if not (16 <= self.tile <= 4096):
-            raise FormatError(f"tile size {self.tile} is outside 16..4096")
+        if not (16 <= self.tile <= 4096) or self.tile & (self.tile - 1):
+            raise FormatError(f"tile size {self.tile} is not a power of two in 16..4096")
         if not (1 <= self.tokens <= MAX_TOKENS):
             raise FormatError(f"tokens per tile {self.tokens} is outside 1..{MAX_TOKENS}")
-        if not (1 <= self.kept <= self.tokens):
-            raise FormatError(f"kept tokens {self.kept} is outside 1..{self.tokens}")
-        if not (1 <= self.chunk_tokens <= self.tokens):
-            raise FormatError(f"chunk size {self.chunk_tokens} is outside 1..{self.tokens}")
-        if len(self.weights_hash) != 32:
-            raise FormatError("weights hash must be 32 bytes")
+        if len(self.model_id) != (32 if self.version == 1 else MODEL_ID_BYTES):
+            raise FormatError("model id has the wrong length")
+        if self.weights and (len(self.weights) != self.tiles or 0 in self.weights):
+            raise FormatError(f"allocation weights must be {self.tiles} bytes (one per tile), each 1..255")
         for name, blob in (("ICC profile", self.icc), ("EXIF block", self.exif)):
             if len(blob) > MAX_METADATA:
                 raise FormatError(f"{name} of {len(blob)} bytes exceeds {MAX_METADATA} bytes")
 
 
 @dataclass
+class Layer:
+    level: int                # the allocation level this layer brings every tile up to
+    data: bytes
+    check: int | None = None  # low 16 bits of CRC-32 of its decoded tokens (v2); v1 chunks are CRC'd as bytes
+
+
+@dataclass
 class Container:
     header: Header
-    chunks: list[bytes] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
     complete: bool = True     # False when the file ended inside the payload
+    declared_level: int = 0   # level of the last layer the header lists (even when cut short)
+
+    @property
+    def level(self) -> int:
+        """Level of the last complete layer (0 if none arrived)."""
+        return self.layers[-1].level if self.layers else 0
 
     @property
     def kept(self) -> int:
-        """Tokens per tile that the complete chunks hold."""
-        return min(self.header.kept, len(self.chunks) * self.header.chunk_tokens)
+        """Tokens of the tile that keeps most (for a uniform file: tokens per tile)."""
+        return max(self.header.counts(self.level), default=0)
+
+    @property
+    def mean_tokens(self) -> float:
+        return sum(self.header.counts(self.level)) / self.header.tiles
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(len(layer.data) for layer in self.layers)
 
 
-def _pack_str(s: str) -> bytes:
-    b = s.encode("utf-8")
-    if len(b) > 255:
-        raise FormatError("name longer than 255 bytes")
-    return struct.pack("<B", len(b)) + b
+# --------------------------------------------------------------------------- writing
 
 
-def _pack_blob(b: bytes) -> bytes:
-    return struct.pack("<I", len(b)) + b
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
 
 
-def pack_header(h: Header, chunk_lengths: list[int]) -> bytes:
+def check_layers(h: Header, levels: list[int], lengths: list[int]) -> None:
+    """The layer table rules (docs/format.md); quick even for a million tiles and thousands of layers."""
+    if not levels:
+        raise FormatError("file has no layer of tokens")
+    if len(levels) > h.tiles * h.tokens:
+        raise FormatError(f"{len(levels)} layers cannot each add a token to {h.tiles} tiles of {h.tokens}")
+    distinct = sorted(set(h.weights)) if h.weights else [255]  # tiles of equal weight keep equal counts
+    top = min(MAX_LEVEL, h.full_level)
+    prev = 0
+    for i, (level, n) in enumerate(zip(levels, lengths)):
+        if not prev < level <= top:
+            raise FormatError(f"layer {i} has level {level}, not above {prev} and at most {top}")
+        if all(min(h.tokens, -(-w * level // 255)) == min(h.tokens, -(-w * prev // 255)) for w in distinct):
+            raise FormatError(f"layer {i} (level {level}) adds no token")
+        if n > MAX_LAYER:
+            raise FormatError(f"layer {i} declares {n} bytes, over the limit of {MAX_LAYER}")
+        if n == 0 or n % 4:
+            raise FormatError(f"layer {i} declares {n} bytes, not a positive whole number of 32-bit words")
+        prev = level
+
+
+def pack_header(h: Header, layers: list[Layer]) -> bytes:
+    """Version byte, length, fields and CRC: everything before the first layer's bytes."""
     h.validate(max_pixels=None)
-    if len(chunk_lengths) != h.chunk_count:
-        raise FormatError(f"{len(chunk_lengths)} chunks given, header needs {h.chunk_count}")
-    for i, n in enumerate(chunk_lengths):
-        _check_chunk_length(i, n)
-    fixed = _FIXED.pack(VERSION, 0, h.width, h.height, h.tile, h.tokens, h.kept, h.chunk_tokens, h.weights_hash)
-    return (fixed + _pack_str(h.model_name) + _pack_str(h.entropy_model) + _pack_blob(h.icc) + _pack_blob(h.exif)
-            + struct.pack(f"<{len(chunk_lengths)}I", *chunk_lengths))
+    if h.version != VERSION:
+        raise FormatError(f"only version {VERSION} files are written")
+    check_layers(h, [x.level for x in layers], [len(x.data) for x in layers])
+    code = {v: k for k, v in ENTROPY_MODELS.items()}.get(h.entropy_model)
+    if code is None:
+        raise FormatError(f"entropy model {h.entropy_model!r} has no code in this format version")
+    flags = (FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
+    f = [bytes([flags]), _varint(h.width), _varint(h.height), bytes([h.tile.bit_length() - 1]), _varint(h.tokens),
+         h.model_id, bytes([code])]
+    f += [_varint(len(h.icc)), h.icc] if h.icc else []
+    f += [_varint(len(h.exif)), h.exif] if h.exif else []
+    f += [h.weights, _varint(len(layers))]
+    prev = 0
+    for x in layers:
+        if x.check is None:
+            raise FormatError("every version-2 layer needs its token check")
+        f += [_varint(x.level - prev), _varint(len(x.data) // 4), struct.pack("<H", x.check)]
+        prev = x.level
+    fields = b"".join(f)
+    head = bytes([VERSION]) + _varint(len(fields)) + fields
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def write(c: Container) -> bytes:
-    """Serialise a container; the chunk count must match the header's kept tokens."""
-    head = pack_header(c.header, [len(chunk) for chunk in c.chunks])
-    out = [MAGIC, struct.pack("<I", len(head)), head, struct.pack("<I", zlib.crc32(head))]
-    for chunk in c.chunks:
-        out += [chunk, struct.pack("<I", zlib.crc32(chunk))]
-    return b"".join(out)
+    """Serialise a container as version 2."""
+    return MAGIC + pack_header(c.header, c.layers) + b"".join(x.data for x in c.layers)
+
+
+# --------------------------------------------------------------------------- reading
 
 
 class _Reader:
     """Bounds-checked cursor over untrusted bytes."""
 
-    def __init__(self, data: bytes, what: str):
-        self.data, self.pos, self.what = data, 0, what
+    def __init__(self, data: bytes, what: str, pos: int = 0):
+        self.data, self.pos, self.what = data, pos, what
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -171,6 +249,18 @@ class _Reader:
     def u32(self) -> int:
         return struct.unpack("<I", self.take(4))[0]
 
+    def varint(self, limit: int, name: str) -> int:
+        n = shift = 0
+        for _ in range(5):
+            b = self.u8()
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                if n > limit:
+                    raise FormatError(f"{self.what} declares {name} {n}, over the limit of {limit}")
+                return n
+        raise FormatError(f"{self.what} holds a malformed number ({name})")
+
     def string(self) -> str:
         try:
             return self.take(self.u8()).decode("utf-8")
@@ -185,62 +275,113 @@ class _Reader:
 
 
 def is_odp(prefix: bytes) -> bool:
-    return prefix[: len(MAGIC)] == MAGIC
+    """Whether bytes start like an .odp file of a version this reader knows."""
+    return prefix[:len(MAGIC_V1)] == MAGIC_V1 or prefix[:len(MAGIC) + 1] == MAGIC + bytes([VERSION])
 
 
-def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header, list[int], int]:
-    """Parse and check the header -> (header, chunk lengths, offset of the first chunk)."""
+def header_size(prefix: bytes) -> int | None:
+    """Bytes up to the first layer, from a file's first 16 bytes (None: not an .odp file)."""
+    if not is_odp(prefix):
+        return None
+    r = _Reader(prefix, "file header")
+    if prefix.startswith(MAGIC_V1):
+        r.pos = len(MAGIC_V1)
+        n = r.u32()
+        if n > MAX_HEADER:
+            raise FormatError(f"header declares {n} bytes, over the limit of {MAX_HEADER}")
+        return r.pos + n + 4
+    r.pos = len(MAGIC) + 1
+    n = r.varint(MAX_HEADER, "a header length")
+    return r.pos + n + 4
+
+
+def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header, list[tuple[int, int, int | None]], int]:
+    """Parse and check the header -> (header, [(level, byte length, check)] per layer, offset of the first layer)."""
     if not is_odp(data):
+        if data.startswith(MAGIC) and len(data) > len(MAGIC):
+            raise FormatError(f"ODP format version {data[4]} is not supported "
+                              f"(this reader knows versions 1 and {VERSION})")
         raise FormatError("not an ODP file (wrong magic bytes)")
-    r = _Reader(data, "file header")
-    r.take(len(MAGIC))
+    if data.startswith(MAGIC_V1):
+        return _read_v1(data, max_pixels)
+    r = _Reader(data, "file header", len(MAGIC) + 1)
+    n = r.varint(MAX_HEADER, "a header length")
+    fields = r.take(n)
+    if r.u32() != zlib.crc32(data[len(MAGIC):r.pos - 4]):
+        raise FormatError("header checksum mismatch: the file is corrupt")
+    f = _Reader(fields, "header")
+    flags = f.u8()
+    if flags & ~(FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS):
+        raise FormatError(f"header has unknown flags {flags:#04x}")
+    w, hgt = f.varint(MAX_SIDE, "a width"), f.varint(MAX_SIDE, "a height")
+    log_tile = f.u8()
+    if not 4 <= log_tile <= 12:
+        raise FormatError(f"tile size 2^{log_tile} is outside 16..4096")
+    tokens = f.varint(MAX_TOKENS, "tokens per tile")
+    model_id, code = f.take(MODEL_ID_BYTES), f.u8()
+    if code not in ENTROPY_MODELS:
+        raise FormatError(f"entropy model code {code} is unknown to this reader")
+    icc = f.take(f.varint(MAX_METADATA, "an ICC profile size")) if flags & FLAG_ICC else b""
+    exif = f.take(f.varint(MAX_METADATA, "an EXIF block size")) if flags & FLAG_EXIF else b""
+    h = Header(w, hgt, 1 << log_tile, tokens, model_id, ENTROPY_MODELS[code], icc=icc, exif=exif)
+    h.validate(max_pixels)
+    if flags & FLAG_WEIGHTS:
+        h.weights = f.take(h.tiles)
+        h.validate(max_pixels)
+    count = f.varint(MAX_LEVEL, "a layer count")
+    layers, level = [], 0
+    for _ in range(count):
+        level += f.varint(MAX_LEVEL, "a level step")
+        length = 4 * f.varint(MAX_LAYER // 4, "a layer length")
+        layers.append((level, length, struct.unpack("<H", f.take(2))[0]))
+    if f.pos != len(fields):
+        raise FormatError("header has trailing bytes")
+    check_layers(h, [x[0] for x in layers], [x[1] for x in layers])
+    return h, layers, r.pos
+
+
+def _read_v1(data: bytes, max_pixels) -> tuple[Header, list[tuple[int, int, int | None]], int]:
+    r = _Reader(data, "file header", len(MAGIC_V1))
     n = r.u32()
     if n > MAX_HEADER:
         raise FormatError(f"header declares {n} bytes, over the limit of {MAX_HEADER}")
     head = r.take(n)
     if r.u32() != zlib.crc32(head):
         raise FormatError("header checksum mismatch: the file is corrupt")
-    h, lengths = _parse_header_fields(head, max_pixels)
-    return h, lengths, r.pos
-
-
-def _parse_header_fields(head: bytes, max_pixels: int | None) -> tuple[Header, list[int]]:
-    r = _Reader(head, "header")
-    version, _flags, w, hgt, tile, tokens, kept, chunk_tokens, whash = r.unpack(_FIXED)
-    if version != VERSION:
-        raise FormatError(f"ODP format version {version} is not supported (this reader knows version {VERSION})")
-    model_name, entropy_model = r.string(), r.string()
-    icc, exif = r.blob(MAX_METADATA), r.blob(MAX_METADATA)
-    h = Header(w, hgt, tile, tokens, kept, chunk_tokens, model_name, whash, entropy_model, icc, exif)
+    f = _Reader(head, "header")
+    version, _flags, w, hgt, tile, tokens, kept, g, whash = f.unpack(_V1_FIXED)
+    if version != 1:
+        raise FormatError(f"ODP format version {version} is not supported (this reader knows versions 1 and {VERSION})")
+    model_name, entropy_model = f.string(), f.string()
+    icc, exif = f.blob(MAX_METADATA), f.blob(MAX_METADATA)
+    h = Header(w, hgt, tile, tokens, whash, entropy_model, icc=icc, exif=exif, model_name=model_name, version=1)
     h.validate(max_pixels)
-    lengths = list(struct.unpack(f"<{h.chunk_count}I", r.take(4 * h.chunk_count)))
-    if r.pos != len(head):
+    if not (1 <= kept <= tokens and 1 <= g <= tokens):
+        raise FormatError(f"kept tokens {kept} or chunk size {g} is outside 1..{tokens}")
+    count = -(-kept // g)
+    lengths = list(struct.unpack(f"<{count}I", f.take(4 * count)))
+    if f.pos != len(head):
         raise FormatError("header has trailing bytes")
-    for i, n in enumerate(lengths):
-        _check_chunk_length(i, n)
-    return h, lengths
-
-
-def _check_chunk_length(i: int, n: int) -> None:
-    if n > MAX_CHUNK:
-        raise FormatError(f"chunk {i} declares {n} bytes, over the limit of {MAX_CHUNK}")
-    if n == 0 or n % 4:
-        raise FormatError(f"chunk {i} declares {n} bytes, not a positive whole number of 32-bit words")
+    levels = [min((i + 1) * g, kept) for i in range(count)]
+    check_layers(h, levels, lengths)
+    return h, [(lv, n + 4, None) for lv, n in zip(levels, lengths)], r.pos  # +4: each chunk's CRC
 
 
 def read(data: bytes, max_pixels: int | None = FROM_ENV) -> Container:
-    """Parse a whole file. Corrupt chunks raise; a cut-short payload is kept as far as it goes."""
-    h, lengths, pos = read_header(data, max_pixels)
-    r = _Reader(data, "payload")
-    r.pos = pos
-    chunks: list[bytes] = []
-    for i, n in enumerate(lengths):
-        if len(data) - r.pos < n + 4:
-            return Container(h, chunks, complete=False)
+    """Parse a whole file. Corrupt layers raise; a cut-short payload is kept as far as it goes."""
+    h, table, pos = read_header(data, max_pixels)
+    r = _Reader(data, "payload", pos)
+    layers: list[Layer] = []
+    declared = table[-1][0] if table else 0
+    for i, (level, n, check) in enumerate(table):
+        if len(data) - r.pos < n:
+            return Container(h, layers, complete=False, declared_level=declared)
         chunk = r.take(n)
-        if r.u32() != zlib.crc32(chunk):
-            raise FormatError(f"payload chunk {i} checksum mismatch: the file is corrupt")
-        chunks.append(chunk)
+        if check is None:  # v1: bytes then their CRC
+            chunk, crc = chunk[:-4], struct.unpack("<I", chunk[-4:])[0]
+            if crc != zlib.crc32(chunk):
+                raise FormatError(f"payload chunk {i} checksum mismatch: the file is corrupt")
+        layers.append(Layer(level, chunk, check))
     if r.pos != len(data):
-        raise FormatError(f"{len(data) - r.pos} unexpected bytes after the last chunk")
-    return Container(h, chunks)
+        raise FormatError(f"{len(data) - r.pos} unexpected bytes after the last layer")
+    return Container(h, layers, declared_level=declared)

@@ -5,7 +5,7 @@
     im.save("small.odp", tokens=32)  # or bytes=2000; also device="auto"|"cpu"|"cuda", metadata=("icc",)
 
 Opening reads only the header; load() runs the model, found by the weights hash in the file (a missing
-one raises odp.ModelNotFound naming it). A file cut short decodes from the chunks that arrived, with an
+one raises odp.ModelNotFound naming it). A file cut short decodes from the layers that arrived, with an
 odp.OdpWarning. Set `im.odp_tokens = N` before load() to decode only the first N tokens per tile.
 
 draft() and reduce() are left as Pillow's defaults: fewer tokens do not give a smaller image, only a
@@ -13,7 +13,6 @@ coarser one, and thumbnails measured from fewer tokens are clearly worse at ever
 """
 from __future__ import annotations
 
-import struct
 from typing import IO
 
 from PIL import Image, ImageFile
@@ -32,18 +31,15 @@ class OdpImageFile(ImageFile.ImageFile):
     format_description = "ODP learned image codec"
 
     def _open(self) -> None:
-        head = self.fp.read(len(container.MAGIC) + 4)
-        if not container.is_odp(head):
+        head = self.fp.read(16)
+        n = container.header_size(head)  # FormatError (a ValueError) if the declared size is absurd
+        if n is None:
             raise SyntaxError("not an ODP file")
-        if len(head) < len(container.MAGIC) + 4:
-            raise container.FormatError("file header is cut short")
-        n = struct.unpack("<I", head[-4:])[0]
-        if n > container.MAX_HEADER:
-            raise container.FormatError(f"header declares {n} bytes, over the limit of {container.MAX_HEADER}")
-        h, _, _ = container.read_header(head + self.fp.read(n + 4))  # FormatError (a ValueError) if corrupt
+        h, table, _ = container.read_header(head + self.fp.read(n - len(head)))  # FormatError if corrupt or cut short
         self._size = (h.width, h.height)
         self._mode = "RGB"
-        self.info.update(odp_model=h.model_name, odp_tokens=h.kept)
+        self.info.update(odp_model=h.model_name or h.model_id.hex(), odp_adaptive=h.adaptive,
+                         odp_tokens=max(h.counts(table[-1][0])))  # of the fullest tile, as stored
         if h.icc:
             self.info["icc_profile"] = h.icc
         if h.exif:

@@ -45,8 +45,20 @@ def coffee(photos) -> Image.Image:
 
 @pytest.fixture(scope="session")
 def encoded(photos, model) -> dict[str, bytes]:
-    """Full-length (all K tokens) encodings of the test photos."""
-    return {name: pipeline.encode(im, model=model, device="cpu") for name, im in photos.items()}
+    """Full-length (all K tokens) encodings of the test photos, every tile alike (adaptive=False), so that
+    tokens per tile are exact; adaptive files have their own fixture and tests."""
+    return {name: pipeline.encode(im, model=model, device="cpu", adaptive=False) for name, im in photos.items()}
+
+
+@pytest.fixture(scope="session")
+def adaptive_photo(photos) -> Image.Image:
+    """A real photo of 6 tiles whose tiles differ in need (sky, face, detail)."""
+    return Image.open(DATA / "photo_768x512.png").convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def adaptive_odp(adaptive_photo, model) -> bytes:
+    return pipeline.encode(adaptive_photo, model=model, device="cpu")
 
 
 @pytest.fixture(scope="session")

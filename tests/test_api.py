@@ -14,6 +14,7 @@ from PIL import Image
 
 import odp
 from odp.codec import pipeline
+from odp.formats import container
 
 DOCS = Path(__file__).parents[1] / "docs" / "api.md"
 DATA = Path(__file__).parent / "data"
@@ -86,11 +87,17 @@ def test_bad_arguments_are_clear_errors(small_photo, small_odp):
         odp.encode(small_photo, device="tpu")
 
 
-def test_truncate_and_info(small_odp):
+def test_truncate_and_info(small_odp, model):
     cut = odp.truncate(small_odp, tokens=20)
     i = odp.info(cut)
     assert (i.width, i.height, i.tiles, i.tokens, i.stored_tokens, i.complete) == (64, 48, 1, 20, 20, True)
-    assert i.file_bytes == len(cut) and i.model == "odp-small-v1" and len(i.weights_sha256) == 64
+    assert (i.mean_tokens, i.adaptive, i.version, i.model_tokens) == (20, False, 2, 256)
+    # the whole layers below 20 tokens are kept as they were, and one layer is coded up to 20
+    assert i.layers == len([lv for lv in pipeline.LEVELS if lv < 20]) + 1
+    # version 2 names the model by the first 4 bytes of its weights' sha256 alone
+    assert i.model == "" and i.weights_sha256 == model.sha256.hex()[:8]
+    assert i.file_bytes == len(cut) and i.payload_bytes == container.read(cut).payload_bytes
+    assert i.bits_per_token == pytest.approx(i.payload_bytes * 8 / 20)
     assert i.bpp == pytest.approx(len(cut) * 8 / (64 * 48))
     assert len(odp.truncate(small_odp, bytes=200)) <= 200
     with pytest.raises(AttributeError):
@@ -109,10 +116,42 @@ def test_info_and_decode_of_a_file_cut_short(small_odp):
 def test_missing_model_is_named(small_odp):
     from helpers import reheader
 
-    other = reheader(small_odp, weights_hash=bytes(32), model_name="odp-huge-v9")
-    assert odp.info(other).model == "odp-huge-v9"
-    with pytest.raises(odp.ModelNotFound, match="odp-huge-v9"):
+    other = reheader(small_odp, model_id=bytes.fromhex("0badf00d"))  # a valid header naming another model
+    assert odp.info(other).weights_sha256 == "0badf00d"
+    with pytest.raises(odp.ModelNotFound, match="0badf00d.*not installed"):
         odp.decode(other)
+
+
+def test_version_1_file(model):
+    from helpers import v1_file
+
+    i = odp.info(v1_file())
+    assert (i.version, i.width, i.height, i.tiles, i.tokens, i.mean_tokens, i.layers) == (1, 320, 240, 2, 64, 64, 8)
+    assert i.model == model.name and i.weights_sha256 == model.sha256.hex() and not i.adaptive
+    new = odp.truncate(v1_file(), tokens=64)  # written as version 2, the same tokens
+    assert odp.info(new).version == 2 and odp.info(new).tokens == 64
+    assert odp.decode(new, device="cpu").tobytes() == odp.decode(v1_file(), device="cpu").tobytes()
+
+
+def test_adaptive_files_count_tokens_on_average(adaptive_odp):
+    """Tiles of one file keep different numbers of tokens: `tokens=` is then a mean per tile."""
+    i = odp.info(adaptive_odp)
+    assert i.adaptive and i.tiles == 6 and i.tokens == i.stored_tokens == i.mean_tokens == 256
+    cut = odp.truncate(adaptive_odp, tokens=16)
+    j = odp.info(cut)
+    c = container.read(cut)
+    assert j.adaptive and j.mean_tokens <= 16 < sum(c.header.counts(c.level + 1)) / 6  # the most within 16
+    assert j.tokens == max(c.header.counts(c.level)) > 16  # the fullest tile keeps more than the mean
+    assert j.bits_per_token == pytest.approx(j.payload_bytes * 8 / sum(c.header.counts(c.level)))
+    assert odp.decode(adaptive_odp, tokens=16, device="cpu").tobytes() == odp.decode(cut, device="cpu").tobytes()
+
+
+def test_encode_adaptive_switch(astronaut, encoded):
+    assert odp.encode(astronaut, adaptive=False, device="cpu") == encoded["astronaut"]
+    a = odp.encode(astronaut, tokens=20, device="cpu")  # by need: the two tiles get different counts
+    c = container.read(a)
+    assert c.header.adaptive and len(set(c.header.counts(c.level))) == 2 and c.mean_tokens <= 20
+    assert odp.info(odp.encode(astronaut, tokens=20, adaptive=False, device="cpu")).tokens == 20
 
 
 def test_encode_batch_equals_one_by_one(astronaut, coffee, small_photo, encoded):

@@ -125,11 +125,33 @@ def test_bench_points_respect_their_budgets(bench_run):
     _, out = bench_run
     doc = json.loads((out / "points.json").read_text())
     assert len(doc["settings"]["images"]) == 2
-    assert {p["codec"] for p in doc["points"]} == {"odp", "jpeg", "webp"}
+    assert {p["codec"] for p in doc["points"]} == {"odp", "odp-uniform", "jpeg", "webp"}
     for p in doc["points"]:
         for b in p["budgets"]:
             assert p["bytes"] <= int(b * p["width"] * p["height"] / 8)
         assert p["bpp"] == pytest.approx(p["bytes"] * 8 / (p["width"] * p["height"]))
+
+
+def test_bench_odp_points_are_the_largest_cuts_within_each_budget(bench_run):
+    """"odp" points are cuts of the file allocated by need, "odp-uniform" of the one with every tile alike;
+    each is the largest cut within its budgets, and its setting is the allocation level of that cut."""
+    from odp.codec import pipeline
+    from odp.formats import container
+
+    _, out = bench_run
+    doc = json.loads((out / "points.json").read_text())
+    for image in doc["settings"]["images"]:
+        im = Image.open(image).convert("RGB")
+        for codec, adaptive in (("odp", True), ("odp-uniform", False)):
+            full = pipeline.encode(im, device=doc["settings"]["device"], adaptive=adaptive)
+            pts = [p for p in doc["points"] if p["image"] == image and p["codec"] == codec]
+            assert pts, (image, codec)
+            for p in pts:
+                for b in p["budgets"]:
+                    data = pipeline.truncate(full, max_bytes=bench.budget_bytes(b, p["width"], p["height"]))
+                    c = container.read(data)
+                    assert (len(data), c.level) == (p["bytes"], p["setting"])
+                    assert c.header.adaptive == (adaptive and c.header.tiles > 1)  # one tile: nothing to allocate
 
 
 def test_bench_hull_is_at_least_as_good_as_each_codec(bench_run):

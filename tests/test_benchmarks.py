@@ -3,8 +3,8 @@
     python -m pytest tests/test_benchmarks.py --benchmark-enable --benchmark-only
 
 They time, never assert: the machines are shared and noisy. Hot paths: the whole
-encode/decode of a 768x512 photo, the network on one CPU batch of tiles, entropy coding,
-container read/write and truncation.
+encode/decode of a 768x512 photo (encode includes the per-tile token allocation), the network
+on one CPU batch of tiles, entropy coding and decoding, container read/write and truncation.
 """
 import numpy as np
 import pytest
@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from odp.codec import pipeline, weights
-from odp.entropy import coder
 from odp.formats import container
 
 PHOTO = Image.open(__import__("pathlib").Path(__file__).parent / "data" / "photo_768x512.png").convert("RGB")
@@ -38,9 +37,25 @@ def test_decode_768x512_cpu(benchmark, encoded):
 
 
 def test_entropy_code_tokens(benchmark, model):
+    """All tokens of 64 tiles in the layers a new file has."""
     rng = np.random.default_rng(0)
     toks = rng.integers(0, model.config.codebook_size, (64, model.config.tokens)).astype(np.int32)
-    benchmark(coder.encode_tokens, toks, pipeline.CHUNK_TOKENS, model.tables)
+    h = container.Header(64 * 256, 256, 256, model.config.tokens, model.sha256[:container.MODEL_ID_BYTES],
+                         model.best_entropy.id)
+    benchmark(pipeline.build_layers, toks, h, pipeline.layer_levels(h, h.full_level), model.best_entropy)
+
+
+def test_entropy_decode_768x512(benchmark, encoded):
+    """Every layer of a whole file back to tokens (no network)."""
+    benchmark(pipeline.read_tokens, encoded)
+
+
+def test_allocation_weights_768x512(benchmark, model):
+    """What adaptive encoding adds: each tile decoded at a grid of token counts and weighed."""
+    pixels = pipeline.prepare(PHOTO).pixels
+    toks = pipeline.image_to_tokens(pixels, model, "cpu", 4)
+    benchmark.pedantic(pipeline.allocation_weights, args=(toks, pixels, model, "cpu", 4, model.best_entropy),
+                       rounds=3, warmup_rounds=0)
 
 
 def test_truncate_768x512(benchmark, encoded):

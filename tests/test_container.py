@@ -1,8 +1,9 @@
-"""The .odp container: layout, validation, corruption and truncation (no neural network)."""
+"""The .odp container: layout, validation, corruption and truncation of version 2; reading version 1.
+
+No neural network runs here (the real files come from session fixtures)."""
 from __future__ import annotations
 
 import struct
-import zlib
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -10,86 +11,195 @@ from hypothesis import strategies as st
 
 import helpers
 from odp.formats import container
-from odp.formats.container import (DEFAULT_MAX_PIXELS, MAGIC, MAX_CHUNK, MAX_HEADER, MAX_METADATA, MAX_SIDE,
-                                   MAX_TOKENS, Container, FormatError, Header)
+from odp.formats.container import (DEFAULT_MAX_PIXELS, ENTROPY_MODELS, MAGIC, MAGIC_V1, MAX_HEADER, MAX_LAYER,
+                                   MAX_LEVEL, MAX_METADATA, MAX_PIXELS_ENV, MAX_SIDE, MAX_TOKENS, Container,
+                                   FormatError, Header, Layer)
+
+ONE_LINE = r"^[^\n]+$"
 
 # --------------------------------------------------------------------------- strategies
 
-names = st.text(max_size=40).filter(lambda s: len(s.encode("utf-8")) <= 255)
-
 
 @st.composite
-def headers(draw, max_chunks: int = 24) -> Header:
-    tokens = draw(st.integers(1, MAX_TOKENS))
-    kept = draw(st.integers(1, tokens))
-    # keep the chunk count small so examples stay cheap: chunk_tokens >= kept / max_chunks
-    chunk_tokens = draw(st.integers(max(1, -(-kept // max_chunks)), tokens))
-    return Header(
-        width=draw(st.integers(1, MAX_SIDE)),
-        height=draw(st.integers(1, MAX_SIDE)),
-        tile=draw(st.integers(16, 4096)),
-        tokens=tokens,
-        kept=kept,
-        chunk_tokens=chunk_tokens,
-        model_name=draw(names),
-        weights_hash=draw(st.binary(min_size=32, max_size=32)),
-        entropy_model=draw(names),
-        icc=draw(st.binary(max_size=64)),
-        exif=draw(st.binary(max_size=64)),
+def headers(draw) -> Header:
+    tile = 1 << draw(st.integers(4, 12))
+    cols = draw(st.integers(1, min(16, -(-MAX_SIDE // tile))))  # at most 16 x 16 tiles: examples stay cheap
+    rows = draw(st.integers(1, min(16, -(-MAX_SIDE // tile))))
+    h = Header(
+        width=draw(st.integers((cols - 1) * tile + 1, min(cols * tile, MAX_SIDE))),
+        height=draw(st.integers((rows - 1) * tile + 1, min(rows * tile, MAX_SIDE))),
+        tile=tile,
+        tokens=draw(st.integers(1, MAX_TOKENS)),
+        model_id=draw(st.binary(min_size=4, max_size=4)),
+        entropy_model=draw(st.sampled_from(sorted(ENTROPY_MODELS.values()))),
+        icc=draw(st.binary(max_size=300)),
+        exif=draw(st.binary(max_size=300)),
     )
+    if draw(st.booleans()):
+        h.weights = bytes(draw(st.lists(st.integers(1, 255), min_size=h.tiles, max_size=h.tiles)))
+    return h
 
 
 @st.composite
 def containers(draw) -> Container:
     h = draw(headers())
-    chunks = draw(st.lists(st.binary(min_size=1, max_size=10).map(lambda b: b * 4),  # whole 32-bit words
-                          min_size=h.chunk_count, max_size=h.chunk_count))
-    return Container(h, chunks)
+    levels, seen = [], 0
+    for level in sorted(draw(st.sets(st.integers(1, h.full_level), min_size=1, max_size=10)) | {1}):
+        if sum(h.counts(level)) > seen:  # every layer must add a token
+            levels.append(level)
+            seen = sum(h.counts(level))
+    layers = [Layer(level, draw(st.binary(min_size=4, max_size=4)) * draw(st.integers(1, 40)),
+                    draw(st.integers(0, 0xFFFF))) for level in levels]
+    return Container(h, layers, declared_level=levels[-1] if levels else 0)
 
 
-# --------------------------------------------------------------------------- round trip
+def some_file(**changes) -> bytes:
+    """A valid file of helpers.some_header(**changes) with three one-word layers at levels 1, 2, 4."""
+    return container.write(Container(helpers.some_header(**changes), helpers.layers_for([1, 2, 4])))
 
 
-@settings(max_examples=150, deadline=None)
+def forged(h: Header | None = None, table=((1, 4, 7),), layers=None, **kw) -> bytes:
+    """A file from helpers.header_fields (checks nothing) with a valid header CRC."""
+    h = h or helpers.some_header()
+    layers = [b"\0" * n for _, n, _ in table] if layers is None else layers
+    return helpers.assemble(helpers.header_fields(h, list(table), **kw), layers)
+
+
+def refused(data: bytes, match: str | None, **kw) -> str:
+    with pytest.raises(FormatError, match=match) as e:
+        container.read(data, **kw)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+# --------------------------------------------------------------------------- round trip and layout
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(containers())
 def test_write_read_round_trip(c):
     data = container.write(c)
-    assert data.startswith(MAGIC)
+    # the bytes are the documented layout (helpers writes it independently of pack_header)
+    assert data == helpers.assemble(helpers.header_fields(c.header, helpers.table_of(c)),
+                                    [x.data for x in c.layers])
     back = container.read(data, max_pixels=None)
-    assert back.header == c.header
-    assert back.chunks == c.chunks
-    assert back.complete
-    assert back.kept == c.header.kept
-    h, lengths, pos = container.read_header(data, max_pixels=None)
-    assert h == c.header and pos == helpers.header_end(data)
-    assert lengths == [len(ch) for ch in c.chunks]
+    assert back == c and back.complete
+    assert container.write(back) == data
+    h, table, pos = container.read_header(data, max_pixels=None)
+    assert h == c.header and table == helpers.table_of(c)
+    assert pos == container.header_size(data[:16]) == len(data) - c.payload_bytes
+    assert container.is_odp(data[:5])
 
 
 def test_round_trip_of_a_real_file(small_odp, model):
     c = container.read(small_odp)
     assert container.write(c) == small_odp
     h = c.header
-    assert (h.tile, h.tokens, h.kept) == (model.config.tile, model.config.tokens, model.config.tokens)
-    assert h.weights_hash == model.sha256 and h.model_name == model.name
-    assert h.entropy_model == model.entropy_model
-    assert len(c.chunks) == h.chunk_count == -(-h.kept // h.chunk_tokens)
+    assert (h.version, h.tile, h.tokens) == (2, model.config.tile, model.config.tokens)
+    assert h.model_id == model.sha256[:container.MODEL_ID_BYTES] and h.model_name == ""
+    assert h.entropy_model == model.best_entropy.id
+    assert c.complete and c.kept == h.tokens and c.level == c.declared_level == h.full_level
+    assert all(x.check is not None and len(x.data) % 4 == 0 for x in c.layers)
+
+
+@pytest.mark.parametrize("n, encoded", [(0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (128, b"\x80\x01"),
+                                        (300, b"\xac\x02"), (16383, b"\xff\x7f"), (16384, b"\x80\x80\x01"),
+                                        (65535, b"\xff\xff\x03")])
+def test_varint(n, encoded):
+    assert helpers.varint(n) == encoded
+
+
+@pytest.mark.parametrize("side", [1, 127, 128, 16383, 16384, MAX_SIDE])
+def test_varints_at_their_boundaries(side):
+    """Width, height, tokens, level steps and layer lengths at 1- 2- and 3-byte varint boundaries."""
+    tokens = min(side, MAX_TOKENS)
+    h = Header(side, MAX_SIDE + 1 - side, 4096, tokens, b"\1\2\3\4", "pos-freq-v1")
+    words = min(side, 20000)
+    c = Container(h, [Layer(tokens, bytes(4 * words), 0xBEEF)], declared_level=tokens)
+    data = container.write(c)
+    fields = (bytes([0]) + helpers.varint(side) + helpers.varint(MAX_SIDE + 1 - side) + b"\x0c"
+              + helpers.varint(tokens) + b"\1\2\3\4\1" + b"\1" + helpers.varint(tokens) + helpers.varint(words)
+              + b"\xef\xbe")
+    assert data.startswith(MAGIC + b"\x02" + helpers.varint(len(fields)) + fields)
+    assert container.read(data, max_pixels=None) == c
+
+
+def test_header_length_varint_boundary():
+    """A header of 127 bytes has a one-byte length, of 128 bytes a two-byte one."""
+    base = len(helpers.header_fields(helpers.some_header(icc=b"x"), [(1, 4, 0)]))
+    for size, length_bytes in ((127, 1), (128, 2)):
+        h = helpers.some_header(icc=b"x" * (1 + size - base))
+        data = container.write(Container(h, [Layer(1, b"abcd", 0)]))
+        assert data[5:5 + length_bytes] == helpers.varint(size)
+        assert container.header_size(data[:16]) == 5 + length_bytes + size + 4
+        assert container.read(data).header == h
+
+
+@pytest.mark.parametrize("icc, exif, flags", [(b"", b"", 0), (b"P" * 200, b"", 1), (b"", b"Exif", 2),
+                                              (b"P", b"E" * 130, 3)])
+def test_icc_and_exif_flags(icc, exif, flags):
+    data = some_file(icc=icc, exif=exif)
+    assert helpers.fields_of(data)[0] == flags
+    h = container.read(data).header
+    assert (h.icc, h.exif) == (icc, exif)
+
+
+def test_adaptive_weights_round_trip():
+    h = helpers.some_header(width=700, height=300, weights=bytes([255, 128, 1, 2, 200, 3]))  # 3 x 2 tiles
+    assert h.adaptive and h.tiles == 6
+    assert h.counts(0) == [0] * 6
+    assert h.counts(10) == [10, 6, 1, 1, 8, 1]  # min(K, ceil(w * L / 255))
+    assert h.counts(h.full_level) == [h.tokens] * 6
+    levels = [1, 3, 255, h.full_level]
+    c = Container(h, helpers.layers_for(levels), declared_level=h.full_level)
+    data = container.write(c)
+    assert container.read(data) == c
+    assert helpers.fields_of(data)[0] == container.FLAG_WEIGHTS
+    assert helpers.fields_of(data) == helpers.header_fields(h, helpers.table_of(c))  # one byte per tile
+
+
+@pytest.mark.parametrize("weights, ok", [(b"\x01\xff", True), (b"\x00\xff", False), (b"\xff", False),
+                                         (b"\xff\xff\xff", False)])
+def test_adaptive_weights_one_byte_1_to_255_per_tile(weights, ok):
+    h = helpers.some_header(weights=weights)  # 2 tiles
+    if ok:
+        assert container.read(container.write(Container(h, helpers.layers_for([1])))).header == h
+        return
+    with pytest.raises(FormatError, match="allocation weights must be 2 bytes"):
+        container.write(Container(h, helpers.layers_for([1])))
+    refused(forged(h), None)  # the reader takes 2 bytes: a wrong count misreads what follows
+
+
+def test_zero_weight_in_a_file_is_named():
+    refused(forged(helpers.some_header(weights=b"\x05\x00")), "each 1..255")
 
 
 def test_header_geometry():
-    h = helpers.some_header(width=513, height=256, tile=256, kept=17, chunk_tokens=8)
-    assert (h.cols, h.rows, h.tiles, h.chunk_count) == (3, 1, 3, 3)
-    h = helpers.some_header(width=1, height=1, kept=16, chunk_tokens=8)
-    assert (h.cols, h.rows, h.tiles, h.chunk_count) == (1, 1, 1, 2)
+    h = helpers.some_header(width=513, height=256, tile=256)
+    assert (h.cols, h.rows, h.tiles, h.adaptive, h.full_level) == (3, 1, 3, False, 256)
+    h = helpers.some_header(width=1, height=1, tile=16, tokens=5)
+    assert (h.cols, h.rows, h.tiles) == (1, 1, 1)
+    assert [h.counts(level) for level in (0, 1, 5, 9)] == [[0], [1], [5], [5]]
 
 
-def test_container_kept_counts_complete_chunks():
-    h = helpers.some_header(kept=20, chunk_tokens=8)
-    assert Container(h, [b"", b"", b""]).kept == 20
-    assert Container(h, [b"", b""], complete=False).kept == 16
-    assert Container(h, [], complete=False).kept == 0
+def test_full_level_gives_every_tile_all_tokens():
+    for w in range(1, 256):
+        h = helpers.some_header(width=256, tokens=37, weights=bytes([w]))
+        assert h.counts(h.full_level) == [37] and h.counts(h.full_level + 1000) == [37]
 
 
-# --------------------------------------------------------------------------- validation
+def test_container_levels_and_counts():
+    h = helpers.some_header(weights=b"\xff\x80")
+    layers = helpers.layers_for([4, 8, 20], words=2)
+    c = Container(h, layers, declared_level=20)
+    assert h.counts(20) == [20, 11] and h.counts(4) == [4, 3]  # ceil(128 * 20 / 255), ceil(128 * 4 / 255)
+    assert (c.level, c.kept, c.mean_tokens, c.payload_bytes) == (20, 20, 15.5, 24)
+    cut = Container(h, layers[:1], complete=False, declared_level=20)
+    assert (cut.level, cut.kept, cut.mean_tokens) == (4, 4, 3.5)
+    assert (Container(h, [], complete=False).level, Container(h, [], complete=False).kept) == (0, 0)
+
+
+# --------------------------------------------------------------------------- what the writer refuses
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -97,23 +207,63 @@ def test_container_kept_counts_complete_chunks():
     ({"height": 0}, "image size"),
     ({"width": MAX_SIDE + 1}, "image size"),
     ({"tile": 15}, "tile size"),
-    ({"tile": 4097}, "tile size"),
-    ({"tokens": 0, "kept": 1}, "tokens per tile"),
+    ({"tile": 24}, "tile size"),
+    ({"tile": 8192}, "tile size"),
+    ({"tokens": 0}, "tokens per tile"),
     ({"tokens": MAX_TOKENS + 1}, "tokens per tile"),
-    ({"kept": 0}, "kept tokens"),
-    ({"kept": 257}, "kept tokens"),
-    ({"chunk_tokens": 0}, "chunk size"),
-    ({"chunk_tokens": 257}, "chunk size"),
-    ({"weights_hash": b"short"}, "32 bytes"),
+    ({"model_id": b"abc"}, "model id"),
+    ({"model_id": bytes(32)}, "model id"),
+    ({"weights": b"\x01"}, "allocation weights"),
     ({"icc": b"x" * (MAX_METADATA + 1)}, "ICC profile"),
     ({"exif": b"x" * (MAX_METADATA + 1)}, "EXIF block"),
+    ({"entropy_model": "ctx-v9"}, "has no code"),
+    ({"version": 1, "model_id": bytes(32)}, "only version 2"),
 ])
-def test_validate_rejects_out_of_range_fields(changes, message):
+def test_writer_refuses_bad_headers(changes, message):
     h = helpers.some_header(**changes)
+    if message not in ("has no code", "only version 2"):
+        with pytest.raises(FormatError, match=message):
+            h.validate()
     with pytest.raises(FormatError, match=message):
-        h.validate()
-    with pytest.raises(FormatError):
-        container.pack_header(h, [])
+        container.pack_header(h, helpers.layers_for([1]))
+
+
+def test_writer_needs_token_checks():
+    with pytest.raises(FormatError, match="token check"):
+        container.write(Container(helpers.some_header(), [Layer(1, b"abcd")]))
+
+
+# (header, levels, byte lengths, message) for a layer table check_layers refuses
+BAD_TABLES = {
+    "level 0": (helpers.some_header(), [0], [4], "layer 0 has level 0, not above 0"),
+    "levels not increasing": (helpers.some_header(), [2, 2], [4, 4], "layer 1 has level 2, not above 2"),
+    "levels decreasing": (helpers.some_header(), [3, 1], [4, 4], "layer 1 has level 1"),
+    "level above full": (helpers.some_header(tokens=8), [9], [4], "at most 8"),
+    "adds no token": (helpers.some_header(width=256, weights=b"\x01"), [1, 2], [4, 4], "layer 1 .level 2. adds no"),
+    "empty layer": (helpers.some_header(), [1], [0], "declares 0 bytes"),
+    "ragged layer": (helpers.some_header(), [1], [6], "declares 6 bytes, not a positive whole number"),
+    "huge layer": (helpers.some_header(), [1], [MAX_LAYER + 4], "over the limit"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TABLES))
+def test_layer_table_rules(name):
+    h, levels, lengths, message = BAD_TABLES[name]
+    with pytest.raises(FormatError, match=message):
+        container.check_layers(h, levels, lengths)
+    if max(lengths) < 100:
+        layers = [Layer(lv, bytes(n), 0) for lv, n in zip(levels, lengths)]
+        with pytest.raises(FormatError, match=message):
+            container.write(Container(h, layers))
+    if all(0 < n <= MAX_LAYER and n % 4 == 0 for n in lengths) and levels == sorted(levels):
+        # the reader applies the same rules to a forged table (lengths are stored in words, levels as steps)
+        refused(forged(h, [(lv, n, 0) for lv, n in zip(levels, lengths)], layers=[]), message)
+
+
+def test_reader_refuses_empty_layers_and_huge_lengths():
+    refused(forged(table=[(1, 0, 0)]), "declares 0 bytes")
+    refused(forged(table=[], layers=[]), "no layer")
+    refused(forged(table=[(1, MAX_LAYER + 4, 0)], layers=[]), f"layer length {(MAX_LAYER + 4) // 4}, over the limit")
 
 
 def test_validate_max_pixels():
@@ -127,135 +277,183 @@ def test_validate_max_pixels():
     assert DEFAULT_MAX_PIXELS >= 16384 * 16384
 
 
-def test_read_applies_max_pixels():
-    h = helpers.some_header(width=20000, height=20000, kept=8)
-    data = container.write(Container(h, [b"abcd"]))
-    with pytest.raises(FormatError, match="exceeds the limit"):
-        container.read(data)
-    assert container.read(data, max_pixels=None).header.width == 20000
-    with pytest.raises(FormatError, match="exceeds the limit"):
-        container.read(container.write(Container(helpers.some_header(kept=8), [b"1234"])), max_pixels=1000)
-
-
-def test_write_rejects_wrong_chunk_count():
-    h = helpers.some_header(kept=20, chunk_tokens=8)  # needs 3 chunks
-    for chunks in ([], [b"a"] * 2, [b"a"] * 4):
-        with pytest.raises(FormatError, match="chunks given"):
-            container.write(Container(h, chunks))
-
-
-def test_names_longer_than_255_bytes_are_refused():
-    with pytest.raises(FormatError, match="255"):
-        container.write(Container(helpers.some_header(model_name="é" * 128, kept=8), [b"1234"]))
+def test_read_applies_max_pixels(monkeypatch):
+    big = some_file(width=20000, height=20000)
+    refused(big, f"20000x20000 pixels exceeds the limit of {DEFAULT_MAX_PIXELS} pixels")
+    assert container.read(big, max_pixels=None).header.width == 20000
+    small = some_file()  # 300 x 200
+    refused(small, "exceeds the limit of 1000 pixels", max_pixels=1000)
+    refused(helpers.v1_file(), "320x240 pixels exceeds the limit of 1000 pixels", max_pixels=1000)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000")
+    refused(small, "exceeds the limit of 1000 pixels")
+    assert container.read(small, max_pixels=60000).header.width == 300  # an explicit limit wins
+    monkeypatch.setenv(MAX_PIXELS_ENV, " 60000 ")
+    container.read(small)
+    for bad in ("0", "-5", "1e6", "lots"):
+        monkeypatch.setenv(MAX_PIXELS_ENV, bad)
+        with pytest.raises(ValueError, match=MAX_PIXELS_ENV):
+            container.read(small)
 
 
 # --------------------------------------------------------------------------- malformed bytes
 
 
 def test_wrong_magic():
-    data = container.write(Container(helpers.some_header(kept=8), [b"1234"]))
-    for bad in (b"", b"\x89PNG\r\n\x1a\n" + data[8:], b"GIF89a", helpers.flip(data, 1)):
-        with pytest.raises(FormatError, match="not an ODP file"):
-            container.read(bad)
-    assert container.is_odp(data) and not container.is_odp(data[:7])
+    data = some_file()
+    for bad in (b"", b"\x89", b"\x89OD", MAGIC, b"\x89PNG\r\n\x1a\n" + data[8:], b"GIF89a", helpers.flip(data, 1)):
+        refused(bad, r"not an ODP file \(wrong magic bytes\)")
+    assert container.is_odp(data) and not container.is_odp(data[:4])
+    assert issubclass(FormatError, ValueError)
+
+
+@pytest.mark.parametrize("version", [0, 1, 3, 16, 255])
+def test_unsupported_version(version):
+    data = some_file()
+    msg = refused(data[:4] + bytes([version]) + data[5:], "is not supported")
+    assert msg.startswith("ODP format version ") and "versions 1 and 2" in msg
+    assert not container.is_odp(data[:4] + bytes([version]))
+
+
+@pytest.mark.parametrize("version", [3, 16, 255])
+def test_unsupported_version_is_named_in_decimal(version):
+    data = some_file()
+    refused(data[:4] + bytes([version]) + data[5:], f"version {version} is not supported")
 
 
 def test_huge_header_length_field():
-    data = container.write(Container(helpers.some_header(kept=8), [b"1234"]))
-    with pytest.raises(FormatError, match="over the limit"):
-        container.read(helpers.put_u32(data, len(MAGIC), 0xFFFFFFFF))
-    with pytest.raises(FormatError, match="over the limit"):
-        container.read(helpers.put_u32(data, len(MAGIC), MAX_HEADER + 1))
-    with pytest.raises(FormatError, match="cut short"):  # within the limit but past the end
-        container.read(helpers.put_u32(data, len(MAGIC), MAX_HEADER))
+    data = some_file()
+    for n in (MAX_HEADER + 1, 0xFFFFFFFF):
+        refused(helpers.with_header_length(data, n), f"header length {n}, over the limit")
+    refused(helpers.with_header_length(data, MAX_HEADER), "cut short")  # within the limit, past the end
+    refused(data[:5] + b"\xff" * 5 + data[6:], "malformed number")  # five bytes, all "more follows"
 
 
-def test_huge_chunk_length_field():
-    h = helpers.some_header(kept=24)
-    for i in range(3):
-        for value in (0xFFFFFFFF, MAX_CHUNK + 1):
-            lengths = [4, 4, 4]
-            lengths[i] = value
-            head = container.pack_header(h, [4, 4, 4])[:-12] + struct.pack("<3I", *lengths)
-            with pytest.raises(FormatError, match=f"chunk {i} declares"):
-                container.read(helpers.assemble(head, [b"1234", b"5678", b"9abc"]))
+@pytest.mark.parametrize("field, value, message", [
+    ("width", MAX_SIDE + 1, "a width 65536, over the limit of 65535"),
+    ("height", 1 << 34, "over the limit"),
+    ("tokens", MAX_TOKENS + 1, "tokens per tile 4097, over the limit"),
+    ("icc", MAX_METADATA + 1, "ICC profile size 8388609, over the limit"),
+    ("exif", MAX_METADATA + 1, "EXIF block size 8388609, over the limit"),
+    ("layers", MAX_LEVEL + 1, "a layer count"),
+])
+def test_huge_numbers_in_the_header(field, value, message):
+    """Every varint is bounded before anything is allocated for it."""
+    v = helpers.varint(value)
+    fields = {
+        "width": b"\0" + v + b"\x01\x08\x01abcd\x01\x00",
+        "height": b"\0\x01" + v + b"\x08\x01abcd\x01\x00",
+        "tokens": b"\0\x01\x01\x08" + v + b"abcd\x01\x00",
+        "icc": b"\x01\x01\x01\x08\x01abcd\x01" + v,
+        "exif": b"\x02\x01\x01\x08\x01abcd\x01" + v,
+        "layers": b"\0\x01\x01\x08\x01abcd\x01" + v,
+    }[field]
+    refused(helpers.assemble(fields), message)
+
+
+@pytest.mark.parametrize("flags", [8, 0x10, 0x80, 0xFF])
+def test_unknown_flags(flags):
+    refused(forged(flags=flags), f"unknown flags {flags:#04x}")
+
+
+@pytest.mark.parametrize("code", [0, 3, 255])
+def test_unknown_entropy_model_code(code):
+    refused(forged(code=code), f"entropy model code {code} is unknown")
+
+
+def test_entropy_model_codes():
+    for code, name in ENTROPY_MODELS.items():
+        data = forged(helpers.some_header(entropy_model=name))
+        assert helpers.fields_of(data)[1 + 2 + 2 + 1 + 2 + 4] == code  # after flags, width, height, tile, tokens, id
+        assert container.read(data).header.entropy_model == name
+
+
+@pytest.mark.parametrize("tile", [8, 8192])
+def test_tile_size_code_out_of_range(tile):
+    refused(forged(helpers.some_header(tile=tile)), "tile size 2\\^")
 
 
 def test_header_checksum():
-    data = container.write(Container(helpers.some_header(kept=8), [b"1234"]))
-    end = helpers.header_end(data)
-    for pos in range(len(MAGIC) + 4, end):  # header fields and the CRC itself
-        with pytest.raises(FormatError, match="header checksum"):
-            container.read(helpers.flip(data, pos, 0x01))
-
-
-def test_chunk_checksum():
-    data = container.write(Container(helpers.some_header(kept=24), [b"1234", b"5678", b"9abc"]))
-    for i, (s, e) in enumerate(helpers.chunk_spans(data)):
-        for pos in range(s, e):  # the chunk bytes and its CRC
-            with pytest.raises(FormatError, match=f"chunk {i} checksum"):
-                container.read(helpers.flip(data, pos, 0x10))
-
-
-def test_trailing_bytes_after_last_chunk():
-    data = container.write(Container(helpers.some_header(kept=8), [b"1234"]))
-    with pytest.raises(FormatError, match="unexpected bytes"):
-        container.read(data + b"\x00")
-
-
-def test_unsupported_version():
-    head = container.pack_header(helpers.some_header(kept=8), [4])
-    with pytest.raises(FormatError, match="version 2 is not supported"):
-        container.read(helpers.assemble(b"\x02" + head[1:], [b"1234"]))
+    data = some_file()
+    start = len(MAGIC) + 2  # the version byte and the one-byte length have their own errors
+    for pos in range(start, helpers.header_end(data)):  # header fields and the CRC itself
+        refused(helpers.flip(data, pos, 0x01), "header checksum mismatch")
 
 
 def test_header_with_trailing_bytes():
-    head = container.pack_header(helpers.some_header(kept=8), [4])
-    with pytest.raises(FormatError, match="trailing bytes"):
-        container.read(helpers.assemble(head + b"\x00", [b"1234"]))
+    h = helpers.some_header()
+    refused(helpers.assemble(helpers.header_fields(h, [(1, 4, 0)]) + b"\0", [b"abcd"]), "header has trailing bytes")
 
 
 def test_header_cut_inside_its_fields():
-    head = container.pack_header(helpers.some_header(kept=8, icc=b"icc!"), [4])
-    for n in range(len(head)):
-        with pytest.raises(FormatError, match="cut short"):
-            container.read(helpers.assemble(head[:n], [b"1234"]))
+    fields = helpers.header_fields(helpers.some_header(icc=b"icc!", exif=b"ex", weights=b"\x10\x20"),
+                                   [(1, 4, 0), (2, 4, 0)])
+    for n in range(len(fields)):
+        refused(helpers.assemble(fields[:n]), "header is cut short")
+    for n in range(5, len(MAGIC) + 2 + len(fields) + 4):  # the file itself ends inside the header
+        refused(helpers.assemble(fields)[:n], "file header is cut short")
 
 
-def test_name_that_is_not_utf8():
-    h = helpers.some_header(kept=8, model_name="ab")
-    head = bytearray(container.pack_header(h, [4]))
-    i = head.index(b"\x02ab")
-    head[i + 1:i + 3] = b"\xff\xfe"
-    with pytest.raises(FormatError, match="not UTF-8"):
-        container.read(helpers.assemble(bytes(head), [b"1234"]))
+def test_bytes_after_the_last_layer():
+    data = some_file()
+    refused(data + b"\0", "1 unexpected bytes after the last layer")
+    refused(data + b"\0" * 9, "9 unexpected bytes")
 
 
-def test_metadata_block_over_the_limit():
-    head = container.pack_header(helpers.some_header(kept=8), [4])
-    # the ICC length field sits 12 bytes before the end (ICC len, EXIF len, both empty, one chunk length)
-    bad = head[:-12] + struct.pack("<I", MAX_METADATA + 1) + head[-8:]
+def test_file_cut_short_keeps_its_complete_layers():
+    h = helpers.some_header(weights=b"\xff\x80")
+    layers = helpers.layers_for([1, 3, 10], words=2)
+    data = container.write(Container(h, layers))
+    end = helpers.header_end(data)
+    for n in range(end, len(data)):
+        c = container.read(data[:n])
+        whole = (n - end) // 8  # layers of 8 bytes each
+        assert not c.complete and c.layers == layers[:whole]
+        assert c.declared_level == 10 and c.level == (layers[whole - 1].level if whole else 0)
+        assert c.header == h
+
+
+def test_header_size_and_is_odp():
+    v2, v1 = some_file(), helpers.v1_file()
+    for data in (v2, v1):
+        assert container.is_odp(data[:16])
+        assert container.header_size(data[:16]) == container.read_header(data)[2]
+    assert container.header_size(v1[:16]) == len(MAGIC_V1) + 4 + len(helpers.v1_head(v1)) + 4
+    assert container.is_odp(MAGIC + b"\x02") and container.is_odp(MAGIC_V1)
+    for other in (b"", MAGIC, MAGIC + b"\x03", MAGIC_V1[:7], b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"):
+        assert not container.is_odp(other) and container.header_size(other) is None
     with pytest.raises(FormatError, match="over the limit"):
-        container.read(helpers.assemble(bad, [b"1234"]))
+        container.header_size(MAGIC_V1 + struct.pack("<I", MAX_HEADER + 1))
+
+
+def test_many_layers_over_many_tiles_read_quickly():
+    """A 16 KB header (16384x16384 in 16-px tiles, 4096 one-word layers) must not take a minute to check."""
+    h = Header(16384, 16384, 16, MAX_TOKENS, b"abcd", "pos-freq-v1")
+    data = forged(h, [(lv, 4, 0) for lv in range(1, MAX_TOKENS + 1)], layers=[])
+    with helpers.time_limit(10):  # a hang guard (milliseconds when right, a minute when quadratic)
+        c = container.read(data)
+    assert not c.complete and c.declared_level == MAX_TOKENS
 
 
 # --------------------------------------------------------------------------- properties of corrupt files
 
 
 def check_flipped(orig: bytes, pos: int, mask: int) -> None:
-    """Every single-byte change is detected: chunk lengths sit in the checked header."""
+    """A change in the header is refused; the container does not check layer bytes (their token checks do)."""
     bad = helpers.flip(orig, pos, mask)
-    with pytest.raises(FormatError):
-        container.read(bad, max_pixels=None)
+    if pos < helpers.header_end(orig):
+        with pytest.raises(FormatError):
+            container.read(bad, max_pixels=None)
+    else:
+        good, c = container.read(orig, max_pixels=None), container.read(bad, max_pixels=None)
+        assert c.header == good.header and [x.level for x in c.layers] == [x.level for x in good.layers]
+        assert b"".join(x.data for x in c.layers) == bad[helpers.header_end(orig):]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(containers(), st.data())
-def test_any_byte_flip_is_detected(c, data):
+def test_any_byte_flip(c, data):
     orig = container.write(c)
-    pos = data.draw(st.integers(0, len(orig) - 1), label="pos")
-    mask = data.draw(st.integers(1, 255), label="mask")
-    check_flipped(orig, pos, mask)
+    check_flipped(orig, data.draw(st.integers(0, len(orig) - 1), label="pos"), data.draw(st.integers(1, 255)))
 
 
 def test_every_byte_flip_of_a_real_file(small_odp):
@@ -272,14 +470,13 @@ def check_prefix(orig: bytes, n: int) -> None:
         assert n < helpers.header_end(orig), f"a cut at {n} (inside the payload) raised"
         return
     assert n >= helpers.header_end(orig)
-    assert c.header == good.header
-    assert c.chunks == good.chunks[:len(c.chunks)]
+    assert c.header == good.header and c.declared_level == good.declared_level
     assert c.complete == (n == len(orig))
-    # exactly the chunks whose records end at or before the cut are kept
-    assert len(c.chunks) == sum(e <= n for _, e in helpers.chunk_spans(orig))
+    # exactly the layers that end at or before the cut are kept
+    assert c.layers == good.layers[:sum(e <= n for _, e in helpers.layer_spans(orig))]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(containers(), st.data())
 def test_random_truncation_yields_a_prefix(c, data):
     orig = container.write(c)
@@ -287,18 +484,112 @@ def test_random_truncation_yields_a_prefix(c, data):
 
 
 def test_every_truncation_of_a_real_file(small_odp):
-    for n in range(len(small_odp) + 1):
-        check_prefix(small_odp, n)
+    for data in (small_odp, helpers.v1_file()):
+        for n in range(len(data) + 1):
+            check_prefix(data, n)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
-@example(MAGIC)
-@example(MAGIC + b"\xff\xff\xff\xff")
-@example(MAGIC + b"\x00\x00\x00\x00" + struct.pack("<I", zlib.crc32(b"")))
+@example(b"")
+@example(b"\x02\x00")
+@example(b"\x02\x80\x80\x80\x80\x80")
+@example(b"\x02\x05\x00\x01\x01\x04\x01")
 def test_random_bytes_only_raise_format_error(blob):
-    for data in (blob, MAGIC + blob):
+    for data in (blob, MAGIC + blob, MAGIC + b"\x02" + blob, MAGIC_V1 + blob):
         try:
             container.read(data)
-        except FormatError:
-            pass
+        except FormatError as e:
+            assert str(e) and "\n" not in str(e)
+
+
+# --------------------------------------------------------------------------- version 1
+
+
+V1_LEVELS = [8, 16, 24, 32, 40, 48, 56, 64]
+
+
+def test_reads_a_version_1_file(model):
+    data = helpers.v1_file()
+    c = container.read(data)
+    h = c.header
+    assert (h.version, h.width, h.height, h.tile, h.tokens) == (1, 320, 240, 256, 256)
+    assert (h.entropy_model, h.model_name, h.weights, h.icc, h.exif) == ("pos-freq-v1", "odp-small-v1", b"", b"", b"")
+    assert h.model_id == model.sha256  # v1 names the weights by their whole sha256
+    assert [x.level for x in c.layers] == V1_LEVELS and all(x.check is None for x in c.layers)
+    assert c.complete and c.declared_level == c.level == 64 and h.counts(64) == [64, 64]
+    # a layer is the chunk's bytes without its CRC
+    spans = helpers.layer_spans(data)
+    assert [x.data for x in c.layers] == [data[s:e - 4] for s, e in spans]
+    assert [container.read_header(data)[1][i][1] for i in range(8)] == [e - s for s, e in spans]
+
+
+def test_version_1_chunk_checksum():
+    data = helpers.v1_file()
+    for i, (s, e) in enumerate(helpers.layer_spans(data)):
+        for pos in range(s, e):  # the chunk bytes and its CRC
+            refused(helpers.flip(data, pos, 0x10), f"payload chunk {i} checksum mismatch")
+
+
+def test_version_1_header_checksum():
+    data = helpers.v1_file()
+    for pos in range(len(MAGIC_V1) + 4, helpers.header_end(data)):
+        refused(helpers.flip(data, pos, 0x01), "header checksum mismatch")
+    for pos in range(4, len(MAGIC_V1)):  # the rest of the v1 magic
+        refused(helpers.flip(data, pos, 0x01), "is not supported")
+
+
+def test_version_1_cut_short():
+    data = helpers.v1_file()
+    s, e = helpers.layer_spans(data)[3]
+    for n in (s, s + 5, e - 1):
+        c = container.read(data[:n])
+        assert not c.complete and [x.level for x in c.layers] == V1_LEVELS[:3] and c.declared_level == 64
+    with pytest.raises(FormatError, match="3 unexpected bytes"):
+        container.read(data + b"abc")
+
+
+def v1_with(**fields) -> bytes:
+    """The real v1 file with header fields overwritten (at their v1 offsets) and CRCs made valid."""
+    data = helpers.v1_file()
+    head = bytearray(helpers.v1_head(data))
+    offsets = {"version": ("<B", 0), "width": ("<I", 2), "tile": ("<H", 10), "tokens": ("<H", 12),
+               "kept": ("<H", 14), "chunk_tokens": ("<H", 16)}
+    for name, value in fields.items():
+        fmt, at = offsets[name]
+        struct.pack_into(fmt, head, at, value)
+    c = container.read(data)
+    return helpers.assemble_v1(bytes(head), [x.data for x in c.layers])
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({}, None),
+    ({"version": 3}, "version 3 is not supported"),
+    ({"width": 0}, "image size"),
+    ({"width": 70000}, "image size"),
+    ({"tile": 100}, "tile size"),
+    ({"kept": 0}, "kept tokens 0"),
+    ({"kept": 257}, "kept tokens 257"),
+    ({"chunk_tokens": 0}, "chunk size 0"),
+    ({"kept": 72}, "cut short"),  # a ninth chunk length that is not there
+    ({"kept": 56}, "trailing bytes"),  # one chunk length too many
+    ({"chunk_tokens": 16}, "trailing bytes"),
+])
+def test_version_1_header_fields(fields, message):
+    data = v1_with(**fields)
+    if message is None:
+        assert data == helpers.v1_file()
+    else:
+        refused(data, message)
+
+
+def test_version_1_name_that_is_not_utf8():
+    data = helpers.v1_file()
+    head = helpers.v1_head(data).replace(b"odp-small-v1", b"odp-small-\xff\xfe")
+    refused(helpers.assemble_v1(head, [x.data for x in container.read(data).layers]), "not UTF-8")
+
+
+def test_version_1_is_read_never_written():
+    c = container.read(helpers.v1_file())
+    with pytest.raises(FormatError, match="only version 2 files are written"):
+        container.write(c)

@@ -25,15 +25,29 @@ def test_register_pillow_in_a_fresh_interpreter():
     assert out.strip() == "ODP"
 
 
-def test_open_reads_the_header_and_load_decodes(tmp_path, small_odp):
+def test_open_reads_the_header_and_load_decodes(tmp_path, small_odp, model):
     path = tmp_path / "x.odp"  # also opened under another name: the magic bytes decide
     path.write_bytes(small_odp)
     for p in (path, io.BytesIO(small_odp)):
         with Image.open(p) as im:
             assert (im.format, im.size, im.mode) == ("ODP", (64, 48), "RGB")
-            assert im.info["odp_tokens"] == 256 and im.info["odp_model"] == "odp-small-v1"
+            # version 2 names the model by its weights' sha256 prefix; one tile has nothing to allocate
+            assert im.info["odp_model"] == model.sha256.hex()[:8] and im.info["odp_adaptive"] is False
             assert im.get_format_mimetype() == "image/x-odp"
             assert im.tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()
+
+
+def test_opens_version_1_and_adaptive_files(adaptive_odp, model):
+    from helpers import v1_file
+
+    with Image.open(io.BytesIO(v1_file())) as im:
+        assert (im.size, im.info["odp_model"], im.info["odp_adaptive"]) == ((320, 240), model.name, False)
+        im.odp_tokens = 16
+        assert im.tobytes() == pipeline.decode(v1_file(), tokens=16, device="cpu").tobytes()
+    with Image.open(io.BytesIO(adaptive_odp)) as im:
+        assert im.size == (768, 512) and im.info["odp_adaptive"] is True
+        im.odp_tokens = 16  # on average per tile
+        assert im.tobytes() == odp.decode(odp.truncate(adaptive_odp, tokens=16), device="cpu").tobytes()
 
 
 def test_save_with_tokens_and_bytes(tmp_path, small_photo, small_odp):
@@ -82,6 +96,10 @@ def test_errors_are_clear(small_odp):
         Image.open(io.BytesIO(bytes(bad)))
     with pytest.raises(odp.FormatError, match="cut short"):
         Image.open(io.BytesIO(small_odp[:20]))
-    other = reheader(small_odp, weights_hash=bytes(32), model_name="odp-huge-v9")
-    with Image.open(io.BytesIO(other)) as im, pytest.raises(odp.ModelNotFound, match="odp-huge-v9"):
+    other = reheader(small_odp, model_id=bytes.fromhex("0badf00d"))
+    with Image.open(io.BytesIO(other)) as im, pytest.raises(odp.ModelNotFound, match="0badf00d"):
+        assert im.info["odp_model"] == "0badf00d"  # opening reads the header only: no model needed yet
         im.load()
+    future = small_odp[:4] + bytes([3]) + small_odp[5:]  # a format version this reader does not know
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(future))

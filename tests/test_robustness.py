@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,26 +81,26 @@ def test_tiny_file_cannot_declare_thousands_of_tiles(small_odp):
     """Regression: an 800-byte file could declare 16384x16384 (4096 tiles) and make the decoder run the
     network on all of them (minutes of CPU, an 800 MB canvas). Chunks now must be long enough for the
     tiles they claim: no token is likelier than its table's largest entry."""
-    bomb = helpers.reheader(small_odp, width=16384, height=16384)
+    c = container.read(small_odp)
+    bomb = container.write(container.Container(replace(c.header, width=16384, height=16384), c.layers[:1]))
     start = time.perf_counter()
     with pytest.raises(FormatError, match="too short for 4096 tiles"):
         pipeline.decode(bomb, device="cpu")
     assert time.perf_counter() - start < 5
 
 
-def test_chunk_length_bound_holds_for_real_and_worst_case_files(model, encoded):
-    """The bound must never refuse a real file, even one of the likeliest token in every place."""
-    f = model.tables.freqs
-    likeliest = np.tile(f.argmax(1).astype(np.int32), (50, 1))  # 50 tiles, the cheapest possible stream
-    for toks in [likeliest] + [pipeline.read_tokens(d)[2] for d in encoded.values()]:
-        chunks = coder.encode_tokens(toks, pipeline.CHUNK_TOKENS, model.tables)
-        bounds = coder.chunk_bounds(toks.shape[1], pipeline.CHUNK_TOKENS)
-        least = pipeline.min_chunk_bytes(len(toks), bounds, model)
-        assert all(len(c) >= n for c, n in zip(chunks, least))
-        if toks is likeliest:  # the worst case sits within 10% of the bound: it is tight, not vacuous
-            assert all(0 < n >= 0.9 * len(c) for c, n in zip(chunks, least))
-    data = pipeline.pack(likeliest, 256 * 10, 256 * 5, model)
-    pipeline.verify(data)
+def test_first_layer_bound_holds_for_real_and_worst_case_files(model, encoded, adaptive_odp):
+    """The bound must never refuse a real file, even one whose every tile starts with the likeliest token."""
+    entropy = model.best_entropy
+    first = entropy.frequencies(np.full((1, entropy.lags), entropy.alphabet), np.zeros(1, np.int64))[0].argmax()
+    likeliest = np.full((50, model.config.tokens), first, np.int32)  # 50 tiles, the cheapest first layer
+    data, _ = coder.encode_layer(likeliest, np.zeros(50, np.int64), np.ones(50, np.int64), entropy)
+    least = pipeline.min_first_layer_bytes(50, entropy)
+    assert least <= len(data) <= least + 24  # tight, not vacuous
+    for d in [*encoded.values(), adaptive_odp]:
+        c = container.read(d)
+        assert len(c.layers[0].data) >= pipeline.min_first_layer_bytes(c.header.tiles, entropy)
+    pipeline.verify(pipeline.pack(likeliest, 256 * 10, 256 * 5, model))
 
 
 def test_sixteen_bit_scaling_without_a_float_copy(tmp_path):
@@ -261,24 +262,33 @@ def test_info_verify(tmp_path, small_odp):
     assert "verified" in r.stdout
     bad = {
         "cut.odp": (small_odp[:-3], "cut short"),
-        "crc.odp": (helpers.flip(small_odp, len(small_odp) - 10), "checksum"),
-        "extra.odp": (helpers.with_chunks(small_odp, [container.read(small_odp).chunks[0] + b"\0\0\0\1"]
-                                          + container.read(small_odp).chunks[1:]), "not the exact coding"),
+        "header.odp": (helpers.flip(small_odp, 8), "checksum"),
+        "payload.odp": (helpers.flip(small_odp, len(small_odp) - 2, 0x01), "layer"),
+        "extra.odp": (appended_word(small_odp), "not the exact coding"),
     }
     for name, (data, why) in bad.items():
         (tmp_path / name).write_bytes(data)
         assert_clean_error(odp("info", tmp_path / name, "--verify"), contains=why)
     assert_ok(odp("info", tmp_path / "extra.odp"))  # without --verify it still shows what decodes
-    for k in (1, 7, 8, 9, 200):  # truncate's re-coded last chunk is exact too
+    for k in (1, 7, 8, 9, 200):  # truncate's re-coded last layer is exact too
         pipeline.verify(pipeline.truncate(small_odp, tokens=k))
+
+
+def appended_word(data: bytes) -> bytes:
+    """The file with one more 32-bit word at the end of its first layer (which still decodes the same)."""
+    c = container.read(data)
+    layers = [replace(c.layers[0], data=c.layers[0].data + b"\0\0\0\1")] + c.layers[1:]
+    return container.write(container.Container(c.header, layers))
 
 
 def test_entropy_decoder_errors_are_its_own(model):
     """Regression: constriction raises AssertionError on some junk streams; the coder must say EntropyError."""
-    with pytest.raises(coder.EntropyError):
-        coder.decode_chunk(b"\xff" * 8, 2, 0, 8, model.tables)
-    with pytest.raises(coder.EntropyError, match="outside the model"):  # was an IndexError (found by test_fuzz)
-        coder.decode_chunk(b"", 1, 249, 257, model.tables)
+    toks = np.zeros((2, model.config.tokens), np.int32)
+    for entropy in {model.tables, model.best_entropy}:
+        with pytest.raises(coder.EntropyError):
+            coder.decode_layer(b"\xff" * 8, toks, np.zeros(2, np.int64), np.full(2, 8), entropy, check=0)
+    with pytest.raises(coder.EntropyError, match="beyond the model"):  # was an IndexError (found by test_fuzz)
+        coder.decode_layer(b"", toks[:1], np.array([249]), np.array([257]), model.tables)
 
 
 def test_tampered_weights_are_refused(tmp_path, monkeypatch, model):
@@ -321,21 +331,23 @@ torch.set_num_threads(int(sys.argv[1]))
 import numpy as np
 from PIL import Image
 from odp.codec import pipeline
-data = pipeline.encode(Image.open(sys.argv[2]).convert("RGB"), device="cpu")
+data = pipeline.encode(Image.open(sys.argv[2]).convert("RGB"), device="cpu", adaptive=False)
 print(hashlib.sha256(data).hexdigest(), hashlib.sha256(pipeline.read_tokens(data)[2].tobytes()).hexdigest())
 np.save(sys.argv[3], np.asarray(pipeline.decode(data, device="cpu")))
 """
 
 
 def test_same_bytes_across_runs_and_thread_counts(tmp_path, photos, encoded):
-    """On the CPU, one input gives one .odp file, whatever torch's thread count, and a file gives one
-    list of tokens. Decoded pixels are float network output rounded to 8 bits: a value that lands on
+    """On the CPU, one input gives one .odp file, whatever torch's and the BLAS's thread counts (the
+    context model's integer inference runs in numpy's BLAS), and a file gives one list of tokens. Decoded pixels are float network output rounded to 8 bits: a value that lands on
     .5 can round either way under another summation order, so they may differ by 1 in rare values
     (measured: 1 of 230400 values between 1 and 2 threads on this photo; docs/security.md)."""
     photos["astronaut"].save(tmp_path / "a.png")
-    assert pipeline.encode(photos["astronaut"], device="cpu") == encoded["astronaut"]
+    assert pipeline.encode(photos["astronaut"], device="cpu", adaptive=False) == encoded["astronaut"]
+    threads = {n: dict(os.environ, OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n))
+               for n in (1, 2)}
     outs = [subprocess.run([sys.executable, "-c", ENCODE, str(n), str(tmp_path / "a.png"), str(tmp_path / f"{n}.npy")],
-                           capture_output=True, text=True, timeout=300) for n in (1, 2)]
+                           capture_output=True, text=True, timeout=300, env=threads[n]) for n in (1, 2)]
     assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
     (file1, tokens1), (file2, tokens2) = (o.stdout.split() for o in outs)
     assert file1 == file2 == hashlib.sha256(encoded["astronaut"]).hexdigest()

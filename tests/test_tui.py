@@ -79,14 +79,14 @@ def test_keys_move_the_budget(photo_dir):
                 assert "lpips-alex" in odp.scores
             small, full = app.budget, app.items[app.current].full
 
-            await pilot.press("plus")  # one chunk up: 24 tokens
+            await pilot.press("plus")  # eight tokens per tile up: 24 (on average: its two tiles differ)
             await settle(pilot)
             assert app.tokens == 24 and app.panes["odp"].shown.tokens == 24
             assert app.budget > small
             assert app.items[app.current].full is full  # a new budget truncates the one encode
             check_panes(app)
 
-            await pilot.press("left_square_bracket", "minus")  # halve: 12, then the chunk boundary below: 8
+            await pilot.press("left_square_bracket", "minus")  # halve: 12, then the multiple of 8 below: 8
             await settle(pilot)  # the work for 12 was cancelled or dropped: only 8 is shown
             assert app.tokens == 8 and app.panes["odp"].shown.tokens == 8
             check_panes(app)
@@ -143,7 +143,8 @@ def test_zoom_hull_and_save(photo_dir, tmp_path):
             stem = PHOTO.removesuffix(".png") + ".16t"
             assert names == sorted([f"{stem}.odp", f"{stem}-2.odp", f"{stem}.compare.png", f"{stem}.compare-2.png"])
             data = (out / f"{stem}.odp").read_bytes()
-            assert data == app.panes["odp"].shown.data and container.read(data).header.kept == 16
+            assert data == app.panes["odp"].shown.data == pipeline.truncate(app.items[app.current].full, tokens=16)
+            assert round(container.read(data).mean_tokens) == 16  # 16 per tile on average
     asyncio.run(run())
 
 
@@ -157,9 +158,13 @@ def test_odp_file_shows_header_and_truncation_slider(tmp_path, small_odp):
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
             assert app.query_one("#single").display and not app.query_one("#grid").display
-            assert "ODP image 64×48" in app.query_one("#info").render().plain
-            slider = app.query_one("#slider")
-            assert [k for k, _ in slider.points] == list(range(8, 257, 8))
+            info = app.query_one("#info").render().plain
+            assert "ODP image 64×48" in info and "(format v2)" in info
+            layers = container.read(small_odp).layers
+            assert f"layers:  {len(layers)} " in info
+            slider = app.query_one("#slider")  # the file's own cut points: one per layer, with the cut's size
+            assert slider.points == [(x.level, len(pipeline.truncate(small_odp, tokens=x.level))) for x in layers]
+            assert slider.points[-1] == (256, len(small_odp))
             assert slider.tokens == 256
             await pilot.press("minus")
             await settle(pilot)
@@ -169,7 +174,29 @@ def test_odp_file_shows_header_and_truncation_slider(tmp_path, small_odp):
             assert shown.tokens == 124 and shown.nbytes == len(pipeline.truncate(small_odp, tokens=124))
             await pilot.click("#slider", offset=(0, 0))  # the first truncation point
             await settle(pilot)
-            assert app.query_one("#pane-file").shown.tokens == 8
+            assert app.query_one("#pane-file").shown.tokens == slider.points[0][0] == 1
+    asyncio.run(run())
+
+
+def test_version_1_file_shows_its_chunks_as_truncation_points(tmp_path):
+    from helpers import v1_file
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "old.odp").write_bytes(v1_file())
+
+    async def run():
+        app = make_app(folder)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert app.error is None
+            info = app.query_one("#info").render().plain
+            assert "ODP image 320×240" in info and "(format v1)" in info and "64.0 of 256" in info
+            slider = app.query_one("#slider")
+            assert [k for k, _ in slider.points] == list(range(8, 65, 8)) and slider.tokens == 64
+            shown = app.query_one("#pane-file").shown
+            assert shown.tokens == 64 and shown.data == v1_file()  # all of it: the file itself
+            assert shown.pixels.tobytes() == pipeline.decode(v1_file(), device="cpu").tobytes()
     asyncio.run(run())
 
 
@@ -177,7 +204,8 @@ def test_broken_files_show_an_error_not_a_crash(tmp_path, small_odp):
     folder = tmp_path / "broken"
     folder.mkdir()
     bad = bytearray(small_odp)
-    bad[-1] ^= 0xFF  # the last chunk's CRC no longer matches
+    start = len(small_odp) - container.read(small_odp).payload_bytes
+    bad[start + 3] ^= 0xFF  # the first layer's first word: its tokens no longer decode
     (folder / "a-corrupt.odp").write_bytes(bytes(bad))
     (folder / "b-garbage.png").write_bytes(b"this is not a PNG file at all")
     (folder / "c-gone.png").symlink_to(folder / "nowhere.png")

@@ -154,7 +154,7 @@ class Slider(Widget):
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        self.points: list[tuple[int, int]] = []  # (tokens, file bytes) at each chunk boundary
+        self.points: list[tuple[int, int]] = []  # (tokens, file bytes) at each layer boundary
         self.tokens = 0
 
     def set(self, points, tokens: int) -> None:
@@ -526,7 +526,7 @@ class OdpTui(App):
         return self.tokens
 
     def action_step(self, direction: int) -> None:
-        """One payload chunk (8 tokens: a cut with no re-coding) up or down."""
+        """Eight tokens per tile up or down."""
         k = self.now_tokens()
         self.set_tokens((k // 8 + 1) * 8 if direction > 0 else max(1, (k - 1) // 8 * 8))
 

@@ -58,7 +58,7 @@ class Update:
 
 
 def is_odp(data: bytes) -> bool:
-    return data.startswith(container.MAGIC)
+    return container.is_odp(data)
 
 
 class Photo:
@@ -111,12 +111,13 @@ class Photo:
             data = pipeline.truncate(self.full, tokens=tokens, max_bytes=max_bytes)
         except ValueError as e:  # not even one token per tile fits
             return Shown("ODP", note=str(e))
-        k = container.read(data).header.kept
+        c = container.read(data)
+        k = round(c.mean_tokens)
 
         def make() -> Shown:
             im = pipeline.decode(data, device=self.device)
             return Shown(f"ODP {k} tokens", np.asarray(im), len(data), data, k)
-        return self._cached(("odp", k), make)
+        return self._cached(("odp", c.level), make)
 
     def variant(self, codec: str, scale: int) -> classic.Variant:
         if (codec, scale) not in self.variants:
@@ -179,20 +180,21 @@ class OdpFile:
     def __init__(self, path: Path, data: bytes, device: str = "auto") -> None:
         with warnings.catch_warnings(record=True) as self.warnings:
             warnings.simplefilter("always")
-            self.container, self.model, toks = pipeline.read_tokens(data)
+            self.container, self.model, _, counts = pipeline.read_tokens(data)
         self.path, self.data, self.device = path, data, pipeline.pick_device(device)
-        h = self.container.header
-        self.kept = self.container.kept
-        g = h.chunk_tokens
-        self.points = [(k, len(self.truncated(k))) for k in sorted({*range(g, self.kept + 1, g), self.kept})]
-        payload = sum(len(ch) for ch in self.container.chunks)
+        c, h = self.container, self.container.header
+        self.kept = max(1, round(c.mean_tokens))  # tokens per tile on average
+        # the file's own cut points (its layers), as (mean tokens per tile, bytes of the cut file)
+        ends = {round(sum(h.counts(x.level)) / h.tiles): x.level for x in c.layers}
+        self.points = [(k, len(pipeline.truncate(data, level=lv))) for k, lv in sorted(ends.items())]
+        spread = f", tiles {counts.min()}..{counts.max()} by need" if h.adaptive else ""
         self.info = [
-            f"ODP image {h.width}×{h.height}, {h.cols}×{h.rows} tiles of {h.tile} px",
-            f"tokens:  {self.kept} of {h.tokens} per tile" + ("" if self.container.complete else " (file cut short)"),
+            f"ODP image {h.width}×{h.height}, {h.cols}×{h.rows} tiles of {h.tile} px (format v{h.version})",
+            f"tokens:  {c.mean_tokens:.1f} of {h.tokens} per tile{spread}" + ("" if c.complete else " (file cut short)"),
             f"size:    {len(data)} bytes, {len(data) * 8 / (h.width * h.height):.4f} bpp",
-            f"entropy: {payload * 8 / max(1, toks.size):.3f} bits/token ({printable(h.entropy_model)})",
-            f"model:   {printable(h.model_name)} sha256 {h.weights_hash.hex()[:16]}",
-            f"chunks:  {len(self.container.chunks)} of {g} token positions each",
+            f"entropy: {c.payload_bytes * 8 / max(1, counts.sum()):.3f} bits/token ({printable(h.entropy_model)})",
+            f"model:   {printable(self.model.name)} sha256 {self.model.sha256.hex()[:16]}",
+            f"layers:  {len(c.layers)} (points where the file can be cut as it is)",
         ]
         self.decoded: OrderedDict[int, Shown] = OrderedDict()
 
@@ -201,7 +203,7 @@ class OdpFile:
 
     def tokens_within(self, max_bytes: int) -> int | None:
         try:
-            return container.read(pipeline.truncate(self.data, max_bytes=max_bytes)).header.kept
+            return max(1, round(container.read(pipeline.truncate(self.data, max_bytes=max_bytes)).mean_tokens))
         except ValueError:
             return None
 
@@ -219,7 +221,7 @@ class OdpFile:
 def open_any(path: Path, metric_names: tuple[str, ...], fast: bool, device: str) -> Photo | OdpFile:
     """A Photo, or an OdpFile when the bytes say so (by magic, never by extension)."""
     with open(path, "rb") as f:
-        head = f.read(len(container.MAGIC))
+        head = f.read(len(container.MAGIC_V1))
     if is_odp(head):
         return OdpFile(path, path.read_bytes(), device)
     if head.startswith(b"PK\x03\x04") and path.suffix.lower() == ".odp":

@@ -1,0 +1,229 @@
+"""Train the token context model (entropy/context.py) and ship it quantised.
+
+    python -m odp.codec.train_context tokens --data /work/data/train-v2 --out runs/ctx/tokens.safetensors
+    python -m odp.codec.train_context train --tokens runs/ctx/tokens.safetensors --val runs/ctx/val.safetensors \
+        --run runs/ctx --name ctx16-v1 --dropout 0.3 --epochs 3
+
+`tokens` runs the shipped tokenizer over training photos (centre crop up to 1024x1024 and
+its mirror image); `train` fits the float model (Adam, cosine schedule; every 5th photo held
+out), quantises it to integers, measures bits/token of the integer model on the held-out
+photos against the per-position tables, and writes entropy/weights/NAME.safetensors bound
+to the tokenizer's sha256. Never reads data/eval.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from ..entropy import context
+from ..entropy.models import TOTAL
+from . import pipeline, weights
+from .train import list_photos
+
+LOGIT_UNIT = 32      # integer logits count 1/32 nat
+EXP_BITS = 20        # exp table: round(2**20 * exp(-i / 32)), at least 1
+
+
+class FloatContext(nn.Module):
+    """The float model that entropy/context.py runs in integers: same layers, same order."""
+
+    def __init__(self, alphabet: int, positions: int, lags: int, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)  # on the context embeddings, in training only: it memorises tiles otherwise
+        self.alphabet, self.lags = alphabet, lags
+        self.emb = nn.Embedding(alphabet + 1, dim)
+        self.l1 = nn.Linear(lags * dim, hidden, bias=False)
+        self.pos_bias = nn.Parameter(torch.zeros(positions, hidden))
+        self.l2 = nn.Linear(hidden, alphabet)
+
+    def forward(self, ctx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.l1(self.drop(self.emb(ctx)).flatten(1)) + self.pos_bias[pos])
+        return self.l2(h)
+
+
+def extract(data: list[str], out: Path) -> None:
+    """Tokens (tiles, K) of every training photo's centre crop and its mirror, one tensor per photo,
+    into a safetensors file (metadata: the tokenizer's sha256)."""
+    model = weights.load()
+    tile = model.config.tile
+    found = {}
+    files = list_photos(data)
+    for i, f in enumerate(files):
+        im = np.asarray(Image.open(f).convert("RGB"))
+        h, w = im.shape[:2]
+        ch, cw = min(h, 1024) // tile * tile, min(w, 1024) // tile * tile
+        if not ch or not cw:
+            continue
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        crop = np.ascontiguousarray(im[y0:y0 + ch, x0:x0 + cw])
+        both = [pipeline.image_to_tokens(c, model, "cpu", 4) for c in (crop, np.ascontiguousarray(crop[:, ::-1]))]
+        found[f.name] = np.concatenate(both).astype(np.int16)
+        print(f"\r  {i + 1}/{len(files)} photos", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    from safetensors.numpy import save_file
+
+    save_file(found, str(out), metadata={"tokenizer_sha256": model.sha256.hex()})
+
+
+def load_tokens(path: str) -> tuple[dict[str, np.ndarray], bytes]:
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    with safe_open(path, framework="np") as f:
+        sha = bytes.fromhex((f.metadata() or {}).get("tokenizer_sha256", ""))
+    return load_file(path), sha
+
+
+def samples(groups: list[np.ndarray], lags: int, alphabet: int):
+    toks = np.concatenate(groups).astype(np.int64)                       # (tiles, K)
+    n, k = toks.shape
+    pos = np.tile(np.arange(k), n)
+    src = pos[:, None] - np.arange(1, lags + 1)[None, :]
+    rows = np.repeat(np.arange(n), k)
+    ctx = np.where(src >= 0, toks[rows[:, None], np.maximum(src, 0)], alphabet)
+    return torch.from_numpy(ctx), torch.from_numpy(pos), torch.from_numpy(toks.reshape(-1))
+
+
+def quantise(net: FloatContext, name: str, tokenizer_sha256: bytes, ctx: torch.Tensor, pos: torch.Tensor) -> tuple[dict, dict]:
+    """Float model -> integer tensors and metadata for context.ContextModel; (ctx, pos) are training
+    contexts that set the hidden layer's requantisation shift (its values kept to about 15 bits)."""
+    emb = net.emb.weight.detach().double().numpy()
+    w1 = net.l1.weight.detach().double().numpy()
+    pb = net.pos_bias.detach().double().numpy()
+    w2 = net.l2.weight.detach().double().numpy()
+    b2 = net.l2.bias.detach().double().numpy()
+    s_e = 2047 / np.abs(emb).max()
+    s_1 = 127 / np.abs(w1).max()
+    s_2 = 127 / np.abs(w2).max()
+    q_emb, q_w1, q_w2 = (np.round(a * s).astype(np.int64) for a, s in ((emb, s_e), (w1, s_1), (w2, s_2)))
+    q_pb = np.round(pb * s_e * s_1).astype(np.int64)
+    x = q_emb[ctx.numpy()].reshape(len(ctx), -1).astype(np.float64)
+    h = np.maximum(x @ q_w1.T.astype(np.float64) + q_pb[pos.numpy()], 0)
+    shift1 = max(0, int(math.ceil(math.log2(np.quantile(h, 0.99999) + 1))) - 15)
+    h_scale = s_e * s_1 / 2 ** shift1                     # hidden (integers) ~ h_float * h_scale
+    # logit = (z * mult + b2) >> shift2 in 1/LOGIT_UNIT nat: mult about 2**20 keeps the scale exact to 1e-6
+    ideal = LOGIT_UNIT / (h_scale * s_2)
+    shift2 = max(1, 20 - int(math.floor(math.log2(ideal))))
+    mult = int(round(ideal * 2 ** shift2))
+    q_b2 = np.round(b2 * LOGIT_UNIT * 2 ** shift2).astype(np.int64)
+    lut = np.maximum(1, np.round(2.0 ** EXP_BITS * np.exp(-np.arange(EXP_BITS * LOGIT_UNIT * 0.7) / LOGIT_UNIT)))
+    tensors = {"emb": q_emb.astype(np.int16), "w1": q_w1.astype(np.int8), "pos_bias": q_pb.astype(np.int64),
+               "w2": q_w2.astype(np.int8), "b2": q_b2, "exp_lut": lut.astype(np.int64)}
+    meta = {"id": name, "lags": str(net.lags), "shift1": str(shift1), "mult": str(mult), "shift2": str(shift2),
+            "tokenizer_sha256": tokenizer_sha256.hex()}
+    return tensors, meta
+
+
+def integer_bits(model: context.ContextModel, ctx: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor) -> float:
+    bits = 0.0
+    for i in range(0, len(tok), 4096):
+        f = model.frequencies(ctx[i:i + 4096].numpy(), pos[i:i + 4096].numpy())
+        bits += float(-np.log2(f[np.arange(len(f)), tok[i:i + 4096].numpy()] / TOTAL).sum())
+    return bits / len(tok)
+
+
+def train(args) -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    d, tok_sha = load_tokens(args.tokens)
+    names = sorted(d)
+    held = set(names[::5])
+    model = weights.load()
+    if tok_sha != model.sha256:
+        sys.exit("train_context: error: the tokens were made by other tokenizer weights than the shipped ones")
+    V, K = model.config.codebook_size, model.config.tokens
+    tr = samples([d[n] for n in names if n not in held], args.lags, V)
+    te = samples([d[n] for n in names if n in held], args.lags, V)
+    val = None
+    if args.val:  # photos from elsewhere (never data/eval): held-out photos of the same packages can be near twins
+        val = samples(list(load_tokens(args.val)[0].values()), args.lags, V)
+    net = FloatContext(V, K, args.lags, args.dim, args.hidden, args.dropout)
+    opt = torch.optim.AdamW(net.parameters(), args.lr, weight_decay=0.01)
+    n, steps_per_epoch = len(tr[2]), -(-len(tr[2]) // args.batch)
+    total = steps_per_epoch * args.epochs
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    log = open(run / "log.jsonl", "a")
+    t0, step = time.time(), 0
+    for epoch in range(args.epochs):
+        net.train()
+        perm = torch.randperm(n)
+        for i in range(0, n, args.batch):
+            for g in opt.param_groups:
+                g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            idx = perm[i:i + args.batch]
+            loss = F.cross_entropy(net(tr[0][idx], tr[1][idx]), tr[2][idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        net.eval()
+        with torch.no_grad():
+            nll = sum(F.cross_entropy(net(te[0][i:i + 8192], te[1][i:i + 8192]), te[2][i:i + 8192],
+                                      reduction="sum").item() for i in range(0, len(te[2]), 8192))
+        rec = {"epoch": epoch + 1, "step": step, "train_loss_bits": loss.item() / math.log(2),
+               "heldout_bits": nll / len(te[2]) / math.log(2), "seconds": round(time.time() - t0)}
+        if val is not None:
+            with torch.no_grad():
+                rec["val_bits"] = sum(F.cross_entropy(net(val[0][i:i + 8192], val[1][i:i + 8192]), val[2][i:i + 8192],
+                                                      reduction="sum").item()
+                                      for i in range(0, len(val[2]), 8192)) / len(val[2]) / math.log(2)
+        print(json.dumps(rec), file=log, flush=True)
+        print(json.dumps(rec), file=sys.stderr)
+    tensors, meta = quantise(net, args.name, tok_sha, tr[0][::8], tr[1][::8])
+    out = Path(args.out) / f"{args.name}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(out), metadata=meta)
+    ctx_model = context.ContextModel(args.name, tensors, meta)
+    held_tokens = np.concatenate([d[n] for n in names if n in held]).astype(np.int64)
+    summary = {"name": args.name, "lags": args.lags, "dim": args.dim, "hidden": args.hidden, "epochs": args.epochs,
+               "dropout": args.dropout, "photos": len(names), "heldout_photos": len(held),
+               "train_tokens": n, "heldout_tokens": len(te[2]),
+               "heldout_bits_integer": round(integer_bits(ctx_model, *te), 4),
+               "heldout_bits_position_tables": round(model.tables.bits(held_tokens) / held_tokens.size, 4),
+               "bytes": out.stat().st_size, "seconds": round(time.time() - t0)}
+    print(json.dumps(summary), file=log, flush=True)
+    print(json.dumps(summary))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tokens", help="tokenize training photos")
+    t.add_argument("--data", nargs="+", required=True)
+    t.add_argument("--out", required=True)
+    r = sub.add_parser("train", help="fit, quantise and write the context model")
+    r.add_argument("--tokens", required=True)
+    r.add_argument("--run", required=True)
+    r.add_argument("--name", default="ctx16-v1")
+    r.add_argument("--out", default=str(Path(__file__).parents[1] / "entropy" / "weights"))
+    r.add_argument("--val", help="tokens (from `tokens`) of other photos to report bits/token on each epoch")
+    r.add_argument("--lags", type=int, default=16)
+    r.add_argument("--dim", type=int, default=64)
+    r.add_argument("--hidden", type=int, default=256)
+    r.add_argument("--epochs", type=int, default=3)
+    r.add_argument("--dropout", type=float, default=0.3)
+    r.add_argument("--batch", type=int, default=1024)
+    r.add_argument("--lr", type=float, default=2e-3)
+    r.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    if args.cmd == "tokens":
+        extract(args.data, Path(args.out))
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()

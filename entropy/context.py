@@ -1,0 +1,79 @@
+"""Context model: the probability of a tile's next token given its previous tokens, in integers.
+
+An MLP language model (shared token embedding of the previous LAGS tokens, one hidden
+layer with a per-position bias, softmax over the codebook) trained in floating point
+(codec/train_context.py) and shipped quantised: 12-bit embeddings, 8-bit weights, integer
+biases, a shipped integer exp table. Inference uses only integers, so encoder and decoder
+compute the same frequency tables on every machine:
+
+- the two matrix products run in float64 BLAS on integer values whose every partial sum
+  stays below 2**53, so each is exact whatever the summation order, thread count or SIMD;
+- everything else (requantisation, softmax, normalisation to 2**24) is int64 arithmetic.
+
+No torch at run time: numpy only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .models import PRECISION_BITS, TOTAL
+
+PAD = -1  # context slot before the first token of a tile
+
+
+class ContextModel:
+    """Integer MLP over the previous `lags` tokens of the same tile."""
+
+    def __init__(self, id: str, tensors: dict[str, np.ndarray], meta: dict[str, str]):
+        self.id = id
+        self.lags = int(meta["lags"])
+        self.shift1, self.mult, self.shift2 = int(meta["shift1"]), int(meta["mult"]), int(meta["shift2"])
+        emb = tensors["emb"].astype(np.int64)             # (V + 1, D): row V is PAD
+        self.alphabet = emb.shape[0] - 1
+        self.emb = emb.astype(np.float64)
+        w1 = tensors["w1"].astype(np.int64)               # (H, lags * D)
+        self.w1t = np.ascontiguousarray(w1.T.astype(np.float64))
+        self.pos_bias = tensors["pos_bias"].astype(np.float64)  # (K, H): position and layer-1 bias
+        self.w2t = np.ascontiguousarray(tensors["w2"].astype(np.int64).T.astype(np.float64))  # (H, V)
+        self.b2 = tensors["b2"].astype(np.int64)           # (V,) in final logit units << shift2
+        self.exp_lut = tensors["exp_lut"].astype(np.int64)  # exp(-i / unit) * 2**20, >= 1
+        self._check_exact(emb, w1, tensors["pos_bias"], tensors["w2"])
+
+    @property
+    def positions(self) -> int:
+        return self.pos_bias.shape[0]
+
+    def _check_exact(self, emb, w1, pos_bias, w2) -> None:
+        """Refuse parameters whose integer products could leave float64's exact range."""
+        limit = 2.0 ** 52
+        x_max = float(np.abs(emb).max())
+        h_max = x_max * float(np.abs(w1).sum(1).max()) + float(np.abs(pos_bias).max())
+        z_max = (h_max / 2 ** self.shift1) * float(np.abs(w2).astype(np.int64).sum(1).max())
+        if h_max >= limit or z_max >= limit or z_max * self.mult + float(np.abs(self.b2).max()) >= 2.0 ** 62:
+            raise ValueError(f"context model {self.id} has parameters too large for exact integer inference")
+
+    def contexts(self, tokens: np.ndarray, tiles: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Previous `lags` tokens (PAD before the start) of tiles[i] at positions[i] -> (n, lags)."""
+        lag = np.arange(1, self.lags + 1)
+        src = positions[:, None] - lag[None, :]
+        ctx = tokens[tiles[:, None], np.maximum(src, 0)]
+        return np.where(src >= 0, ctx, self.alphabet)
+
+    def frequencies(self, ctx: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Contexts (n, lags) of token ids (PAD = alphabet) at `positions` -> (n, V) int64 rows summing to 2**24."""
+        n = len(positions)
+        x = self.emb[ctx].reshape(n, -1)                              # integers
+        h = np.maximum(x @ self.w1t + self.pos_bias[positions], 0)    # exact integers in float64
+        h = np.floor(h / 2 ** self.shift1)                            # exact (division by a power of two)
+        z = (h @ self.w2t).astype(np.int64)                           # exact integers
+        logit = (z * self.mult + self.b2 + (1 << (self.shift2 - 1))) >> self.shift2
+        d = np.minimum(logit.max(1, keepdims=True) - logit, len(self.exp_lut) - 1)
+        f = self.exp_lut[d]
+        q = f * (TOTAL - self.alphabet) // f.sum(1, keepdims=True) + 1  # every code >= 1, sum <= TOTAL
+        q[np.arange(n), q.argmax(1)] += TOTAL - q.sum(1)
+        return q
+
+    def first_token_bits(self) -> float:
+        """Fewest bits a tile's first token can cost: bounds how many tiles a few bytes can describe."""
+        f = self.frequencies(np.full((1, self.lags), self.alphabet), np.zeros(1, np.int64))
+        return float(PRECISION_BITS - np.log2(f.max()))
