@@ -38,9 +38,11 @@ def iter_tile_batches(image: np.ndarray, tile: int, batch: int) -> Iterator[np.n
 def place_tiles(canvas: np.ndarray, tiles: np.ndarray, first: int, tile: int) -> None:
     """Write decoded tiles (B, tile, tile, 3), starting at tile index `first`, into canvas."""
     h, w = canvas.shape[:2]
-    boxes = tile_boxes(w, h, tile)
-    for j, (x0, y0, x1, y1) in enumerate(boxes[first:first + len(tiles)]):
-        canvas[y0:y1, x0:x1] = tiles[j, : y1 - y0, : x1 - x0]
+    cols, rows = grid(w, h, tile)
+    for j, i in enumerate(range(first, min(first + len(tiles), cols * rows))):  # only these tiles' boxes
+        y0, x0 = divmod(i, cols)
+        y0, x0 = y0 * tile, x0 * tile
+        canvas[y0:y0 + tile, x0:x0 + tile] = tiles[j, : min(tile, h - y0), : min(tile, w - x0)]
 
 
 DEBLOCK_REACH = 16  # pixels each side of a tile border that the deblocking filter may change

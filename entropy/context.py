@@ -18,9 +18,6 @@ import numpy as np
 
 from .models import PRECISION_BITS, TOTAL
 
-PAD = -1  # context slot before the first token of a tile
-
-
 class ContextModel:
     """Integer MLP over the previous `lags` tokens of the same tile."""
 
@@ -52,15 +49,8 @@ class ContextModel:
         if h_max >= limit or z_max >= limit or z_max * self.mult + float(np.abs(self.b2).max()) >= 2.0 ** 62:
             raise ValueError(f"context model {self.id} has parameters too large for exact integer inference")
 
-    def contexts(self, tokens: np.ndarray, tiles: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Previous `lags` tokens (PAD before the start) of tiles[i] at positions[i] -> (n, lags)."""
-        lag = np.arange(1, self.lags + 1)
-        src = positions[:, None] - lag[None, :]
-        ctx = tokens[tiles[:, None], np.maximum(src, 0)]
-        return np.where(src >= 0, ctx, self.alphabet)
-
     def frequencies(self, ctx: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Contexts (n, lags) of token ids (PAD = alphabet) at `positions` -> (n, V) int64 rows summing to 2**24."""
+        """Contexts (n, lags) of token ids (the alphabet size where there is none: coder.contexts) at `positions` -> (n, V) int64 rows summing to 2**24."""
         n = len(positions)
         x = self.emb[ctx].reshape(n, -1)                              # integers
         h = np.maximum(x @ self.w1t + self.pos_bias[positions], 0)    # exact integers in float64
