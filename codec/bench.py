@@ -103,9 +103,10 @@ def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, bytes],
     t0 = time.perf_counter()
     toks = pipeline.image_to_tokens(pixels, model, device, batch)
     t1 = time.perf_counter()
-    weights_ = pipeline.allocation_weights(toks, pixels, model, device, batch, model.best_entropy)
+    weights_, caps = pipeline.allocation(toks, pixels, model, device, batch, model.best_entropy)
     t2 = time.perf_counter()
-    fulls = {"odp": pipeline.pack(toks, w, h, model, weights=weights_), "odp-uniform": pipeline.pack(toks, w, h, model)}
+    fulls = {"odp": pipeline.pack(toks, w, h, model, weights=weights_, caps=caps),
+             "odp-uniform": pipeline.pack(toks, w, h, model)}
     t3 = time.perf_counter()
     tables = pipeline.pack(toks, w, h, model, entropy=model.tables)
     payload = lambda d: pipeline.container.read(d).payload_bytes * 8 / toks.size  # noqa: E731
@@ -125,6 +126,7 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
         deps["model_sha256"] = model.sha256.hex()
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
         deps["format"] = [pipeline.container.VERSION, model.best_entropy.id, list(pipeline.ALLOCATION_GRID),
+                          pipeline.ALLOCATION_VERSION,
                           list(pipeline.LEVELS)]
     else:
         c = codecs[part]

@@ -162,11 +162,11 @@ def layer_levels(h: Header, top: int) -> list[int]:
 
 
 def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes = b"", exif: bytes = b"",
-         weights: bytes = b"", level: int | None = None, entropy=None) -> bytes:
+         weights: bytes = b"", level: int | None = None, entropy=None, caps: bytes = b"") -> bytes:
     """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default)."""
     entropy = entropy or model.best_entropy
     h = Header(width, height, model.config.tile, model.config.tokens, model.sha256[:container.MODEL_ID_BYTES],
-               entropy.id, weights, icc, exif)
+               entropy.id, weights, caps, icc, exif)
     levels = layer_levels(h, level or h.full_level)
     return container.write(Container(h, build_layers(tokens, h, levels, entropy)))
 
@@ -181,7 +181,10 @@ def build_layers(tokens: np.ndarray, h: Header, levels: list[int], entropy, star
     return layers
 
 
-ALLOCATION_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # token counts the encoder decodes to weigh the tiles
+# Token counts at which the encoder decodes every tile to weigh it, and (the top ones) to find where
+# its later tokens stop helping; ALLOCATION_VERSION names the method for caches of its results.
+ALLOCATION_GRID = (4, 16, 48, 128, 192, 256)
+ALLOCATION_VERSION = 2
 
 
 def token_bits(toks: np.ndarray, entropy) -> np.ndarray:
@@ -196,33 +199,72 @@ def token_bits(toks: np.ndarray, entropy) -> np.ndarray:
 
 
 @torch.inference_mode()
-def allocation_weights(toks: np.ndarray, pixels: np.ndarray, model: Model, device: str, batch: int,
-                       entropy) -> bytes:
-    """Per-tile weights 1..255 such that giving tile t ceil(w_t * L / 255) tokens at every level L
-    follows the rate-distortion-optimal allocation (b"": every tile alike).
+def tile_errors(toks: np.ndarray, pixels: np.ndarray, model: Model, device: str, batch: int,
+                tiles: np.ndarray, k: int) -> np.ndarray:
+    """Squared error (summed over pixels) of each of `tiles` decoded from its first k tokens."""
+    tok, tile = model.tokenizer.to(device), model.config.tile
+    h, w = pixels.shape[:2]
+    out = np.empty(len(tiles))
+    for i in range(0, len(tiles), batch):
+        sel = tiles[i:i + batch]
+        y = tok.decode(torch.from_numpy(toks[sel, :k].astype(np.int64)).to(device))
+        y = torch.round((y + 1) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).cpu().numpy()
+        for j, t in enumerate(sel):
+            r, c = divmod(int(t), -(-w // tile))
+            y0, x0 = r * tile, c * tile
+            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+            out[i + j] = ((y[j, :y1 - y0, :x1 - x0] - pixels[y0:y1, x0:x1]) ** 2).sum()
+    return out
+
+
+def allocation(toks: np.ndarray, pixels: np.ndarray, model: Model, device: str, batch: int,
+               entropy) -> tuple[bytes, bytes]:
+    """Per-tile allocation weights and token caps (header fields; b"" when every tile is alike).
 
     Each tile is decoded at ALLOCATION_GRID token counts; its squared error and exact code length
     there give, for each Lagrange multiplier, the count that minimises error + lambda * bits. Those
     optimal counts are fitted as tile weight x level (least squares in log counts), which is what a
     power-law rate-distortion curve per tile predicts; one weight per tile keeps the header small
-    and every cut of the file near the optimal allocation for its size.
+    and every cut of the file near the optimal allocation for its size. The cap of a tile is the
+    count of its least error (refined between grid points near the top): the model's last tokens
+    can make a tile worse, and without caps the busiest tiles would reach them first.
     """
     tiles_n, k_max = toks.shape
     if tiles_n == 1:
-        return b""
-    tile = model.config.tile
-    h, w = pixels.shape[:2]
-    boxes = tiling.tile_boxes(w, h, tile)
-    grid = np.array([k for k in ALLOCATION_GRID if k <= k_max])
-    err = np.zeros((tiles_n, len(grid)))
-    tok = model.tokenizer.to(device)
-    for gi, k in enumerate(grid):
-        for i in range(0, tiles_n, batch):
-            y = tok.decode(torch.from_numpy(toks[i:i + batch, :k].astype(np.int64)).to(device))
-            y = torch.round((y + 1) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).cpu().numpy()
-            for j, (x0, y0, x1, y1) in enumerate(boxes[i:i + batch]):
-                err[i + j, gi] = ((y[j, :y1 - y0, :x1 - x0] - pixels[y0:y1, x0:x1]) ** 2).sum()
-    rate = np.cumsum(token_bits(toks, entropy), 1)[:, grid - 1]
+        return b"", b""
+    everyone = np.arange(tiles_n)
+    grid = np.array(sorted({k for k in ALLOCATION_GRID if k < k_max} | {k_max}))
+    err = np.stack([tile_errors(toks, pixels, model, device, batch, everyone, k) for k in grid], 1)
+    rate = np.cumsum(token_bits(toks, entropy), 1)
+    caps = _caps(toks, pixels, model, device, batch, grid, err)
+    weights = _weights(grid, err, rate[:, grid - 1])
+    cap_bytes = np.clip(caps * 255 // k_max, 1, 255).astype(np.uint8)  # ceil(c * K / 255) <= caps
+    return (b"" if (weights == 255).all() else weights.tobytes(),
+            b"" if (cap_bytes == 255).all() else cap_bytes.tobytes())
+
+
+def _caps(toks, pixels, model, device, batch, grid, err) -> np.ndarray:
+    """Token count of least error per tile: the best grid count, then the midpoints beside it
+    (for counts from 128 up, where tokens are many and a cap saves bytes)."""
+    best = np.argmin(err, 1)
+    caps, least = grid[best], err[np.arange(len(err)), best]
+    probes: dict[int, list[int]] = {}
+    for t, j in enumerate(best):
+        if grid[j] < 128:
+            continue
+        for a, b in ((j - 1, j), (j, j + 1)):
+            if 0 <= a and b < len(grid) and grid[a] + 1 < grid[b]:
+                probes.setdefault(int((grid[a] + grid[b]) // 2), []).append(t)
+    for k, tiles in sorted(probes.items()):
+        e = tile_errors(toks, pixels, model, device, batch, np.array(tiles), k)
+        better = e < least[tiles]
+        caps[np.array(tiles)[better]], least[np.array(tiles)[better]] = k, e[better]
+    return caps
+
+
+def _weights(grid: np.ndarray, err: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Allocation weights 1..255 fitted to the Lagrangian optimum counts (see allocation)."""
+    tiles_n, k_max = len(err), grid[-1]
     logk, fit = [], []
     for lam in np.geomspace(1e-2, 1e5, 60) * err.mean() / rate.mean():
         k = grid[np.argmin(err + lam * rate, 1)]
@@ -230,15 +272,14 @@ def allocation_weights(toks: np.ndarray, pixels: np.ndarray, model: Model, devic
             logk.append(np.log(k))
             fit.append((k > grid[0]) & (k < grid[-1]))  # counts at the grid's ends are clipped, not chosen
     if not logk:
-        return b""
+        return np.full(tiles_n, 255, np.uint8)
     a, m = np.array(logk).T, np.array(fit).T.astype(float)  # (tiles, lambdas)
     tile_w, level = np.zeros(tiles_n), np.zeros(a.shape[1])
     for _ in range(20):  # alternating least squares for log k = tile_w + level
         tile_w = ((a - level) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
         tile_w[m.sum(1) == 0] = (a - level).mean(1)[m.sum(1) == 0]
         level = ((a - tile_w[:, None]) * m).sum(0) / np.maximum(m.sum(0), 1e-9)
-    weights = np.clip(np.round(255 * np.exp(tile_w - tile_w.max())), 1, 255).astype(np.uint8)
-    return b"" if (weights == 255).all() else weights.tobytes()
+    return np.clip(np.round(255 * np.exp(tile_w - tile_w.max())), 1, 255).astype(np.uint8)
 
 
 QUALITY_BPP = (0.002, 0.08)  # --quality 1 and 100: the ends of a log scale of bits per pixel
@@ -264,7 +305,7 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
            quality: float | None = None, max_pixels: int | None = container.FROM_ENV,
            adaptive: bool = True) -> bytes:
     """Encode a Pillow image to .odp bytes (`adaptive`: tiles get tokens by need, see
-    allocation_weights; else every tile alike), keeping `tokens` per tile (on average), fitting `max_bytes`, at
+    allocation; else every tile alike), keeping `tokens` per tile (on average), fitting `max_bytes`, at
     `quality` 1..100 (a budget, see quality_to_bpp; never less than 1 token per tile), or the
     smallest truncation reaching `target` = (metric, value), metric "psnr" or "ms-ssim";
     `metadata` names what to carry ("icc", "exif"; default none, see prepare). Images over
@@ -275,8 +316,8 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     batch = batch or default_batch(dev)
     p = prepare(im, metadata)
     toks = image_to_tokens(p.pixels, model, dev, batch)
-    weights_ = allocation_weights(toks, p.pixels, model, dev, batch, model.best_entropy) if adaptive else b""
-    data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif, weights_)
+    weights_, caps = allocation(toks, p.pixels, model, dev, batch, model.best_entropy) if adaptive else (b"", b"")
+    data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif, weights_, caps=caps)
     if tokens is not None:
         data = truncate(data, tokens=tokens)
     if max_bytes is not None:
@@ -311,7 +352,7 @@ def level_reaching(toks: np.ndarray, pixels: np.ndarray, h: Header, target: tupl
 
     lo, hi = 1, h.full_level
     if not reaches(hi):
-        warnings.warn(f"{name} {value} is out of reach: keeping all {h.tokens} tokens per tile", OdpWarning)
+        warnings.warn(f"{name} {value} is out of reach: keeping every token", OdpWarning)
         return hi
     while lo < hi:
         mid = (lo + hi) // 2

@@ -44,7 +44,7 @@ MAX_PIXELS_ENV = "ODP_MAX_PIXELS"  # overrides DEFAULT_MAX_PIXELS for every read
 FROM_ENV = -1               # max_pixels default: $ODP_MAX_PIXELS if set, else DEFAULT_MAX_PIXELS
 MODEL_ID_BYTES = 4          # a version-2 file names its model by this prefix of the weights' sha256
 
-FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS = 1, 2, 4
+FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS = 1, 2, 4, 8
 _V1_FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
 
 
@@ -76,6 +76,7 @@ class Header:
     model_id: bytes           # sha256 of the weights file (v2 stores its first MODEL_ID_BYTES bytes)
     entropy_model: str
     weights: bytes = b""      # allocation weight 1..255 per tile; empty: every tile alike (255)
+    caps: bytes = b""         # per tile 1..255: it keeps at most ceil(c * K / 255) tokens; empty: K
     icc: bytes = b""
     exif: bytes = b""
     model_name: str = ""      # version-1 files name their model too
@@ -95,18 +96,28 @@ class Header:
 
     @property
     def adaptive(self) -> bool:
-        return bool(self.weights)
+        return bool(self.weights or self.caps)
+
+    @property
+    def limits(self) -> list[int]:
+        """Most tokens each tile can keep: K, or its cap (the encoder found later tokens no help)."""
+        if not self.caps:
+            return [self.tokens] * self.tiles
+        return [-(-c * self.tokens // 255) for c in self.caps]
 
     @property
     def full_level(self) -> int:
-        """A level at which every tile has all K tokens (the highest a layer may have)."""
-        return -(-self.tokens * 255 // min(self.weights)) if self.weights else self.tokens
+        """A level at which every tile has all the tokens it can keep, max ceil(m_t * 255 / w_t)
+        (the highest a layer may have)."""
+        if not self.weights:
+            return max(self.limits)
+        return max(-(-k * 255 // w) for k, w in zip(self.limits, self.weights))
 
     def counts(self, level: int) -> list[int]:
         """Tokens each tile keeps at `level`."""
         if not self.weights:
-            return [min(self.tokens, level)] * self.tiles
-        return [min(self.tokens, -(-w * level // 255)) for w in self.weights]
+            return [min(k, level) for k in self.limits]
+        return [min(k, -(-w * level // 255)) for k, w in zip(self.limits, self.weights)]
 
     def validate(self, max_pixels: int | None = FROM_ENV) -> None:
         max_pixels = pixel_limit(max_pixels)
@@ -122,6 +133,8 @@ class Header:
             raise FormatError("model id has the wrong length")
         if self.weights and (len(self.weights) != self.tiles or 0 in self.weights):
             raise FormatError(f"allocation weights must be {self.tiles} bytes (one per tile), each 1..255")
+        if self.caps and (len(self.caps) != self.tiles or 0 in self.caps):
+            raise FormatError(f"token caps must be {self.tiles} bytes (one per tile), each 1..255")
         for name, blob in (("ICC profile", self.icc), ("EXIF block", self.exif)):
             if len(blob) > MAX_METADATA:
                 raise FormatError(f"{name} of {len(blob)} bytes exceeds {MAX_METADATA} bytes")
@@ -178,13 +191,16 @@ def check_layers(h: Header, levels: list[int], lengths: list[int]) -> None:
         raise FormatError("file has no layer of tokens")
     if len(levels) > h.tiles * h.tokens:
         raise FormatError(f"{len(levels)} layers cannot each add a token to {h.tiles} tiles of {h.tokens}")
-    distinct = sorted(set(h.weights)) if h.weights else [255]  # tiles of equal weight keep equal counts
+    most: dict[int, int] = {}  # per weight, the largest cap: if any tile of that weight gains a token, it does
+    for w, k in zip(h.weights or [255] * h.tiles, h.limits):
+        most[w] = max(k, most.get(w, 0))
+    distinct = sorted(most.items())
     top = min(MAX_LEVEL, h.full_level)
     prev = 0
     for i, (level, n) in enumerate(zip(levels, lengths)):
         if not prev < level <= top:
             raise FormatError(f"layer {i} has level {level}, not above {prev} and at most {top}")
-        if all(min(h.tokens, -(-w * level // 255)) == min(h.tokens, -(-w * prev // 255)) for w in distinct):
+        if all(min(k, -(-w * level // 255)) == min(k, -(-w * prev // 255)) for w, k in distinct):
             raise FormatError(f"layer {i} (level {level}) adds no token")
         if n > MAX_LAYER:
             raise FormatError(f"layer {i} declares {n} bytes, over the limit of {MAX_LAYER}")
@@ -202,12 +218,13 @@ def pack_header(h: Header, layers: list[Layer]) -> bytes:
     code = {v: k for k, v in ENTROPY_MODELS.items()}.get(h.entropy_model)
     if code is None:
         raise FormatError(f"entropy model {h.entropy_model!r} has no code in this format version")
-    flags = (FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
+    flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
+             | (FLAG_CAPS if h.caps else 0))
     f = [bytes([flags]), _varint(h.width), _varint(h.height), bytes([h.tile.bit_length() - 1]), _varint(h.tokens),
          h.model_id, bytes([code])]
     f += [_varint(len(h.icc)), h.icc] if h.icc else []
     f += [_varint(len(h.exif)), h.exif] if h.exif else []
-    f += [h.weights, _varint(len(layers))]
+    f += [h.weights, h.caps, _varint(len(layers))]
     prev = 0
     for x in layers:
         if x.check is None:
@@ -311,7 +328,7 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         raise FormatError("header checksum mismatch: the file is corrupt")
     f = _Reader(fields, "header")
     flags = f.u8()
-    if flags & ~(FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS):
+    if flags & ~(FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS):
         raise FormatError(f"header has unknown flags {flags:#04x}")
     w, hgt = f.varint(MAX_SIDE, "a width"), f.varint(MAX_SIDE, "a height")
     log_tile = f.u8()
@@ -327,7 +344,9 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     h.validate(max_pixels)
     if flags & FLAG_WEIGHTS:
         h.weights = f.take(h.tiles)
-        h.validate(max_pixels)
+    if flags & FLAG_CAPS:
+        h.caps = f.take(h.tiles)
+    h.validate(max_pixels)
     count = f.varint(MAX_LEVEL, "a layer count")
     layers, level = [], 0
     for _ in range(count):

@@ -50,11 +50,11 @@ def test_entropy_decode_768x512(benchmark, encoded):
     benchmark(pipeline.read_tokens, encoded)
 
 
-def test_allocation_weights_768x512(benchmark, model):
+def test_allocation_768x512(benchmark, model):
     """What adaptive encoding adds: each tile decoded at a grid of token counts and weighed."""
     pixels = pipeline.prepare(PHOTO).pixels
     toks = pipeline.image_to_tokens(pixels, model, "cpu", 4)
-    benchmark.pedantic(pipeline.allocation_weights, args=(toks, pixels, model, "cpu", 4, model.best_entropy),
+    benchmark.pedantic(pipeline.allocation, args=(toks, pixels, model, "cpu", 4, model.best_entropy),
                        rounds=3, warmup_rounds=0)
 
 

@@ -182,8 +182,10 @@ def test_info_on_an_adaptive_file(tmp_path, adaptive_odp):
     r = odp("info", tmp_path / "t.odp")
     assert_ok(r)
     assert f"tiles {min(counts)}..{max(counts)}, allocated by need" in r.stdout
-    d = json.loads(odp("info", full, "--json").stdout)  # all tokens: every tile full again
-    assert d["adaptive"] is True and d["tokens_min"] == d["tokens_max"] == d["tokens_per_tile"] == 256
+    d = json.loads(odp("info", full, "--json").stdout)  # all tokens: every tile up to its cap
+    limits = container.read(adaptive_odp).header.limits
+    assert d["adaptive"] is True and (d["tokens_min"], d["tokens_max"]) == (min(limits), max(limits))
+    assert d["tokens_per_tile"] == round(sum(limits) / 6, 2)
 
 
 def test_encode_allocates_by_need_unless_uniform(tmp_path, astronaut, encoded):

@@ -203,10 +203,27 @@ def test_adaptive_file_gives_tiles_tokens_by_need(adaptive_odp, model):
     c = container.read(adaptive_odp)
     h = c.header
     assert h.adaptive and len(h.weights) == h.tiles == 6 and max(h.weights) == 255 and min(h.weights) < 255
-    assert c.level == h.full_level and h.counts(c.level) == [model.config.tokens] * 6
+    assert c.level == h.full_level and h.counts(c.level) == h.limits
+    assert all(1 <= n <= model.config.tokens for n in h.limits)
     for level in (1, 10, 100):
         counts = h.counts(level)
         assert all(1 <= n <= model.config.tokens for n in counts) and len(set(counts)) > 1 or level == 1
+
+
+def test_adaptive_caps_stop_tiles_where_later_tokens_hurt(adaptive_odp, adaptive_photo, model):
+    """A capped tile decodes with less error from its cap's tokens than from all K (what a cap is for)."""
+    h = container.read(adaptive_odp).header
+    _, _, toks, _ = pipeline.read_tokens(adaptive_odp)
+    pixels = pipeline.prepare(adaptive_photo).pixels
+    capped = [t for t, n in enumerate(h.limits) if n < h.tokens]
+    if not capped:
+        pytest.skip("no tile of this photo is capped")
+    full = np.asarray(pipeline.image_to_tokens(pixels, model, "cpu", 4))
+    for t in capped:
+        at_cap = pipeline.tile_errors(full, pixels, model, "cpu", 4, np.array([t]), h.limits[t])[0]
+        at_k = pipeline.tile_errors(full, pixels, model, "cpu", 4, np.array([t]), h.tokens)[0]
+        assert at_cap < at_k
+        np.testing.assert_array_equal(toks[t, :h.limits[t]], full[t, :h.limits[t]])
 
 
 def test_adaptive_truncation_is_a_cut_and_fits(adaptive_odp):
