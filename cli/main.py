@@ -376,7 +376,8 @@ def info(input, as_json, verify):
               help="Byte budgets in bits per pixel, comma-separated.")
 @click.option("--metrics", "metric_list", default="psnr,ms-ssim,lpips-alex,lpips-vgg,dists", show_default=True,
               help="Comma-separated: psnr, ms-ssim, lpips-alex, lpips-vgg, dists.")
-@click.option("--codecs", "codec_list", default=None, help="Classic codecs to compare (default: all available).")
+@click.option("--codecs", "codec_list", default=None,
+              help="Classic codecs to compare, comma-separated (default: all available; none: ODP alone).")
 @click.option("--speed-images", default=2, show_default=True, type=click.IntRange(0, None),
               help="How many images to time encode/decode on (0: skip).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -405,7 +406,9 @@ def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, r
                             "(or pass --metrics psnr,ms-ssim)")
         if report is not None and not report.resolve().parent.is_dir():
             raise UserError(f"--report: folder {report.parent} does not exist")
-        codec_names = [c.strip() for c in codec_list.split(",")] if codec_list else None
+        codec_names = [c.strip() for c in codec_list.split(",") if c.strip()] if codec_list else None
+        if codec_names == ["none"]:
+            codec_names = []
         md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet, report)
     click.echo(md)
 

@@ -159,7 +159,7 @@ def contenders(codec_names, with_uniform: bool = False) -> list[tuple[str, str, 
     out = [("odp uniform", "odp-uniform", (1,))] if with_uniform else []
     out += [(c, c, (1,)) for c in codec_names]
     out += [(f"{c}+downscale", c, SCALES) for c in codec_names]
-    return out + [("classic hull", "hull", SCALES)]
+    return out + ([("classic hull", "hull", SCALES)] if codec_names else [])
 
 
 def summarize(points: list[dict], images: list[str], budgets, metric_names, codec_names):
@@ -357,14 +357,15 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
     h, w = pixels.shape[:2]
     full = pipeline.encode(Image.fromarray(pixels, "RGB"), model=model, device=device)
     codecs = classic.available_codecs()
+    classic_run = any(p["codec"] in codecs for p in pts)
     rows = []
     for b in budgets:
         o = at_budget(pts, b, "odp", metric)
         c = at_budget(pts, b, "hull", metric)
         cells = [(pixels, "original")]
-        for p in (o, c):
+        for p, what in ((o, "no file fits"), (c, "no file fits" if classic_run else "no classic codec run")):
             if p is None:
-                cells.append((np.full_like(pixels, 255), "no file fits"))
+                cells.append((np.full_like(pixels, 255), what))
                 continue
             if p["codec"] == "odp":
                 img = np.asarray(pipeline.decode(pipeline.truncate(full, level=p["setting"]), device=device))
@@ -458,7 +459,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     if not images:
         raise ValueError(f"{folder}: no images found")
     codecs = classic.available_codecs()
-    if codec_names:
+    if codec_names is not None:  # [] measures ODP alone
         unknown = set(codec_names) - set(codecs)
         if unknown:
             raise ValueError(f"codec {sorted(unknown)[0]!r} is not available here: {', '.join(codecs)}")

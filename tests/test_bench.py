@@ -192,6 +192,19 @@ def test_bench_resumes_from_its_cache_part_by_part(bench_run):
     assert sorted(map(key, after)) == sorted(map(key, before))  # the same files again: encoding is deterministic
 
 
+def test_bench_odp_alone(bench_run):
+    """--codecs none: ODP against its own uniform allocation only, from the same cache (nothing re-measured)."""
+    _, out = bench_run
+    cached = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json")}
+    folder = json.loads((out / "points.json").read_text())["settings"]["folder"]
+    r = CliRunner().invoke(main, ["bench", folder, "--out", str(out), "--budgets", "0.05,0.2",
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "none", "--speed-images", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "| 0.05 | odp uniform |" in r.output and "jpeg" not in r.output and "classic hull" not in r.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json")} == cached
+    assert {p["codec"] for p in json.loads((out / "points.json").read_text())["points"]} == {"odp", "odp-uniform"}
+
+
 def test_bench_caches_each_part_as_soon_as_it_is_measured(tmp_path, monkeypatch):
     """An interrupted run keeps the parts it finished (a photo's part can take many minutes)."""
     from odp.codec import bench, classic
