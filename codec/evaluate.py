@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("folder")
     ap.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--json", help="also write every per-image point to this file")
+    ap.add_argument("--sizes-only", action="store_true",
+                    help="file sizes and bits per token only: no decoding (quality columns left blank)")
     args = ap.parse_args(argv)
 
     model = weights.load()
@@ -37,21 +40,22 @@ def main(argv: list[str] | None = None) -> None:
         ref = pipeline.prepare(im).pixels
         for k in args.tokens:
             data = pipeline.truncate(full, tokens=k)
-            c, _, _, counts = pipeline.read_tokens(data)
-            out = np.asarray(pipeline.decode(data, device="cpu"))
-            payload_bits = 8 * c.payload_bytes
-            rows.append({"image": f.name, "tokens": k, "bytes": len(data),
-                         "bpp": len(data) * 8 / (ref.shape[0] * ref.shape[1]),
-                         "psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
-                         "seam_ratio": seam_ratio(out, model.config.tile),
-                         "bits_per_token": payload_bits / counts.sum()})
-        print(f"{f.name}: " + ", ".join(f"k={r['tokens']} {r['psnr']:.2f} dB" for r in rows[-len(args.tokens):]),
-              file=sys.stderr)
+            c = pipeline.container.read(data)
+            row = {"image": f.name, "tokens": k, "bytes": len(data), "bpp": len(data) * 8 / (ref.shape[0] * ref.shape[1]),
+                   "bits_per_token": 8 * c.payload_bytes / sum(c.header.counts(c.level)),
+                   "psnr": math.nan, "ms_ssim": math.nan, "seam_ratio": math.nan}
+            if not args.sizes_only:
+                out = np.asarray(pipeline.decode(data, device="cpu"))
+                row |= {"psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
+                        "seam_ratio": seam_ratio(out, model.config.tile)}
+            rows.append(row)
+        print(f"{f.name}: " + ", ".join(f"k={r['tokens']} {r['bytes']} B {r['psnr']:.2f} dB"
+                                        for r in rows[-len(args.tokens):]), file=sys.stderr)
     print(f"{'tokens':>6} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'bits/token':>10} {'seam':>6}"
           f"  ({len(files)} images, {model.name}; seam: tile-border / inside gradient)")
     for k in args.tokens:
         sel = [r for r in rows if r["tokens"] == k]
-        mean = {key: float(np.nanmean([r[key] for r in sel]))
+        mean = {key: float(np.nanmean(v)) if np.isfinite(v := [r[key] for r in sel]).any() else math.nan
                 for key in ("bpp", "psnr", "ms_ssim", "bits_per_token", "seam_ratio")}
         print(f"{k:>6} {mean['bpp']:>8.4f} {mean['psnr']:>8.2f} {mean['ms_ssim']:>8.4f} {mean['bits_per_token']:>10.3f}"
               f" {mean['seam_ratio']:>6.3f}")

@@ -464,6 +464,17 @@ def test_many_layers_over_many_tiles_read_quickly():
     assert not c.complete and c.declared_level == MAX_TOKENS
 
 
+def test_many_layers_over_many_weighted_and_capped_tiles_read_quickly():
+    """The same with a weight and a cap per tile (2 MB of header): each layer looks at <= 255 weights."""
+    h = Header(16384, 16384, 16, MAX_TOKENS, b"abcd", "pos-freq-v1")
+    h.weights = bytes(i % 255 + 1 for i in range(h.tiles))
+    h.caps = bytes(i * 7 % 255 + 1 for i in range(h.tiles))
+    data = forged(h, [(lv, 4, 0) for lv in range(1, 4001)], layers=[])
+    with helpers.time_limit(20):  # about a second when right
+        c = container.read(data, max_pixels=None)
+    assert not c.complete and c.declared_level == 4000
+
+
 # --------------------------------------------------------------------------- properties of corrupt files
 
 
