@@ -71,9 +71,10 @@ class OdpDecoder(ImageFile.PyDecoder):
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from .. import encode
 
-    opts = im.encoderinfo
+    opts = im.encoderinfo  # the keywords of im.save(), as odp.encode takes them
     fp.write(encode(im, tokens=opts.get("tokens"), bytes=opts.get("bytes"), device=opts.get("device", "auto"),
-                    metadata=tuple(opts.get("metadata", ()))))
+                    metadata=tuple(opts.get("metadata", ())), quality=opts.get("quality"),
+                    adaptive=opts.get("adaptive", True)))
 
 
 def register() -> None:

@@ -62,6 +62,14 @@ def test_save_with_tokens_and_bytes(tmp_path, small_photo, small_odp):
         assert im.tobytes() == odp.decode(small_odp, tokens=24, device="cpu").tobytes()
 
 
+def test_save_with_quality_and_adaptive(tmp_path, adaptive_photo, encoded, astronaut):
+    """save() takes odp.encode's quality= and adaptive= too."""
+    adaptive_photo.save(tmp_path / "q.odp", quality=30, device="cpu")
+    assert (tmp_path / "q.odp").read_bytes() == odp.encode(adaptive_photo, quality=30, device="cpu")
+    astronaut.save(tmp_path / "u.odp", adaptive=False)
+    assert (tmp_path / "u.odp").read_bytes() == encoded["astronaut"]
+
+
 def test_truncated_file_decodes_what_arrived(small_odp):
     cut = small_odp[: len(small_odp) - 40]
     kept = odp.info(cut).tokens
