@@ -417,13 +417,16 @@ def level_for_tokens(h: Header, tokens: int, top: int) -> int:
 
 
 def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None = container.FROM_ENV,
-                strict: bool = False) -> tuple[Container, Model, np.ndarray, np.ndarray]:
+                strict: bool = False, level: int | None = None) -> tuple[Container, Model, np.ndarray, np.ndarray]:
     """Entropy-decode a file -> (container, model, tokens (tiles, K), counts per tile); no neural network runs.
-    With `tokens`, decode only up to the level keeping at most that many per tile on average.
-    `strict` also refuses a layer that is not exactly the coding of its tokens (see verify)."""
+    With `tokens`, decode only up to the level keeping at most that many per tile on average; with
+    `level`, up to that level. `strict` also refuses a layer that is not exactly the coding of its
+    tokens (see verify)."""
     c, model, entropy = open_container(data, max_pixels)
     h = c.header
-    level = c.level if tokens is None else min(c.level, level_for_tokens(h, max(1, tokens), c.level))
+    if level is None:
+        level = c.level if tokens is None else level_for_tokens(h, max(1, tokens), c.level)
+    level = min(c.level, level)
     toks = np.zeros((h.tiles, h.tokens), np.int32)
     before = np.array(h.counts(0))
     for i, layer in enumerate(c.layers):  # a layer that goes past `level` is decoded whole, then cut
@@ -467,20 +470,34 @@ def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: 
 def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None, level: int | None = None) -> bytes:
     """A smaller valid file: at `tokens` per tile (on average, for an adaptive file), or the largest
     that fits `max_bytes`. Whole layers are kept byte for byte; only a partial last layer is re-coded,
-    by the entropy coder alone (no neural network runs). A version-1 file comes out as version 2."""
-    c, model, toks, _ = read_tokens(data)
+    by the entropy coder alone (no neural network runs). A version-1 file comes out as version 2.
+    Only the layers the result can hold are entropy-decoded (the context model is slow)."""
+    c = container.read(data)
+    if level is not None:
+        need = max(1, min(level, c.level))
+    elif tokens is not None:
+        if tokens < 1:
+            raise ValueError("--tokens must be at least 1")
+        need = level_for_tokens(c.header, tokens, c.level)
+    elif max_bytes is not None:  # no level past the first layer whose payload alone ends beyond max_bytes fits
+        ends = np.cumsum([len(x.data) for x in c.layers])
+        over = [x.level for x, end in zip(c.layers, ends) if end > max_bytes]
+        need = over[0] if over else c.level
+    else:
+        need = c.level
+    c, model, toks, _ = read_tokens(data, level=need)
     h = replace(c.header, model_id=c.header.model_id[:container.MODEL_ID_BYTES], model_name="",
                 version=container.VERSION)
     entropy = model.entropy(h.entropy_model)
     if c.header.version == 1:  # v1 chunks are v2 layers without their token checks: add them
         before, layers = np.array(h.counts(0)), []
-        for layer in c.layers:
+        for layer in [x for x in c.layers if x.level <= need]:
             after = np.array(h.counts(layer.level))
             tile, pos, _ = coder.layer_order(before, after)
             layers.append(Layer(layer.level, layer.data, coder.token_check(toks[tile, pos])))
             before = after
     else:
-        layers = c.layers
+        layers = [x for x in c.layers if x.level <= need]
 
     def at_level(level: int) -> bytes:
         whole = [x for x in layers if x.level <= level]
@@ -489,15 +506,9 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
         extra = build_layers(toks, h, [level], entropy, start) if adds else []
         return container.write(Container(h, whole + extra))
 
-    if level is not None:
-        return at_level(max(1, min(level, c.level)))
-    if tokens is not None:
-        if tokens < 1:
-            raise ValueError("--tokens must be at least 1")
-        return at_level(level_for_tokens(h, tokens, c.level))
     if max_bytes is None:
-        return at_level(c.level)
-    lo, hi = 1, c.level
+        return at_level(need)
+    lo, hi = 1, need
     smallest = len(at_level(lo))
     if smallest > max_bytes:
         raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {smallest})")

@@ -155,6 +155,17 @@ def test_truncate_to_bytes_is_the_largest_that_fits(encoded):
             assert len(pipeline.truncate(data, tokens=k + 1)) > budget
 
 
+def test_truncate_decodes_only_the_layers_it_keeps(adaptive_odp):
+    """Cutting to a size reads just the layers that size can hold (the context model is slow), so a
+    damaged later layer does not stop it; keeping that layer does."""
+    spans = helpers.layer_spans(adaptive_odp)
+    bad = helpers.flip(adaptive_odp, spans[-1][0] + 1, 0x10)
+    for args in ({"tokens": 8}, {"max_bytes": 400}, {"level": container.read(adaptive_odp).layers[3].level}):
+        assert pipeline.truncate(bad, **args) == pipeline.truncate(adaptive_odp, **args)
+    with pytest.raises(FormatError, match="does not decode"):
+        pipeline.truncate(bad)
+
+
 def test_truncate_to_too_few_bytes(encoded):
     data = encoded["coffee"]
     smallest = len(pipeline.truncate(data, tokens=1))
