@@ -161,12 +161,18 @@ def load_checkpoint(run: Path, model: Tokenizer, ema: Tokenizer, opt: torch.opti
 
 
 @torch.no_grad()
-def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int]) -> dict:
-    """PSNR at several prefix lengths, and how much of the codebook the held-out tiles use
-    (FSQ has no codebook vectors to die, but a collapsed code distribution shows here)."""
+def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=None) -> dict:
+    """PSNR (and LPIPS-VGG when a perceptual loss is on) at several prefix lengths, and how much
+    of the codebook the held-out tiles use (FSQ has no codebook vectors to die, but a collapsed
+    code distribution shows here)."""
     model.eval()
     values, ids = model.encode_values(tiles)
-    out = {f"psnr@{k}": round(psnr(model.decode_values(values[:, :k]), tiles), 3) for k in ks}
+    out = {}
+    for k in ks:
+        y = model.decode_values(values[:, :k])
+        out[f"psnr@{k}"] = round(psnr(y, tiles), 3)
+        if lpips_vgg is not None:
+            out[f"lpips_vgg@{k}"] = round(lpips_vgg((y.clamp(-1, 1) + 1) / 2, (tiles + 1) / 2).mean().item(), 4)
     counts = torch.bincount(ids.flatten(), minlength=model.cfg.codebook_size).float()
     p = counts[counts > 0] / counts.sum()
     out["codes_used"] = int((counts > 0).sum())
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % tc["ckpt_every"] == 0 or step == tc["steps"]:
-            rec = {"step": step, "eval": "held-out train crops", **evaluate(ema, monitor, tc["monitor_ks"]),
+            rec = {"step": step, "eval": "held-out train crops", **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg),
                    "wall_s": round(time.time() - t0, 1)}
             log.write(json.dumps(rec) + "\n")
             log.flush()

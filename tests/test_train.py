@@ -77,6 +77,8 @@ def test_stage_two_terms_and_frozen_encoder(tmp_path):
     train.main(["--config", str(write_config(tmp_path, 2, extra)), "--run", str(run), "--threads", "1"])
     recs = [r for r in log_lines(run) if "loss" in r]
     assert "lpips_vgg" in recs[0] and "g_adv" in recs[-1] and "d_loss" in recs[-1]
+    ev = [r for r in log_lines(run) if "eval" in r][-1]
+    assert 0 < ev["lpips_vgg@4"] < 1.5 and 0 < ev["lpips_vgg@16"] < 1.5  # the monitor reports the perceptual term
     assert (run / "disc.safetensors").is_file()
 
 
