@@ -56,7 +56,7 @@ def __getattr__(name: str) -> Any:
 class Info:
     """What an .odp file holds (odp.info); read from the header alone, no model needed."""
 
-    width: int
+    width: int              # of the decoded image
     height: int
     tile: int               # tile side in pixels
     cols: int               # tiles per row
@@ -79,6 +79,8 @@ class Info:
     adaptive: bool = False    # tiles got tokens by need rather than alike
     layers: int = 0           # complete payload layers: the points where the file can be cut as is
     version: int = 2          # format version
+    coded_width: int = 0      # the size the tokens code: smaller than width x height when the encoder
+    coded_height: int = 0     # chose a coding scale (docs/api.md), else the same
 
 
 def _data(data: Any, what: str) -> bytes:
@@ -138,7 +140,8 @@ def _to_pil(image: Any) -> Image.Image:
 
 def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",
            metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
-           msssim: float | None = None, adaptive: bool = True) -> bytes:  # noqa: A002  (bytes= as --bytes)
+           msssim: float | None = None, adaptive: bool = True,
+           scale: int | None = None) -> bytes:  # noqa: A002  (bytes= as --bytes)
     """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, the largest file within
     `bytes`, a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`), or the
     smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
@@ -149,15 +152,17 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     `metadata`: what to carry from a PIL image ("icc", "exif"); by default none (colours converted to sRGB).
     `adaptive`: tiles get tokens by need (`tokens` is then a mean); False gives every tile the same
     number, encoding several times faster.
+    `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded; by default a
+    byte budget (`bytes`, `quality`) tries scales 1 to 4 and keeps the file of highest PSNR, else 1.
     """
     from .codec import pipeline
 
-    tokens, budget = _count(tokens, "tokens"), _count(bytes, "bytes")
+    tokens, budget, scale = _count(tokens, "tokens"), _count(bytes, "bytes"), _count(scale, "scale")
     if sum(x is not None for x in (tokens, budget, quality, psnr, msssim)) > 1:
         raise ValueError("give at most one of tokens, bytes, quality, psnr, msssim")
     target = ("psnr", psnr) if psnr is not None else ("ms-ssim", msssim) if msssim is not None else None
     return pipeline.encode(_to_pil(image), tokens=tokens, max_bytes=budget, device=device, metadata=tuple(metadata),
-                           quality=quality, target=target, adaptive=adaptive)
+                           quality=quality, target=target, adaptive=adaptive, scale=scale)
 
 
 def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,
@@ -210,10 +215,11 @@ def info(data: bytes) -> Info:
     h = c.header
     payload = c.payload_bytes
     n = sum(h.counts(c.level))
-    return Info(h.width, h.height, h.tile, h.cols, h.rows, h.tiles, c.kept, max(h.counts(c.declared_level)),
-                h.tokens, c.complete, len(raw), payload, len(raw) * 8 / (h.width * h.height),
+    width, height = h.display_size
+    return Info(width, height, h.tile, h.cols, h.rows, h.tiles, c.kept, max(h.counts(c.declared_level)),
+                h.tokens, c.complete, len(raw), payload, len(raw) * 8 / (width * height),
                 payload * 8 / n if n else 0.0, h.model_name, h.model_id.hex(), h.entropy_model, len(h.icc),
-                len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version)
+                len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version, h.width, h.height)
 
 
 # -- files ------------------------------------------------------------------

@@ -159,6 +159,14 @@ def _metadata(value: str) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def _scale(value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    if not value.strip().isdigit() or not 1 <= int(value) <= 16:
+        raise click.BadParameter(f"{value!r}: use auto or a whole number 1..16")
+    return int(value)
+
+
 def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
     """Where the output of `src` goes: -o itself, or src's name with `suffix` (in the -o folder if many)."""
     if src == STDIO and output is None:
@@ -194,10 +202,14 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
                    "converted to sRGB; metadata can outweigh a small image.")
 @click.option("--uniform", is_flag=True, help="Give every tile the same number of tokens: encodes several "
                                              "times faster, files slightly worse (default: tiles get tokens by need).")
+@click.option("--scale", default="auto", show_default=True, callback=lambda ctx, param, v: _scale(v),
+              help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. auto: "
+                   "with a byte budget (--bytes, --bpp, --quality) try 1, 2, 3 and 4 and keep the file of "
+                   "highest PSNR (small budgets favour fewer, fuller tiles); otherwise 1.")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
 def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,
-           verbose, max_pixels):
+           scale, verbose, max_pixels):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
     if sum(x is not None for x in (tokens, max_bytes, bpp, quality, psnr, msssim)) > 1:
         raise click.UsageError("give at most one of --tokens, --bytes, --bpp, --quality, --psnr, --msssim")
@@ -214,7 +226,7 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
     with pillow_limit(max_pixels) as limit:
         failed = _encode_all(inputs, output, many, force, quiet, verbose, model, limit,
                              dict(tokens=tokens, max_bytes=max_bytes, bpp=bpp, quality=quality, target=target,
-                                  metadata=metadata, device=device, adaptive=not uniform))
+                                  metadata=metadata, device=device, adaptive=not uniform, scale=scale))
     if failed:
         raise UserError(f"{failed} of {len(inputs)} inputs failed")
 
@@ -225,6 +237,7 @@ def _encode_all(inputs, output, many, force, quiet, verbose, model, limit, opts)
     from tqdm import tqdm
 
     from ..codec import pipeline
+    from ..formats import container
 
     failed = 0
     claimed: dict[str, str] = {}
@@ -245,13 +258,16 @@ def _encode_all(inputs, output, many, force, quiet, verbose, model, limit, opts)
                     budget = int(opts["bpp"] * im.width * im.height / 8)
                 data = pipeline.encode(im, tokens=opts["tokens"], max_bytes=budget, model=model,
                                        device=opts["device"], metadata=opts["metadata"], target=opts["target"],
-                                       quality=opts["quality"], max_pixels=limit, adaptive=opts["adaptive"])
+                                       quality=opts["quality"], max_pixels=limit, adaptive=opts["adaptive"],
+                                       scale=opts["scale"])
             _show_warnings(caught, src, quiet)
             with user_errors(dst):
                 write_output(dst, data, force)
             if verbose:
                 w, h = im.size
-                click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp", err=True)
+                coded = container.read(data).header
+                at = f" (coded at 1/{w / coded.width:.3g}: {coded.width}x{coded.height})" if coded.scaled else ""
+                click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp{at}", err=True)
         except UserError as e:
             if not many:
                 raise
@@ -334,16 +350,18 @@ def info(input, as_json, verify):
             pipeline.verify(data)
         c, model, _, counts = pipeline.read_tokens(data)
     h = c.header
+    width, height = h.display_size
     n_tokens = int(counts.sum())
     payload = c.payload_bytes
     d = {
-        "file_bytes": len(data), "version": h.version, "width": h.width, "height": h.height, "tile": h.tile,
+        "file_bytes": len(data), "version": h.version, "width": width, "height": height,
+        "coded_width": h.width, "coded_height": h.height, "tile": h.tile,
         "tiles": f"{h.cols}x{h.rows}", "tokens_per_tile": round(c.mean_tokens, 2),
         "tokens_min": int(counts.min()), "tokens_max": int(counts.max()), "adaptive": h.adaptive,
         "model_tokens_per_tile": h.tokens, "complete": c.complete, "model": model.name,
         "weights_sha256": model.sha256.hex(), "entropy_model": h.entropy_model, "layers": len(c.layers),
         "truncation_points": [x.level for x in c.layers],
-        "payload_bytes": payload, "bpp": round(len(data) * 8 / (h.width * h.height), 5),
+        "payload_bytes": payload, "bpp": round(len(data) * 8 / (width * height), 5),
         "bits_per_token": round(payload * 8 / n_tokens, 3),
         "raw_bits_per_token": round(math.log2(model.config.codebook_size), 3),
         "icc_profile_bytes": len(h.icc), "exif_bytes": len(h.exif),
@@ -355,7 +373,8 @@ def info(input, as_json, verify):
         return
     _show_warnings(caught, input, False)
     spread = f" (tiles {d['tokens_min']}..{d['tokens_max']}, allocated by need)" if h.adaptive else ""
-    click.echo(f"{input}: ODP image {h.width}x{h.height}, {h.cols}x{h.rows} tiles of {h.tile}px (format v{h.version})")
+    coded = f" (coded at {h.width}x{h.height})" if h.scaled else ""
+    click.echo(f"{input}: ODP image {width}x{height}{coded}, {h.cols}x{h.rows} tiles of {h.tile}px (format v{h.version})")
     click.echo(f"  tokens:   {c.mean_tokens:.1f} of {h.tokens} per tile{spread}{'' if c.complete else ' (file cut short)'}")
     click.echo(f"  size:     {len(data)} bytes, {d['bpp']} bpp")
     click.echo(f"  entropy:  {d['bits_per_token']} bits/token ({h.entropy_model}; raw ids: {d['raw_bits_per_token']})")

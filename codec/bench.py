@@ -1,7 +1,9 @@
 """`odp bench`: rate-distortion and speed of ODP against JPEG, WebP, AVIF (and JPEG XL).
 
 For every image and every byte budget, each codec gets its best file of no more bytes:
-ODP by truncating one full encode (the point of the format), a classic codec by the
+ODP as `odp encode --bytes` makes it (one full encode per coding scale, truncated, the scale
+of highest PSNR kept; "odp full size" is the full-size file alone, what cutting a default
+file gives; "odp uniform" that file without adaptive allocation), a classic codec by the
 highest quality that fits, at full size and after downscaling by 2, 4 and 8 (the
 "downscale trick"). The "classic hull" is, per metric, the best of all classic
 variants that fit. Rate is exact file bytes x 8 / original pixels.
@@ -71,18 +73,22 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
         stats = {}
         if part == "odp":
             fulls, stats = odp_files(pixels, model, device)
-            for codec, full in fulls.items():
+            batch = pipeline.default_batch(device)
+            scored: dict[bytes, dict] = {}  # contenders often pick the same file: score it once
+            for codec, codeds in fulls.items():
                 for b in budgets:
-                    try:
-                        data = pipeline.truncate(full, max_bytes=budget_bytes(b, w, h))
+                    try:  # the encoder's own choice of scale (one candidate for the full-size contenders)
+                        data, coded = pipeline.best_within(codeds, budget_bytes(b, w, h), pixels, model, device,
+                                                           batch)
                     except ValueError:  # not even one token per tile fits
                         continue
-                    setting = pipeline.container.read(data).level
-                    key = (codec, setting)
+                    key = (codec, coded.scale, pipeline.container.read(data).level)
                     if key not in points:
-                        points[key] = {"image": str(path), "width": w, "height": h, "codec": codec, "scale": 1,
-                                       "setting": setting, "bytes": len(data), "bpp": len(data) * 8 / (w * h),
-                                       "budgets": [], **score(np.asarray(pipeline.decode(data, device=device)))}
+                        if data not in scored:
+                            scored[data] = score(np.asarray(pipeline.decode(data, device=device)))
+                        points[key] = {"image": str(path), "width": w, "height": h, "codec": codec,
+                                       "scale": coded.scale, "setting": key[2], "bytes": len(data),
+                                       "bpp": len(data) * 8 / (w * h), "budgets": [], **scored[data]}
                     points[key]["budgets"].append(b)
         else:
             for scale in SCALES:
@@ -94,10 +100,12 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
         yield part, {"points": list(points.values()), "seconds": time.time() - t0, "stats": stats}
 
 
-def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, bytes], dict]:
-    """Full ODP files of one image ("odp": adaptive allocation, "odp-uniform": every tile alike, both
-    with the shipped context model) and what they cost: bits per token under each entropy model
-    (raw ids, per-position tables, context model; the same uniform tokens) and encode seconds."""
+def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, list], dict]:
+    """Full ODP files of one image, as pipeline.Coded lists per contender ("odp": adaptive allocation
+    at every coding scale the encoder tries for a budget; "odp-full-size": the full-size one alone;
+    "odp-uniform": full size, every tile alike; all with the shipped context model) and what they
+    cost: bits per token under each entropy model (raw ids, per-position tables, context model; the
+    same uniform tokens) and encode seconds of the full-size file."""
     h, w = pixels.shape[:2]
     batch = pipeline.default_batch(device)
     t0 = time.perf_counter()
@@ -105,13 +113,17 @@ def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, bytes],
     t1 = time.perf_counter()
     weights_, caps = pipeline.allocation(toks, pixels, model, device, batch, model.best_entropy)
     t2 = time.perf_counter()
-    fulls = {"odp": pipeline.pack(toks, w, h, model, weights=weights_, caps=caps),
-             "odp-uniform": pipeline.pack(toks, w, h, model)}
+    full = pipeline.Coded(1, pipeline.pack(toks, w, h, model, weights=weights_, caps=caps), toks)
+    uniform = pipeline.Coded(1, pipeline.pack(toks, w, h, model), toks)
     t3 = time.perf_counter()
+    bare = pipeline.Prepared(pixels, b"", b"")
+    smaller = [pipeline.encode_at(bare, s, model, device, batch)
+               for s in pipeline.scales_for(w, h, model.config.tile)[1:]]
+    fulls = {"odp": [full, *smaller], "odp-full-size": [full], "odp-uniform": [uniform]}
     tables = pipeline.pack(toks, w, h, model, entropy=model.tables)
     payload = lambda d: pipeline.container.read(d).payload_bytes * 8 / toks.size  # noqa: E731
     stats = {"tokens": int(toks.size), "raw_bits_per_token": math.log2(model.config.codebook_size),
-             "tables_bits_per_token": payload(tables), "context_bits_per_token": payload(fulls["odp-uniform"]),
+             "tables_bits_per_token": payload(tables), "context_bits_per_token": payload(uniform.data),
              "entropy_model": model.best_entropy.id, "tokenize_s": t1 - t0, "allocate_s": t2 - t1,
              "entropy_code_s": (t3 - t2) / 2, "megapixels": w * h / 1e6}
     return fulls, stats
@@ -127,7 +139,7 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
         deps["format"] = [pipeline.container.VERSION, model.best_entropy.id, list(pipeline.ALLOCATION_GRID),
                           pipeline.ALLOCATION_VERSION,
-                          list(pipeline.LEVELS)]
+                          list(pipeline.LEVELS), list(pipeline.SCALES)]
     else:
         c = codecs[part]
         deps |= {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1], "scales": SCALES,
@@ -140,7 +152,9 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
 
 def offers(p: dict, codec: str, scales) -> bool:
     """Whether point p belongs to a contender: a codec at some scales, or ("hull") any classic variant."""
-    return not p["codec"].startswith("odp") if codec == "hull" else p["codec"] == codec and p["scale"] in scales
+    if codec == "hull":
+        return not p["codec"].startswith("odp")
+    return p["codec"] == codec and (p["scale"] in scales or codec == "odp")  # ODP's scale is its encoder's choice
 
 
 def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales=(1,)) -> dict | None:
@@ -155,8 +169,9 @@ def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales
 
 def contenders(codec_names, with_uniform: bool = False) -> list[tuple[str, str, tuple]]:
     """(label, codec, scales): each codec at full size, each with the downscale trick, and the hull;
-    `with_uniform` puts ODP without adaptive allocation first (what the allocation gains)."""
-    out = [("odp uniform", "odp-uniform", (1,))] if with_uniform else []
+    `with_uniform` puts ODP at full size only (what the coding scale gains) and without adaptive
+    allocation (what the allocation gains) first."""
+    out = [("odp full size", "odp-full-size", (1,)), ("odp uniform", "odp-uniform", (1,))] if with_uniform else []
     out += [(c, c, (1,)) for c in codec_names]
     out += [(f"{c}+downscale", c, SCALES) for c in codec_names]
     return out + ([("classic hull", "hull", SCALES)] if codec_names else [])
@@ -355,7 +370,6 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
 
     pixels = np.asarray(Image.open(path).convert("RGB"))
     h, w = pixels.shape[:2]
-    full = pipeline.encode(Image.fromarray(pixels, "RGB"), model=model, device=device)
     codecs = classic.available_codecs()
     classic_run = any(p["codec"] in codecs for p in pts)
     rows = []
@@ -367,12 +381,14 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
             if p is None:
                 cells.append((np.full_like(pixels, 255), what))
                 continue
-            if p["codec"] == "odp":
-                img = np.asarray(pipeline.decode(pipeline.truncate(full, level=p["setting"]), device=device))
+            if p["codec"] == "odp":  # the same file again: what `odp encode --bytes` makes for this budget
+                data = pipeline.encode(Image.fromarray(pixels, "RGB"), max_bytes=budget_bytes(b, w, h), model=model,
+                                       device=device)
+                img = np.asarray(pipeline.decode(data, device=device))
             else:
                 v = classic.Variant(codecs[p["codec"]], p["scale"], classic.shrink(pixels, p["scale"]))
                 img = classic.decode(v.data(p["setting"]), w, h)
-            name = "ODP" if p["codec"] == "odp" else f"{p['codec'].upper()} q{p['setting']}" + (
+            name = ("ODP" if p["codec"] == "odp" else f"{p['codec'].upper()} q{p['setting']}") + (
                 f" at 1/{p['scale']}" if p["scale"] > 1 else "")
             cells.append((img, f"{name}: {p['bytes']} B, {p['bpp']:.4f} bpp, {metric} {p[metric]:.3f}"))
         rows.append((b, cells))
@@ -540,7 +556,10 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
             f"{len(meta['images'])} images from `{meta['folder']}`, never trained on; device {meta['device']}, "
             f"{meta['cpu_threads']} CPU threads, torch {meta['torch']}, {meta['platform']}.", "",
             "Each codec gets its best file of no more bytes than the budget (bpp = file bytes × 8 / pixels, "
-            "headers included). ODP: one encode, truncated. Classic codecs: the highest quality that fits "
+            "headers included). ODP: the file `odp encode --bytes` makes (one encode per coding scale, full "
+            "size and 1/2, 1/3, 1/4 where that saves tiles, each truncated to the budget; the one of highest "
+            "PSNR kept); `odp full size`: the full-size file alone, truncated (what cutting a default file "
+            "gives); `odp uniform`: the same without adaptive allocation. Classic codecs: the highest quality that fits "
             "(JPEG optimised, WebP method 6, AVIF speed 0, JPEG XL effort 9); `+downscale`: the best of full size "
             "and Lanczos downscaling by 2, 4 and 8, enlarged back; `classic hull`: per metric, the best of every "
             "classic variant. A number in parentheses after a mean is how many images had a file that fits.", "",

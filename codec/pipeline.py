@@ -162,11 +162,13 @@ def layer_levels(h: Header, top: int) -> list[int]:
 
 
 def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes = b"", exif: bytes = b"",
-         weights: bytes = b"", level: int | None = None, entropy=None, caps: bytes = b"") -> bytes:
-    """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default)."""
+         weights: bytes = b"", level: int | None = None, entropy=None, caps: bytes = b"",
+         display: tuple[int, int] = (0, 0)) -> bytes:
+    """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default);
+    `display`: the size to enlarge the coded width x height to when decoding (default: none)."""
     entropy = entropy or model.best_entropy
     h = Header(width, height, model.config.tile, model.config.tokens, model.sha256[:container.MODEL_ID_BYTES],
-               entropy.id, weights, caps, icc, exif)
+               entropy.id, weights, caps, icc, exif, *display)
     levels = layer_levels(h, level or h.full_level)
     return container.write(Container(h, build_layers(tokens, h, levels, entropy)))
 
@@ -297,44 +299,131 @@ def quality_to_bpp(quality: float) -> float:
 
 
 TARGET_METRICS = ("psnr", "ms-ssim")
+SCALES = (1, 2, 3, 4)  # coding scales the encoder tries for a byte budget (docs/api.md, "Coding scale")
+
+
+def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """The size an image is coded at, 1/scale of each side (the classic codecs' downscale trick too)."""
+    return max(1, round(width / scale)), max(1, round(height / scale))
+
+
+def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same picture at size (width, height), Lanczos."""
+    if size == (pixels.shape[1], pixels.shape[0]):
+        return pixels
+    return np.asarray(Image.fromarray(pixels, "RGB").resize(size, Image.LANCZOS))
+
+
+@dataclass
+class Coded:
+    """A whole file of one image coded at 1/scale, with its tokens (to render any truncation
+    without entropy decoding)."""
+    scale: int
+    data: bytes
+    tokens: np.ndarray
+
+
+def encode_at(p: Prepared, scale: int, model: Model, device: str, batch: int, adaptive: bool = True) -> Coded:
+    """The whole file of prepared pixels, coded at 1/scale of their size and enlarged back on decoding."""
+    height, width = p.pixels.shape[:2]
+    size = scaled_size(width, height, scale)
+    pixels = resize(p.pixels, size)
+    toks = image_to_tokens(pixels, model, device, batch)
+    weights_, caps = allocation(toks, pixels, model, device, batch, model.best_entropy) if adaptive else (b"", b"")
+    display = (width, height) if size != (width, height) else (0, 0)
+    return Coded(scale, pack(toks, *size, model, p.icc, p.exif, weights_, caps=caps, display=display), toks)
+
+
+def render(coded: Coded, data: bytes, model: Model, device: str, batch: int) -> np.ndarray:
+    """The decoded pixels of `data`, a truncation of coded.data, from the tokens (no entropy decoding)."""
+    c = container.read(data)
+    h = c.header
+    pixels = tokens_to_image(coded.tokens, h.width, h.height, model, device, batch, np.array(h.counts(c.level)))
+    return resize(pixels, h.display_size)
+
+
+def best_within(codeds: list[Coded], max_bytes: int, reference: np.ndarray, model: Model, device: str,
+                batch: int) -> tuple[bytes, Coded]:
+    """Of each coded file's largest truncation within max_bytes, the one of highest PSNR against
+    `reference` (the first on ties). ValueError when none fits, as truncate raises it for the first."""
+    from .metrics import psnr
+
+    best, first_error = None, None
+    for coded in codeds:
+        try:
+            data = truncate(coded.data, max_bytes=max_bytes)
+        except ValueError as e:
+            first_error = first_error or e
+            continue
+        score = psnr(reference, render(coded, data, model, device, batch)) if len(codeds) > 1 else 0.0
+        if best is None or score > best[0]:
+            best = (score, data, coded)
+    if best is None:
+        raise first_error
+    return best[1], best[2]
+
+
+def scales_for(width: int, height: int, tile: int, scales=SCALES) -> list[int]:
+    """The scales worth trying: each must code the image in fewer tiles than the one before it."""
+    out, prev = [], None
+    for s in scales:
+        n = tiling.grid(*scaled_size(width, height, s), tile)
+        if prev is None or n[0] * n[1] < prev:
+            out.append(s)
+            prev = n[0] * n[1]
+    return out
 
 
 def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None,
            model: Model | None = None, device: str = "auto", batch: int | None = None,
            metadata: tuple[str, ...] = (), target: tuple[str, float] | None = None,
            quality: float | None = None, max_pixels: int | None = container.FROM_ENV,
-           adaptive: bool = True) -> bytes:
+           adaptive: bool = True, scale: int | None = None) -> bytes:
     """Encode a Pillow image to .odp bytes (`adaptive`: tiles get tokens by need, see
     allocation; else every tile alike), keeping `tokens` per tile (on average), fitting `max_bytes`, at
     `quality` 1..100 (a budget, see quality_to_bpp; never less than 1 token per tile), or the
     smallest truncation reaching `target` = (metric, value), metric "psnr" or "ms-ssim";
     `metadata` names what to carry ("icc", "exif"; default none, see prepare). Images over
-    `max_pixels` are refused before their pixels are decoded."""
+    `max_pixels` are refused before their pixels are decoded.
+
+    `scale`: code the image at 1/scale of its size (1..16), enlarged back when decoded. By default
+    (None) a byte budget (`max_bytes`, `quality`) also tries SCALES and keeps the file of highest
+    PSNR: at small budgets fewer, fuller tiles beat many starved ones. Otherwise the default is 1."""
     check_pixels(im.width, im.height, max_pixels)
+    if scale is not None and not 1 <= scale <= container.MAX_ENLARGE:
+        raise ValueError(f"scale {scale} is outside 1..{container.MAX_ENLARGE}")
     model = model or weights.load()
     dev = pick_device(device)
     batch = batch or default_batch(dev)
     p = prepare(im, metadata)
-    toks = image_to_tokens(p.pixels, model, dev, batch)
-    weights_, caps = allocation(toks, p.pixels, model, dev, batch, model.best_entropy) if adaptive else (b"", b"")
-    data = pack(toks, p.pixels.shape[1], p.pixels.shape[0], model, p.icc, p.exif, weights_, caps=caps)
+    height, width = p.pixels.shape[:2]
+    if quality is not None:
+        max_bytes = int(quality_to_bpp(quality) * height * width / 8)
+    budgeted = max_bytes is not None and tokens is None and target is None
+    scales = [scale] if scale else scales_for(width, height, model.config.tile) if budgeted else [1]
+    codeds = [encode_at(p, s, model, dev, batch, adaptive) for s in scales]
+    coded = codeds[0]
+    data = coded.data
     if tokens is not None:
         data = truncate(data, tokens=tokens)
     if max_bytes is not None:
-        data = truncate(data, max_bytes=max_bytes)
-    if quality is not None:
-        budget = int(quality_to_bpp(quality) * p.pixels.shape[0] * p.pixels.shape[1] / 8)
-        data = truncate(data, max_bytes=max(budget, len(truncate(data, tokens=1))))
+        if quality is not None:  # a quality never gives less than 1 token per tile of the smallest file
+            max_bytes = max(max_bytes, min(len(truncate(c.data, tokens=1)) for c in codeds))
+        if tokens is None:
+            data, coded = best_within(codeds, max_bytes, p.pixels, model, dev, batch)
+        else:
+            data = truncate(data, max_bytes=max_bytes)
     if target is not None:
         h = container.read(data).header
-        data = truncate(data, level=level_reaching(toks, p.pixels, h, target, model, dev, batch))
+        data = truncate(data, level=level_reaching(coded.tokens, p.pixels, h, target, model, dev, batch))
     return data
 
 
 def level_reaching(toks: np.ndarray, pixels: np.ndarray, h: Header, target: tuple[str, float], model: Model,
                    device: str, batch: int) -> int:
-    """The lowest allocation level of header h whose decoded image reaches `target`, found by bisection
-    (quality rises with the level on average; every candidate is decoded and measured).
+    """The lowest allocation level of header h whose decoded image (enlarged to h's display size)
+    reaches `target` against `pixels`, found by bisection (quality rises with the level on average;
+    every candidate is decoded and measured).
     The full level, with a warning, when even all tokens fall short."""
     from . import metrics
 
@@ -347,7 +436,8 @@ def level_reaching(toks: np.ndarray, pixels: np.ndarray, h: Header, target: tupl
         raise ValueError(f"MS-SSIM needs images of at least {metrics.MS_SSIM_MIN_SIDE} pixels a side")
 
     def reaches(level: int) -> bool:
-        image = tokens_to_image(toks, width, height, model, device, batch, np.array(h.counts(level)))
+        image = resize(tokens_to_image(toks, h.width, h.height, model, device, batch, np.array(h.counts(level))),
+                       h.display_size)
         return score(pixels, image) >= value
 
     lo, hi = 1, h.full_level
@@ -459,7 +549,7 @@ def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: 
     dev = pick_device(device)
     h = c.header
     pixels = tokens_to_image(toks, h.width, h.height, model, dev, batch or default_batch(dev), counts)
-    im = Image.fromarray(pixels, "RGB")
+    im = Image.fromarray(resize(pixels, h.display_size), "RGB")
     if h.icc:
         im.info["icc_profile"] = h.icc
     if h.exif:
@@ -549,8 +639,8 @@ def images_to_tokens(pixel_list: list[np.ndarray], model: Model, device: str, ba
 def encode_many(ims: list[Image.Image], tokens: int | None = None, max_bytes: int | None = None,
                 model: Model | None = None, device: str = "auto", batch: int | None = None,
                 metadata: tuple[str, ...] = (), max_pixels: int | None = container.FROM_ENV) -> list[bytes]:
-    """Encode several Pillow images (as encode with adaptive=False: every tile alike), batching tiles of
-    different images together through the network: the throughput path."""
+    """Encode several Pillow images (as encode with adaptive=False and scale=1: every tile alike, full
+    size), batching tiles of different images together through the network: the throughput path."""
     if not ims:
         return []
     for im in ims:

@@ -44,7 +44,9 @@ MAX_PIXELS_ENV = "ODP_MAX_PIXELS"  # overrides DEFAULT_MAX_PIXELS for every read
 FROM_ENV = -1               # max_pixels default: $ODP_MAX_PIXELS if set, else DEFAULT_MAX_PIXELS
 MODEL_ID_BYTES = 4          # a version-2 file names its model by this prefix of the weights' sha256
 
-FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS = 1, 2, 4, 8
+FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS, FLAG_DISPLAY = 1, 2, 4, 8, 16
+FLAGS = FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS | FLAG_DISPLAY
+MAX_ENLARGE = 16            # a display side is at most this many times the coded side
 _V1_FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
 
 
@@ -79,6 +81,8 @@ class Header:
     caps: bytes = b""         # per tile 1..255: it keeps at most ceil(c * K / 255) tokens; empty: K
     icc: bytes = b""
     exif: bytes = b""
+    display_width: int = 0    # size to show the image at, when the encoder coded it smaller; 0: width
+    display_height: int = 0
     model_name: str = ""      # version-1 files name their model too
     version: int = VERSION
 
@@ -93,6 +97,15 @@ class Header:
     @property
     def tiles(self) -> int:
         return self.cols * self.rows
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of the decoded image: the coded size, or the size it is enlarged to."""
+        return (self.display_width or self.width, self.display_height or self.height)
+
+    @property
+    def scaled(self) -> bool:
+        return self.display_size != (self.width, self.height)
 
     @property
     def adaptive(self) -> bool:
@@ -123,8 +136,13 @@ class Header:
         max_pixels = pixel_limit(max_pixels)
         if not (1 <= self.width <= MAX_SIDE and 1 <= self.height <= MAX_SIDE):
             raise FormatError(f"image size {self.width}x{self.height} is outside 1..{MAX_SIDE} pixels per side")
-        if max_pixels is not None and self.width * self.height > max_pixels:
-            raise FormatError(f"image of {self.width}x{self.height} pixels exceeds the limit of {max_pixels} pixels")
+        dw, dh = self.display_size
+        if not (self.width <= dw <= min(MAX_SIDE, MAX_ENLARGE * self.width)
+                and self.height <= dh <= min(MAX_SIDE, MAX_ENLARGE * self.height)):
+            raise FormatError(f"display size {dw}x{dh} is not between the coded size {self.width}x{self.height} "
+                              f"and {MAX_ENLARGE} times it (at most {MAX_SIDE} per side)")
+        if max_pixels is not None and dw * dh > max_pixels:
+            raise FormatError(f"image of {dw}x{dh} pixels exceeds the limit of {max_pixels} pixels")
         if not (16 <= self.tile <= 4096) or self.tile & (self.tile - 1):
             raise FormatError(f"tile size {self.tile} is not a power of two in 16..4096")
         if not (1 <= self.tokens <= MAX_TOKENS):
@@ -219,12 +237,14 @@ def pack_header(h: Header, layers: list[Layer]) -> bytes:
     if code is None:
         raise FormatError(f"entropy model {h.entropy_model!r} has no code in this format version")
     flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
-             | (FLAG_CAPS if h.caps else 0))
+             | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0))
     f = [bytes([flags]), _varint(h.width), _varint(h.height), bytes([h.tile.bit_length() - 1]), _varint(h.tokens),
          h.model_id, bytes([code])]
     f += [_varint(len(h.icc)), h.icc] if h.icc else []
     f += [_varint(len(h.exif)), h.exif] if h.exif else []
-    f += [h.weights, h.caps, _varint(len(layers))]
+    f += [h.weights, h.caps]
+    f += [_varint(h.display_size[0]), _varint(h.display_size[1])] if h.scaled else []
+    f += [_varint(len(layers))]
     prev = 0
     for x in layers:
         if x.check is None:
@@ -328,7 +348,7 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         raise FormatError("header checksum mismatch: the file is corrupt")
     f = _Reader(fields, "header")
     flags = f.u8()
-    if flags & ~(FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS):
+    if flags & ~FLAGS:
         raise FormatError(f"header has unknown flags {flags:#04x}")
     w, hgt = f.varint(MAX_SIDE, "a width"), f.varint(MAX_SIDE, "a height")
     log_tile = f.u8()
@@ -346,6 +366,8 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         h.weights = f.take(h.tiles)
     if flags & FLAG_CAPS:
         h.caps = f.take(h.tiles)
+    if flags & FLAG_DISPLAY:
+        h.display_width, h.display_height = f.varint(MAX_SIDE, "a display width"), f.varint(MAX_SIDE, "a display height")
     h.validate(max_pixels)
     count = f.varint(MAX_LEVEL, "a layer count")
     layers, level = [], 0

@@ -36,9 +36,10 @@ class OdpImageFile(ImageFile.ImageFile):
         if n is None:
             raise SyntaxError("not an ODP file")
         h, table, _ = container.read_header(head + self.fp.read(n - len(head)))  # FormatError if corrupt or cut short
-        self._size = (h.width, h.height)
+        self._size = h.display_size  # a file coded at a smaller size decodes enlarged to this
         self._mode = "RGB"
         self.info.update(odp_model=h.model_name or h.model_id.hex(), odp_adaptive=h.adaptive,
+                         odp_coded_size=(h.width, h.height),
                          odp_tokens=max(h.counts(table[-1][0])))  # of the fullest tile, as stored
         if h.icc:
             self.info["icc_profile"] = h.icc
@@ -74,7 +75,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     opts = im.encoderinfo  # the keywords of im.save(), as odp.encode takes them
     fp.write(encode(im, tokens=opts.get("tokens"), bytes=opts.get("bytes"), device=opts.get("device", "auto"),
                     metadata=tuple(opts.get("metadata", ())), quality=opts.get("quality"),
-                    adaptive=opts.get("adaptive", True)))
+                    adaptive=opts.get("adaptive", True), scale=opts.get("scale")))
 
 
 def register() -> None:

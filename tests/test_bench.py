@@ -125,32 +125,40 @@ def test_bench_points_respect_their_budgets(bench_run):
     _, out = bench_run
     doc = json.loads((out / "points.json").read_text())
     assert len(doc["settings"]["images"]) == 2
-    assert {p["codec"] for p in doc["points"]} == {"odp", "odp-uniform", "jpeg", "webp"}
+    assert {p["codec"] for p in doc["points"]} == {"odp", "odp-full-size", "odp-uniform", "jpeg", "webp"}
     for p in doc["points"]:
         for b in p["budgets"]:
             assert p["bytes"] <= int(b * p["width"] * p["height"] / 8)
         assert p["bpp"] == pytest.approx(p["bytes"] * 8 / (p["width"] * p["height"]))
 
 
-def test_bench_odp_points_are_the_largest_cuts_within_each_budget(bench_run):
-    """"odp" points are cuts of the file allocated by need, "odp-uniform" of the one with every tile alike;
-    each is the largest cut within its budgets, and its setting is the allocation level of that cut."""
+def test_bench_odp_points_are_the_files_odp_makes_for_each_budget(bench_run):
+    """"odp" points are what `odp encode --bytes` writes for the budget (its choice of coding scale);
+    "odp-full-size" / "odp-uniform" are the largest cuts within it of the full-size file allocated by
+    need / with every tile alike. A point's setting is the allocation level of its file."""
     from odp.codec import pipeline
     from odp.formats import container
 
     _, out = bench_run
     doc = json.loads((out / "points.json").read_text())
+    dev = doc["settings"]["device"]
     for image in doc["settings"]["images"]:
         im = Image.open(image).convert("RGB")
-        for codec, adaptive in (("odp", True), ("odp-uniform", False)):
-            full = pipeline.encode(im, device=doc["settings"]["device"], adaptive=adaptive)
+        for codec, adaptive in (("odp", True), ("odp-full-size", True), ("odp-uniform", False)):
+            full = pipeline.encode(im, device=dev, adaptive=adaptive)
             pts = [p for p in doc["points"] if p["image"] == image and p["codec"] == codec]
             assert pts, (image, codec)
             for p in pts:
                 for b in p["budgets"]:
-                    data = pipeline.truncate(full, max_bytes=bench.budget_bytes(b, p["width"], p["height"]))
+                    budget = bench.budget_bytes(b, p["width"], p["height"])
+                    if codec == "odp":
+                        data = pipeline.encode(im, max_bytes=budget, device=dev)
+                    else:
+                        data = pipeline.truncate(full, max_bytes=budget)
                     c = container.read(data)
                     assert (len(data), c.level) == (p["bytes"], p["setting"])
+                    assert c.header.display_size == im.size
+                    assert p["scale"] == (1 if not c.header.scaled else round(im.width / c.header.width))
                     assert c.header.adaptive == (adaptive and c.header.tiles > 1)  # one tile: nothing to allocate
 
 
@@ -202,7 +210,8 @@ def test_bench_odp_alone(bench_run):
     assert r.exit_code == 0, r.output
     assert "| 0.05 | odp uniform |" in r.output and "jpeg" not in r.output and "classic hull" not in r.output
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json")} == cached
-    assert {p["codec"] for p in json.loads((out / "points.json").read_text())["points"]} == {"odp", "odp-uniform"}
+    assert {p["codec"] for p in json.loads((out / "points.json").read_text())["points"]} == {
+        "odp", "odp-full-size", "odp-uniform"}
 
 
 def test_bench_caches_each_part_as_soon_as_it_is_measured(tmp_path, monkeypatch):

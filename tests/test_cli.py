@@ -111,6 +111,32 @@ def test_encode_options(png, tmp_path, small_odp):
     assert container.read((tmp_path / "p.odp").read_bytes()).kept < 256
 
 
+def test_encode_scale(tmp_path, adaptive_photo):
+    """--scale N codes the photo at 1/N; info and decode show the full size; auto picks with a budget."""
+    src = tmp_path / "photo.png"
+    adaptive_photo.save(src)
+    r = odp("encode", src, "-o", tmp_path / "half.odp", "--scale", "2", "--uniform", "--tokens", "40", "-v")
+    assert_ok(r)
+    assert "(coded at 1/2: 384x256)" in r.stderr
+    info = odp("info", tmp_path / "half.odp")
+    assert_ok(info)
+    assert "ODP image 768x512 (coded at 384x256), 2x1 tiles" in info.output
+    as_json = json.loads(odp("info", tmp_path / "half.odp", "--json").output)
+    assert (as_json["width"], as_json["coded_width"]) == (768, 384)
+    assert_ok(odp("decode", tmp_path / "half.odp", "-o", tmp_path / "half.png"))
+    assert Image.open(tmp_path / "half.png").size == (768, 512)
+    assert_ok(odp("truncate", tmp_path / "half.odp", "-o", tmp_path / "cut.odp", "--tokens", "8"))
+    assert container.read((tmp_path / "cut.odp").read_bytes()).header.display_size == (768, 512)
+    assert_ok(odp("encode", src, "-o", tmp_path / "small.odp", "--bytes", "300", "--uniform"))  # auto
+    assert container.read((tmp_path / "small.odp").read_bytes()).header.scaled
+    assert_ok(odp("encode", src, "-o", tmp_path / "full.odp", "--bytes", "300", "--uniform", "--scale", "1"))
+    assert not container.read((tmp_path / "full.odp").read_bytes()).header.scaled
+    for bad in ("0", "17", "half", "1.5"):
+        r = odp("encode", src, "-o", tmp_path / "x.odp", "--scale", bad)
+        assert r.exit_code == 2 and "use auto or a whole number 1..16" in r.stderr
+    assert not (tmp_path / "x.odp").exists()
+
+
 def test_unreachable_target_warns(png, tmp_path):
     r = odp("encode", png, "-o", tmp_path / "p.odp", "--psnr", "90")
     assert_ok(r)

@@ -39,6 +39,11 @@ def headers(draw) -> Header:
         h.weights = bytes(draw(st.lists(st.integers(1, 255), min_size=h.tiles, max_size=h.tiles)))
     if draw(st.booleans()):
         h.caps = bytes(draw(st.lists(st.integers(1, 255), min_size=h.tiles, max_size=h.tiles)))
+    if draw(st.booleans()):
+        h.display_width = draw(st.integers(h.width, min(MAX_SIDE, 16 * h.width)))
+        h.display_height = draw(st.integers(h.height, min(MAX_SIDE, 16 * h.height)))
+        if not h.scaled:  # the display size is stored only when it differs; it reads back as 0, 0
+            h.display_width = h.display_height = 0
     return h
 
 
@@ -380,7 +385,38 @@ def test_huge_numbers_in_the_header(field, value, message):
     refused(helpers.assemble(fields), message)
 
 
-@pytest.mark.parametrize("flags", [0x10, 0x80, 0xFF])
+def test_display_size_round_trip():
+    """A file coded at a smaller size names the size to enlarge it to (flag bit 4, after the caps)."""
+    h = helpers.some_header(display_width=1200, display_height=800, caps=b"\x10\xff")
+    assert h.scaled and h.display_size == (1200, 800) and h.tiles == 2  # the tile grid is the coded size's
+    c = Container(h, helpers.layers_for([1, 2]), declared_level=2)
+    data = container.write(c)
+    assert container.read(data) == c
+    assert helpers.fields_of(data)[0] == container.FLAG_CAPS | container.FLAG_DISPLAY
+    assert helpers.fields_of(data) == helpers.header_fields(h, helpers.table_of(c))
+    plain = helpers.some_header(display_width=300, display_height=200)  # the coded size: no flag, no fields
+    assert not plain.scaled and helpers.fields_of(some_file(display_width=300))[0] == 0
+
+
+@pytest.mark.parametrize("size, ok", [((300, 200), True), ((4800, 3200), True), ((299, 400), False),
+                                      ((600, 199), False), ((4801, 200), False), ((300, 3201), False)])
+def test_display_size_is_between_the_coded_size_and_16_times_it(size, ok):
+    h = helpers.some_header(display_width=size[0], display_height=size[1])  # coded 300 x 200
+    data = forged(h, flags=container.FLAG_DISPLAY)
+    if ok:
+        assert container.read(data).header.display_size == size
+    else:
+        assert "not between the coded size 300x200 and 16 times it" in refused(data, "display size")
+
+
+def test_display_size_counts_against_the_pixel_limit():
+    """The bomb guard is on the decoded (display) size: a 1-tile file may claim 16x its sides."""
+    data = some_file(width=4000, height=4000, display_width=64000, display_height=64000)
+    refused(data, "image of 64000x64000 pixels exceeds the limit")
+    assert container.read(data, max_pixels=None).header.display_size == (64000, 64000)
+
+
+@pytest.mark.parametrize("flags", [0x20, 0x80, 0xFF])
 def test_unknown_flags(flags):
     refused(forged(flags=flags), f"unknown flags {flags:#04x}")
 

@@ -70,6 +70,16 @@ def test_save_with_quality_and_adaptive(tmp_path, adaptive_photo, encoded, astro
     assert (tmp_path / "u.odp").read_bytes() == encoded["astronaut"]
 
 
+def test_scaled_file_opens_at_its_display_size(tmp_path, adaptive_photo):
+    adaptive_photo.save(tmp_path / "half.odp", tokens=16, adaptive=False, scale=2)
+    im = Image.open(tmp_path / "half.odp")
+    assert im.size == (768, 512) and im.info["odp_coded_size"] == (384, 256)
+    im.load()
+    assert im.size == (768, 512) and im.mode == "RGB"
+    info = odp.info((tmp_path / "half.odp").read_bytes())
+    assert (info.width, info.height, info.coded_width, info.coded_height) == (768, 512, 384, 256)
+
+
 def test_truncated_file_decodes_what_arrived(small_odp):
     cut = small_odp[: len(small_odp) - 40]
     kept = odp.info(cut).tokens

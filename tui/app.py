@@ -466,7 +466,7 @@ class OdpTui(App):
         self.query_one("#slider", Slider).set(item.points, k)
         h = item.container.header
         if shown is not None:
-            self.query_one("#pane-file", Pane).show(shown, h.width, h.height)
+            self.query_one("#pane-file", Pane).show(shown, *h.display_size)
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=1, progress=1 if shown else 0)
         self.query_one("#step", Static).update("ready" if shown else "working: decoding…")

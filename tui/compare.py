@@ -104,11 +104,22 @@ class Photo:
         return self.results[key]
 
     def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
-        """ODP at `tokens` per tile, or the most tokens within `max_bytes`: truncation of one encode."""
+        """ODP at `tokens` per tile (a cut of the full-size file), or what `odp encode --bytes` makes
+        for `max_bytes`: the best cut of the files coded at each scale (encoded once each)."""
+        model = load_model()
         if self.full is None:
-            self.full = pipeline.encode(Image.fromarray(self.pixels, "RGB"), model=load_model(), device=self.device)
+            p = pipeline.Prepared(self.pixels, b"", b"")
+            batch = pipeline.default_batch(self.device)
+            self.codeds = [pipeline.encode_at(p, s, model, self.device, batch)
+                           for s in pipeline.scales_for(self.width, self.height, model.config.tile)]
+            self.full = self.codeds[0].data
         try:
-            data = pipeline.truncate(self.full, tokens=tokens, max_bytes=max_bytes)
+            if max_bytes is None:
+                data, scale = pipeline.truncate(self.full, tokens=tokens), 1
+            else:
+                data, coded = pipeline.best_within(self.codeds, max_bytes, self.pixels, model, self.device,
+                                                   pipeline.default_batch(self.device))
+                scale = coded.scale
         except ValueError as e:  # not even one token per tile fits
             return Shown("ODP", note=str(e))
         c = container.read(data)
@@ -116,8 +127,8 @@ class Photo:
 
         def make() -> Shown:
             im = pipeline.decode(data, device=self.device)
-            return Shown(f"ODP {k} tokens", np.asarray(im), len(data), data, k)
-        return self._cached(("odp", c.level), make)
+            return Shown(f"ODP {k} tokens" + (f" at 1/{scale}" if scale > 1 else ""), np.asarray(im), len(data), data, k)
+        return self._cached(("odp", scale, c.level), make)
 
     def variant(self, codec: str, scale: int) -> classic.Variant:
         if (codec, scale) not in self.variants:
@@ -188,10 +199,12 @@ class OdpFile:
         ends = {round(sum(h.counts(x.level)) / h.tiles): x.level for x in c.layers}
         self.points = [(k, len(pipeline.truncate(data, level=lv))) for k, lv in sorted(ends.items())]
         spread = f", tiles {counts.min()}..{counts.max()} by need" if h.adaptive else ""
+        w, hgt = h.display_size
         self.info = [
-            f"ODP image {h.width}×{h.height}, {h.cols}×{h.rows} tiles of {h.tile} px (format v{h.version})",
+            f"ODP image {w}×{hgt}" + (f" (coded at {h.width}×{h.height})" if h.scaled else "")
+            + f", {h.cols}×{h.rows} tiles of {h.tile} px (format v{h.version})",
             f"tokens:  {c.mean_tokens:.1f} of {h.tokens} per tile{spread}" + ("" if c.complete else " (file cut short)"),
-            f"size:    {len(data)} bytes, {len(data) * 8 / (h.width * h.height):.4f} bpp",
+            f"size:    {len(data)} bytes, {len(data) * 8 / (w * hgt):.4f} bpp",
             f"entropy: {c.payload_bytes * 8 / max(1, counts.sum()):.3f} bits/token ({printable(h.entropy_model)})",
             f"model:   {printable(self.model.name)} sha256 {self.model.sha256.hex()[:16]}",
             f"layers:  {len(c.layers)} (points where the file can be cut as it is)",
