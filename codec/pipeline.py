@@ -303,8 +303,10 @@ SCALES = (1, 2, 3, 4)  # coding scales the encoder tries for a byte budget (docs
 
 
 def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
-    """The size an image is coded at, 1/scale of each side (the classic codecs' downscale trick too)."""
-    return max(1, round(width / scale)), max(1, round(height / scale))
+    """The size an image is coded at: 1/scale of each side, rounded, but never less than the format's
+    1/16 (container.MAX_ENLARGE) allows."""
+    least = container.MAX_ENLARGE
+    return max(-(-width // least), round(width / scale)), max(-(-height // least), round(height / scale))
 
 
 def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -794,6 +794,13 @@ def test_scales_tried_each_save_tiles():
     assert pipeline.scales_for(768, 512, 256) == [1, 2, 3]  # 6, 2, 1 tiles; at 1/4 still 1
     assert pipeline.scales_for(200, 150, 256) == [1]
     assert pipeline.scaled_size(768, 512, 3) == (256, 171) and pipeline.scaled_size(5, 2, 4) == (1, 1)
+    assert pipeline.scaled_size(23, 40, 16) == (2, 3)  # round(23 / 16) = 1 would need a 23x enlargement
+
+
+def test_largest_scale_on_a_small_odd_image(model, small_photo):
+    im = small_photo.crop((0, 0, 23, 40))
+    data = pipeline.encode(im, scale=16, tokens=4, model=model, device="cpu", adaptive=False)
+    assert container.read(data).header.width == 2 and pipeline.decode(data, device="cpu").size == (23, 40)
 
 
 def test_half_scale_file_codes_fewer_tiles_and_decodes_at_full_size(half_scale_odp, adaptive_photo):
