@@ -153,7 +153,8 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     `adaptive`: tiles get tokens by need (`tokens` is then a mean); False gives every tile the same
     number, encoding several times faster.
     `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded; by default a
-    byte budget (`bytes`, `quality`) tries scales 1 to 4 and keeps the file of highest PSNR, else 1.
+    byte budget (`bytes`, `quality`) tries scales 1 to 4 and keeps the file of highest PSNR, a `psnr`
+    or `msssim` target the smallest file that reaches it; with `tokens` or no size, 1.
     """
     from .codec import pipeline
 

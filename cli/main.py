@@ -205,7 +205,8 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @click.option("--scale", default="auto", show_default=True, callback=lambda ctx, param, v: _scale(v),
               help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. auto: "
                    "with a byte budget (--bytes, --bpp, --quality) try 1, 2, 3 and 4 and keep the file of "
-                   "highest PSNR (small budgets favour fewer, fuller tiles); otherwise 1.")
+                   "highest PSNR, with --psnr/--msssim the smallest file that reaches it (small sizes favour "
+                   "fewer, fuller tiles); with --tokens or no size, 1.")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
 def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,

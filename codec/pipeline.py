@@ -390,7 +390,8 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
 
     `scale`: code the image at 1/scale of its size (1..16), enlarged back when decoded. By default
     (None) a byte budget (`max_bytes`, `quality`) also tries SCALES and keeps the file of highest
-    PSNR: at small budgets fewer, fuller tiles beat many starved ones. Otherwise the default is 1."""
+    PSNR, and a `target` the smallest file that reaches it: at small sizes fewer, fuller tiles beat
+    many starved ones. With `tokens` the default is 1."""
     check_pixels(im.width, im.height, max_pixels)
     if scale is not None and not 1 <= scale <= container.MAX_ENLARGE:
         raise ValueError(f"scale {scale} is outside 1..{container.MAX_ENLARGE}")
@@ -401,8 +402,8 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     height, width = p.pixels.shape[:2]
     if quality is not None:
         max_bytes = int(quality_to_bpp(quality) * height * width / 8)
-    budgeted = max_bytes is not None and tokens is None and target is None
-    scales = [scale] if scale else scales_for(width, height, model.config.tile) if budgeted else [1]
+    sized = tokens is None and ((max_bytes is not None) != (target is not None))  # one size goal
+    scales = [scale] if scale else scales_for(width, height, model.config.tile) if sized else [1]
     codeds = [encode_at(p, s, model, dev, batch, adaptive) for s in scales]
     coded = codeds[0]
     data = coded.data
@@ -416,17 +417,24 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
         else:
             data = truncate(data, max_bytes=max_bytes)
     if target is not None:
-        h = container.read(data).header
-        data = truncate(data, level=level_reaching(coded.tokens, p.pixels, h, target, model, dev, batch))
+        cut = tokens is not None or max_bytes is not None
+        reached = []
+        for c, d in [(coded, data)] if cut else [(c, c.data) for c in codeds]:
+            f = container.read(d)
+            level = level_reaching(c.tokens, p.pixels, f.header, target, model, dev, batch, f.level)
+            if level is not None:
+                reached.append(truncate(d, level=level))
+        if not reached:
+            warnings.warn(f"{target[0]} {target[1]} is out of reach: keeping every token", OdpWarning)
+        data = min(reached, key=len) if reached else data
     return data
 
 
 def level_reaching(toks: np.ndarray, pixels: np.ndarray, h: Header, target: tuple[str, float], model: Model,
-                   device: str, batch: int) -> int:
-    """The lowest allocation level of header h whose decoded image (enlarged to h's display size)
-    reaches `target` against `pixels`, found by bisection (quality rises with the level on average;
-    every candidate is decoded and measured).
-    The full level, with a warning, when even all tokens fall short."""
+                   device: str, batch: int, top: int) -> int | None:
+    """The lowest allocation level up to `top` of header h whose decoded image (enlarged to h's
+    display size) reaches `target` against `pixels`, found by bisection (quality rises with the
+    level on average; every candidate is decoded and measured). None when even `top` falls short."""
     from . import metrics
 
     name, value = target
@@ -442,10 +450,9 @@ def level_reaching(toks: np.ndarray, pixels: np.ndarray, h: Header, target: tupl
                        h.display_size)
         return score(pixels, image) >= value
 
-    lo, hi = 1, h.full_level
+    lo, hi = 1, top
     if not reaches(hi):
-        warnings.warn(f"{name} {value} is out of reach: keeping every token", OdpWarning)
-        return hi
+        return None
     while lo < hi:
         mid = (lo + hi) // 2
         if reaches(mid):

@@ -839,6 +839,17 @@ def test_target_is_measured_at_the_display_size(adaptive_photo, half_scale_odp, 
     assert psnr(np.asarray(adaptive_photo), out) >= 15.0 and len(data) < len(half_scale_odp)  # whole: 15.44 dB
 
 
+def test_a_target_keeps_the_smallest_file_of_any_scale_that_reaches_it(adaptive_photo, model):
+    ref = np.asarray(adaptive_photo)
+    auto = pipeline.encode(adaptive_photo, target=("psnr", 14.0), model=model, device="cpu", adaptive=False)
+    full = pipeline.encode(adaptive_photo, target=("psnr", 14.0), scale=1, model=model, device="cpu", adaptive=False)
+    assert psnr(ref, np.asarray(pipeline.decode(auto, device="cpu"))) >= 14.0
+    assert len(auto) <= len(full) and not container.read(full).header.scaled
+    with pytest.warns(OdpWarning, match="psnr 40.0 is out of reach"):  # no scale reaches it: the whole file
+        whole = pipeline.encode(adaptive_photo, target=("psnr", 40.0), model=model, device="cpu", adaptive=False)
+    assert whole == pipeline.encode(adaptive_photo, model=model, device="cpu", adaptive=False)
+
+
 @pytest.mark.parametrize("scale", [0, 17])
 def test_scale_out_of_range(adaptive_photo, scale):
     with pytest.raises(ValueError, match=f"scale {scale} is outside 1..16"):
