@@ -141,7 +141,7 @@ def _to_pil(image: Any) -> Image.Image:
 def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",
            metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
            msssim: float | None = None, adaptive: bool = True,
-           scale: int | None = None) -> bytes:  # noqa: A002  (bytes= as --bytes)
+           scale: int | str = "auto") -> bytes:  # noqa: A002  (bytes= as --bytes)
     """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, the largest file within
     `bytes`, a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`), or the
     smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
@@ -152,13 +152,14 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     `metadata`: what to carry from a PIL image ("icc", "exif"); by default none (colours converted to sRGB).
     `adaptive`: tiles get tokens by need (`tokens` is then a mean); False gives every tile the same
     number, encoding several times faster.
-    `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded; by default a
-    byte budget (`bytes`, `quality`) tries scales 1 to 4 and keeps the file of highest PSNR, a `psnr`
-    or `msssim` target the smallest file that reaches it; with `tokens` or no size, 1.
+    `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded; "auto" (the
+    default): full size unless `bytes` cannot hold 1 token per tile; "psnr": the coding scale of
+    highest PSNR within `bytes`/`quality`, or the smallest file reaching `psnr`/`msssim` (docs/api.md).
     """
     from .codec import pipeline
 
-    tokens, budget, scale = _count(tokens, "tokens"), _count(bytes, "bytes"), _count(scale, "scale")
+    tokens, budget = _count(tokens, "tokens"), _count(bytes, "bytes")
+    scale = scale if isinstance(scale, str) else _count(scale, "scale")
     if sum(x is not None for x in (tokens, budget, quality, psnr, msssim)) > 1:
         raise ValueError("give at most one of tokens, bytes, quality, psnr, msssim")
     target = ("psnr", psnr) if psnr is not None else ("ms-ssim", msssim) if msssim is not None else None

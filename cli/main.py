@@ -159,11 +159,11 @@ def _metadata(value: str) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _scale(value: str) -> int | None:
-    if value.strip().lower() == "auto":
-        return None
+def _scale(value: str) -> int | str:
+    if value.strip().lower() in ("auto", "psnr"):
+        return value.strip().lower()
     if not value.strip().isdigit() or not 1 <= int(value) <= 16:
-        raise click.BadParameter(f"{value!r}: use auto or a whole number 1..16")
+        raise click.BadParameter(f"{value!r}: use auto, psnr or a whole number 1..16")
     return int(value)
 
 
@@ -203,10 +203,11 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @click.option("--uniform", is_flag=True, help="Give every tile the same number of tokens: encodes several "
                                              "times faster, files slightly worse (default: tiles get tokens by need).")
 @click.option("--scale", default="auto", show_default=True, callback=lambda ctx, param, v: _scale(v),
-              help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. auto: "
-                   "with a byte budget (--bytes, --bpp, --quality) try 1, 2, 3 and 4 and keep the file of "
-                   "highest PSNR, with --psnr/--msssim the smallest file that reaches it (small sizes favour "
-                   "fewer, fuller tiles); with --tokens or no size, 1.")
+              help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. "
+                   "auto: full size, unless --bytes/--bpp cannot hold 1 token per tile (then the largest "
+                   "of 1/2, 1/3, 1/4 that fits). psnr: with a byte budget try 1, 2, 3 and 4 and keep the "
+                   "highest PSNR, with --psnr/--msssim the smallest file that reaches it (sharper PSNR "
+                   "and MS-SSIM at small sizes, but blurrier to LPIPS-VGG and DISTS).")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
 def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,

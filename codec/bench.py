@@ -1,9 +1,9 @@
 """`odp bench`: rate-distortion and speed of ODP against JPEG, WebP, AVIF (and JPEG XL).
 
 For every image and every byte budget, each codec gets its best file of no more bytes:
-ODP as `odp encode --bytes` makes it (one full encode per coding scale, truncated, the scale
-of highest PSNR kept; "odp full size" is the full-size file alone, what cutting a default
-file gives; "odp uniform" that file without adaptive allocation), a classic codec by the
+ODP as `odp encode --bytes` makes it (one full encode, truncated; coded at 1/2, 1/3 or 1/4
+only where the full size cannot fit; "odp scale by psnr" as `--scale psnr` makes it, the coding
+scale of highest PSNR; "odp uniform" the full-size file without adaptive allocation), a classic codec by the
 highest quality that fits, at full size and after downscaling by 2, 4 and 8 (the
 "downscale trick"). The "classic hull" is, per metric, the best of all classic
 variants that fit. Rate is exact file bytes x 8 / original pixels.
@@ -37,6 +37,7 @@ BUDGETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 SCALES = (1, 2, 4, 8)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".avif"}
 CACHE_VERSION = 2
+ODP_CONTENDERS = ["odp", "odp-psnr-scale", "odp-uniform"]  # the ODP files measured (odp_files); in the cache key
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -77,9 +78,12 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
             scored: dict[bytes, dict] = {}  # contenders often pick the same file: score it once
             for codec, codeds in fulls.items():
                 for b in budgets:
-                    try:  # the encoder's own choice of scale (one candidate for the full-size contenders)
-                        data, coded = pipeline.best_within(codeds, budget_bytes(b, w, h), pixels, model, device,
-                                                           batch)
+                    try:  # the encoder's own choice of coding scale
+                        if codec == "odp-psnr-scale":
+                            data, coded = pipeline.best_within(codeds, budget_bytes(b, w, h), pixels, model,
+                                                               device, batch)
+                        else:
+                            data, coded = pipeline.first_within(codeds, budget_bytes(b, w, h))
                     except ValueError:  # not even one token per tile fits
                         continue
                     key = (codec, coded.scale, pipeline.container.read(data).level)
@@ -101,9 +105,10 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
 
 
 def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, list], dict]:
-    """Full ODP files of one image, as pipeline.Coded lists per contender ("odp": adaptive allocation
-    at every coding scale the encoder tries for a budget; "odp-full-size": the full-size one alone;
-    "odp-uniform": full size, every tile alike; all with the shipped context model) and what they
+    """Full ODP files of one image, as pipeline.Coded lists per contender ("odp": adaptive allocation,
+    full size first, then the smaller coding scales for budgets it cannot fit; "odp-psnr-scale": the
+    same files, chosen by PSNR; "odp-uniform": full size, every tile alike; all with the shipped
+    context model) and what they
     cost: bits per token under each entropy model (raw ids, per-position tables, context model; the
     same uniform tokens) and encode seconds of the full-size file."""
     h, w = pixels.shape[:2]
@@ -119,7 +124,8 @@ def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, list], 
     bare = pipeline.Prepared(pixels, b"", b"")
     smaller = [pipeline.encode_at(bare, s, model, device, batch)
                for s in pipeline.scales_for(w, h, model.config.tile)[1:]]
-    fulls = {"odp": [full, *smaller], "odp-full-size": [full], "odp-uniform": [uniform]}
+    fulls = {"odp": [full, *smaller], "odp-psnr-scale": [full, *smaller], "odp-uniform": [uniform]}
+    assert list(fulls) == ODP_CONTENDERS
     tables = pipeline.pack(toks, w, h, model, entropy=model.tables)
     payload = lambda d: pipeline.container.read(d).payload_bytes * 8 / toks.size  # noqa: E731
     stats = {"tokens": int(toks.size), "raw_bits_per_token": math.log2(model.config.codebook_size),
@@ -139,7 +145,7 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
         deps["format"] = [pipeline.container.VERSION, model.best_entropy.id, list(pipeline.ALLOCATION_GRID),
                           pipeline.ALLOCATION_VERSION,
-                          list(pipeline.LEVELS), list(pipeline.SCALES)]
+                          list(pipeline.LEVELS), list(pipeline.SCALES), ODP_CONTENDERS]
     else:
         c = codecs[part]
         deps |= {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1], "scales": SCALES,
@@ -154,7 +160,7 @@ def offers(p: dict, codec: str, scales) -> bool:
     """Whether point p belongs to a contender: a codec at some scales, or ("hull") any classic variant."""
     if codec == "hull":
         return not p["codec"].startswith("odp")
-    return p["codec"] == codec and (p["scale"] in scales or codec == "odp")  # ODP's scale is its encoder's choice
+    return p["codec"] == codec and (p["scale"] in scales or codec.startswith("odp"))  # ODP's: its encoder's choice
 
 
 def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales=(1,)) -> dict | None:
@@ -169,9 +175,9 @@ def at_budget(points: list[dict], budget: float, codec: str, metric: str, scales
 
 def contenders(codec_names, with_uniform: bool = False) -> list[tuple[str, str, tuple]]:
     """(label, codec, scales): each codec at full size, each with the downscale trick, and the hull;
-    `with_uniform` puts ODP at full size only (what the coding scale gains) and without adaptive
-    allocation (what the allocation gains) first."""
-    out = [("odp full size", "odp-full-size", (1,)), ("odp uniform", "odp-uniform", (1,))] if with_uniform else []
+    `with_uniform` puts ODP's other choices first: the coding scale by PSNR (`--scale psnr`) and no
+    adaptive allocation (what the allocation gains)."""
+    out = [("odp scale by psnr", "odp-psnr-scale", (1,)), ("odp uniform", "odp-uniform", (1,))] if with_uniform else []
     out += [(c, c, (1,)) for c in codec_names]
     out += [(f"{c}+downscale", c, SCALES) for c in codec_names]
     return out + ([("classic hull", "hull", SCALES)] if codec_names else [])
@@ -556,10 +562,10 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
             f"{len(meta['images'])} images from `{meta['folder']}`, never trained on; device {meta['device']}, "
             f"{meta['cpu_threads']} CPU threads, torch {meta['torch']}, {meta['platform']}.", "",
             "Each codec gets its best file of no more bytes than the budget (bpp = file bytes × 8 / pixels, "
-            "headers included). ODP: the file `odp encode --bytes` makes (one encode per coding scale, full "
-            "size and 1/2, 1/3, 1/4 where that saves tiles, each truncated to the budget; the one of highest "
-            "PSNR kept); `odp full size`: the full-size file alone, truncated (what cutting a default file "
-            "gives); `odp uniform`: the same without adaptive allocation. Classic codecs: the highest quality that fits "
+            "headers included). ODP: the file `odp encode --bytes` makes (one encode, truncated to the budget; "
+            "coded at 1/2, 1/3 or 1/4 of each side only where the full size cannot fit); `odp scale by psnr`: "
+            "`--scale psnr`, the coding scale (full, 1/2, 1/3, 1/4) whose cut has the highest PSNR; "
+            "`odp uniform`: the full-size file without adaptive allocation. Classic codecs: the highest quality that fits "
             "(JPEG optimised, WebP method 6, AVIF speed 0, JPEG XL effort 9); `+downscale`: the best of full size "
             "and Lanczos downscaling by 2, 4 and 8, enlarged back; `classic hull`: per metric, the best of every "
             "classic variant. A number in parentheses after a mean is how many images had a file that fits.", "",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-
+import itertools
 import warnings
 from dataclasses import dataclass, replace
 
@@ -299,7 +299,8 @@ def quality_to_bpp(quality: float) -> float:
 
 
 TARGET_METRICS = ("psnr", "ms-ssim")
-SCALES = (1, 2, 3, 4)  # coding scales the encoder tries for a byte budget (docs/api.md, "Coding scale")
+SCALES = (1, 2, 3, 4)  # coding scales the encoder may try (docs/api.md, "Coding scale")
+SCALE_CHOICES = ("auto", "psnr")  # besides a number: full size unless it cannot fit / the best PSNR
 
 
 def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
@@ -344,6 +345,19 @@ def render(coded: Coded, data: bytes, model: Model, device: str, batch: int) -> 
     return resize(pixels, h.display_size)
 
 
+def first_within(codeds, max_bytes: int) -> tuple[bytes, Coded]:
+    """The largest truncation within max_bytes of the first coded file (of an iterable, so later ones
+    can be encoded only when needed) that has one. ValueError when none fits, as truncate raises it
+    for the first."""
+    first_error = None
+    for coded in codeds:
+        try:
+            return truncate(coded.data, max_bytes=max_bytes), coded
+        except ValueError as e:
+            first_error = first_error or e
+    raise first_error
+
+
 def best_within(codeds: list[Coded], max_bytes: int, reference: np.ndarray, model: Model, device: str,
                 batch: int) -> tuple[bytes, Coded]:
     """Of each coded file's largest truncation within max_bytes, the one of highest PSNR against
@@ -380,7 +394,7 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
            model: Model | None = None, device: str = "auto", batch: int | None = None,
            metadata: tuple[str, ...] = (), target: tuple[str, float] | None = None,
            quality: float | None = None, max_pixels: int | None = container.FROM_ENV,
-           adaptive: bool = True, scale: int | None = None) -> bytes:
+           adaptive: bool = True, scale: int | str = "auto") -> bytes:
     """Encode a Pillow image to .odp bytes (`adaptive`: tiles get tokens by need, see
     allocation; else every tile alike), keeping `tokens` per tile (on average), fitting `max_bytes`, at
     `quality` 1..100 (a budget, see quality_to_bpp; never less than 1 token per tile), or the
@@ -388,12 +402,17 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     `metadata` names what to carry ("icc", "exif"; default none, see prepare). Images over
     `max_pixels` are refused before their pixels are decoded.
 
-    `scale`: code the image at 1/scale of its size (1..16), enlarged back when decoded. By default
-    (None) a byte budget (`max_bytes`, `quality`) also tries SCALES and keeps the file of highest
-    PSNR, and a `target` the smallest file that reaches it: at small sizes fewer, fuller tiles beat
-    many starved ones. With `tokens` the default is 1."""
+    `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded. "auto"
+    (the default): full size, unless `max_bytes` cannot hold 1 token per full-size tile; then the
+    largest of SCALES' sizes that fits. "psnr": with a byte budget, try SCALES and keep the file of
+    highest PSNR; with a `target`, the smallest file that reaches it (better PSNR and MS-SSIM at
+    small sizes, but blurrier: LPIPS-VGG and DISTS usually prefer full size; docs/api.md)."""
     check_pixels(im.width, im.height, max_pixels)
-    if scale is not None and not 1 <= scale <= container.MAX_ENLARGE:
+    if scale is None:
+        scale = "auto"
+    if isinstance(scale, str) and scale not in SCALE_CHOICES:
+        raise ValueError(f"scale {scale!r} is not one of {', '.join(SCALE_CHOICES)} or a number 1..16")
+    if not isinstance(scale, str) and not 1 <= scale <= container.MAX_ENLARGE:
         raise ValueError(f"scale {scale} is outside 1..{container.MAX_ENLARGE}")
     model = model or weights.load()
     dev = pick_device(device)
@@ -403,7 +422,8 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     if quality is not None:
         max_bytes = int(quality_to_bpp(quality) * height * width / 8)
     sized = tokens is None and ((max_bytes is not None) != (target is not None))  # one size goal
-    scales = [scale] if scale else scales_for(width, height, model.config.tile) if sized else [1]
+    tried = scales_for(width, height, model.config.tile)
+    scales = [scale] if not isinstance(scale, str) else tried if scale == "psnr" and sized else [1]
     codeds = [encode_at(p, s, model, dev, batch, adaptive) for s in scales]
     coded = codeds[0]
     data = coded.data
@@ -412,7 +432,10 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     if max_bytes is not None:
         if quality is not None:  # a quality never gives less than 1 token per tile of the smallest file
             max_bytes = max(max_bytes, min(len(truncate(c.data, tokens=1)) for c in codeds))
-        if tokens is None:
+        if tokens is None and scale == "auto":  # smaller sizes are encoded only if full size cannot fit
+            smaller = (encode_at(p, s, model, dev, batch, adaptive) for s in tried[1:])
+            data, coded = first_within(itertools.chain(codeds, smaller), max_bytes)
+        elif tokens is None:
             data, coded = best_within(codeds, max_bytes, p.pixels, model, dev, batch)
         else:
             data = truncate(data, max_bytes=max_bytes)

@@ -75,7 +75,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     opts = im.encoderinfo  # the keywords of im.save(), as odp.encode takes them
     fp.write(encode(im, tokens=opts.get("tokens"), bytes=opts.get("bytes"), device=opts.get("device", "auto"),
                     metadata=tuple(opts.get("metadata", ())), quality=opts.get("quality"),
-                    adaptive=opts.get("adaptive", True), scale=opts.get("scale")))
+                    adaptive=opts.get("adaptive", True), scale=opts.get("scale", "auto")))
 
 
 def register() -> None:

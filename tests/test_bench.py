@@ -125,7 +125,7 @@ def test_bench_points_respect_their_budgets(bench_run):
     _, out = bench_run
     doc = json.loads((out / "points.json").read_text())
     assert len(doc["settings"]["images"]) == 2
-    assert {p["codec"] for p in doc["points"]} == {"odp", "odp-full-size", "odp-uniform", "jpeg", "webp"}
+    assert {p["codec"] for p in doc["points"]} == {"odp", "odp-psnr-scale", "odp-uniform", "jpeg", "webp"}
     for p in doc["points"]:
         for b in p["budgets"]:
             assert p["bytes"] <= int(b * p["width"] * p["height"] / 8)
@@ -133,9 +133,9 @@ def test_bench_points_respect_their_budgets(bench_run):
 
 
 def test_bench_odp_points_are_the_files_odp_makes_for_each_budget(bench_run):
-    """"odp" points are what `odp encode --bytes` writes for the budget (its choice of coding scale);
-    "odp-full-size" / "odp-uniform" are the largest cuts within it of the full-size file allocated by
-    need / with every tile alike. A point's setting is the allocation level of its file."""
+    """"odp" / "odp-psnr-scale" points are what `odp encode --bytes` writes for the budget with
+    `--scale auto` / `--scale psnr`; "odp-uniform" the largest cut within it of the full-size file with
+    every tile alike. A point's setting is the allocation level of its file."""
     from odp.codec import pipeline
     from odp.formats import container
 
@@ -144,15 +144,16 @@ def test_bench_odp_points_are_the_files_odp_makes_for_each_budget(bench_run):
     dev = doc["settings"]["device"]
     for image in doc["settings"]["images"]:
         im = Image.open(image).convert("RGB")
-        for codec, adaptive in (("odp", True), ("odp-full-size", True), ("odp-uniform", False)):
+        for codec, adaptive in (("odp", True), ("odp-psnr-scale", True), ("odp-uniform", False)):
             full = pipeline.encode(im, device=dev, adaptive=adaptive)
             pts = [p for p in doc["points"] if p["image"] == image and p["codec"] == codec]
             assert pts, (image, codec)
             for p in pts:
                 for b in p["budgets"]:
                     budget = bench.budget_bytes(b, p["width"], p["height"])
-                    if codec == "odp":
-                        data = pipeline.encode(im, max_bytes=budget, device=dev)
+                    if codec != "odp-uniform":
+                        scale = "psnr" if codec == "odp-psnr-scale" else "auto"
+                        data = pipeline.encode(im, max_bytes=budget, device=dev, scale=scale)
                     else:
                         data = pipeline.truncate(full, max_bytes=budget)
                     c = container.read(data)
@@ -211,7 +212,7 @@ def test_bench_odp_alone(bench_run):
     assert "| 0.05 | odp uniform |" in r.output and "jpeg" not in r.output and "classic hull" not in r.output
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json")} == cached
     assert {p["codec"] for p in json.loads((out / "points.json").read_text())["points"]} == {
-        "odp", "odp-full-size", "odp-uniform"}
+        "odp", "odp-psnr-scale", "odp-uniform"}
 
 
 def test_bench_caches_each_part_as_soon_as_it_is_measured(tmp_path, monkeypatch):

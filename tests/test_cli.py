@@ -127,13 +127,13 @@ def test_encode_scale(tmp_path, adaptive_photo):
     assert Image.open(tmp_path / "half.png").size == (768, 512)
     assert_ok(odp("truncate", tmp_path / "half.odp", "-o", tmp_path / "cut.odp", "--tokens", "8"))
     assert container.read((tmp_path / "cut.odp").read_bytes()).header.display_size == (768, 512)
-    assert_ok(odp("encode", src, "-o", tmp_path / "small.odp", "--bytes", "300", "--uniform"))  # auto
+    assert_ok(odp("encode", src, "-o", tmp_path / "small.odp", "--bytes", "300", "--uniform", "--scale", "psnr"))
     assert container.read((tmp_path / "small.odp").read_bytes()).header.scaled
-    assert_ok(odp("encode", src, "-o", tmp_path / "full.odp", "--bytes", "300", "--uniform", "--scale", "1"))
+    assert_ok(odp("encode", src, "-o", tmp_path / "full.odp", "--bytes", "300", "--uniform"))  # auto: it fits
     assert not container.read((tmp_path / "full.odp").read_bytes()).header.scaled
     for bad in ("0", "17", "half", "1.5"):
         r = odp("encode", src, "-o", tmp_path / "x.odp", "--scale", bad)
-        assert r.exit_code == 2 and "use auto or a whole number 1..16" in r.stderr
+        assert r.exit_code == 2 and "use auto, psnr or a whole number 1..16" in r.stderr
     assert not (tmp_path / "x.odp").exists()
 
 
