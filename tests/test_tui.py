@@ -253,3 +253,17 @@ def test_cli_imports_textual_only_for_tui():
 
     r = CliRunner().invoke(main, ["tui", "--help"])
     assert r.exit_code == 0 and "--tokens" in r.output
+
+
+def test_photo_budget_too_small_for_full_size_uses_a_smaller_coding_scale():
+    """As `odp encode --bytes`: the full-size cut when it fits, else the largest smaller scale that does
+    (encoded only then)."""
+    from odp.tui.compare import Photo
+
+    photo = Photo(Path(__file__).parent / "data" / "photo_768x512.png", ("psnr",), device="cpu")
+    fits = photo.odp(max_bytes=2000)
+    assert "at 1/" not in fits.label and len(photo.codeds) == 1
+    least = len(pipeline.truncate(photo.full, level=1))
+    tiny = photo.odp(max_bytes=least - 1)
+    assert tiny.label.endswith("at 1/2") and tiny.nbytes < least and tiny.pixels.shape == (512, 768, 3)
+    assert container.read(tiny.data).header.display_size == (768, 512)
