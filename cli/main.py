@@ -206,7 +206,7 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
               help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. "
                    "auto: full size, unless --bytes/--bpp cannot hold 1 token per tile (then the largest "
                    "of 1/2, 1/3, 1/4 that fits). psnr: with a byte budget try 1, 2, 3 and 4 and keep the "
-                   "highest PSNR, with --psnr/--msssim the smallest file that reaches it (sharper PSNR "
+                   "highest PSNR, with --psnr/--msssim the smallest file that reaches it (higher PSNR "
                    "and MS-SSIM at small sizes, but blurrier to LPIPS-VGG and DISTS).")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
