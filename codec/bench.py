@@ -378,6 +378,8 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
     h, w = pixels.shape[:2]
     codecs = classic.available_codecs()
     classic_run = any(p["codec"] in codecs for p in pts)
+    dev = pipeline.pick_device(device)
+    ladder = pipeline.ScaleLadder(pipeline.Prepared(pixels, b"", b""), model, dev, pipeline.default_batch(dev))
     rows = []
     for b in budgets:
         o = at_budget(pts, b, "odp", metric)
@@ -388,8 +390,7 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
                 cells.append((np.full_like(pixels, 255), what))
                 continue
             if p["codec"] == "odp":  # the same file again: what `odp encode --bytes` makes for this budget
-                data = pipeline.encode(Image.fromarray(pixels, "RGB"), max_bytes=budget_bytes(b, w, h), model=model,
-                                       device=device)
+                data, _ = pipeline.first_within(ladder, budget_bytes(b, w, h))
                 img = np.asarray(pipeline.decode(data, device=device))
             else:
                 v = classic.Variant(codecs[p["codec"]], p["scale"], classic.shrink(pixels, p["scale"]))

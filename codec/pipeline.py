@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 import warnings
 from dataclasses import dataclass, replace
 
@@ -345,17 +344,46 @@ def render(coded: Coded, data: bytes, model: Model, device: str, batch: int) -> 
     return resize(pixels, h.display_size)
 
 
-def first_within(codeds, max_bytes: int) -> tuple[bytes, Coded]:
-    """The largest truncation within max_bytes of the first coded file (of an iterable, so later ones
-    can be encoded only when needed) that has one. ValueError when none fits, as truncate raises it
-    for the first."""
-    first_error = None
+class ScaleLadder:
+    """One image coded at full size, then at each smaller scale of scales_for, each encoded only when
+    first asked for: what `scale="auto"` walks down until a budget fits, and `scale="psnr"` compares."""
+
+    def __init__(self, p: Prepared, model: Model, device: str, batch: int, adaptive: bool = True):
+        self.p, self.model, self.device, self.batch, self.adaptive = p, model, device, batch, adaptive
+        self.scales = scales_for(p.pixels.shape[1], p.pixels.shape[0], model.config.tile)
+        self.encoded: list[Coded] = []
+
+    def __iter__(self):
+        for i, s in enumerate(self.scales):
+            if i == len(self.encoded):
+                self.encoded.append(encode_at(self.p, s, self.model, self.device, self.batch, self.adaptive))
+            yield self.encoded[i]
+
+    @property
+    def full(self) -> Coded:
+        return next(iter(self))
+
+
+def _cuts_within(codeds, max_bytes: int):
+    """(largest truncation within max_bytes, coded file) for each coded file that has one; when none
+    has, the ValueError truncate raised for the first."""
+    first_error, found = None, False
     for coded in codeds:
         try:
-            return truncate(coded.data, max_bytes=max_bytes), coded
+            data = truncate(coded.data, max_bytes=max_bytes)
         except ValueError as e:
             first_error = first_error or e
-    raise first_error
+            continue
+        found = True
+        yield data, coded
+    if not found:
+        raise first_error
+
+
+def first_within(codeds, max_bytes: int) -> tuple[bytes, Coded]:
+    """The largest truncation within max_bytes of the first coded file (of an iterable, so later ones
+    can be encoded only when needed) that has one. ValueError when none fits."""
+    return next(_cuts_within(codeds, max_bytes))
 
 
 def best_within(codeds: list[Coded], max_bytes: int, reference: np.ndarray, model: Model, device: str,
@@ -364,19 +392,11 @@ def best_within(codeds: list[Coded], max_bytes: int, reference: np.ndarray, mode
     `reference` (the first on ties). ValueError when none fits, as truncate raises it for the first."""
     from .metrics import psnr
 
-    best, first_error = None, None
-    for coded in codeds:
-        try:
-            data = truncate(coded.data, max_bytes=max_bytes)
-        except ValueError as e:
-            first_error = first_error or e
-            continue
-        score = psnr(reference, render(coded, data, model, device, batch)) if len(codeds) > 1 else 0.0
-        if best is None or score > best[0]:
-            best = (score, data, coded)
-    if best is None:
-        raise first_error
-    return best[1], best[2]
+    cuts = list(_cuts_within(codeds, max_bytes))
+    if len(cuts) == 1:
+        return cuts[0]
+    scores = [psnr(reference, render(coded, data, model, device, batch)) for data, coded in cuts]
+    return cuts[scores.index(max(scores))]
 
 
 def scales_for(width: int, height: int, tile: int, scales=SCALES) -> list[int]:
@@ -422,9 +442,11 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     if quality is not None:
         max_bytes = int(quality_to_bpp(quality) * height * width / 8)
     sized = tokens is None and ((max_bytes is not None) != (target is not None))  # one size goal
-    tried = scales_for(width, height, model.config.tile)
-    scales = [scale] if not isinstance(scale, str) else tried if scale == "psnr" and sized else [1]
-    codeds = [encode_at(p, s, model, dev, batch, adaptive) for s in scales]
+    ladder = ScaleLadder(p, model, dev, batch, adaptive)
+    if not isinstance(scale, str):
+        codeds = [encode_at(p, scale, model, dev, batch, adaptive)]
+    else:
+        codeds = list(ladder) if scale == "psnr" and sized else [ladder.full]
     coded = codeds[0]
     data = coded.data
     if tokens is not None:
@@ -433,8 +455,7 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
         if quality is not None:  # a quality never gives less than 1 token per tile of the smallest file
             max_bytes = max(max_bytes, min(len(truncate(c.data, tokens=1)) for c in codeds))
         if tokens is None and scale == "auto":  # smaller sizes are encoded only if full size cannot fit
-            smaller = (encode_at(p, s, model, dev, batch, adaptive) for s in tried[1:])
-            data, coded = first_within(itertools.chain(codeds, smaller), max_bytes)
+            data, coded = first_within(ladder, max_bytes)
         elif tokens is None:
             data, coded = best_within(codeds, max_bytes, p.pixels, model, dev, batch)
         else:

@@ -262,7 +262,7 @@ def test_photo_budget_too_small_for_full_size_uses_a_smaller_coding_scale():
 
     photo = Photo(Path(__file__).parent / "data" / "photo_768x512.png", ("psnr",), device="cpu")
     fits = photo.odp(max_bytes=2000)
-    assert "at 1/" not in fits.label and len(photo.codeds) == 1
+    assert "at 1/" not in fits.label and len(photo.ladder.encoded) == 1
     least = len(pipeline.truncate(photo.full, level=1))
     tiny = photo.odp(max_bytes=least - 1)
     assert tiny.label.endswith("at 1/2") and tiny.nbytes < least and tiny.pixels.shape == (512, 768, 3)

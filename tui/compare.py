@@ -76,7 +76,7 @@ class Photo:
         if fast:  # the fast probe settings (WebP method 0, AVIF speed 8) instead of the slowest ones
             self.codecs = {k: replace(c, final=c.probe) for k, c in self.codecs.items()}
         self.full: bytes | None = None
-        self.codeds: list[pipeline.Coded] = []
+        self.ladder: pipeline.ScaleLadder | None = None
         self.max_tokens = load_model().config.tokens
         self.variants: dict[tuple[str, int], classic.Variant] = {}
         self.results: OrderedDict[tuple, Shown] = OrderedDict()
@@ -104,26 +104,18 @@ class Photo:
         self.results.move_to_end(key)
         return self.results[key]
 
-    def coded(self):
-        """The full-size file, then (encoded once each, only when asked for) the smaller coding scales."""
-        model = load_model()
-        p = pipeline.Prepared(self.pixels, b"", b"")
-        for i, s in enumerate(pipeline.scales_for(self.width, self.height, model.config.tile)):
-            if i == len(self.codeds):
-                self.codeds.append(pipeline.encode_at(p, s, model, self.device, pipeline.default_batch(self.device)))
-                self.full = self.codeds[0].data
-            yield self.codeds[i]
-
     def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
         """ODP at `tokens` per tile (a cut of the full-size file), or what `odp encode --bytes` makes
         for `max_bytes`: the full-size file's cut, or a smaller coding scale's when that cannot fit."""
-        if self.full is None:
-            next(self.coded())
+        if self.ladder is None:
+            self.ladder = pipeline.ScaleLadder(pipeline.Prepared(self.pixels, b"", b""), load_model(), self.device,
+                                               pipeline.default_batch(self.device))
+            self.full = self.ladder.full.data
         try:
             if max_bytes is None:
                 data, scale = pipeline.truncate(self.full, tokens=tokens), 1
             else:
-                data, coded = pipeline.first_within(self.coded(), max_bytes)
+                data, coded = pipeline.first_within(self.ladder, max_bytes)
                 scale = coded.scale
         except ValueError as e:  # not even one token per tile fits
             return Shown("ODP", note=str(e))
