@@ -366,18 +366,19 @@ class ScaleLadder:
 
 def _cuts_within(codeds, max_bytes: int):
     """(largest truncation within max_bytes, coded file) for each coded file that has one; when none
-    has, the ValueError truncate raised for the first."""
-    first_error, found = None, False
+    has, the ValueError truncate raised for the last (the smallest scale, so it names the fewest
+    bytes that would do)."""
+    last_error, found = None, False
     for coded in codeds:
         try:
             data = truncate(coded.data, max_bytes=max_bytes)
         except ValueError as e:
-            first_error = first_error or e
+            last_error = e
             continue
         found = True
         yield data, coded
     if not found:
-        raise first_error
+        raise last_error
 
 
 def first_within(codeds, max_bytes: int) -> tuple[bytes, Coded]:
@@ -389,7 +390,7 @@ def first_within(codeds, max_bytes: int) -> tuple[bytes, Coded]:
 def best_within(codeds: list[Coded], max_bytes: int, reference: np.ndarray, model: Model, device: str,
                 batch: int) -> tuple[bytes, Coded]:
     """Of each coded file's largest truncation within max_bytes, the one of highest PSNR against
-    `reference` (the first on ties). ValueError when none fits, as truncate raises it for the first."""
+    `reference` (the first on ties). ValueError when none fits, as truncate raises it for the last."""
     from .metrics import psnr
 
     cuts = list(_cuts_within(codeds, max_bytes))
