@@ -69,21 +69,22 @@ def decode(data: bytes, width: int, height: int) -> np.ndarray:
 
 @dataclass
 class Variant:
-    """One codec at one scale for one image, remembering every file size it has produced."""
+    """One codec at one scale for one image, remembering every file it has produced (the slow
+    settings take up to a minute per megapixel: the file that wins a budget is not coded twice)."""
 
     codec: Codec
     scale: int
     small: Image.Image
-    sizes: dict = field(default_factory=dict)       # quality -> final bytes
+    files: dict = field(default_factory=dict)       # quality -> file at the final settings
     probes: dict = field(default_factory=dict)      # quality -> probe size
 
     def data(self, quality: int) -> bytes:
-        return self.codec.encode(self.small, quality)
+        if quality not in self.files:
+            self.files[quality] = self.codec.encode(self.small, quality)
+        return self.files[quality]
 
     def size(self, quality: int) -> int:
-        if quality not in self.sizes:
-            self.sizes[quality] = len(self.data(quality))
-        return self.sizes[quality]
+        return len(self.data(quality))
 
     def _probe(self, quality: int) -> int:
         if quality not in self.probes:
