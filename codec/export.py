@@ -5,6 +5,10 @@
 Token statistics come from random crops of the training photos (same sampler as
 training); the smoothing strength is picked by code length on the held-out training
 photos. Never looks at data/eval.
+
+A decoder-only run (`freeze_encoder`, started from shipped weights with `init`) makes the same
+tokens as the model it started from: its export keeps that model's tables and records its sha256
+as `tokens_of`, so the context model trained on those tokens serves both (weights.py).
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ from safetensors.torch import load_file
 
 from ..entropy.models import PositionTables
 from .model import ModelConfig, Tokenizer
-from .train import CropSampler, split_photos
-from .weights import WEIGHTS_DIR, save_weights
+from .train import DECODER_PREFIXES, CropSampler, split_photos
+from .weights import WEIGHTS_DIR, load, save_weights
 
 
 @torch.inference_mode()
@@ -58,6 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     # ship what is decoded: round-trip through fp16 before measuring anything
     tok.load_state_dict({k: v.half().float() for k, v in tok.state_dict().items()})
     tok.eval()
+
+    if cfg.get("loss", {}).get("freeze_encoder") and tc.get("init"):
+        base = load(tc["init"])
+        base_state = base.tokenizer.state_dict()
+        changed = [k for k, v in tok.state_dict().items()
+                   if not k.startswith(DECODER_PREFIXES) and not torch.equal(v, base_state[k])]
+        if changed:
+            sys.exit(f"export: the encoder of {run} differs from {tc['init']} ({changed[0]}): not a decoder-only run")
+        path = Path(args.out) / f"{args.name}.safetensors"
+        digest = save_weights(path, args.name, tok, base.tables, tokens_of=base.sha256)
+        print(json.dumps({"name": args.name, "sha256": digest.hex(), "step": state["step"],
+                          "tokens_of": base.name, "tables": "kept from " + base.name}))
+        return
 
     train_files, held = split_photos(tc)
     train_tokens = collect_tokens(tok, CropSampler(train_files, tc["areas_mp"], mc.tile, seed=99), args.tiles)

@@ -4,7 +4,9 @@ A weights file holds the tokenizer's tensors ("model.*", fp16), the entropy mode
 integer tables ("entropy.freqs") and metadata (name, model config, entropy model id).
 Files record the sha256 of the whole weights file (version-2 files its first 4 bytes);
 decoding looks the model up by it. Context models (entropy/weights/*.safetensors, integer
-tensors) are bound to the tokenizer whose tokens they predict by its sha256.
+tensors) are bound to the tokenizer whose tokens they predict by its sha256; a decoder-only
+fine-tune names the tokenizer whose encoder it shares in its `tokens_of` metadata and uses its
+context model.
 """
 from __future__ import annotations
 
@@ -78,11 +80,16 @@ def _sha256_cached(path: Path, size: int, mtime_ns: int) -> bytes:
     return h.digest()
 
 
-def save_weights(path: Path, name: str, tokenizer: Tokenizer, tables: PositionTables) -> bytes:
-    """Write a shippable weights file (fp16 tensors) and return its sha256."""
+def save_weights(path: Path, name: str, tokenizer: Tokenizer, tables: PositionTables,
+                 tokens_of: bytes | None = None) -> bytes:
+    """Write a shippable weights file (fp16 tensors) and return its sha256. `tokens_of`: the sha256
+    of the weights whose encoder this one shares (a decoder-only fine-tune), so their context
+    model applies."""
     tensors = {f"model.{k}": v.detach().to(torch.float16).contiguous() for k, v in tokenizer.state_dict().items()}
     tensors["entropy.freqs"] = torch.from_numpy(tables.freqs.astype("int32"))
     meta = {"name": name, "config": json.dumps(tokenizer.cfg.to_dict()), "entropy_model": tables.id}
+    if tokens_of is not None:
+        meta["tokens_of"] = tokens_of.hex()
     save_file(tensors, str(path), metadata=meta)
     path.chmod(0o644)
     return file_sha256(path)
@@ -111,7 +118,13 @@ def load_path(path: Path) -> Model:
         raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code") from e
     tok.eval().requires_grad_(False)
     tables = PositionTables(tensors["entropy.freqs"].numpy().astype("int64"))
-    return Model(meta["name"], digest, cfg, tok, tables, meta["entropy_model"], _context_for(digest))
+    context = _context_for(digest)
+    if context is None and meta.get("tokens_of"):  # a decoder-only fine-tune: same tokens, same context model
+        try:
+            context = _context_for(bytes.fromhex(meta["tokens_of"]))
+        except ValueError:
+            raise ModelNotFound(f"weights file {path.name} names a malformed tokens_of hash") from None
+    return Model(meta["name"], digest, cfg, tok, tables, meta["entropy_model"], context)
 
 
 def _context_for(tokenizer_sha256: bytes) -> ContextModel | None:

@@ -7,7 +7,9 @@ import shutil
 import pytest
 
 from conftest import DATA
-from odp.codec import perceptual, train
+import torch
+
+from odp.codec import export, perceptual, train, weights
 
 CONFIG = """
 [model]
@@ -83,10 +85,9 @@ def test_stage_two_terms_and_frozen_encoder(tmp_path):
 
 
 def test_init_from_shipped_weights(tmp_path):
-    """A new run can start from the shipped model (fine-tuning) instead of from scratch."""
+    """A new run can start from the shipped model (fine-tuning) instead of from scratch; a
+    decoder-only one exports as a model that makes the same tokens and shares the context model."""
     import tomllib
-
-    from odp.codec import weights
 
     model_cfg = tomllib.loads((weights.WEIGHTS_DIR.parent / "configs" / "odp-small.toml").read_text())["model"]
     section = "[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in model_cfg.items())
@@ -98,8 +99,16 @@ def test_init_from_shipped_weights(tmp_path):
     for name in ("a.png", "b.png"):
         shutil.copy(DATA / "photo_768x512.png", big / name)
     cfg = cfg.replace(str(tmp_path / "photos"), str(big)).replace("holdout_every = 3", "holdout_every = 2")
-    (tmp_path / "init.toml").write_text(cfg)
+    (tmp_path / "init.toml").write_text(cfg.replace("lr = 1e-9", "lr = 1e-4") + "[loss]\nfreeze_encoder = true\n")
     run = tmp_path / "run"
     train.main(["--config", str(tmp_path / "init.toml"), "--run", str(run), "--threads", "2"])
     ev = [r for r in log_lines(run) if "eval" in r][-1]
     assert ev["psnr@256"] > 15  # a random model scores far lower
+
+    export.main(["--run", str(run), "--name", "tuned", "--out", str(tmp_path)])
+    base, tuned = weights.load(), weights.load_path(tmp_path / "tuned.safetensors")
+    assert tuned.sha256 != base.sha256 and tuned.context is not None and tuned.context.id == base.context.id
+    assert (tuned.tables.freqs == base.tables.freqs).all()
+    base_state, tuned_state = base.tokenizer.state_dict(), tuned.tokenizer.state_dict()
+    differs = {k for k in base_state if not torch.equal(base_state[k], tuned_state[k])}
+    assert differs and all(k.startswith(train.DECODER_PREFIXES) for k in differs)  # only the decoder learned
