@@ -44,6 +44,12 @@ def coffee(photos) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
+def v1_model():
+    """The first shipped model, kept installed so that the files written with it still decode."""
+    return weights.load("odp-small-v1")
+
+
+@pytest.fixture(scope="session")
 def encoded(photos, model) -> dict[str, bytes]:
     """Full-length (all K tokens) encodings of the test photos, every tile alike (adaptive=False), so that
     tokens per tile are exact; adaptive files have their own fixture and tests."""

@@ -122,12 +122,12 @@ def test_missing_model_is_named(small_odp):
         odp.decode(other)
 
 
-def test_version_1_file(model):
+def test_version_1_file(v1_model):
     from helpers import v1_file
 
     i = odp.info(v1_file())
     assert (i.version, i.width, i.height, i.tiles, i.tokens, i.mean_tokens, i.layers) == (1, 320, 240, 2, 64, 64, 8)
-    assert i.model == model.name and i.weights_sha256 == model.sha256.hex() and not i.adaptive
+    assert i.model == v1_model.name and i.weights_sha256 == v1_model.sha256.hex() and not i.adaptive
     new = odp.truncate(v1_file(), tokens=64)  # written as version 2, the same tokens
     assert odp.info(new).version == 2 and odp.info(new).tokens == 64
     assert odp.decode(new, device="cpu").tobytes() == odp.decode(v1_file(), device="cpu").tobytes()

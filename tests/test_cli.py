@@ -245,7 +245,7 @@ def test_info_on_a_cut_file(tmp_path, small_odp):
     assert "cut short" in r.stdout and "odp: warning:" in r.stderr
 
 
-def test_version_1_files_are_read_and_truncate_to_version_2(tmp_path, model):
+def test_version_1_files_are_read_and_truncate_to_version_2(tmp_path, v1_model):
     """A file the previous release wrote (320x240, 64 of 256 tokens per tile in chunks of 8)."""
     v1 = tmp_path / "old.odp"
     v1.write_bytes(helpers.v1_file())
@@ -255,7 +255,7 @@ def test_version_1_files_are_read_and_truncate_to_version_2(tmp_path, model):
     assert (d["version"], d["width"], d["height"], d["tiles"], d["adaptive"]) == (1, 320, 240, "2x1", False)
     assert d["tokens_per_tile"] == d["tokens_min"] == d["tokens_max"] == 64 and d["complete"] is True
     assert d["truncation_points"] == list(range(8, 65, 8)) and d["layers"] == 8
-    assert d["model"] == model.name and d["weights_sha256"] == model.sha256.hex()
+    assert d["model"] == v1_model.name and d["weights_sha256"] == v1_model.sha256.hex()
     assert "(format v1)" in odp("info", v1).stdout
     assert_ok(odp("info", v1, "--verify"))
     assert_ok(odp("decode", v1, "-o", tmp_path / "old.png"))

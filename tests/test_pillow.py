@@ -37,11 +37,11 @@ def test_open_reads_the_header_and_load_decodes(tmp_path, small_odp, model):
             assert im.tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()
 
 
-def test_opens_version_1_and_adaptive_files(adaptive_odp, model):
+def test_opens_version_1_and_adaptive_files(adaptive_odp, v1_model):
     from helpers import v1_file
 
     with Image.open(io.BytesIO(v1_file())) as im:
-        assert (im.size, im.info["odp_model"], im.info["odp_adaptive"]) == ((320, 240), model.name, False)
+        assert (im.size, im.info["odp_model"], im.info["odp_adaptive"]) == ((320, 240), v1_model.name, False)
         im.odp_tokens = 16
         assert im.tobytes() == pipeline.decode(v1_file(), tokens=16, device="cpu").tobytes()
     with Image.open(io.BytesIO(adaptive_odp)) as im:

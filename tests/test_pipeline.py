@@ -16,7 +16,10 @@ import pytest
 from PIL import Image, ImageCms, TiffImagePlugin
 
 import helpers
+import torch
+
 from odp.codec import pipeline, weights
+from odp.codec.train import DECODER_PREFIXES
 from odp.codec.metrics import psnr
 from odp.codec.pipeline import OdpWarning
 from odp.codec.weights import ModelNotFound
@@ -697,6 +700,31 @@ def test_load_unknown_model():
         weights.load("no-such-model")
 
 
+def test_files_of_the_previous_model_decode_with_it(model):
+    """A file written with odp-small-v1 names its weights by hash: it decodes with v1 (kept
+    installed) after the default moved on, not with the default's decoder."""
+    data = (helpers.DATA / "astronaut-odp-small-v1.odp").read_bytes()
+    v1 = weights.load("odp-small-v1")
+    assert model is not v1  # the default is a newer model
+    c, used, toks, counts = pipeline.read_tokens(data)
+    assert used is v1
+    h = c.header
+    expected = pipeline.tokens_to_image(toks, h.width, h.height, v1, "cpu", 8, np.array(counts))
+    out = np.asarray(pipeline.decode(data, device="cpu"))
+    assert (out == expected).all()
+    assert (out != pipeline.tokens_to_image(toks, h.width, h.height, model, "cpu", 8, np.array(counts))).any()
+
+
+def test_shipped_default_is_a_decoder_fine_tune_of_v1(model):
+    """odp-small-v2 keeps v1's encoder and tables (same tokens, same bytes), so v1's context model
+    codes its files too; only the decoder differs."""
+    v1 = weights.load("odp-small-v1")
+    assert model.context.id == v1.context.id and (model.tables.freqs == v1.tables.freqs).all()
+    old, new = v1.tokenizer.state_dict(), model.tokenizer.state_dict()
+    differs = {k for k in old if not torch.equal(old[k], new[k])}
+    assert differs and all(k.startswith(DECODER_PREFIXES) for k in differs)
+
+
 def test_load_by_hash(model):
     assert weights.load_by_hash(model.sha256) is model
     assert weights.load_by_hash(model.sha256, "other-name") is model
@@ -767,8 +795,11 @@ def test_target_gives_a_small_file_reaching_it(astronaut, model, encoded, metric
     original = np.asarray(astronaut.convert("RGB"))
     goal = score(original, np.asarray(pipeline.decode(encoded["astronaut"], tokens=24, device="cpu")))
     data = pipeline.encode(astronaut, model=model, device="cpu", target=(metric, goal))
-    assert container.read(data).mean_tokens <= 24
     assert score(original, np.asarray(pipeline.decode(data, device="cpu"))) >= goal
+    below = pipeline.truncate(data, level=container.read(data).level - 1)  # its lowest level that reaches it
+    assert score(original, np.asarray(pipeline.decode(below, device="cpu"))) < goal
+    # adaptive levels are not uniform token counts: near the uniform 24-token file, well under 32
+    assert len(data) < len(pipeline.truncate(encoded["astronaut"], tokens=32))
 
 
 def test_target_out_of_reach_keeps_everything_and_warns(small_photo, model, small_odp):
