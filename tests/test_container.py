@@ -586,13 +586,13 @@ def test_random_bytes_only_raise_format_error(blob):
 V1_LEVELS = [8, 16, 24, 32, 40, 48, 56, 64]
 
 
-def test_reads_a_version_1_file(model):
+def test_reads_a_version_1_file(v1_model):
     data = helpers.v1_file()
     c = container.read(data)
     h = c.header
     assert (h.version, h.width, h.height, h.tile, h.tokens) == (1, 320, 240, 256, 256)
     assert (h.entropy_model, h.model_name, h.weights, h.icc, h.exif) == ("pos-freq-v1", "odp-small-v1", b"", b"", b"")
-    assert h.model_id == model.sha256  # v1 names the weights by their whole sha256
+    assert h.model_id == v1_model.sha256  # v1 names the weights by their whole sha256
     assert [x.level for x in c.layers] == V1_LEVELS and all(x.check is None for x in c.layers)
     assert c.complete and c.declared_level == c.level == 64 and h.counts(64) == [64, 64]
     # a layer is the chunk's bytes without its CRC

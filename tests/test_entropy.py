@@ -131,15 +131,23 @@ def tiny_context_file(tmp_path_factory):
 
 
 def shipped_context_file(model):
-    """The installed context model's file (what weights._context_for loaded), or None."""
+    """The installed context model's file (what weights._context_for loaded), or None. It is bound
+    to the tokenizer that makes the model's tokens: the model itself or, for a decoder-only
+    fine-tune, the model it names as tokens_of (weights.py)."""
     if model.context is None:
         return None
     for path in sorted(weights.CONTEXT_DIR.glob("*.safetensors")):
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-        if meta.get("id") == model.context.id and meta.get("tokenizer_sha256") == model.sha256.hex():
+        if meta.get("id") == model.context.id and meta.get("tokenizer_sha256") in (model.sha256.hex(), tokens_of(model)):
             return path
     raise AssertionError("the shipped context model has no file")
+
+
+def tokens_of(model) -> str | None:
+    """The sha256 (hex) of the tokenizer whose tokens a decoder-only fine-tune decodes, if any."""
+    with safe_open(str(weights.WEIGHTS_DIR / f"{model.name}.safetensors"), framework="pt") as f:
+        return (f.metadata() or {}).get("tokens_of")
 
 
 def load_context(path) -> tuple[ContextModel, dict, dict]:
