@@ -13,15 +13,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageCms, TiffImagePlugin
 
 import helpers
-import torch
-
 from odp.codec import pipeline, weights
-from odp.codec.train import DECODER_PREFIXES
 from odp.codec.metrics import psnr
 from odp.codec.pipeline import OdpWarning
+from odp.codec.train import DECODER_PREFIXES
 from odp.codec.weights import ModelNotFound
 from odp.formats import container
 from odp.formats.container import Container, FormatError
@@ -700,27 +699,25 @@ def test_load_unknown_model():
         weights.load("no-such-model")
 
 
-def test_files_of_the_previous_model_decode_with_it(model):
+def test_files_of_the_previous_model_decode_with_it(model, v1_model):
     """A file written with odp-small-v1 names its weights by hash: it decodes with v1 (kept
     installed) after the default moved on, not with the default's decoder."""
     data = (helpers.DATA / "astronaut-odp-small-v1.odp").read_bytes()
-    v1 = weights.load("odp-small-v1")
-    assert model is not v1  # the default is a newer model
+    assert model is not v1_model  # the default is a newer model
     c, used, toks, counts = pipeline.read_tokens(data)
-    assert used is v1
+    assert used is v1_model
     h = c.header
-    expected = pipeline.tokens_to_image(toks, h.width, h.height, v1, "cpu", 8, np.array(counts))
+    expected = pipeline.tokens_to_image(toks, h.width, h.height, v1_model, "cpu", 8, np.array(counts))
     out = np.asarray(pipeline.decode(data, device="cpu"))
     assert (out == expected).all()
     assert (out != pipeline.tokens_to_image(toks, h.width, h.height, model, "cpu", 8, np.array(counts))).any()
 
 
-def test_shipped_default_is_a_decoder_fine_tune_of_v1(model):
+def test_shipped_default_is_a_decoder_fine_tune_of_v1(model, v1_model):
     """odp-small-v2 keeps v1's encoder and tables (same tokens, same bytes), so v1's context model
     codes its files too; only the decoder differs."""
-    v1 = weights.load("odp-small-v1")
-    assert model.context.id == v1.context.id and (model.tables.freqs == v1.tables.freqs).all()
-    old, new = v1.tokenizer.state_dict(), model.tokenizer.state_dict()
+    assert model.context.id == v1_model.context.id and (model.tables.freqs == v1_model.tables.freqs).all()
+    old, new = v1_model.tokenizer.state_dict(), model.tokenizer.state_dict()
     differs = {k for k in old if not torch.equal(old[k], new[k])}
     assert differs and all(k.startswith(DECODER_PREFIXES) for k in differs)
 

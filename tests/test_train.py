@@ -84,7 +84,7 @@ def test_stage_two_terms_and_frozen_encoder(tmp_path):
     assert (run / "disc.safetensors").is_file()
 
 
-def test_init_from_shipped_weights(tmp_path):
+def test_init_from_shipped_weights(tmp_path, v1_model):
     """A new run can start from the shipped model (fine-tuning) instead of from scratch; a
     decoder-only one exports as a model that makes the same tokens and shares the context model."""
     import tomllib
@@ -106,7 +106,7 @@ def test_init_from_shipped_weights(tmp_path):
     assert ev["psnr@256"] > 15  # a random model scores far lower
 
     export.main(["--run", str(run), "--name", "tuned", "--out", str(tmp_path)])
-    base, tuned = weights.load("odp-small-v1"), weights.load_path(tmp_path / "tuned.safetensors")
+    base, tuned = v1_model, weights.load_path(tmp_path / "tuned.safetensors")
     assert tuned.sha256 != base.sha256 and tuned.context is not None and tuned.context.id == base.context.id
     assert (tuned.tables.freqs == base.tables.freqs).all()
     base_state, tuned_state = base.tokenizer.state_dict(), tuned.tokenizer.state_dict()
