@@ -404,8 +404,10 @@ def info(input, as_json, verify):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a Markdown results page with the plots here (e.g. docs/results.md).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Images measured at once, each in its own process with its share of the CPU threads.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, report, quiet):
+def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, report, jobs, quiet):
     """Rate-distortion and speed of ODP against JPEG, WebP, AVIF (JPEG XL) on a folder of images."""
     from ..codec import bench as bench_mod
     from ..codec import metrics, perceptual
@@ -430,7 +432,8 @@ def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, r
         codec_names = [c.strip() for c in codec_list.split(",") if c.strip()] if codec_list else None
         if codec_names == ["none"]:
             codec_names = []
-        md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet, report)
+        md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet, report,
+                           jobs)
     click.echo(md)
 
 

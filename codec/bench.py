@@ -104,6 +104,18 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
         yield part, {"points": list(points.values()), "seconds": time.time() - t0, "stats": stats}
 
 
+def measure_image(path: Path, parts: list[str], files: dict[str, Path], budgets, metric_names, codec_names,
+                  device: str, model=None) -> None:
+    """Measure the missing parts of one image and cache each as soon as it is done (atomically:
+    an interrupted run leaves no half-written part). Runs in a worker process with --jobs."""
+    model = model or weights.load()
+    codecs = {k: v for k, v in classic.available_codecs().items() if k in codec_names}
+    for part, doc in measure_parts(path, parts, budgets, metric_names, codecs, model, device):
+        tmp = files[part].with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, files[part])
+
+
 def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, list], dict]:
     """Full ODP files of one image, as pipeline.Coded lists per contender ("odp": adaptive allocation,
     full size first, then the smaller coding scales for budgets it cannot fit; "odp-psnr-scale": the
@@ -471,10 +483,12 @@ def entropy_markdown(stats: list[dict]) -> str:
 
 
 def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, device: str = "auto",
-        codec_names=None, speed_images: int = 2, progress: bool = True, report: Path | None = None) -> str:
+        codec_names=None, speed_images: int = 2, progress: bool = True, report: Path | None = None,
+        jobs: int = 1) -> str:
     """Benchmark every image under folder; write the outputs to `out`; return the Markdown summary.
 
-    With `report`, also write a Markdown page there that embeds the plots (docs/results.md)."""
+    With `report`, also write a Markdown page there that embeds the plots (docs/results.md); with
+    `jobs` > 1, measure that many images at once in worker processes."""
     from tqdm import tqdm
 
     t0 = time.time()
@@ -497,18 +511,36 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     keys = {part: part_key(part, budgets, metric_names, codecs, model) for part in parts}
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for path in images:  # keyed by content: the cache follows a photo that moves, and can be committed
+        stem = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        files[path] = {part: cache / f"{stem}-{part}-{keys[part]}.json" for part in parts}
+    todo = [(path, [part for part in parts if not files[path][part].exists()]) for path in images]
+    todo = [(path, missing) for path, missing in todo if missing]
+    jobs = max(1, min(jobs, len(todo)))
+    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="bench", unit="image",
+               disable=not progress, file=sys.stderr)
+    if jobs == 1:
+        for path, missing in todo:
+            measure_image(path, missing, files[path], budgets, metric_names, list(codecs), dev, model)
+            bar.update()
+    else:  # one process per image at a time; each gets its share of the CPU threads
+        import concurrent.futures as cf
+        import multiprocessing
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = [pool.submit(measure_image, path, missing, files[path], budgets, metric_names,
+                                   list(codecs), dev) for path, missing in todo]
+            for f in cf.as_completed(futures):
+                f.result()
+                bar.update()
+    bar.close()
     points, measured_s, odp_stats = [], 0.0, []
-    for path in tqdm(images, desc="bench", unit="image", disable=not progress, file=sys.stderr):
-        stem = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        files = {part: cache / f"{stem}-{part}-{keys[part]}.json" for part in parts}
-        missing = [part for part in parts if not files[part].exists()]
-        if missing:
-            for part, doc in measure_parts(path, missing, budgets, metric_names, codecs, model, dev):
-                tmp = files[part].with_suffix(".tmp")
-                tmp.write_text(json.dumps(doc))
-                os.replace(tmp, files[part])
+    for path in images:
         for part in parts:
-            doc = json.loads(files[part].read_text())
+            doc = json.loads(files[path][part].read_text())
             points += [{**p, "image": str(path)} for p in doc["points"]]  # the cache may know it by another path
             measured_s += doc["seconds"]
             if doc.get("stats"):
@@ -561,7 +593,11 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
     page = [f"# Results: ODP ({meta['model']}) against the classic codecs", "",
             f"Regenerate with `{cmd}` (`odp fetch-metrics` once first). "
             f"{len(meta['images'])} images from `{meta['folder']}`, never trained on; device {meta['device']}, "
-            f"{meta['cpu_threads']} CPU threads, torch {meta['torch']}, {meta['platform']}.", "",
+            f"{meta['cpu_threads']} CPU threads, torch {meta['torch']}, {meta['platform']}. "
+            f"Each measured part (an image under ODP or one classic codec) is kept in `{rel(out / 'cache')}`, "
+            "keyed by the image's content and everything the part depends on, and committed with this page: "
+            "the command resumes where a run stopped (`--jobs N` measures N images at once) and re-measures "
+            "only what a new model or codec version changes.", "",
             "Each codec gets its best file of no more bytes than the budget (bpp = file bytes × 8 / pixels, "
             "headers included). ODP: the file `odp encode --bytes` makes (one encode, truncated to the budget; "
             "coded at 1/2, 1/3 or 1/4 of each side only where the full size cannot fit); `odp scale by psnr`: "

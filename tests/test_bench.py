@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,29 @@ def test_bench_bad_arguments_are_one_line_errors(tmp_path, args, message):
 def test_bench_empty_folder(tmp_path):
     r = CliRunner().invoke(main, ["bench", str(tmp_path), "--out", str(tmp_path / "o"), "--metrics", "psnr"])
     assert r.exit_code == 1 and "no images" in r.output
+
+
+def test_bench_jobs_measure_the_same_points_in_parallel(bench_run, tmp_path):
+    """--jobs 2 measures images in worker processes: the same files and scores as one process.
+    The cache is keyed by image content, so a renamed copy of a photo is not measured again."""
+    _, out = bench_run
+    doc = json.loads((out / "points.json").read_text())
+    folder = Path(doc["settings"]["folder"])
+    r = CliRunner().invoke(main, ["bench", str(folder), "--out", str(tmp_path / "o"), "--budgets", "0.05,0.2",
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "-q",
+                                  "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    key = lambda p: (p["image"], p["codec"], p["scale"], p["setting"], p["bytes"])  # noqa: E731
+    again = sorted(json.loads((tmp_path / "o" / "points.json").read_text())["points"], key=key)
+    before = sorted(doc["points"], key=key)
+    assert list(map(key, again)) == list(map(key, before))
+    # the model's float arithmetic may round a pixel differently with another thread count
+    assert [p["psnr"] for p in again] == pytest.approx([p["psnr"] for p in before], abs=1e-4)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(folder / "astronaut-320x240.png", renamed / "a-copy.png")
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "cache").glob("*.json")}
+    r = CliRunner().invoke(main, ["bench", str(renamed), "--out", str(tmp_path / "o"), "--budgets", "0.05,0.2",
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "cache").glob("*.json")} == cached
