@@ -156,7 +156,7 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
         deps["model_sha256"] = model.sha256.hex()
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
         deps["format"] = [pipeline.container.VERSION, model.best_entropy.id, list(pipeline.ALLOCATION_GRID),
-                          pipeline.ALLOCATION_VERSION,
+                          pipeline.ENCODER_VERSION,
                           list(pipeline.LEVELS), list(pipeline.SCALES), ODP_CONTENDERS]
     else:
         c = codecs[part]

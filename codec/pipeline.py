@@ -169,7 +169,7 @@ def pack(tokens: np.ndarray, width: int, height: int, model: Model, icc: bytes =
     h = Header(width, height, model.config.tile, model.config.tokens, model.sha256[:container.MODEL_ID_BYTES],
                entropy.id, weights, caps, icc, exif, *display)
     levels = layer_levels(h, level or h.full_level)
-    return container.write(Container(h, build_layers(tokens, h, levels, entropy)))
+    return container.write(Container(without_idle_caps(h, levels[-1]), build_layers(tokens, h, levels, entropy)))
 
 
 def build_layers(tokens: np.ndarray, h: Header, levels: list[int], entropy, start: int = 0) -> list[Layer]:
@@ -183,9 +183,10 @@ def build_layers(tokens: np.ndarray, h: Header, levels: list[int], entropy, star
 
 
 # Token counts at which the encoder decodes every tile to weigh it, and (the top ones) to find where
-# its later tokens stop helping; ALLOCATION_VERSION names the method for caches of its results.
+# its later tokens stop helping. ENCODER_VERSION names what the encoder writes, for caches of its
+# files (odp bench): 3 caps a lone tile too, 4 leaves idle caps out of files.
 ALLOCATION_GRID = (4, 16, 48, 128, 192, 256)
-ALLOCATION_VERSION = 2
+ENCODER_VERSION = 4
 
 
 def token_bits(toks: np.ndarray, entropy) -> np.ndarray:
@@ -228,17 +229,20 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, model: Model, device: str, 
     power-law rate-distortion curve per tile predicts; one weight per tile keeps the header small
     and every cut of the file near the optimal allocation for its size. The cap of a tile is the
     count of its least error (refined between grid points near the top): the model's last tokens
-    can make a tile worse, and without caps the busiest tiles would reach them first.
+    can make a tile worse, and without caps the busiest tiles would reach them first. A lone tile
+    needs no weights but still gets its cap: its file ends there (the cap itself, idle, is not
+    written), so the whole file is never worse than a cut of it.
     """
     tiles_n, k_max = toks.shape
-    if tiles_n == 1:
-        return b"", b""
     everyone = np.arange(tiles_n)
     grid = np.array(sorted({k for k in ALLOCATION_GRID if k < k_max} | {k_max}))
     err = np.stack([tile_errors(toks, pixels, model, device, batch, everyone, k) for k in grid], 1)
-    rate = np.cumsum(token_bits(toks, entropy), 1)
     caps = _caps(toks, pixels, model, device, batch, grid, err)
-    weights = _weights(grid, err, rate[:, grid - 1])
+    if tiles_n == 1:
+        weights = np.full(1, 255, np.uint8)
+    else:
+        rate = np.cumsum(token_bits(toks, entropy), 1)
+        weights = _weights(grid, err, rate[:, grid - 1])
     cap_bytes = np.clip(caps * 255 // k_max, 1, 255).astype(np.uint8)  # ceil(c * K / 255) <= caps
     return (b"" if (weights == 255).all() else weights.tobytes(),
             b"" if (cap_bytes == 255).all() else cap_bytes.tobytes())
@@ -611,6 +615,13 @@ def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: 
     return im
 
 
+def without_idle_caps(h: Header, level: int) -> Header:
+    """h without its token caps when no tile reaches its cap by `level`: a file cut there counts the
+    same tokens without them, and small files should not spend a byte per tile on them."""
+    bare = replace(h, caps=b"")
+    return bare if h.caps and bare.counts(level) == h.counts(level) else h
+
+
 def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None, level: int | None = None) -> bytes:
     """A smaller valid file: at `tokens` per tile (on average, for an adaptive file), or the largest
     that fits `max_bytes`. Whole layers are kept byte for byte; only a partial last layer is re-coded,
@@ -648,7 +659,7 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
         start = whole[-1].level if whole else 0
         adds = sum(h.counts(level)) > sum(h.counts(start))  # a level between two weights' steps may add none
         extra = build_layers(toks, h, [level], entropy, start) if adds else []
-        return container.write(Container(h, whole + extra))
+        return container.write(Container(without_idle_caps(h, level), whole + extra))
 
     if max_bytes is None:
         return at_level(need)

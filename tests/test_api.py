@@ -107,7 +107,8 @@ def test_truncate_and_info(small_odp, model):
 def test_info_and_decode_of_a_file_cut_short(small_odp):
     cut = small_odp[: len(small_odp) - 30]
     i = odp.info(cut)
-    assert not i.complete and i.stored_tokens == 256 and 0 < i.tokens < 256
+    whole = odp.info(small_odp).tokens
+    assert not i.complete and i.stored_tokens == whole and 0 < i.tokens < whole
     with pytest.warns(odp.OdpWarning, match="cut short"):
         im = odp.decode(cut, device="cpu")
     assert im.tobytes() == odp.decode(small_odp, tokens=i.tokens, device="cpu").tobytes()

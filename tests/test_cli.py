@@ -170,23 +170,23 @@ def test_info(odp_file, small_odp, small_photo, model):
     assert_ok(r)
     assert f"{small_photo.width}x{small_photo.height}" in r.stdout and "(format v2)" in r.stdout
     assert model.name in r.stdout and model.sha256.hex()[:16] in r.stdout
-    assert "allocated by need" not in r.stdout  # one tile: nothing to allocate
+    assert "allocated by need" not in r.stdout  # one tile: no weights, and the file ends at its cap
     r = odp("info", odp_file, "--json")
     assert_ok(r)
     d = json.loads(r.stdout)
     assert d["version"] == 2
     assert d["width"] == small_photo.width and d["height"] == small_photo.height
     assert d["file_bytes"] == len(small_odp)
-    K = model.config.tokens
-    assert d["tokens_per_tile"] == d["tokens_min"] == d["tokens_max"] == d["model_tokens_per_tile"] == K
+    K, cap = model.config.tokens, container.read(small_odp).kept  # a lone tile's file ends at its cap
+    assert d["tokens_per_tile"] == d["tokens_min"] == d["tokens_max"] == cap < d["model_tokens_per_tile"] == K
     assert d["adaptive"] is False and d["complete"] is True
     assert d["model"] == model.name and d["weights_sha256"] == model.sha256.hex()
-    # a new file ends a layer at every allocation level below K, then at K: each a cut needing no re-coding
-    assert d["tiles"] == "1x1" and d["truncation_points"] == [lv for lv in pipeline.LEVELS if lv < K] + [K]
+    # a new file ends a layer at every allocation level below its cap, then at it: each a cut needing no re-coding
+    assert d["tiles"] == "1x1" and d["truncation_points"] == [lv for lv in pipeline.LEVELS if lv < cap] + [cap]
     assert d["layers"] == len(d["truncation_points"]) == len(container.read(small_odp).layers)
     assert f"layers:   {d['layers']} " in odp("info", odp_file).stdout
     assert d["payload_bytes"] == container.read(small_odp).payload_bytes < d["file_bytes"]
-    assert d["bpp"] > 0 and d["bits_per_token"] == round(d["payload_bytes"] * 8 / K, 3)
+    assert d["bpp"] > 0 and d["bits_per_token"] == round(d["payload_bytes"] * 8 / cap, 3)
 
 
 def test_info_on_an_adaptive_file(tmp_path, adaptive_odp):

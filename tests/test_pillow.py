@@ -31,7 +31,7 @@ def test_open_reads_the_header_and_load_decodes(tmp_path, small_odp, model):
     for p in (path, io.BytesIO(small_odp)):
         with Image.open(p) as im:
             assert (im.format, im.size, im.mode) == ("ODP", (64, 48), "RGB")
-            # version 2 names the model by its weights' sha256 prefix; one tile has nothing to allocate
+            # version 2 names the model by its weights' sha256 prefix; one tile has no weights to allocate
             assert im.info["odp_model"] == model.sha256.hex()[:8] and im.info["odp_adaptive"] is False
             assert im.get_format_mimetype() == "image/x-odp"
             assert im.tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()

@@ -50,6 +50,8 @@ def kept(data: bytes) -> int:
 def reheader(data: bytes, **changes) -> bytes:
     """The same layers under a header with fields changed (its checksum made valid again)."""
     c = container.read(data, max_pixels=None)
+    if {"width", "height", "tile"} & changes.keys():  # another tile count: per-tile fields no longer fit
+        changes = {"weights": b"", "caps": b""} | changes
     return container.write(Container(replace(c.header, **changes), c.layers))
 
 
@@ -76,7 +78,8 @@ def test_decode_is_deterministic(encoded, decoded):
 def test_encode_is_deterministic(coffee, encoded, model):
     with warnings.catch_warnings():
         warnings.simplefilter("error", OdpWarning)  # an opaque RGB photo gives no warning
-        assert pipeline.encode(coffee, model=model, device="cpu") == encoded["coffee"]
+        assert pipeline.encode(coffee, model=model, device="cpu", adaptive=False) == encoded["coffee"]
+        assert pipeline.encode(coffee, model=model, device="cpu") == pipeline.encode(coffee, model=model, device="cpu")
 
 
 def test_encode_uses_the_default_model(small_photo, small_odp):
@@ -238,6 +241,36 @@ def test_adaptive_caps_stop_tiles_where_later_tokens_hurt(adaptive_odp, adaptive
         at_k = pipeline.tile_errors(full, pixels, model, "cpu", 4, np.array([t]), h.tokens)[0]
         assert at_cap < at_k
         np.testing.assert_array_equal(toks[t, :h.limits[t]], full[t, :h.limits[t]])
+
+
+def test_a_lone_tile_is_capped_too(small_photo, small_odp, model):
+    """A one-tile image is capped too: its file ends at its count of least error (needing neither
+    weights nor the cap field) and decodes no worse than the uniform file cut at any count the
+    encoder weighs, so keeping more of it never costs quality."""
+    c = container.read(small_odp)
+    assert c.header.tiles == 1 and not c.header.adaptive and c.level < c.header.tokens
+    uniform = pipeline.encode(small_photo, model=model, device="cpu", adaptive=False)
+    pixels = pipeline.prepare(small_photo).pixels.astype(float)
+
+    def error(data, **cut):
+        return ((np.asarray(pipeline.decode(data, device="cpu", **cut), float) - pixels) ** 2).mean()
+
+    whole = error(small_odp)
+    assert all(whole <= error(uniform, tokens=k) for k in pipeline.ALLOCATION_GRID)
+
+
+def test_a_cut_below_every_cap_leaves_the_caps_out(adaptive_odp):
+    """Caps only matter once a tile reaches its own: a smaller cut drops them (a byte per tile) and
+    decodes the same tokens; the whole file keeps them."""
+    h = container.read(adaptive_odp).header
+    assert h.caps and h.weights and min(h.limits) > 8
+    cut = pipeline.truncate(adaptive_odp, tokens=8)
+    c = container.read(cut)
+    assert not c.header.caps and c.header.weights == h.weights
+    assert len(cut) == len(container.write(replace(c, header=replace(c.header, caps=h.caps)))) - h.tiles
+    np.testing.assert_array_equal(pipeline.read_tokens(cut)[3], h.counts(c.level))
+    assert pipeline.decode(cut, device="cpu").tobytes() == pipeline.decode(adaptive_odp, tokens=8, device="cpu").tobytes()
+    assert container.read(pipeline.truncate(adaptive_odp, level=h.full_level)).header.caps == h.caps
 
 
 def test_adaptive_truncation_is_a_cut_and_fits(adaptive_odp):
@@ -550,7 +583,11 @@ def test_every_short_prefix_of_the_header_region(small_odp):
 
 
 def test_flipped_byte_in_header(small_odp):
-    for pos in range(len(container.MAGIC) + 1, helpers.layer_spans(small_odp)[0][0]):
+    """A flipped header length reads too far or too short; any other flipped byte fails the checksum."""
+    length_byte = len(container.MAGIC) + 1
+    with pytest.raises(FormatError, match="checksum|cut short|over the limit"):
+        pipeline.decode(helpers.flip(small_odp, length_byte))
+    for pos in range(length_byte + 1, helpers.layer_spans(small_odp)[0][0]):
         with pytest.raises(FormatError, match="checksum"):
             pipeline.decode(helpers.flip(small_odp, pos))
 
