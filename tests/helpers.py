@@ -194,8 +194,6 @@ def reheader(data: bytes, flags: int | None = None, code: int | None = None, **c
         raise ValueError("reheader rewrites version-2 files only")
     if "model_name" in changes:
         raise ValueError("version-2 headers hold no model name")
-    if {"width", "height", "tile"} & changes.keys():  # another tile count: per-tile fields no longer fit
-        changes = {"weights": b"", "caps": b""} | changes
     h = replace(c.header, **changes)
     if len(h.model_id) != container.MODEL_ID_BYTES:
         raise ValueError(f"a version-2 model id is {container.MODEL_ID_BYTES} bytes")

@@ -50,8 +50,6 @@ def kept(data: bytes) -> int:
 def reheader(data: bytes, **changes) -> bytes:
     """The same layers under a header with fields changed (its checksum made valid again)."""
     c = container.read(data, max_pixels=None)
-    if {"width", "height", "tile"} & changes.keys():  # another tile count: per-tile fields no longer fit
-        changes = {"weights": b"", "caps": b""} | changes
     return container.write(Container(replace(c.header, **changes), c.layers))
 
 
@@ -583,11 +581,7 @@ def test_every_short_prefix_of_the_header_region(small_odp):
 
 
 def test_flipped_byte_in_header(small_odp):
-    """A flipped header length reads too far or too short; any other flipped byte fails the checksum."""
-    length_byte = len(container.MAGIC) + 1
-    with pytest.raises(FormatError, match="checksum|cut short|over the limit"):
-        pipeline.decode(helpers.flip(small_odp, length_byte))
-    for pos in range(length_byte + 1, helpers.layer_spans(small_odp)[0][0]):
+    for pos in range(len(container.MAGIC) + 1, helpers.layer_spans(small_odp)[0][0]):
         with pytest.raises(FormatError, match="checksum"):
             pipeline.decode(helpers.flip(small_odp, pos))
 
