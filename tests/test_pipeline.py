@@ -47,12 +47,6 @@ def kept(data: bytes) -> int:
     return container.read(data).kept
 
 
-def reheader(data: bytes, **changes) -> bytes:
-    """The same layers under a header with fields changed (its checksum made valid again)."""
-    c = container.read(data, max_pixels=None)
-    return container.write(Container(replace(c.header, **changes), c.layers))
-
-
 # --------------------------------------------------------------------------- round trip
 
 
@@ -608,7 +602,7 @@ def test_flipped_byte_in_a_layer(encoded):
 
 
 def test_foreign_model_id(small_odp):
-    data = reheader(small_odp, model_id=b"\x42" * 4)
+    data = helpers.reheader(small_odp, model_id=b"\x42" * 4)
     with pytest.raises(ModelNotFound, match="42424242") as e:
         pipeline.decode(data)
     assert "not installed" in str(e.value) and "\n" not in str(e.value)
@@ -624,7 +618,7 @@ def test_entropy_model_the_model_lacks(small_odp, model):
     other = "pos-freq-v1" if model.best_entropy.id != "pos-freq-v1" else "ctx16-v1"
     if other == "ctx16-v1" and model.context is not None:
         pytest.skip("both entropy models are installed")
-    data = reheader(small_odp, entropy_model=other)
+    data = helpers.reheader(small_odp, entropy_model=other)
     if other == "pos-freq-v1":  # the tables are always there: the tokens decode wrong and fail their check
         with pytest.raises(FormatError, match="does not decode"):
             pipeline.decode(data)
@@ -636,12 +630,12 @@ def test_entropy_model_the_model_lacks(small_odp, model):
 @pytest.mark.parametrize("changes", [{"tile": 128}, {"tokens": 512}])
 def test_header_that_does_not_match_the_model(changes, small_odp):
     with pytest.raises(FormatError, match="does not match"):
-        pipeline.decode(reheader(small_odp, **changes))
+        pipeline.decode(helpers.reheader(small_odp, **changes))
 
 
 @pytest.mark.parametrize("w, h", [(65535, 65535), (16385, 16384)])
 def test_huge_declared_size(w, h, small_odp):
-    data = reheader(small_odp, width=w, height=h)
+    data = helpers.reheader(small_odp, width=w, height=h)
     with pytest.raises(FormatError, match="exceeds the limit"):
         pipeline.decode(data)
     with pytest.raises(FormatError, match="exceeds the limit"):
