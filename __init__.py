@@ -5,16 +5,20 @@ The public API (docs/api.md):
     data = odp.encode(image, tokens=None, bytes=None)   # PIL image, numpy array or torch tensor -> .odp bytes
     image = odp.decode(data, tokens=None)               # -> PIL.Image (RGB)
     small = odp.truncate(data, tokens=32)               # a shorter valid file; no network runs
-    odp.info(data)                                      # -> odp.Info
+    odp.info(data)                                      # -> odp.Info, from the header alone
+    odp.verify(data)                                    # odp.FormatError unless the file is whole
+    odp.model_of(data)                                  # -> odp.ModelInfo of the installed model it needs
     odp.encode_batch(images)                            # tiles of many images batched through the network
+    odp.Encoding(image).within(bytes=2000)              # encode once, then cut to any budget
     odp.encode_file / decode_file / truncate_file       # paths in, outputs written atomically
     odp.register_pillow()                               # Image.open / save of .odp files
+    odp.EncodeOptions(...)                              # the validated options every entry point uses
 
-`import odp` is cheap: torch, numpy and Pillow are imported by the functions that need them.
+`import odp` is cheap, and info, verify, truncate and model_of never import torch: only
+encoding and decoding pixels run the network.
 """
 from __future__ import annotations
 
-import numbers
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -27,23 +31,29 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from .codec.options import EncodeOptions
+
     ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 __version__ = "0.1.0"
 MIME_TYPE = "image/x-odp"
 EXTENSION = ".odp"
 
-__all__ = ["encode", "decode", "truncate", "info", "Info", "encode_batch", "encode_file", "decode_file",
-           "truncate_file", "register_pillow", "FormatError", "ModelNotFound", "OdpWarning", "MIME_TYPE",
-           "EXTENSION", "__version__"]
+__all__ = ["encode", "decode", "truncate", "info", "Info", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch",
+           "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "register_pillow", "EncodeOptions",
+           "FormatError", "ModelNotFound", "OptionError", "OdpWarning", "MIME_TYPE", "EXTENSION",
+           "IMAGE_SUFFIXES", "__version__"]
 
-_LAZY = {"FormatError": ("odp.formats.container", "FormatError"),
-         "ModelNotFound": ("odp.codec.weights", "ModelNotFound"),
-         "OdpWarning": ("odp.codec.pipeline", "OdpWarning")}
+_LAZY = {"FormatError": ("odp.codec.errors", "FormatError"),
+         "ModelNotFound": ("odp.codec.errors", "ModelNotFound"),
+         "OptionError": ("odp.codec.errors", "OptionError"),
+         "OdpWarning": ("odp.codec.errors", "OdpWarning"),
+         "EncodeOptions": ("odp.codec.options", "EncodeOptions"),
+         "IMAGE_SUFFIXES": ("odp.codec.imaging", "IMAGE_SUFFIXES")}
 
 
 def __getattr__(name: str) -> Any:
-    """The exception and warning classes, imported on first use (ModelNotFound and OdpWarning import torch)."""
+    """The error classes, the options and the suffixes, imported on first use (none imports torch)."""
     if name in _LAZY:
         import importlib
 
@@ -81,6 +91,20 @@ class Info:
     version: int = 2          # format version
     coded_width: int = 0      # the size the tokens code: smaller than width x height when the encoder
     coded_height: int = 0     # chose a coding scale (docs/api.md), else the same
+    tokens_min: int = 0       # the fewest and most tokens a tile keeps in this file
+    tokens_max: int = 0
+    truncation_points: tuple[int, ...] = ()  # allocation level at the end of each complete layer
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The installed model a file needs (odp.model_of); found without loading its network."""
+
+    name: str
+    weights_sha256: str     # hex sha256 of the whole weights file
+    tokens: int             # tokens per tile the model makes
+    codebook_size: int      # distinct token ids: log2 of it is the bits of a raw token
+    entropy_model: str      # the probability model the file is coded with
 
 
 def _data(data: Any, what: str) -> bytes:
@@ -93,13 +117,9 @@ def _data(data: Any, what: str) -> bytes:
 
 
 def _count(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value}")
-    return int(value)
+    from .codec.options import count
+
+    return count(value, name)
 
 
 def _to_pil(image: Any) -> Image.Image:
@@ -138,13 +158,13 @@ def _to_pil(image: Any) -> Image.Image:
     raise TypeError(f"expected a PIL image, numpy array or torch tensor, not {type(image).__name__}")
 
 
-def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",
+def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",  # noqa: A002
            metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
-           msssim: float | None = None, adaptive: bool = True,
-           scale: int | str = "auto") -> bytes:  # noqa: A002  (bytes= as --bytes)
+           msssim: float | None = None, adaptive: bool = True, scale: int | str = "auto",
+           bpp: float | None = None, options: EncodeOptions | None = None) -> bytes:
     """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, the largest file within
-    `bytes`, a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`), or the
-    smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
+    `bytes` (or `bpp`), a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`),
+    or the smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
 
     `image`: a PIL image (any mode; alpha is flattened onto white), a numpy uint8 array H×W×3 (RGB),
     H×W×4 (RGBA) or H×W (grey), or a torch tensor 3×H×W / 1×H×W / H×W, float in [0, 1] or uint8.
@@ -155,57 +175,135 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded; "auto" (the
     default): full size unless `bytes` cannot hold 1 token per tile; "psnr": the coding scale of
     highest PSNR within `bytes`/`quality`, or the smallest file reaching `psnr`/`msssim` (docs/api.md).
+    `options`: an odp.EncodeOptions instead of the keywords (then give no other keyword).
     """
-    from .codec import pipeline
+    from .codec import coding
+    from .codec.options import EncodeOptions
 
-    tokens, budget = _count(tokens, "tokens"), _count(bytes, "bytes")
-    scale = scale if isinstance(scale, str) else _count(scale, "scale")
-    if sum(x is not None for x in (tokens, budget, quality, psnr, msssim)) > 1:
-        raise ValueError("give at most one of tokens, bytes, quality, psnr, msssim")
-    target = ("psnr", psnr) if psnr is not None else ("ms-ssim", msssim) if msssim is not None else None
-    return pipeline.encode(_to_pil(image), tokens=tokens, max_bytes=budget, device=device, metadata=tuple(metadata),
-                           quality=quality, target=target, adaptive=adaptive, scale=scale)
+    if options is None:
+        options = EncodeOptions(tokens=tokens, bytes=bytes, bpp=bpp, quality=quality, psnr=psnr, msssim=msssim,
+                                scale=scale, adaptive=adaptive, metadata=metadata, device=device)
+    return coding.encode(_to_pil(image), options)
 
 
-def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,
-                 device: str = "auto", batch: int | None = None) -> list[bytes]:  # noqa: A002
+def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,  # noqa: A002
+                 device: str = "auto", batch: int | None = None, options: EncodeOptions | None = None) -> list[bytes]:
     """Encode many images, their tiles batched together through the network (a real gain on a GPU).
 
-    Takes the same image kinds as encode() and returns one .odp file per image, in order. `batch` is
-    tiles per network call (default 64 on CUDA, 4 on CPU). A batch mixing images can round a token
-    differently from encode() alone (float rounding under another batch shape); every file is valid.
+    Takes the same image kinds as encode() and returns one .odp file per image, in order, every tile
+    alike at full size. `batch` is tiles per network call (default 64 on CUDA, 4 on CPU). A batch
+    mixing images can round a token differently from encode() alone (float rounding under another
+    batch shape); every file is valid.
     """
-    from .codec import pipeline
+    from .codec import coding
+    from .codec.options import EncodeOptions
 
-    tokens, budget, batch = _count(tokens, "tokens"), _count(bytes, "bytes"), _count(batch, "batch")
-    if tokens is not None and budget is not None:
-        raise ValueError("give tokens or bytes, not both")
+    if options is None:
+        options = EncodeOptions(tokens=tokens, bytes=bytes, device=device, batch=batch, adaptive=False)
     ims = [_to_pil(im) for im in images]
-    return pipeline.encode_many(ims, tokens=tokens, max_bytes=budget, device=device, batch=batch)
+    return coding.encode_many(ims, options)
 
 
-def decode(data: bytes, tokens: int | None = None, device: str = "auto") -> Image.Image:
+class Encoding:
+    """An image encoded once; every size goal is then a cut of that file, at no further network cost
+    except for smaller coding scales, encoded the first time a budget needs them.
+
+        enc = odp.Encoding(image)
+        enc.whole                    # every token: what odp.encode(image) returns
+        enc.within(2000)             # the same file as odp.encode(image, bytes=2000)
+        enc.with_tokens(32)          # the same file as odp.encode(image, tokens=32)
+    """
+
+    def __init__(self, image: ImageLike, adaptive: bool = True, device: str = "auto",
+                 metadata: tuple[str, ...] = ()) -> None:
+        from .codec import coding, ratecontrol
+        from .codec.imaging import check_pixels, prepare
+        from .codec.options import EncodeOptions
+
+        im = _to_pil(image)
+        self.options = EncodeOptions(adaptive=adaptive, device=device, metadata=metadata)
+        check_pixels(im.width, im.height, self.options.max_pixels)
+        self.engine = coding.engine_for(self.options)
+        self.prepared = prepare(im, self.options.metadata)
+        self._ladder = ratecontrol.ScaleLadder(self.prepared, self.engine, adaptive)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the image as coded at full size (EXIF orientation applied)."""
+        return self.prepared.pixels.shape[1], self.prepared.pixels.shape[0]
+
+    @property
+    def pixels(self):
+        """The (H, W, 3) uint8 pixels the file codes: the reference to score a decoded image against."""
+        return self.prepared.pixels
+
+    @property
+    def model_tokens(self) -> int:
+        """Tokens per tile the model makes: the most a file of this image can keep per tile."""
+        return self.engine.model.tokens
+
+    @property
+    def whole(self) -> bytes:
+        return self._ladder.full.data
+
+    @property
+    def scales_encoded(self) -> list[int]:
+        """The coding scales encoded so far (1 = full size): smaller ones only once a budget needed them."""
+        return [c.scale for c in self._ladder.encoded]
+
+    def with_tokens(self, tokens: int) -> bytes:
+        return truncate(self.whole, tokens=tokens)
+
+    def within(self, bytes: int) -> bytes:  # noqa: A002
+        """The largest file within `bytes`, at full size or, when that cannot fit, a smaller coding scale."""
+        from .codec import ratecontrol
+
+        return ratecontrol.first_within(self._ladder, _count(bytes, "bytes"))[0]
+
+
+def is_odp(prefix: bytes) -> bool:
+    """Whether bytes (the first 16 are enough) start like an .odp file this version reads."""
+    from .formats import container
+
+    return container.is_odp(prefix)
+
+
+def decode(data: bytes, tokens: int | None = None, device: str = "auto",
+           max_pixels: int | None = None) -> Image.Image:
     """Decode .odp bytes to an RGB PIL image, using at most `tokens` tokens per tile.
 
     A file cut short decodes from its complete layers, with an odp.OdpWarning. The model is found by the
-    weights hash in the file; odp.ModelNotFound names it when it is not installed.
+    weights hash in the file; odp.ModelNotFound names it when it is not installed. Images of more than
+    `max_pixels` (default $ODP_MAX_PIXELS or 2**28) are refused before any is allocated.
     """
-    from .codec import pipeline
+    from .codec import coding
+    from .codec.options import DEVICES
 
-    return pipeline.decode(_data(data, "decode"), tokens=_count(tokens, "tokens"), device=device)
+    if device not in DEVICES:
+        from .codec.errors import OptionError
+
+        raise OptionError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    limit = _count(max_pixels, "max_pixels") if max_pixels is not None else -1  # -1: $ODP_MAX_PIXELS or 2**28
+    return coding.decode(_data(data, "decode"), tokens=_count(tokens, "tokens"), device=device, max_pixels=limit)
 
 
-def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None) -> bytes:  # noqa: A002
-    """A shorter valid .odp file keeping `tokens` per tile, or the most tokens that fit `bytes` (give one).
-
-    No neural network runs: whole layers are cut, only a partial last one is re-coded.
+def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None,  # noqa: A002
+             layers: int | None = None) -> bytes:
+    """A shorter valid .odp file keeping `tokens` per tile, the most tokens that fit `bytes`, or its
+    first `layers` complete layers (the file's own cut points, odp.info(data).truncation_points);
+    give one. No neural network runs: whole layers are cut, only a partial last one is re-coded.
     """
-    from .codec import pipeline
+    from .codec import stream
+    from .codec.errors import OptionError
 
-    tokens, budget = _count(tokens, "tokens"), _count(bytes, "bytes")
-    if (tokens is None) == (budget is None):
-        raise ValueError("give exactly one of tokens or bytes")
-    return pipeline.truncate(_data(data, "truncate"), tokens=tokens, max_bytes=budget)
+    tokens, budget, layers = _count(tokens, "tokens"), _count(bytes, "bytes"), _count(layers, "layers")
+    if sum(x is not None for x in (tokens, budget, layers)) != 1:
+        raise OptionError("give exactly one of tokens, bytes or layers")
+    data = _data(data, "truncate")
+    if layers is not None:
+        points = info(data).truncation_points
+        return stream.truncate(data, level=points[min(layers, len(points)) - 1] if points else 1)
+    return stream.truncate(data, tokens=tokens, max_bytes=budget)
 
 
 def info(data: bytes) -> Info:
@@ -216,12 +314,54 @@ def info(data: bytes) -> Info:
     c = container.read(raw)
     h = c.header
     payload = c.payload_bytes
-    n = sum(h.counts(c.level))
+    counts = h.counts(c.level)
+    n = sum(counts)
     width, height = h.display_size
     return Info(width, height, h.tile, h.cols, h.rows, h.tiles, c.kept, max(h.counts(c.declared_level)),
                 h.tokens, c.complete, len(raw), payload, len(raw) * 8 / (width * height),
                 payload * 8 / n if n else 0.0, h.model_name, h.model_id.hex(), h.entropy_model, len(h.icc),
-                len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version, h.width, h.height)
+                len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version, h.width, h.height,
+                min(counts), max(counts), tuple(x.level for x in c.layers))
+
+
+def verify(data: bytes, whole: bool = True) -> None:
+    """Raise odp.FormatError unless the file is whole: header checksum good, every layer present and
+    exactly the range coding of tokens that pass their checks. With whole=False, only that the layers
+    that arrived decode to tokens passing their checks (a file cut short passes, with an
+    odp.OdpWarning). No network runs (no torch)."""
+    from .codec import stream
+
+    if whole:
+        stream.verify(_data(data, "verify"))
+    else:
+        stream.read_tokens(_data(data, "verify"))
+
+
+def model_info(name: str | None = None) -> ModelInfo:
+    """An installed model by name (default: the one new files use); odp.ModelNotFound if it is missing
+    or its weights file is damaged. No network is loaded."""
+    from .codec import registry
+
+    entry = registry.find(name or registry.DEFAULT_MODEL)
+    return ModelInfo(entry.name, entry.sha256.hex(), entry.tokens, entry.codebook_size, entry.best_entropy.id)
+
+
+def pixel_limit(max_pixels: int | None = None) -> int | None:
+    """The largest image, in pixels, that encoding and decoding accept: `max_pixels` if given, else
+    $ODP_MAX_PIXELS, else 2**28 (a decompression-bomb guard, docs/security.md)."""
+    from .formats import container
+
+    return container.pixel_limit(container.FROM_ENV if max_pixels is None else _count(max_pixels, "max_pixels"))
+
+
+def model_of(data: bytes) -> ModelInfo:
+    """The installed model a file needs, found by the weights hash in its header (odp.ModelNotFound
+    names it when missing; odp.FormatError when the file does not fit it). Warns (odp.OdpWarning)
+    when the file was cut short. No network is loaded."""
+    from .codec import stream
+
+    c, entry, _ = stream.open_container(_data(data, "model_of"))
+    return ModelInfo(entry.name, entry.sha256.hex(), entry.tokens, entry.codebook_size, c.header.entropy_model)
 
 
 # -- files ------------------------------------------------------------------
@@ -241,8 +381,11 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike | None = None, to
     """Encode an image file (anything Pillow opens) to `dst` (default: src with .odp); returns dst."""
     from PIL import Image
 
+    from .codec.options import EncodeOptions
+
+    options = EncodeOptions(tokens=tokens, bytes=bytes, device=device, metadata=metadata)  # checked before the work
     with Image.open(src) as im:
-        data = encode(im, tokens=tokens, bytes=bytes, device=device, metadata=metadata)
+        data = encode(im, options=options)
     return _write_atomic(dst or Path(src).with_suffix(EXTENSION), overwrite, lambda f: f.write(data))
 
 

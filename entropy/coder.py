@@ -38,7 +38,7 @@ def layer_order(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.n
 
 def contexts(model, tokens: np.ndarray, tile: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Previous `model.lags` tokens of each (tile, position), the model's alphabet size where there is none."""
-    lags = getattr(model, "lags", 0)
+    lags = model.lags
     src = pos[:, None] - np.arange(1, lags + 1)[None, :]
     ctx = tokens[tile[:, None], np.maximum(src, 0)]
     return np.where(src >= 0, ctx, model.alphabet)

@@ -2,7 +2,7 @@
 
 An MLP language model (shared token embedding of the previous LAGS tokens, one hidden
 layer with a per-position bias, softmax over the codebook) trained in floating point
-(codec/train_context.py) and shipped quantised: 12-bit embeddings, 8-bit weights, integer
+(codec/training/context.py) and shipped quantised: 12-bit embeddings, 8-bit weights, integer
 biases, a shipped integer exp table. Inference uses only integers, so encoder and decoder
 compute the same frequency tables on every machine:
 

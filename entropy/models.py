@@ -8,10 +8,36 @@ Every model answers `frequencies(contexts, positions)`; these tables ignore the 
 """
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
 
 PRECISION_BITS = 24
 TOTAL = 1 << PRECISION_BITS
+
+
+@runtime_checkable
+class EntropyModel(Protocol):
+    """What the coder asks of a probability model (tests/test_entropy.py checks each model against it).
+
+    `frequencies(contexts, positions)` gives, for each of n symbols, an int64 row of `alphabet`
+    positive frequencies summing to TOTAL; `contexts` (n, lags) holds the previous `lags` tokens of
+    the symbol's tile (`alphabet` where there is none, see coder.contexts), so a model that ignores
+    them has lags = 0. `first_token_bits` bounds how many tiles a few bytes can describe.
+    """
+
+    id: str          # recorded in every file: the decoder must find the very same model
+    lags: int        # previous tokens of the same tile it looks at
+
+    @property
+    def alphabet(self) -> int: ...
+
+    @property
+    def positions(self) -> int: ...
+
+    def frequencies(self, contexts: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+
+    def first_token_bits(self) -> float: ...
 
 
 class PositionTables:

@@ -2,11 +2,16 @@
 
     import odp.formats.pillow
     im = Image.open("photo.odp")     # found by magic bytes; extension .odp, MIME type image/x-odp
-    im.save("small.odp", tokens=32)  # or bytes=2000; also device="auto"|"cpu"|"cuda", metadata=("icc",)
+    im.save("small.odp", tokens=32)  # any odp.EncodeOptions field: bytes=2000, quality=40, metadata=("icc",), ...
 
 Opening reads only the header; load() runs the model, found by the weights hash in the file (a missing
 one raises odp.ModelNotFound naming it). A file cut short decodes from the layers that arrived, with an
 odp.OdpWarning. Set `im.odp_tokens = N` before load() to decode only the first N tokens per tile.
+
+An unknown save option is refused (odp.OptionError), as Pillow's WebP plugin refuses bad values.
+Decoding and encoding go through the public API (`odp.decode`, `odp.encode`), imported when an image
+is loaded or saved: this module is the Pillow face of that API, the one part of formats/ that calls
+above it (docs/architecture.md).
 
 draft() and reduce() are left as Pillow's defaults: fewer tokens do not give a smaller image, only a
 coarser one, and thumbnails measured from fewer tokens are clearly worse at every scale (docs/api.md).
@@ -59,23 +64,24 @@ class OdpDecoder(ImageFile.PyDecoder):
     _pulls_fd = True
 
     def decode(self, buffer: bytes | Image.SupportsArrayInterface) -> tuple[int, int]:
-        from ..codec import pipeline
+        import odp
 
         assert self.fd is not None
         self.fd.seek(0)
         tokens, device = self.args
-        im = pipeline.decode(self.fd.read(), tokens=tokens, device=device)
+        im = odp.decode(self.fd.read(), tokens=tokens, device=device)
         self.set_as_raw(im.tobytes())
         return -1, 0
 
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
-    from .. import encode
+    import odp
 
-    opts = im.encoderinfo  # the keywords of im.save(), as odp.encode takes them
-    fp.write(encode(im, tokens=opts.get("tokens"), bytes=opts.get("bytes"), device=opts.get("device", "auto"),
-                    metadata=tuple(opts.get("metadata", ())), quality=opts.get("quality"),
-                    adaptive=opts.get("adaptive", True), scale=opts.get("scale", "auto")))
+    # the keywords of im.save() are odp.EncodeOptions fields, checked before any work; "format" and
+    # "save_all" are Pillow's own (a one-frame format has nothing more to save)
+    keywords = {k: v for k, v in im.encoderinfo.items() if k not in ("format", "save_all")}
+    options = odp.EncodeOptions.from_keywords(keywords, what="ODP save option")
+    fp.write(odp.encode(im, options=options))
 
 
 def register() -> None:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from odp.codec import pipeline, weights
+import helpers
+from odp.codec import weights
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = {"astronaut": "astronaut-320x240.png", "coffee": "coffee-200x150.png"}
@@ -53,7 +54,7 @@ def v1_model():
 def encoded(photos, model) -> dict[str, bytes]:
     """Full-length (all K tokens) encodings of the test photos, every tile alike (adaptive=False), so that
     tokens per tile are exact; adaptive files have their own fixture and tests."""
-    return {name: pipeline.encode(im, model=model, device="cpu", adaptive=False) for name, im in photos.items()}
+    return {name: helpers.encode(im, model=model, device="cpu", adaptive=False) for name, im in photos.items()}
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +65,7 @@ def adaptive_photo(photos) -> Image.Image:
 
 @pytest.fixture(scope="session")
 def adaptive_odp(adaptive_photo, model) -> bytes:
-    return pipeline.encode(adaptive_photo, model=model, device="cpu")
+    return helpers.encode(adaptive_photo, model=model, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +76,7 @@ def small_photo(coffee) -> Image.Image:
 
 @pytest.fixture(scope="session")
 def small_odp(small_photo, model) -> bytes:
-    return pipeline.encode(small_photo, model=model, device="cpu")
+    return helpers.encode(small_photo, model=model, device="cpu")
 
 
 @pytest.fixture(scope="session")

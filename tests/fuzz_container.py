@@ -5,7 +5,7 @@
     nice -n 10 python tests/fuzz_container.py --runs 20000 --plain --target tokens   # + the entropy decoder
 
 Target `container` (default) is container.read, header validation included; target `tokens` is
-pipeline.read_tokens and verify (the range decoder and token checks behind the parser; loads the model).
+stream.read_tokens and verify (the range decoder and token checks behind the parser; loads the model).
 Seeds are files encoded from tests/data/astronaut-320x240.png (made once, in a subprocess, into --corpus)
 and tests/data/v1/astronaut-v1.odp. Half of the mutated inputs get their CRCs recomputed, so that mutations
 reach the header fields and layer table behind the checksum. Any exception but FormatError (for `tokens`,
@@ -36,20 +36,21 @@ def make_seeds(corpus: Path) -> None:
     """Whole, truncated, cut-short and metadata-carrying files (imports torch: run apart from the fuzzer)."""
     from PIL import Image
 
-    from odp.codec import pipeline, weights
+    import helpers
+    from odp.codec import stream, weights
     from odp.formats import container
 
     corpus.mkdir(parents=True, exist_ok=True)
     model = weights.load()
     astronaut = Image.open(HERE / "data" / "astronaut-320x240.png").convert("RGB")
     coffee = Image.open(HERE / "data" / "coffee-200x150.png").convert("RGB")
-    adaptive = pipeline.encode(astronaut, tokens=32, model=model, device="cpu")
-    uniform = pipeline.encode(astronaut, tokens=32, model=model, device="cpu", adaptive=False)
-    small = pipeline.encode(coffee.crop((60, 40, 124, 88)), model=model, device="cpu")
-    meta = container.read(pipeline.truncate(small, tokens=5))
+    adaptive = helpers.encode(astronaut, tokens=32, model=model, device="cpu")
+    uniform = helpers.encode(astronaut, tokens=32, model=model, device="cpu", adaptive=False)
+    small = helpers.encode(coffee.crop((60, 40, 124, 88)), model=model, device="cpu")
+    meta = container.read(stream.truncate(small, tokens=5))
     meta.header.icc, meta.header.exif = bytes(range(40)), b"Exif\0\0MM"  # length-prefixed blocks to mutate
     seeds = {"two-adaptive-32": adaptive, "two-uniform-32": uniform, "two-cut": adaptive[:-7],
-             "small": small, "small-13": pipeline.truncate(small, tokens=13), "meta-5": container.write(meta),
+             "small": small, "small-13": stream.truncate(small, tokens=13), "meta-5": container.write(meta),
              "v1": (HERE / "data" / "v1" / "astronaut-v1.odp").read_bytes()}
     for name, data in seeds.items():
         (corpus / f"seed-{name}.odp").write_bytes(data)
@@ -100,24 +101,24 @@ def target_container(data: bytes) -> None:
 
 def target_tokens(data: bytes) -> None:
     """read_tokens and verify: tokens in range or a clean error; only 'cut short' warnings."""
-    from odp.codec import pipeline
-    from odp.codec.weights import ModelNotFound
+    from odp.codec import stream
+    from odp.codec.errors import ModelNotFound, OdpWarning
     from odp.formats import container
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            c, model, toks, counts = pipeline.read_tokens(data)
+            c, model, toks, counts = stream.read_tokens(data)
         except (container.FormatError, ModelNotFound):
             return
         assert ((toks >= 0) & (toks < model.config.codebook_size)).all()
         assert counts.tolist() == c.header.counts(c.level)
         try:
-            pipeline.verify(data)
+            stream.verify(data)
         except container.FormatError:
             pass
     for w in caught:
-        assert issubclass(w.category, pipeline.OdpWarning) and "cut short" in str(w.message), w
+        assert issubclass(w.category, OdpWarning) and "cut short" in str(w.message), w
 
 
 TARGETS = {"container": target_container, "tokens": target_tokens}

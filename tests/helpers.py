@@ -228,3 +228,19 @@ def some_header(**changes) -> Header:
 def layers_for(levels: list[int], words: int = 1) -> list[Layer]:
     """Layers ending at `levels` with made-up contents (`words` 32-bit words each) and checks."""
     return [Layer(level, bytes([i + 1]) * (4 * words), 1000 + i) for i, level in enumerate(levels)]
+
+
+def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None, model=None, device: str = "auto",
+           batch: int | None = None, metadata: tuple[str, ...] = (), target: tuple[str, float] | None = None,
+           quality: float | None = None, max_pixels: int | None = container.FROM_ENV, adaptive: bool = True,
+           scale: int | str = "auto") -> bytes:
+    """codec.coding.encode with its options as keywords (a `target` is ("psnr" | "ms-ssim", value)),
+    and a chosen model: the shape most tests want."""
+    from odp.codec import coding
+    from odp.codec.options import EncodeOptions
+
+    name, value = target or (None, None)
+    options = EncodeOptions(tokens=tokens, bytes=max_bytes, quality=quality, psnr=value if name == "psnr" else None,
+                            msssim=value if name == "ms-ssim" else None, scale=scale, adaptive=adaptive,
+                            metadata=metadata, device=device, batch=batch, max_pixels=max_pixels)
+    return coding.encode(im, options, model)

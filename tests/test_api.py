@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+import helpers
 import odp
-from odp.codec import pipeline
+from odp.codec import coding, stream
 from odp.formats import container
 
 DOCS = Path(__file__).parents[1] / "docs" / "api.md"
@@ -40,7 +41,7 @@ def test_docs_examples_run(tmp_path, monkeypatch):
 def test_encode_matches_pipeline_and_decodes(small_photo, small_odp):
     data = odp.encode(small_photo, device="cpu")
     assert data == small_odp
-    assert odp.decode(data, device="cpu").tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()
+    assert odp.decode(data, device="cpu").tobytes() == coding.decode(small_odp, device="cpu").tobytes()
 
 
 def test_array_and_tensor_inputs_give_the_same_file(small_photo, small_odp):
@@ -93,7 +94,7 @@ def test_truncate_and_info(small_odp, model):
     assert (i.width, i.height, i.tiles, i.tokens, i.stored_tokens, i.complete) == (64, 48, 1, 20, 20, True)
     assert (i.mean_tokens, i.adaptive, i.version, i.model_tokens) == (20, False, 2, 256)
     # the whole layers below 20 tokens are kept as they were, and one layer is coded up to 20
-    assert i.layers == len([lv for lv in pipeline.LEVELS if lv < 20]) + 1
+    assert i.layers == len([lv for lv in stream.LEVELS if lv < 20]) + 1
     # version 2 names the model by the first 4 bytes of its weights' sha256 alone
     assert i.model == "" and i.weights_sha256 == model.sha256.hex()[:8]
     assert i.file_bytes == len(cut) and i.payload_bytes == container.read(cut).payload_bytes
@@ -194,10 +195,9 @@ def test_decode_file_writes_by_extension(tmp_path, small_odp):
 
 
 def test_rate_control_options_match_the_pipeline(astronaut):
-    from odp.codec import pipeline
 
-    assert odp.encode(astronaut, quality=70, device="cpu") == pipeline.encode(astronaut, quality=70, device="cpu")
-    assert odp.encode(astronaut, psnr=15.0, device="cpu") == pipeline.encode(astronaut, target=("psnr", 15.0),
+    assert odp.encode(astronaut, quality=70, device="cpu") == helpers.encode(astronaut, quality=70, device="cpu")
+    assert odp.encode(astronaut, psnr=15.0, device="cpu") == helpers.encode(astronaut, target=("psnr", 15.0),
                                                                                device="cpu")
     with pytest.raises(ValueError, match="at most one"):
         odp.encode(astronaut, tokens=8, quality=50)

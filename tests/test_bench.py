@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import DATA
+import helpers
 from odp.cli.main import main
-from odp.codec import bench, classic, metrics
+from odp.codec.evaluation import bench, classic, metrics
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_bench_odp_points_are_the_files_odp_makes_for_each_budget(bench_run):
     """"odp" / "odp-psnr-scale" points are what `odp encode --bytes` writes for the budget with
     `--scale auto` / `--scale psnr`; "odp-uniform" the largest cut within it of the full-size file with
     every tile alike. A point's setting is the allocation level of its file."""
-    from odp.codec import pipeline
+    from odp.codec import stream
     from odp.formats import container
 
     _, out = bench_run
@@ -146,7 +147,7 @@ def test_bench_odp_points_are_the_files_odp_makes_for_each_budget(bench_run):
     for image in doc["settings"]["images"]:
         im = Image.open(image).convert("RGB")
         for codec, adaptive in (("odp", True), ("odp-psnr-scale", True), ("odp-uniform", False)):
-            full = pipeline.encode(im, device=dev, adaptive=adaptive)
+            full = helpers.encode(im, device=dev, adaptive=adaptive)
             pts = [p for p in doc["points"] if p["image"] == image and p["codec"] == codec]
             assert pts, (image, codec)
             for p in pts:
@@ -154,9 +155,9 @@ def test_bench_odp_points_are_the_files_odp_makes_for_each_budget(bench_run):
                     budget = bench.budget_bytes(b, p["width"], p["height"])
                     if codec != "odp-uniform":
                         scale = "psnr" if codec == "odp-psnr-scale" else "auto"
-                        data = pipeline.encode(im, max_bytes=budget, device=dev, scale=scale)
+                        data = helpers.encode(im, max_bytes=budget, device=dev, scale=scale)
                     else:
-                        data = pipeline.truncate(full, max_bytes=budget)
+                        data = stream.truncate(full, max_bytes=budget)
                     c = container.read(data)
                     assert (len(data), c.level) == (p["bytes"], p["setting"])
                     assert c.header.display_size == im.size
@@ -218,7 +219,7 @@ def test_bench_odp_alone(bench_run):
 
 def test_bench_caches_each_part_as_soon_as_it_is_measured(tmp_path, monkeypatch):
     """An interrupted run keeps the parts it finished (a photo's part can take many minutes)."""
-    from odp.codec import bench, classic
+    from odp.codec.evaluation import bench, classic
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from odp.codec import pipeline, weights
+import helpers
+from odp.codec import allocation, coding, engine, imaging, stream, weights
 from odp.formats import container
 
 PHOTO = Image.open(__import__("pathlib").Path(__file__).parent / "data" / "photo_768x512.png").convert("RGB")
@@ -24,16 +25,16 @@ def model():
 
 @pytest.fixture(scope="module")
 def encoded(model):
-    return pipeline.encode(PHOTO, model=model, device="cpu")
+    return helpers.encode(PHOTO, model=model, device="cpu")
 
 
 def test_encode_768x512_cpu(benchmark, model):
-    benchmark.pedantic(pipeline.encode, args=(PHOTO,), kwargs={"model": model, "device": "cpu"},
+    benchmark.pedantic(helpers.encode, args=(PHOTO,), kwargs={"model": model, "device": "cpu"},
                        rounds=5, warmup_rounds=1)
 
 
 def test_decode_768x512_cpu(benchmark, encoded):
-    benchmark.pedantic(pipeline.decode, args=(encoded,), kwargs={"device": "cpu"}, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(coding.decode, args=(encoded,), kwargs={"device": "cpu"}, rounds=5, warmup_rounds=1)
 
 
 def test_entropy_code_tokens(benchmark, model):
@@ -42,24 +43,25 @@ def test_entropy_code_tokens(benchmark, model):
     toks = rng.integers(0, model.config.codebook_size, (64, model.config.tokens)).astype(np.int32)
     h = container.Header(64 * 256, 256, 256, model.config.tokens, model.sha256[:container.MODEL_ID_BYTES],
                          model.best_entropy.id)
-    benchmark(pipeline.build_layers, toks, h, pipeline.layer_levels(h, h.full_level), model.best_entropy)
+    benchmark(stream.build_layers, toks, h, stream.layer_levels(h, h.full_level), model.best_entropy)
 
 
 def test_entropy_decode_768x512(benchmark, encoded):
     """Every layer of a whole file back to tokens (no network)."""
-    benchmark(pipeline.read_tokens, encoded)
+    benchmark(stream.read_tokens, encoded)
 
 
 def test_allocation_768x512(benchmark, model):
     """What adaptive encoding adds: each tile decoded at a grid of token counts and weighed."""
-    pixels = pipeline.prepare(PHOTO).pixels
-    toks = pipeline.image_to_tokens(pixels, model, "cpu", 4)
-    benchmark.pedantic(pipeline.allocation, args=(toks, pixels, model, "cpu", 4, model.best_entropy),
+    pixels = imaging.prepare(PHOTO).pixels
+    eng = engine.Engine(model, "cpu", 4)
+    toks = eng.encode(pixels)
+    benchmark.pedantic(allocation.allocation, args=(toks, pixels, eng, model.best_entropy),
                        rounds=3, warmup_rounds=0)
 
 
 def test_truncate_768x512(benchmark, encoded):
-    benchmark(pipeline.truncate, encoded, tokens=100)
+    benchmark(stream.truncate, encoded, tokens=100)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Training-data preparation (odp.codec.data): the filtering rules, the licence lookup and
+"""Training-data preparation (odp.codec.training.data): the filtering rules, the licence lookup and
 the output folder, on small local images only (no network, no apt)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from odp.codec import data
+from odp.codec.training import data
 
 PHOTO = Path(__file__).parent / "data" / "photo_768x512.png"
 

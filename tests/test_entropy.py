@@ -1,7 +1,7 @@
 """Entropy models (position tables, the integer context model) and the layered range coder.
 
 No neural network runs here. The shipped context model is tested when installed; a small one
-quantised from a random float model (codec/train_context.quantise) tests the mechanics either way.
+quantised from a random float model (codec/training/context.quantise) tests the mechanics either way.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import helpers
-from odp.codec import pipeline, train_context, weights
+from odp.codec import errors, registry, stream, weights
+from odp.codec.training import context as train_context
 from odp.entropy import coder
 from odp.entropy.context import ContextModel
 from odp.entropy.models import TOTAL, PositionTables, quantize
@@ -131,12 +132,12 @@ def tiny_context_file(tmp_path_factory):
 
 
 def shipped_context_file(model):
-    """The installed context model's file (what weights._context_for loaded), or None. It is bound
+    """The installed context model's file (what registry._context_for loaded), or None. It is bound
     to the tokenizer that makes the model's tokens: the model itself or, for a decoder-only
-    fine-tune, the model it names as tokens_of (weights.py)."""
+    fine-tune, the model it names as tokens_of (registry.py)."""
     if model.context is None:
         return None
-    for path in sorted(weights.CONTEXT_DIR.glob("*.safetensors")):
+    for path in sorted(registry.CONTEXT_DIR.glob("*.safetensors")):
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
         if meta.get("id") == model.context.id and meta.get("tokenizer_sha256") in (model.sha256.hex(), tokens_of(model)):
@@ -362,7 +363,7 @@ def test_layers_decode_one_after_another(entropy):
                          weights=bytes([255, 128, 1, 40, 200, 90]))
     rng = np.random.default_rng(4)
     toks = rng.integers(0, entropy.alphabet, (h.tiles, h.tokens)).astype(np.int32)
-    levels = pipeline.layer_levels(h, h.full_level)
+    levels = stream.layer_levels(h, h.full_level)
     counts = [np.array(h.counts(level)) for level in [0] + levels]
     coded = [coder.encode_layer(toks, b, a, entropy) for b, a in zip(counts, counts[1:])]
     out = np.full_like(toks, -1)
@@ -461,13 +462,13 @@ def test_decode_layer_on_raw_bytes(model, raw, tiles, start, n, strict):
 
 
 def test_real_file_layers_are_the_coding_of_its_tokens(small_odp):
-    c, model, toks, counts = pipeline.read_tokens(small_odp)
+    c, model, toks, counts = stream.read_tokens(small_odp)
     h = c.header
     entropy = model.entropy(h.entropy_model)
-    assert pipeline.build_layers(toks, h, [x.level for x in c.layers], entropy) == c.layers
+    assert stream.build_layers(toks, h, [x.level for x in c.layers], entropy) == c.layers
     assert (counts == c.kept).all()
     # range coding: within a couple of percent of the ideal length plus a few words per layer
-    bits = pipeline.token_bits(toks, entropy)
+    bits = stream.token_bits(toks, entropy)
     ideal = sum(bits[t, :counts[t]].sum() for t in range(h.tiles))
     assert ideal <= 8 * c.payload_bytes <= ideal * 1.02 + 64 * len(c.layers)
 
@@ -475,7 +476,7 @@ def test_real_file_layers_are_the_coding_of_its_tokens(small_odp):
 def test_file_naming_another_entropy_model(small_odp, model):
     other = ({"pos-freq-v1", "ctx16-v1"} - {container.read(small_odp).header.entropy_model}).pop()
     with pytest.raises(container.FormatError, match=None if model.context else f"needs entropy model '{other}'"):
-        pipeline.read_tokens(helpers.reheader(small_odp, entropy_model=other))
+        stream.read_tokens(helpers.reheader(small_odp, entropy_model=other))
 
 
 def test_corrupt_layer_bytes_do_not_verify(small_odp):
@@ -486,18 +487,18 @@ def test_corrupt_layer_bytes_do_not_verify(small_odp):
         for pos in sorted({s, (s + e) // 2, e - 1}):
             bad = helpers.flip(small_odp, pos, 0x04)
             with pytest.raises(container.FormatError, match="payload layer"):
-                pipeline.verify(bad)
+                stream.verify(bad)
 
 
 def test_version_1_file_decodes_to_the_old_releases_tokens():
     data = helpers.v1_file()
     expected = helpers.v1_tokens()
-    c, model, toks, counts = pipeline.read_tokens(data)
+    c, model, toks, counts = stream.read_tokens(data)
     assert c.header.version == 1 and counts.tolist() == [64, 64]
     np.testing.assert_array_equal(toks[:, :64], expected)
     assert not toks[:, 64:].any()
-    pipeline.verify(data)
-    c, _, part, counts = pipeline.read_tokens(data, tokens=20)
+    stream.verify(data)
+    c, _, part, counts = stream.read_tokens(data, tokens=20)
     assert counts.tolist() == [20, 20]
     np.testing.assert_array_equal(part[:, :20], expected[:, :20])
 
@@ -505,8 +506,8 @@ def test_version_1_file_decodes_to_the_old_releases_tokens():
 def test_version_1_file_cut_short_decodes_its_whole_chunks():
     data = helpers.v1_file()
     s, _ = helpers.layer_spans(data)[5]
-    with pytest.warns(pipeline.OdpWarning, match="cut short"):
-        c, _, toks, counts = pipeline.read_tokens(data[:s + 3])
+    with pytest.warns(errors.OdpWarning, match="cut short"):
+        c, _, toks, counts = stream.read_tokens(data[:s + 3])
     assert not c.complete and counts.tolist() == [40, 40]
     np.testing.assert_array_equal(toks[:, :40], helpers.v1_tokens()[:, :40])
 
@@ -516,11 +517,11 @@ def test_version_1_file_truncates_to_version_2():
     data = helpers.v1_file()
     expected = helpers.v1_tokens()
     for tokens, levels in ((None, [8, 16, 24, 32, 40, 48, 56, 64]), (20, [8, 16, 20])):
-        v2 = pipeline.truncate(data, tokens=tokens)
+        v2 = stream.truncate(data, tokens=tokens)
         c = container.read(v2)
         assert c.header.version == 2 and [x.level for x in c.layers] == levels
-        pipeline.verify(v2)
-        _, _, toks, counts = pipeline.read_tokens(v2)
+        stream.verify(v2)
+        _, _, toks, counts = stream.read_tokens(v2)
         np.testing.assert_array_equal(toks[:, :counts[0]], expected[:, :levels[-1]])
     v1_layers = container.read(data).layers
     assert [x.data for x in c.layers[:2]] == [x.data for x in v1_layers[:2]]  # whole chunks copied as they are

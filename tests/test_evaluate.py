@@ -1,11 +1,11 @@
-"""`python -m odp.codec.evaluate`: per-k rate and quality of one encode, uniform and adaptive."""
+"""`python -m odp.codec.evaluation.evaluate`: per-k rate and quality of one encode, uniform and adaptive."""
 from __future__ import annotations
 
 import json
 import shutil
 
 from conftest import DATA
-from odp.codec import evaluate
+from odp.codec.evaluation import evaluate
 
 
 def test_adaptive_report_and_monotonicity_line(tmp_path, capsys):

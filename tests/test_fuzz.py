@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import helpers
-from odp.codec import pipeline
-from odp.codec.weights import ModelNotFound
+from odp.codec import errors, stream
+from odp.codec.errors import ModelNotFound
 from odp.formats import container
 from odp.formats.container import ENTROPY_MODELS, Container, FormatError
 from test_cli import assert_clean_error, odp
@@ -53,7 +53,7 @@ def only_cut_short_warnings():
         warnings.simplefilter("always")
         yield
     for w in caught:
-        assert issubclass(w.category, pipeline.OdpWarning) and "cut short" in str(w.message), w
+        assert issubclass(w.category, errors.OdpWarning) and "cut short" in str(w.message), w
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +61,11 @@ def seeds(astronaut, model) -> list[bytes]:
     """Version 2: 2 tiles at 32 tokens (uniform: the adaptive encoder runs the network at nine token counts,
     too slow here), the same tokens packed with allocation weights and with ICC/EXIF, a file cut inside
     its last layer; and the version-1 file."""
-    uniform = pipeline.encode(astronaut, tokens=32, model=model, device="cpu", adaptive=False)
-    c, _, toks, _ = pipeline.read_tokens(uniform)
+    uniform = helpers.encode(astronaut, tokens=32, model=model, device="cpu", adaptive=False)
+    c, _, toks, _ = stream.read_tokens(uniform)
     h = c.header
-    adaptive = pipeline.pack(toks, h.width, h.height, model, weights=b"\xff\x80", level=32)
-    meta = pipeline.pack(toks, h.width, h.height, model, icc=bytes(range(40)), exif=b"Exif\0\0MM", level=8)
+    adaptive = stream.pack(toks, h.width, h.height, model, weights=b"\xff\x80", level=32)
+    meta = stream.pack(toks, h.width, h.height, model, icc=bytes(range(40)), exif=b"Exif\0\0MM", level=8)
     return [uniform, adaptive, meta, uniform[:-5], helpers.v1_file()]
 
 
@@ -187,7 +187,7 @@ def test_fuzz_read_tokens_verify_truncate(seeds, model, data):
     blob = mutate(data.draw, data.draw(st.sampled_from(seeds)))
     with helpers.time_limit(10), memory_limit(64 << 20), only_cut_short_warnings():
         try:
-            c, _, toks, counts = pipeline.read_tokens(blob)
+            c, _, toks, counts = stream.read_tokens(blob)
         except FormatError as e:
             event(f"refused: {str(e)[:30]}")
             return
@@ -202,34 +202,34 @@ def test_fuzz_read_tokens_verify_truncate(seeds, model, data):
     assert all(not toks[t, counts[t]:].any() for t in range(h.tiles))
     try:
         with only_cut_short_warnings():
-            pipeline.verify(blob)
+            stream.verify(blob)
         whole = True
     except FormatError:
         whole = False
     k = data.draw(st.integers(1, max(1, int(c.mean_tokens))), label="tokens")
     with helpers.time_limit(10), only_cut_short_warnings():
         try:
-            small = pipeline.truncate(blob, tokens=k)
+            small = stream.truncate(blob, tokens=k)
         except FormatError as e:  # see test_truncate_to_a_level_that_adds_no_token
             assert "adds no token" in str(e), e
             event("known bug: truncate re-codes a layer that adds no token")
             return
-    c2, _, toks2, counts2 = pipeline.read_tokens(small)
+    c2, _, toks2, counts2 = stream.read_tokens(small)
     assert c2.complete and c2.header.version == container.VERSION and counts2.mean() <= k
     assert all((toks2[t, :n] == toks[t, :n]).all() for t, n in enumerate(counts2))
     if whole:  # whole layers are copied as they are, so only a whole file must give a whole file
-        pipeline.verify(small)
+        stream.verify(small)
 
 
 def test_truncate_to_a_level_that_adds_no_token(seeds, model):
     """Levels past a tile's K (or below 255 / weight) can add no token: truncate must still give a file."""
-    _, _, toks, _ = pipeline.read_tokens(seeds[0])
-    data = pipeline.pack(toks, 320, 240, model, weights=b"\x64\x32", level=32)  # every tile below 255
+    _, _, toks, _ = stream.read_tokens(seeds[0])
+    data = stream.pack(toks, 320, 240, model, weights=b"\x64\x32", level=32)  # every tile below 255
     c = container.read(data)
     h = c.header
     assert [x.level for x in c.layers][:2] == [1, 3] and h.counts(5) == h.counts(3)
-    small = pipeline.truncate(data, level=5)  # the file keeps level 3; 4 and 5 add nothing to it
-    assert pipeline.read_tokens(small)[3].tolist() == h.counts(3)
+    small = stream.truncate(data, level=5)  # the file keeps level 3; 4 and 5 add nothing to it
+    assert stream.read_tokens(small)[3].tolist() == h.counts(3)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """LPIPS (AlexNet, VGG16) and DISTS: published reference values, sanity, gradients, safe conversion.
 
-The metric tests need the converted weights (`python -m odp.codec.perceptual fetch --reference`,
+The metric tests need the converted weights (`python -m odp.codec.evaluation.perceptual fetch --reference`,
 or `odp fetch-metrics` for the weights alone) and skip without them; the unpickler and
 error-message tests always run.
 """
@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from odp.codec import perceptual as P
+from odp.codec.evaluation import perceptual as P
 
-FETCH = "python -m odp.codec.perceptual fetch --reference"
+FETCH = "python -m odp.codec.evaluation.perceptual fetch --reference"
 needs_weights = pytest.mark.skipif(not P.available(), reason=f"LPIPS/DISTS weights not fetched: run `{FETCH}`")
 needs_reference = pytest.mark.skipif(
     not all((P.reference_dir() / s / f"{i}.bmp").is_file() for s in ("ref", "dist") for i in P.REFERENCE_IMAGES),

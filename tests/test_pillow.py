@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 import odp
 import odp.formats.pillow  # noqa: F401  (registers ODP with Pillow)
-from odp.codec import pipeline
+from odp.codec import coding
 
 
 def test_registered_by_magic_extension_and_mime():
@@ -34,7 +34,7 @@ def test_open_reads_the_header_and_load_decodes(tmp_path, small_odp, model):
             # version 2 names the model by its weights' sha256 prefix; one tile has no weights to allocate
             assert im.info["odp_model"] == model.sha256.hex()[:8] and im.info["odp_adaptive"] is False
             assert im.get_format_mimetype() == "image/x-odp"
-            assert im.tobytes() == pipeline.decode(small_odp, device="cpu").tobytes()
+            assert im.tobytes() == coding.decode(small_odp, device="cpu").tobytes()
 
 
 def test_opens_version_1_and_adaptive_files(adaptive_odp, v1_model):
@@ -43,7 +43,7 @@ def test_opens_version_1_and_adaptive_files(adaptive_odp, v1_model):
     with Image.open(io.BytesIO(v1_file())) as im:
         assert (im.size, im.info["odp_model"], im.info["odp_adaptive"]) == ((320, 240), v1_model.name, False)
         im.odp_tokens = 16
-        assert im.tobytes() == pipeline.decode(v1_file(), tokens=16, device="cpu").tobytes()
+        assert im.tobytes() == coding.decode(v1_file(), tokens=16, device="cpu").tobytes()
     with Image.open(io.BytesIO(adaptive_odp)) as im:
         assert im.size == (768, 512) and im.info["odp_adaptive"] is True
         im.odp_tokens = 16  # on average per tile

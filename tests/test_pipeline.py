@@ -17,11 +17,11 @@ import torch
 from PIL import Image, ImageCms, TiffImagePlugin
 
 import helpers
-from odp.codec import pipeline, weights
-from odp.codec.metrics import psnr
-from odp.codec.pipeline import OdpWarning
-from odp.codec.train import DECODER_PREFIXES
-from odp.codec.weights import ModelNotFound
+from odp.codec import allocation, coding, engine, errors, imaging, options, ratecontrol, stream, weights
+from odp.codec.quality import psnr
+from odp.codec.errors import OdpWarning
+from odp.codec.training.train import DECODER_PREFIXES
+from odp.codec.errors import ModelNotFound
 from odp.formats import container
 from odp.formats.container import Container, FormatError
 
@@ -33,14 +33,14 @@ def decoded(encoded):
 
     def get(name: str, k: int | None = None) -> Image.Image:
         if (name, k) not in cache:
-            cache[name, k] = pipeline.decode(encoded[name], tokens=k, device="cpu")
+            cache[name, k] = coding.decode(encoded[name], tokens=k, device="cpu")
         return cache[name, k]
 
     return get
 
 
 def decode(data: bytes, tokens: int | None = None) -> Image.Image:
-    return pipeline.decode(data, tokens=tokens, device="cpu")
+    return coding.decode(data, tokens=tokens, device="cpu")
 
 
 def kept(data: bytes) -> int:
@@ -70,37 +70,37 @@ def test_decode_is_deterministic(encoded, decoded):
 def test_encode_is_deterministic(coffee, encoded, model):
     with warnings.catch_warnings():
         warnings.simplefilter("error", OdpWarning)  # an opaque RGB photo gives no warning
-        assert pipeline.encode(coffee, model=model, device="cpu", adaptive=False) == encoded["coffee"]
-        assert pipeline.encode(coffee, model=model, device="cpu") == pipeline.encode(coffee, model=model, device="cpu")
+        assert helpers.encode(coffee, model=model, device="cpu", adaptive=False) == encoded["coffee"]
+        assert helpers.encode(coffee, model=model, device="cpu") == helpers.encode(coffee, model=model, device="cpu")
 
 
 def test_encode_uses_the_default_model(small_photo, small_odp):
-    assert pipeline.encode(small_photo, device="cpu") == small_odp
+    assert helpers.encode(small_photo, device="cpu") == small_odp
 
 
 def test_batch_size_barely_changes_the_tokens(astronaut, encoded, model):
     """Batching changes float summation order only: a latent lying within ~1e-5 of a rounding
     boundary may flip, so the tokens are the same up to a rare exception, not guaranteed equal."""
-    data = pipeline.encode(astronaut, model=model, device="cpu", batch=1, adaptive=False)
-    a = pipeline.read_tokens(data)[2]
-    b = pipeline.read_tokens(encoded["astronaut"])[2]
+    data = helpers.encode(astronaut, model=model, device="cpu", batch=1, adaptive=False)
+    a = stream.read_tokens(data)[2]
+    b = stream.read_tokens(encoded["astronaut"])[2]
     assert a.shape == b.shape
     assert (a == b).mean() >= 0.98
 
 
 def test_decode_batch_size_barely_changes_pixels(encoded, decoded):
     """Same tokens, other batch size: equal up to float rounding (a level here and there)."""
-    out = np.asarray(pipeline.decode(encoded["astronaut"], device="cpu", batch=1), dtype=np.int32)
+    out = np.asarray(coding.decode(encoded["astronaut"], device="cpu", batch=1), dtype=np.int32)
     ref = np.asarray(decoded("astronaut"), dtype=np.int32)
     diff = np.abs(out - ref)
     assert diff.max() <= 2 and (diff > 0).mean() < 0.01
 
 
 def test_encode_with_tokens_or_bytes(small_photo, small_odp, model):
-    assert pipeline.encode(small_photo, tokens=13, model=model, device="cpu") == pipeline.truncate(small_odp, tokens=13)
+    assert helpers.encode(small_photo, tokens=13, model=model, device="cpu") == stream.truncate(small_odp, tokens=13)
     budget = len(small_odp) // 3
-    assert pipeline.encode(small_photo, max_bytes=budget, model=model, device="cpu") == \
-        pipeline.truncate(small_odp, max_bytes=budget)
+    assert helpers.encode(small_photo, max_bytes=budget, model=model, device="cpu") == \
+        stream.truncate(small_odp, max_bytes=budget)
 
 
 # --------------------------------------------------------------------------- truncation
@@ -108,30 +108,30 @@ def test_encode_with_tokens_or_bytes(small_photo, small_odp, model):
 
 def test_truncate_without_limits_is_identity(encoded):
     for data in encoded.values():
-        assert pipeline.truncate(data) == data
-        assert pipeline.truncate(data, tokens=10**6) == data
-        assert pipeline.truncate(data, max_bytes=len(data)) == data
+        assert stream.truncate(data) == data
+        assert stream.truncate(data, tokens=10**6) == data
+        assert stream.truncate(data, max_bytes=len(data)) == data
 
 
 @pytest.mark.parametrize("n", [1, 5, 8, 13, 100])
 def test_truncate_equals_decoding_fewer_tokens(n, encoded, decoded):
     data = encoded["coffee"]
-    cut = pipeline.truncate(data, tokens=n)
+    cut = stream.truncate(data, tokens=n)
     assert kept(cut) == n
     assert decode(cut).tobytes() == decoded("coffee", n).tobytes()
 
 
 def test_truncate_keeps_exactly_the_first_tokens(encoded, model):
     data = encoded["astronaut"]
-    _, _, full, counts = pipeline.read_tokens(data)
+    _, _, full, counts = stream.read_tokens(data)
     assert full.shape == (2, model.config.tokens) and list(counts) == [model.config.tokens] * 2
     layers = container.read(data).layers
     for n in sorted({1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200, 255, full.shape[1]}):
-        cut = pipeline.truncate(data, tokens=n)
-        c, _, toks, counts = pipeline.read_tokens(cut)
+        cut = stream.truncate(data, tokens=n)
+        c, _, toks, counts = stream.read_tokens(cut)
         assert list(counts) == [n, n]
         np.testing.assert_array_equal(toks[:, :n], full[:, :n])
-        np.testing.assert_array_equal(pipeline.read_tokens(data, tokens=n)[2][:, :n], full[:, :n])
+        np.testing.assert_array_equal(stream.read_tokens(data, tokens=n)[2][:, :n], full[:, :n])
         assert c.complete and c.kept == n
         # whole layers are carried over byte for byte; only a partial last layer is re-coded
         whole = [x for x in layers if x.level <= n]
@@ -141,16 +141,16 @@ def test_truncate_keeps_exactly_the_first_tokens(encoded, model):
 
 def test_truncate_to_bytes_is_the_largest_that_fits(encoded):
     data = encoded["astronaut"]
-    smallest = len(pipeline.truncate(data, tokens=1))
+    smallest = len(stream.truncate(data, tokens=1))
     full = kept(data)
     for frac in (0.0, 0.1, 0.33, 0.5, 0.77, 0.99):
         budget = smallest + int(frac * (len(data) - smallest))
-        cut = pipeline.truncate(data, max_bytes=budget)
+        cut = stream.truncate(data, max_bytes=budget)
         k = kept(cut)
         assert len(cut) <= budget
-        assert cut == pipeline.truncate(data, tokens=k)
+        assert cut == stream.truncate(data, tokens=k)
         if k < full:
-            assert len(pipeline.truncate(data, tokens=k + 1)) > budget
+            assert len(stream.truncate(data, tokens=k + 1)) > budget
 
 
 def test_truncate_decodes_only_the_layers_it_keeps(adaptive_odp):
@@ -159,50 +159,50 @@ def test_truncate_decodes_only_the_layers_it_keeps(adaptive_odp):
     spans = helpers.layer_spans(adaptive_odp)
     bad = helpers.flip(adaptive_odp, spans[-1][0] + 1, 0x10)
     for args in ({"tokens": 8}, {"max_bytes": 400}, {"level": container.read(adaptive_odp).layers[3].level}):
-        assert pipeline.truncate(bad, **args) == pipeline.truncate(adaptive_odp, **args)
+        assert stream.truncate(bad, **args) == stream.truncate(adaptive_odp, **args)
     with pytest.raises(FormatError, match="does not decode"):
-        pipeline.truncate(bad)
+        stream.truncate(bad)
 
 
 def test_truncate_to_too_few_bytes(encoded):
     data = encoded["coffee"]
-    smallest = len(pipeline.truncate(data, tokens=1))
+    smallest = len(stream.truncate(data, tokens=1))
     with pytest.raises(ValueError, match="cannot hold even 1 token"):
-        pipeline.truncate(data, max_bytes=smallest - 1)
-    assert len(pipeline.truncate(data, max_bytes=smallest)) == smallest
+        stream.truncate(data, max_bytes=smallest - 1)
+    assert len(stream.truncate(data, max_bytes=smallest)) == smallest
 
 
 def test_truncate_rejects_zero_tokens(encoded):
     with pytest.raises(ValueError):
-        pipeline.truncate(encoded["coffee"], tokens=0)
+        stream.truncate(encoded["coffee"], tokens=0)
 
 
 def test_sizes_grow_with_tokens(encoded):
     data = encoded["astronaut"]
-    sizes = [len(pipeline.truncate(data, tokens=k)) for k in range(1, kept(data) + 1, 5)]
+    sizes = [len(stream.truncate(data, tokens=k)) for k in range(1, kept(data) + 1, 5)]
     assert sizes == sorted(sizes)
 
 
 def test_truncating_a_truncated_file(encoded):
     data = encoded["astronaut"]
-    once = pipeline.truncate(data, tokens=100)
-    assert pipeline.truncate(once, tokens=13) == pipeline.truncate(data, tokens=13)
-    assert pipeline.truncate(once, tokens=100) == once
-    assert pipeline.truncate(once, tokens=200) == once  # cannot grow back
+    once = stream.truncate(data, tokens=100)
+    assert stream.truncate(once, tokens=13) == stream.truncate(data, tokens=13)
+    assert stream.truncate(once, tokens=100) == once
+    assert stream.truncate(once, tokens=200) == once  # cannot grow back
     budget = len(once) // 2
-    by_bytes = pipeline.truncate(once, max_bytes=budget)
-    assert by_bytes == pipeline.truncate(data, max_bytes=budget)
-    assert pipeline.truncate(pipeline.truncate(by_bytes, tokens=3), tokens=2) == pipeline.truncate(data, tokens=2)
+    by_bytes = stream.truncate(once, max_bytes=budget)
+    assert by_bytes == stream.truncate(data, max_bytes=budget)
+    assert stream.truncate(stream.truncate(by_bytes, tokens=3), tokens=2) == stream.truncate(data, tokens=2)
 
 
 def test_truncate_keeps_metadata(small_photo, model):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     im = small_photo.copy()
     im.info["icc_profile"] = icc
-    data = pipeline.encode(im, model=model, device="cpu", metadata=("icc",))
-    cut = pipeline.truncate(data, tokens=3)
+    data = helpers.encode(im, model=model, device="cpu", metadata=("icc",))
+    cut = stream.truncate(data, tokens=3)
     assert container.read(cut).header.icc == icc
-    assert len(pipeline.truncate(data, max_bytes=len(cut))) <= len(cut)
+    assert len(stream.truncate(data, max_bytes=len(cut))) <= len(cut)
 
 
 # --------------------------------------------------------------------------- adaptive allocation
@@ -222,15 +222,15 @@ def test_adaptive_file_gives_tiles_tokens_by_need(adaptive_odp, model):
 def test_adaptive_caps_stop_tiles_where_later_tokens_hurt(adaptive_odp, adaptive_photo, model):
     """A capped tile decodes with less error from its cap's tokens than from all K (what a cap is for)."""
     h = container.read(adaptive_odp).header
-    _, _, toks, _ = pipeline.read_tokens(adaptive_odp)
-    pixels = pipeline.prepare(adaptive_photo).pixels
+    _, _, toks, _ = stream.read_tokens(adaptive_odp)
+    pixels = imaging.prepare(adaptive_photo).pixels
     capped = [t for t, n in enumerate(h.limits) if n < h.tokens]
     if not capped:
         pytest.skip("no tile of this photo is capped")
-    full = np.asarray(pipeline.image_to_tokens(pixels, model, "cpu", 4))
+    full = np.asarray(engine.Engine(model, "cpu", 4).encode(pixels))
     for t in capped:
-        at_cap = pipeline.tile_errors(full, pixels, model, "cpu", 4, np.array([t]), h.limits[t])[0]
-        at_k = pipeline.tile_errors(full, pixels, model, "cpu", 4, np.array([t]), h.tokens)[0]
+        at_cap = engine.Engine(model, "cpu", 4).tile_errors(full, pixels, np.array([t]), h.limits[t])[0]
+        at_k = engine.Engine(model, "cpu", 4).tile_errors(full, pixels, np.array([t]), h.tokens)[0]
         assert at_cap < at_k
         np.testing.assert_array_equal(toks[t, :h.limits[t]], full[t, :h.limits[t]])
 
@@ -241,14 +241,14 @@ def test_a_lone_tile_is_capped_too(small_photo, small_odp, model):
     encoder weighs, so keeping more of it never costs quality."""
     c = container.read(small_odp)
     assert c.header.tiles == 1 and not c.header.adaptive and c.level < c.header.tokens
-    uniform = pipeline.encode(small_photo, model=model, device="cpu", adaptive=False)
-    pixels = pipeline.prepare(small_photo).pixels.astype(float)
+    uniform = helpers.encode(small_photo, model=model, device="cpu", adaptive=False)
+    pixels = imaging.prepare(small_photo).pixels.astype(float)
 
     def error(data, **cut):
-        return ((np.asarray(pipeline.decode(data, device="cpu", **cut), float) - pixels) ** 2).mean()
+        return ((np.asarray(coding.decode(data, device="cpu", **cut), float) - pixels) ** 2).mean()
 
     whole = error(small_odp)
-    assert all(whole <= error(uniform, tokens=k) for k in pipeline.ALLOCATION_GRID)
+    assert all(whole <= error(uniform, tokens=k) for k in allocation.ALLOCATION_GRID)
 
 
 def test_a_cut_below_every_cap_leaves_the_caps_out(adaptive_odp):
@@ -256,30 +256,30 @@ def test_a_cut_below_every_cap_leaves_the_caps_out(adaptive_odp):
     decodes the same tokens; the whole file keeps them."""
     h = container.read(adaptive_odp).header
     assert h.caps and h.weights and min(h.limits) > 8
-    cut = pipeline.truncate(adaptive_odp, tokens=8)
+    cut = stream.truncate(adaptive_odp, tokens=8)
     c = container.read(cut)
     assert not c.header.caps and c.header.weights == h.weights
     assert len(cut) == len(container.write(replace(c, header=replace(c.header, caps=h.caps)))) - h.tiles
-    np.testing.assert_array_equal(pipeline.read_tokens(cut)[3], h.counts(c.level))
-    assert pipeline.decode(cut, device="cpu").tobytes() == pipeline.decode(adaptive_odp, tokens=8, device="cpu").tobytes()
-    assert container.read(pipeline.truncate(adaptive_odp, level=h.full_level)).header.caps == h.caps
+    np.testing.assert_array_equal(stream.read_tokens(cut)[3], h.counts(c.level))
+    assert coding.decode(cut, device="cpu").tobytes() == coding.decode(adaptive_odp, tokens=8, device="cpu").tobytes()
+    assert container.read(stream.truncate(adaptive_odp, level=h.full_level)).header.caps == h.caps
 
 
 def test_adaptive_truncation_is_a_cut_and_fits(adaptive_odp):
     data, layers = adaptive_odp, container.read(adaptive_odp).layers
-    _, _, full, _ = pipeline.read_tokens(data)
+    _, _, full, _ = stream.read_tokens(data)
     for budget in (200, 500, 1000, len(data) - 1):
-        cut = pipeline.truncate(data, max_bytes=budget)
+        cut = stream.truncate(data, max_bytes=budget)
         c = container.read(cut)
         assert len(cut) <= budget
         assert c.layers[:-1] == [x for x in layers if x.level < c.level][:len(c.layers) - 1]
-        _, _, toks, counts = pipeline.read_tokens(cut)
+        _, _, toks, counts = stream.read_tokens(cut)
         for t, n in enumerate(counts):  # each tile keeps a prefix of its tokens
             np.testing.assert_array_equal(toks[t, :n], full[t, :n])
         if c.level < layers[-1].level:  # the next level would not fit
-            assert len(pipeline.truncate(data, level=c.level + 1)) > budget
+            assert len(stream.truncate(data, level=c.level + 1)) > budget
     for k in (1, 5, 40):
-        assert container.read(pipeline.truncate(data, tokens=k)).mean_tokens <= k
+        assert container.read(stream.truncate(data, tokens=k)).mean_tokens <= k
 
 
 def test_adaptive_raw_prefix_decodes_as_truncation(adaptive_odp):
@@ -288,11 +288,11 @@ def test_adaptive_raw_prefix_decodes_as_truncation(adaptive_odp):
     i = len(spans) // 2
     with pytest.warns(OdpWarning, match="cut short"):
         out = decode(adaptive_odp[:spans[i][1] + 3])
-    assert out.tobytes() == decode(pipeline.truncate(adaptive_odp, level=c.layers[i].level)).tobytes()
+    assert out.tobytes() == decode(stream.truncate(adaptive_odp, level=c.layers[i].level)).tobytes()
 
 
 def test_uniform_encode_is_one_weight(adaptive_photo, model):
-    data = pipeline.encode(adaptive_photo.crop((0, 0, 512, 256)), model=model, device="cpu", adaptive=False)
+    data = helpers.encode(adaptive_photo.crop((0, 0, 512, 256)), model=model, device="cpu", adaptive=False)
     assert not container.read(data).header.adaptive
 
 
@@ -316,11 +316,11 @@ def test_quality_improves_with_tokens(photos, decoded):
 def test_odd_sizes(w, h, astronaut, model):
     im = astronaut.resize((max(w, 320), max(h, 240))).crop((0, 0, w, h))
     assert im.size == (w, h)
-    data = pipeline.encode(im, model=model, device="cpu")
+    data = helpers.encode(im, model=model, device="cpu")
     hd = container.read(data).header
     assert (hd.width, hd.height) == (w, h)
     assert hd.tiles == -(-w // 256) * -(-h // 256)
-    out = decode(pipeline.truncate(data, tokens=16))
+    out = decode(stream.truncate(data, tokens=16))
     assert out.size == (w, h) and out.mode == "RGB"
 
 
@@ -330,7 +330,7 @@ def test_odd_sizes(w, h, astronaut, model):
 def prepared(im: Image.Image, warn: bool = False) -> np.ndarray:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        p = pipeline.prepare(im)
+        p = imaging.prepare(im)
     odp = [w for w in caught if issubclass(w.category, OdpWarning)]
     assert bool(odp) == warn, [str(w.message) for w in odp]
     if warn:
@@ -444,8 +444,8 @@ def test_rgba_encode_warns_and_decodes_to_rgb(small_photo, model):
     im = small_photo.convert("RGBA")
     im.putpixel((0, 0), (0, 0, 0, 0))
     with pytest.warns(OdpWarning, match="alpha"):
-        data = pipeline.encode(im, model=model, device="cpu")
-    out = decode(pipeline.truncate(data, tokens=8))
+        data = helpers.encode(im, model=model, device="cpu")
+    out = decode(stream.truncate(data, tokens=8))
     assert out.mode == "RGB" and out.size == im.size
 
 
@@ -463,7 +463,7 @@ def exif_with(orientation: int) -> bytes:
                                                    (5, True), (6, True), (7, True), (8, True)])
 def test_exif_orientation_is_applied(orientation, swapped, small_photo):
     jpeg = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "JPEG", quality=95, exif=exif_with(orientation))))
-    p = pipeline.prepare(jpeg, keep=("exif",))
+    p = imaging.prepare(jpeg, keep=("exif",))
     w, h = small_photo.size
     assert p.pixels.shape[:2] == ((w, h) if swapped else (h, w))
     ex = Image.Exif()
@@ -474,7 +474,7 @@ def test_exif_orientation_is_applied(orientation, swapped, small_photo):
 
 def test_exif_orientation_6_end_to_end(small_photo, model):
     jpeg = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "JPEG", quality=95, exif=exif_with(6))))
-    data = pipeline.encode(jpeg, tokens=8, model=model, device="cpu", metadata=("exif",))
+    data = helpers.encode(jpeg, tokens=8, model=model, device="cpu", metadata=("exif",))
     out = decode(data)
     assert out.size == (small_photo.height, small_photo.width)
     ex = Image.Exif()
@@ -487,23 +487,23 @@ def test_metadata_is_dropped_by_default_and_colours_go_to_srgb(small_photo, mode
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
     jpeg = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "JPEG", quality=95, exif=exif_with(6),
                                                       icc_profile=srgb.tobytes())))
-    data = pipeline.encode(jpeg, tokens=8, model=model, device="cpu")
+    data = helpers.encode(jpeg, tokens=8, model=model, device="cpu")
     h = container.read(data).header
     assert h.icc == b"" and h.exif == b""
     assert decode(data).size == (small_photo.height, small_photo.width)  # orientation still applied
-    p_keep = pipeline.prepare(jpeg, keep=("icc",))
-    p_drop = pipeline.prepare(jpeg)
+    p_keep = imaging.prepare(jpeg, keep=("icc",))
+    p_drop = imaging.prepare(jpeg)
     assert p_keep.icc and not p_drop.icc
     assert np.abs(p_keep.pixels.astype(int) - p_drop.pixels.astype(int)).max() <= 2  # sRGB -> sRGB: as good as same
     with pytest.raises(ValueError, match="unknown metadata"):
-        pipeline.prepare(jpeg, keep=("xmp",))
+        imaging.prepare(jpeg, keep=("xmp",))
 
 
 def test_broken_icc_profile_is_ignored_with_a_warning(small_photo):
     im = small_photo.copy()
     im.info["icc_profile"] = b"\0" * 16 + b"RGB " + b"junk" * 10
-    with pytest.warns(pipeline.OdpWarning, match="ICC profile ignored"):
-        p = pipeline.prepare(im)
+    with pytest.warns(errors.OdpWarning, match="ICC profile ignored"):
+        p = imaging.prepare(im)
     np.testing.assert_array_equal(p.pixels, np.asarray(small_photo))
 
 
@@ -511,7 +511,7 @@ def test_tiff_orientation(small_photo):
     ifd = TiffImagePlugin.ImageFileDirectory_v2()
     ifd[0x0112] = 6
     tif = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "TIFF", tiffinfo=ifd)))
-    p = pipeline.prepare(tif)
+    p = imaging.prepare(tif)
     np.testing.assert_array_equal(p.pixels, np.asarray(small_photo.transpose(Image.ROTATE_270)))
 
 
@@ -519,7 +519,7 @@ def test_icc_profile_is_carried_through(small_photo, model):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     png = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, "PNG", icc_profile=icc)))
     assert png.info["icc_profile"] == icc
-    data = pipeline.encode(png, tokens=8, model=model, device="cpu", metadata=("icc", "exif"))
+    data = helpers.encode(png, tokens=8, model=model, device="cpu", metadata=("icc", "exif"))
     assert container.read(data).header.icc == icc
     out = decode(data)
     assert out.info["icc_profile"] == icc
@@ -533,7 +533,7 @@ def test_gif_first_frame(small_photo):
     gif = Image.open(io.BytesIO(helpers.encode_bytes(red, "GIF", save_all=True, append_images=[blue])))
     assert gif.n_frames == 2
     gif.seek(1)
-    px = pipeline.prepare(gif).pixels
+    px = imaging.prepare(gif).pixels
     assert (px == [255, 0, 0]).all()
 
 
@@ -544,13 +544,13 @@ def test_gif_first_frame(small_photo):
 def test_input_formats(fmt, lossless, kw, small_photo, model):
     im = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, fmt, **kw)))
     assert im.format == fmt
-    px = pipeline.prepare(im).pixels
+    px = imaging.prepare(im).pixels
     if lossless:
         np.testing.assert_array_equal(px, np.asarray(small_photo))
     else:
         assert helpers.psnr(px, small_photo) > 20
     im = Image.open(io.BytesIO(helpers.encode_bytes(small_photo, fmt, **kw)))
-    data = pipeline.encode(im, tokens=4, model=model, device="cpu")
+    data = helpers.encode(im, tokens=4, model=model, device="cpu")
     h = container.read(data).header
     assert (h.width, h.height, container.read(data).kept) == (*small_photo.size, 4)
 
@@ -561,7 +561,7 @@ def test_input_formats(fmt, lossless, kw, small_photo, model):
 def test_wrong_magic(small_photo):
     for data in (helpers.encode_bytes(small_photo, "PNG"), b"", b"hello", b"\x89ODP"):
         with pytest.raises(FormatError, match="not an ODP file"):
-            pipeline.decode(data)
+            coding.decode(data)
 
 
 def test_every_short_prefix_of_the_header_region(small_odp):
@@ -569,15 +569,15 @@ def test_every_short_prefix_of_the_header_region(small_odp):
     first_layer_end = helpers.layer_spans(small_odp)[0][1]
     for n in range(first_layer_end):
         with pytest.raises(FormatError):
-            pipeline.read_tokens(small_odp[:n])
+            stream.read_tokens(small_odp[:n])
     with pytest.raises(FormatError, match="before its first complete layer"):
-        pipeline.decode(small_odp[:end])
+        coding.decode(small_odp[:end])
 
 
 def test_flipped_byte_in_header(small_odp):
     for pos in range(len(container.MAGIC) + 1, helpers.layer_spans(small_odp)[0][0]):
         with pytest.raises(FormatError, match="checksum"):
-            pipeline.decode(helpers.flip(small_odp, pos))
+            coding.decode(helpers.flip(small_odp, pos))
 
 
 def test_flipped_byte_in_a_layer(encoded):
@@ -585,14 +585,14 @@ def test_flipped_byte_in_a_layer(encoded):
     a stream's last bits may decode to the same tokens, which is then harmless."""
     data = encoded["astronaut"]
     spans = helpers.layer_spans(data)
-    tokens = pipeline.read_tokens(data)[2]
+    tokens = stream.read_tokens(data)[2]
     caught = 0
     for i in (0, len(spans) // 2, len(spans) - 1):
         s, e = spans[i]
         for pos in range(s, e):
             bad = helpers.flip(data, pos, 0x04)
             try:
-                same = np.array_equal(pipeline.read_tokens(bad)[2], tokens)
+                same = np.array_equal(stream.read_tokens(bad)[2], tokens)
             except FormatError as err:
                 assert f"layer {i} does not decode" in str(err)
                 caught += 1
@@ -604,10 +604,10 @@ def test_flipped_byte_in_a_layer(encoded):
 def test_foreign_model_id(small_odp):
     data = helpers.reheader(small_odp, model_id=b"\x42" * 4)
     with pytest.raises(ModelNotFound, match="42424242") as e:
-        pipeline.decode(data)
+        coding.decode(data)
     assert "not installed" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ModelNotFound, match="42424242"):
-        pipeline.truncate(data, tokens=1)
+        stream.truncate(data, tokens=1)
 
 
 def test_model_found_by_its_hash_prefix(small_odp, model):
@@ -621,32 +621,32 @@ def test_entropy_model_the_model_lacks(small_odp, model):
     data = helpers.reheader(small_odp, entropy_model=other)
     if other == "pos-freq-v1":  # the tables are always there: the tokens decode wrong and fail their check
         with pytest.raises(FormatError, match="does not decode"):
-            pipeline.decode(data)
+            coding.decode(data)
     else:
         with pytest.raises(FormatError, match="needs entropy model"):
-            pipeline.decode(data)
+            coding.decode(data)
 
 
 @pytest.mark.parametrize("changes", [{"tile": 128}, {"tokens": 512}])
 def test_header_that_does_not_match_the_model(changes, small_odp):
     with pytest.raises(FormatError, match="does not match"):
-        pipeline.decode(helpers.reheader(small_odp, **changes))
+        coding.decode(helpers.reheader(small_odp, **changes))
 
 
 @pytest.mark.parametrize("w, h", [(65535, 65535), (16385, 16384)])
 def test_huge_declared_size(w, h, small_odp):
     data = helpers.reheader(small_odp, width=w, height=h)
     with pytest.raises(FormatError, match="exceeds the limit"):
-        pipeline.decode(data)
+        coding.decode(data)
     with pytest.raises(FormatError, match="exceeds the limit"):
-        pipeline.truncate(data, tokens=1)
+        stream.truncate(data, tokens=1)
 
 
 def test_huge_length_fields(small_odp):
     c = container.read(small_odp)
     forged = container.MAGIC + bytes([container.VERSION]) + b"\xff\xff\xff\xff\x0f"
     with pytest.raises(FormatError, match="header length"):
-        pipeline.decode(forged + small_odp[len(forged):])
+        coding.decode(forged + small_odp[len(forged):])
     big = [container.Layer(c.layers[0].level, b"\0" * (container.MAX_LAYER + 4), 0)]
     with pytest.raises(FormatError, match="layer 0 declares"):
         container.pack_header(c.header, big)
@@ -660,7 +660,7 @@ def test_layer_that_does_not_decode(small_odp):
         container.write(Container(c.header, ragged))  # the writer refuses it
     junk = [replace(x, data=b"\xff" * len(x.data)) for x in c.layers]
     with pytest.raises(FormatError, match="does not decode"):
-        pipeline.decode(container.write(Container(c.header, junk)))
+        coding.decode(container.write(Container(c.header, junk)))
 
 
 def test_errors_are_value_errors_with_one_line_messages(small_odp):
@@ -668,7 +668,7 @@ def test_errors_are_value_errors_with_one_line_messages(small_odp):
            small_odp[:5] + b"\xff\xff\xff\xff\xff" + small_odp[10:]]
     for data in bad:
         with pytest.raises(FormatError) as e:
-            pipeline.decode(data)
+            coding.decode(data)
         assert isinstance(e.value, ValueError)
         assert str(e.value) and "\n" not in str(e.value)
 
@@ -683,9 +683,9 @@ def test_file_cut_in_the_payload(encoded, decoded):
     s, e = spans[i]
     cut = data[: (s + e) // 2]  # in the middle of layer 5: layers 0..4 are whole
     with pytest.warns(OdpWarning, match="cut short"):
-        c, _, toks, counts = pipeline.read_tokens(cut)
+        c, _, toks, counts = stream.read_tokens(cut)
     assert not c.complete and c.kept == levels[i - 1] and c.declared_level == levels[-1]
-    np.testing.assert_array_equal(toks, pipeline.read_tokens(data, tokens=levels[i - 1])[2])
+    np.testing.assert_array_equal(toks, stream.read_tokens(data, tokens=levels[i - 1])[2])
     with pytest.warns(OdpWarning, match="cut short"):
         out = decode(cut)
     assert out.tobytes() == decoded("coffee", levels[i - 1]).tobytes()
@@ -699,11 +699,11 @@ def test_cut_anywhere_in_a_layer_keeps_the_whole_layers_before(where, encoded):
     s, e = spans[i]
     at = {"layer bytes": s + 5, "last byte": e - 1, "boundary": s}[where]
     with pytest.warns(OdpWarning, match="cut short"):
-        _, _, toks, _ = pipeline.read_tokens(data[:at])
-    np.testing.assert_array_equal(toks, pipeline.read_tokens(data, tokens=levels[i - 1])[2])
+        _, _, toks, _ = stream.read_tokens(data[:at])
+    np.testing.assert_array_equal(toks, stream.read_tokens(data, tokens=levels[i - 1])[2])
     with pytest.warns(OdpWarning):
-        repaired = pipeline.truncate(data[:at])
-    assert repaired == pipeline.truncate(data, tokens=levels[i - 1])
+        repaired = stream.truncate(data[:at])
+    assert repaired == stream.truncate(data, tokens=levels[i - 1])
 
 
 def test_raw_prefix_of_a_file_is_a_smaller_file(encoded):
@@ -712,7 +712,7 @@ def test_raw_prefix_of_a_file_is_a_smaller_file(encoded):
     layers = container.read(data).layers
     for i, (_, e) in enumerate(helpers.layer_spans(data)[:-1]):
         with pytest.warns(OdpWarning):
-            _, _, _, counts = pipeline.read_tokens(data[:e])
+            _, _, _, counts = stream.read_tokens(data[:e])
         assert list(counts) == [layers[i].level] * 2
 
 
@@ -729,13 +729,13 @@ def test_files_of_the_previous_model_decode_with_it(model, v1_model):
     installed) after the default moved on, not with the default's decoder."""
     data = (helpers.DATA / "astronaut-odp-small-v1.odp").read_bytes()
     assert model is not v1_model  # the default is a newer model
-    c, used, toks, counts = pipeline.read_tokens(data)
-    assert used is v1_model
+    c, used, toks, counts = stream.read_tokens(data)
+    assert used is v1_model.entry
     h = c.header
-    expected = pipeline.tokens_to_image(toks, h.width, h.height, v1_model, "cpu", 8, np.array(counts))
-    out = np.asarray(pipeline.decode(data, device="cpu"))
+    expected = engine.Engine(v1_model, "cpu", 8).decode(toks, h.width, h.height, np.array(counts))
+    out = np.asarray(coding.decode(data, device="cpu"))
     assert (out == expected).all()
-    assert (out != pipeline.tokens_to_image(toks, h.width, h.height, model, "cpu", 8, np.array(counts))).any()
+    assert (out != engine.Engine(model, "cpu", 8).decode(toks, h.width, h.height, np.array(counts))).any()
 
 
 def test_shipped_default_is_a_decoder_fine_tune_of_v1(model, v1_model):
@@ -760,25 +760,25 @@ def test_model_shapes(model):
 
 
 def test_pick_device():
-    assert pipeline.pick_device("cpu") == "cpu"
-    assert pipeline.pick_device("auto") in ("cpu", "cuda")
+    assert engine.pick_device("cpu") == "cpu"
+    assert engine.pick_device("auto") in ("cpu", "cuda")
     with pytest.raises(ValueError):
-        pipeline.pick_device("tpu")
+        engine.pick_device("tpu")
     import torch
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
-            pipeline.pick_device("cuda")
+            engine.pick_device("cuda")
 
 
 # --------------------------------------------------------------------------- a large photo
 
 
 def test_4000x3000_photo(big_photo, model):
-    data = pipeline.encode(big_photo, model=model, device="cpu", batch=8)
+    data = helpers.encode(big_photo, model=model, device="cpu", batch=8)
     h = container.read(data).header
     assert (h.width, h.height, h.tiles) == (4000, 3000, 192)
     budget = len(data) // 4
-    small = pipeline.truncate(data, max_bytes=budget)
+    small = stream.truncate(data, max_bytes=budget)
     assert len(small) <= budget
     out = decode(small)
     assert out.size == (4000, 3000)
@@ -789,47 +789,47 @@ def test_4000x3000_photo(big_photo, model):
 
 
 def test_quality_maps_monotonically_to_a_budget():
-    bpps = [pipeline.quality_to_bpp(q) for q in range(1, 101)]
+    bpps = [options.quality_to_bpp(q) for q in range(1, 101)]
     assert bpps == sorted(bpps) and len(set(bpps)) == 100
-    assert bpps[0] == pytest.approx(pipeline.QUALITY_BPP[0]) and bpps[-1] == pytest.approx(pipeline.QUALITY_BPP[1])
+    assert bpps[0] == pytest.approx(options.QUALITY_BPP[0]) and bpps[-1] == pytest.approx(options.QUALITY_BPP[1])
     for bad in (0, 100.5, float("nan")):
         with pytest.raises(ValueError):
-            pipeline.quality_to_bpp(bad)
+            options.quality_to_bpp(bad)
 
 
 def test_quality_is_a_budget(astronaut, model, encoded):
     w, h = astronaut.size
     sizes = []
     for q in (20, 60, 90):
-        data = pipeline.encode(astronaut, model=model, device="cpu", quality=q, adaptive=False)
-        budget = int(pipeline.quality_to_bpp(q) * w * h / 8)
-        smallest = len(pipeline.truncate(encoded["astronaut"], tokens=1))
-        assert data == pipeline.truncate(encoded["astronaut"], max_bytes=max(budget, smallest))
+        data = helpers.encode(astronaut, model=model, device="cpu", quality=q, adaptive=False)
+        budget = int(options.quality_to_bpp(q) * w * h / 8)
+        smallest = len(stream.truncate(encoded["astronaut"], tokens=1))
+        assert data == stream.truncate(encoded["astronaut"], max_bytes=max(budget, smallest))
         sizes.append(len(data))
     assert sizes == sorted(sizes)
 
 
 @pytest.mark.parametrize("metric", ["psnr", "ms-ssim"])
 def test_target_gives_a_small_file_reaching_it(astronaut, model, encoded, metric):
-    from odp.codec.metrics import ms_ssim, psnr
+    from odp.codec.quality import ms_ssim, psnr
 
     score = {"psnr": psnr, "ms-ssim": ms_ssim}[metric]
     original = np.asarray(astronaut.convert("RGB"))
-    goal = score(original, np.asarray(pipeline.decode(encoded["astronaut"], tokens=24, device="cpu")))
-    data = pipeline.encode(astronaut, model=model, device="cpu", target=(metric, goal))
-    assert score(original, np.asarray(pipeline.decode(data, device="cpu"))) >= goal
-    below = pipeline.truncate(data, level=container.read(data).level - 1)  # its lowest level that reaches it
-    assert score(original, np.asarray(pipeline.decode(below, device="cpu"))) < goal
+    goal = score(original, np.asarray(coding.decode(encoded["astronaut"], tokens=24, device="cpu")))
+    data = helpers.encode(astronaut, model=model, device="cpu", target=(metric, goal))
+    assert score(original, np.asarray(coding.decode(data, device="cpu"))) >= goal
+    below = stream.truncate(data, level=container.read(data).level - 1)  # its lowest level that reaches it
+    assert score(original, np.asarray(coding.decode(below, device="cpu"))) < goal
     # adaptive levels are not uniform token counts: near the uniform 24-token file, well under 32
-    assert len(data) < len(pipeline.truncate(encoded["astronaut"], tokens=32))
+    assert len(data) < len(stream.truncate(encoded["astronaut"], tokens=32))
 
 
 def test_target_out_of_reach_keeps_everything_and_warns(small_photo, model, small_odp):
-    with pytest.warns(pipeline.OdpWarning, match="out of reach"):
-        data = pipeline.encode(small_photo, model=model, device="cpu", target=("psnr", 99.0))
+    with pytest.warns(errors.OdpWarning, match="out of reach"):
+        data = helpers.encode(small_photo, model=model, device="cpu", target=("psnr", 99.0))
     assert data == small_odp
     with pytest.raises(ValueError, match="at least"):
-        pipeline.encode(small_photo, model=model, device="cpu", target=("ms-ssim", 0.5))
+        helpers.encode(small_photo, model=model, device="cpu", target=("ms-ssim", 0.5))
 
 
 # --------------------------------------------------------------------------- coding scale
@@ -837,30 +837,30 @@ def test_target_out_of_reach_keeps_everything_and_warns(small_photo, model, smal
 
 @pytest.fixture(scope="session")
 def half_scale_odp(adaptive_photo, model) -> bytes:
-    return pipeline.encode(adaptive_photo, scale=2, model=model, device="cpu", adaptive=False)
+    return helpers.encode(adaptive_photo, scale=2, model=model, device="cpu", adaptive=False)
 
 
 def test_scales_tried_each_save_tiles():
-    assert pipeline.scales_for(768, 512, 256) == [1, 2, 3]  # 6, 2, 1 tiles; at 1/4 still 1
-    assert pipeline.scales_for(200, 150, 256) == [1]
-    assert pipeline.scaled_size(768, 512, 3) == (256, 171) and pipeline.scaled_size(5, 2, 4) == (1, 1)
-    assert pipeline.scaled_size(23, 40, 16) == (2, 3)  # round(23 / 16) = 1 would need a 23x enlargement
+    assert ratecontrol.scales_for(768, 512, 256) == [1, 2, 3]  # 6, 2, 1 tiles; at 1/4 still 1
+    assert ratecontrol.scales_for(200, 150, 256) == [1]
+    assert imaging.scaled_size(768, 512, 3) == (256, 171) and imaging.scaled_size(5, 2, 4) == (1, 1)
+    assert imaging.scaled_size(23, 40, 16) == (2, 3)  # round(23 / 16) = 1 would need a 23x enlargement
 
 
 def test_largest_scale_on_a_small_odd_image(model, small_photo):
     im = small_photo.crop((0, 0, 23, 40))
-    data = pipeline.encode(im, scale=16, tokens=4, model=model, device="cpu", adaptive=False)
-    assert container.read(data).header.width == 2 and pipeline.decode(data, device="cpu").size == (23, 40)
+    data = helpers.encode(im, scale=16, tokens=4, model=model, device="cpu", adaptive=False)
+    assert container.read(data).header.width == 2 and coding.decode(data, device="cpu").size == (23, 40)
 
 
 def test_half_scale_file_codes_fewer_tiles_and_decodes_at_full_size(half_scale_odp, adaptive_photo):
     h = container.read(half_scale_odp).header
     assert (h.width, h.height, h.tiles) == (384, 256, 2) and h.display_size == (768, 512) and h.scaled
-    out = pipeline.decode(half_scale_odp, device="cpu")
+    out = coding.decode(half_scale_odp, device="cpu")
     assert out.size == adaptive_photo.size
     assert psnr(np.asarray(adaptive_photo), np.asarray(out)) > 15  # the photo, enlarged back (full size: 16.4)
-    cut = pipeline.truncate(half_scale_odp, tokens=8)  # truncation keeps the display size
-    assert container.read(cut).header.display_size == (768, 512) and pipeline.decode(cut, device="cpu").size == (768, 512)
+    cut = stream.truncate(half_scale_odp, tokens=8)  # truncation keeps the display size
+    assert container.read(cut).header.display_size == (768, 512) and coding.decode(cut, device="cpu").size == (768, 512)
 
 
 def test_a_byte_budget_picks_the_coding_scale_of_highest_psnr(adaptive_photo, adaptive_odp, model):
@@ -868,49 +868,49 @@ def test_a_byte_budget_picks_the_coding_scale_of_highest_psnr(adaptive_photo, ad
     tries 2 tiles at 1/2 and 1 tile at 1/3 and keeps the best (measured: 1/3, 14.9 dB against 14.5).
     The default keeps the full size whenever it fits."""
     ref = np.asarray(adaptive_photo)
-    assert pipeline.encode(adaptive_photo, max_bytes=300, model=model, device="cpu") == \
-        pipeline.truncate(adaptive_odp, max_bytes=300)
-    data = pipeline.encode(adaptive_photo, max_bytes=300, model=model, device="cpu", scale="psnr")
-    full_cut = pipeline.truncate(adaptive_odp, max_bytes=300)
+    assert helpers.encode(adaptive_photo, max_bytes=300, model=model, device="cpu") == \
+        stream.truncate(adaptive_odp, max_bytes=300)
+    data = helpers.encode(adaptive_photo, max_bytes=300, model=model, device="cpu", scale="psnr")
+    full_cut = stream.truncate(adaptive_odp, max_bytes=300)
     assert len(data) <= 300 and container.read(data).header.scaled
-    chosen = psnr(ref, np.asarray(pipeline.decode(data, device="cpu")))
-    assert chosen > psnr(ref, np.asarray(pipeline.decode(full_cut, device="cpu"))) + 0.1
+    chosen = psnr(ref, np.asarray(coding.decode(data, device="cpu")))
+    assert chosen > psnr(ref, np.asarray(coding.decode(full_cut, device="cpu"))) + 0.1
     # below what 1 token in each full-size tile needs, a smaller scale still makes a file
-    least = len(pipeline.truncate(adaptive_odp, level=1))
+    least = len(stream.truncate(adaptive_odp, level=1))
     with pytest.raises(ValueError, match="cannot hold even 1 token per tile"):
-        pipeline.truncate(adaptive_odp, max_bytes=least - 1)
-    tiny = pipeline.encode(adaptive_photo, max_bytes=least - 1, model=model, device="cpu")  # "auto"
-    assert len(tiny) < least and pipeline.decode(tiny, device="cpu").size == (768, 512)
+        stream.truncate(adaptive_odp, max_bytes=least - 1)
+    tiny = helpers.encode(adaptive_photo, max_bytes=least - 1, model=model, device="cpu")  # "auto"
+    assert len(tiny) < least and coding.decode(tiny, device="cpu").size == (768, 512)
     assert container.read(tiny).header.width == 384  # the largest coding size that fits: 1/2
     # when no scale fits, the error names what the smallest scale would need, not the full size
     with pytest.raises(ValueError, match=r"cannot hold even 1 token per tile \(that needs (\d+)\)") as err:
-        pipeline.encode(adaptive_photo, max_bytes=5, model=model, device="cpu")
+        helpers.encode(adaptive_photo, max_bytes=5, model=model, device="cpu")
     assert 5 < int(err.value.args[0].split("needs ")[1].rstrip(")")) <= len(tiny) < least
     # an explicit scale is kept; --tokens and --psnr stay at full size unless a scale is given
-    assert container.read(pipeline.encode(adaptive_photo, max_bytes=300, scale=1, model=model,
+    assert container.read(helpers.encode(adaptive_photo, max_bytes=300, scale=1, model=model,
                                           device="cpu", adaptive=False)).header.scaled is False
 
 
 def test_target_is_measured_at_the_display_size(adaptive_photo, half_scale_odp, model):
-    data = pipeline.encode(adaptive_photo, scale=2, target=("psnr", 15.0), model=model, device="cpu", adaptive=False)
-    out = np.asarray(pipeline.decode(data, device="cpu"))
+    data = helpers.encode(adaptive_photo, scale=2, target=("psnr", 15.0), model=model, device="cpu", adaptive=False)
+    out = np.asarray(coding.decode(data, device="cpu"))
     assert psnr(np.asarray(adaptive_photo), out) >= 15.0 and len(data) < len(half_scale_odp)  # whole: 15.44 dB
 
 
 def test_a_target_keeps_the_smallest_file_of_any_scale_that_reaches_it(adaptive_photo, model):
     ref = np.asarray(adaptive_photo)
-    auto = pipeline.encode(adaptive_photo, target=("psnr", 14.0), scale="psnr", model=model, device="cpu",
+    auto = helpers.encode(adaptive_photo, target=("psnr", 14.0), scale="psnr", model=model, device="cpu",
                            adaptive=False)
-    full = pipeline.encode(adaptive_photo, target=("psnr", 14.0), scale=1, model=model, device="cpu", adaptive=False)
-    assert psnr(ref, np.asarray(pipeline.decode(auto, device="cpu"))) >= 14.0
+    full = helpers.encode(adaptive_photo, target=("psnr", 14.0), scale=1, model=model, device="cpu", adaptive=False)
+    assert psnr(ref, np.asarray(coding.decode(auto, device="cpu"))) >= 14.0
     assert len(auto) <= len(full) and not container.read(full).header.scaled
     with pytest.warns(OdpWarning, match="psnr 40.0 is out of reach"):  # no scale reaches it: the whole file
-        whole = pipeline.encode(adaptive_photo, target=("psnr", 40.0), model=model, device="cpu", adaptive=False)
-    assert whole == pipeline.encode(adaptive_photo, model=model, device="cpu", adaptive=False)
+        whole = helpers.encode(adaptive_photo, target=("psnr", 40.0), model=model, device="cpu", adaptive=False)
+    assert whole == helpers.encode(adaptive_photo, model=model, device="cpu", adaptive=False)
 
 
 @pytest.mark.parametrize("scale, message", [(0, "scale 0 is outside 1..16"), (17, "scale 17 is outside 1..16"),
                                             ("best", "scale 'best' is not one of auto, psnr or a number")])
 def test_scale_out_of_range(adaptive_photo, scale, message):
     with pytest.raises(ValueError, match=message):
-        pipeline.encode(adaptive_photo, scale=scale, device="cpu")
+        helpers.encode(adaptive_photo, scale=scale, device="cpu")

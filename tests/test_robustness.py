@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 import helpers
-from odp.codec import pipeline, weights
-from odp.codec.weights import ModelNotFound
+from odp.codec import coding, errors, imaging, registry, stream, weights
+from odp.codec.errors import ModelNotFound
 from odp.entropy import coder
 from odp.formats import container, files
 from odp.formats.container import FormatError
@@ -42,7 +42,7 @@ def test_decode_max_pixels_option_env_and_library(tmp_path, small_odp, small_pho
     assert_clean_error(odp("decode", tmp_path / "a.odp", "--max-pixels", n - 1), contains=f"limit of {n - 1} pixels")
     assert_ok(odp("decode", tmp_path / "a.odp", "--max-pixels", n))
     with pytest.raises(FormatError, match="exceeds the limit"):
-        pipeline.decode(small_odp, device="cpu", max_pixels=n - 1)
+        coding.decode(small_odp, device="cpu", max_pixels=n - 1)
     monkeypatch.setenv("ODP_MAX_PIXELS", str(n - 1))
     assert_clean_error(odp("decode", tmp_path / "a.odp", "-o", tmp_path / "b.png"), contains="exceeds the limit")
     with pytest.raises(FormatError, match="exceeds the limit"):
@@ -73,7 +73,7 @@ def test_encode_refuses_huge_inputs_before_decoding_them(tmp_path, small_photo):
     assert_ok(odp("encode", tmp_path / "s.png", "--max-pixels", n, "-t", "2"))
     assert Image.MAX_IMAGE_PIXELS == old  # Pillow's global is put back
     with pytest.raises(ValueError, match="exceeds the limit"):
-        pipeline.encode(small_photo, device="cpu", max_pixels=n - 1)
+        helpers.encode(small_photo, device="cpu", max_pixels=n - 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.png", "s.odp", "s.png"]
 
 
@@ -85,7 +85,7 @@ def test_tiny_file_cannot_declare_thousands_of_tiles(small_odp):
     bomb = container.write(container.Container(replace(c.header, width=16384, height=16384), c.layers[:1]))
     start = time.perf_counter()
     with pytest.raises(FormatError, match="too short for 4096 tiles"):
-        pipeline.decode(bomb, device="cpu")
+        coding.decode(bomb, device="cpu")
     assert time.perf_counter() - start < 5
 
 
@@ -95,12 +95,12 @@ def test_first_layer_bound_holds_for_real_and_worst_case_files(model, encoded, a
     first = entropy.frequencies(np.full((1, entropy.lags), entropy.alphabet), np.zeros(1, np.int64))[0].argmax()
     likeliest = np.full((50, model.config.tokens), first, np.int32)  # 50 tiles, the cheapest first layer
     data, _ = coder.encode_layer(likeliest, np.zeros(50, np.int64), np.ones(50, np.int64), entropy)
-    least = pipeline.min_first_layer_bytes(50, entropy)
+    least = stream.min_first_layer_bytes(50, entropy)
     assert least <= len(data) <= least + 24  # tight, not vacuous
     for d in [*encoded.values(), adaptive_odp]:
         c = container.read(d)
-        assert len(c.layers[0].data) >= pipeline.min_first_layer_bytes(c.header.tiles, entropy)
-    pipeline.verify(pipeline.pack(likeliest, 256 * 10, 256 * 5, model))
+        assert len(c.layers[0].data) >= stream.min_first_layer_bytes(c.header.tiles, entropy)
+    stream.verify(stream.pack(likeliest, 256 * 10, 256 * 5, model))
 
 
 def test_sixteen_bit_scaling_without_a_float_copy(tmp_path):
@@ -114,13 +114,13 @@ def test_sixteen_bit_scaling_without_a_float_copy(tmp_path):
                     (Image.fromarray(a.astype(np.int32) % 256, "I"), 255)):
         ref = np.asarray(im).astype(np.float64)
         want = np.clip(np.round(ref * 255 / top), 0, 255).astype(np.uint8)
-        got = pipeline.prepare(im).pixels
+        got = imaging.prepare(im).pixels
         assert np.array_equal(got[..., 0], want) and np.array_equal(got[..., 2], want)
 
 
 def test_rgb_array_equals_numpy_view():
     im = Image.fromarray(np.random.default_rng(1).integers(0, 256, (517, 300, 3), dtype=np.uint8))
-    assert np.array_equal(pipeline.rgb_array(im, rows=64), np.asarray(im))
+    assert np.array_equal(imaging.rgb_array(im, rows=64), np.asarray(im))
 
 
 # --------------------------------------------------------------------------- data safety
@@ -232,7 +232,7 @@ def test_two_concurrent_encodes_into_one_folder(tmp_path, photos, small_photo):
     loser = next(err for rc, err in results[:2] if rc == 1)
     assert "already exists" in loser and len(loser.strip().splitlines()) == 1
     same = (tmp_path / "out" / "same.odp").read_bytes()
-    expect = {pipeline.encode(im, tokens=8, device="cpu") for im in (photos["coffee"], small_photo)}
+    expect = {helpers.encode(im, tokens=8, device="cpu") for im in (photos["coffee"], small_photo)}
     assert same in expect
     assert results[2][0] == 0, results[2]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.odp", "b.odp", "same.odp"]
@@ -271,7 +271,7 @@ def test_info_verify(tmp_path, small_odp):
         assert_clean_error(odp("info", tmp_path / name, "--verify"), contains=why)
     assert_ok(odp("info", tmp_path / "extra.odp"))  # without --verify it still shows what decodes
     for k in (1, 7, 8, 9, 200):  # truncate's re-coded last layer is exact too
-        pipeline.verify(pipeline.truncate(small_odp, tokens=k))
+        stream.verify(stream.truncate(small_odp, tokens=k))
 
 
 def appended_word(data: bytes) -> bytes:
@@ -296,10 +296,10 @@ def test_tampered_weights_are_refused(tmp_path, monkeypatch, model):
     raw = bytearray(shipped.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # one bit of one tensor: still a valid safetensors file
     (tmp_path / shipped.name).write_bytes(bytes(raw))
-    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(ModelNotFound, match="pinned sha256"):
         weights.load(model.name)
-    assert weights.SHIPPED_SHA256[model.name] == model.sha256.hex()
+    assert registry.SHIPPED_SHA256[model.name] == model.sha256.hex()
 
 
 PACKAGE = ["__init__.py", "codec", "entropy", "formats", "cli", "tui"]
@@ -308,17 +308,17 @@ UNPICKLING = re.compile(r"pickle\.(load|loads|Unpickler)|torch\.load|allow_pickl
 
 
 def test_nothing_unpickles_outside_the_metric_converter():
-    """Weights are safetensors; only codec/perceptual.py reads pickles, once, when converting downloaded
+    """Weights are safetensors; only codec/evaluation/perceptual.py reads pickles, once, when converting downloaded
     metric weights, through restricted unpicklers (torch.load with weights_only=True)."""
     found = []
     for part in PACKAGE:
         for path in sorted((ROOT / part).rglob("*.py")) if (ROOT / part).is_dir() else [ROOT / part]:
             rel = path.relative_to(ROOT).as_posix()
             for n, line in enumerate(path.read_text().splitlines(), 1):
-                if UNPICKLING.search(line.split("#")[0]) and rel != "codec/perceptual.py":
+                if UNPICKLING.search(line.split("#")[0]) and rel != "codec/evaluation/perceptual.py":
                     found.append(f"{rel}:{n}: {line.strip()}")
     assert found == []
-    perceptual = (ROOT / "codec" / "perceptual.py").read_text()
+    perceptual = (ROOT / "codec" / "evaluation" / "perceptual.py").read_text()
     assert all("weights_only=True" in ln for ln in perceptual.splitlines() if "torch.load(" in ln)
     assert [p.name for p in weights.WEIGHTS_DIR.iterdir() if p.suffix != ".safetensors"] == []
 
@@ -330,10 +330,11 @@ import hashlib, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 import numpy as np
 from PIL import Image
-from odp.codec import pipeline
-data = pipeline.encode(Image.open(sys.argv[2]).convert("RGB"), device="cpu", adaptive=False)
-print(hashlib.sha256(data).hexdigest(), hashlib.sha256(pipeline.read_tokens(data)[2].tobytes()).hexdigest())
-np.save(sys.argv[3], np.asarray(pipeline.decode(data, device="cpu")))
+import odp
+from odp.codec import coding, stream
+data = odp.encode(Image.open(sys.argv[2]).convert("RGB"), device="cpu", adaptive=False)
+print(hashlib.sha256(data).hexdigest(), hashlib.sha256(stream.read_tokens(data)[2].tobytes()).hexdigest())
+np.save(sys.argv[3], np.asarray(coding.decode(data, device="cpu")))
 """
 
 
@@ -343,7 +344,7 @@ def test_same_bytes_across_runs_and_thread_counts(tmp_path, photos, encoded):
     .5 can round either way under another summation order, so they may differ by 1 in rare values
     (measured: 1 of 230400 values between 1 and 2 threads on this photo; docs/security.md)."""
     photos["astronaut"].save(tmp_path / "a.png")
-    assert pipeline.encode(photos["astronaut"], device="cpu", adaptive=False) == encoded["astronaut"]
+    assert helpers.encode(photos["astronaut"], device="cpu", adaptive=False) == encoded["astronaut"]
     threads = {n: dict(os.environ, OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n))
                for n in (1, 2)}
     outs = [subprocess.run([sys.executable, "-c", ENCODE, str(n), str(tmp_path / "a.png"), str(tmp_path / f"{n}.npy")],

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odp.codec import pipeline, tiling
+from odp.codec import coding, imaging, tiling
 
 
 @pytest.mark.parametrize("w, h, tile, expected", [
@@ -120,7 +120,7 @@ def test_split_then_place_is_identity(w, h, tile, batch, seed):
 
 def test_split_then_place_a_4000x3000_photo(big_photo):
     """The mosaic of real photos goes through prepare and tiling unchanged (the network is not run)."""
-    p = pipeline.prepare(big_photo)
+    p = imaging.prepare(big_photo)
     assert p.pixels.shape == (3000, 4000, 3)
     canvas = np.zeros_like(p.pixels)
     first = 0
@@ -161,7 +161,7 @@ def test_deblock_leaves_single_tiles_and_slivers_alone(w, h, rng):
 def test_decoded_photo_has_no_visible_tile_seams(encoded):
     """The tile-seam target of the model card: border/inside gradient ratio below 1.2 at 256
     tokens (about 13 without the deblocking filter); at 16 tokens tiles disagree more in colour."""
-    from odp.codec.metrics import seam_ratio
+    from odp.codec.evaluation.metrics import seam_ratio
 
-    assert seam_ratio(np.asarray(pipeline.decode(encoded["astronaut"]))) < 1.2
-    assert seam_ratio(np.asarray(pipeline.decode(encoded["astronaut"], tokens=16))) < 2.5
+    assert seam_ratio(np.asarray(coding.decode(encoded["astronaut"]))) < 1.2
+    assert seam_ratio(np.asarray(coding.decode(encoded["astronaut"], tokens=16))) < 2.5

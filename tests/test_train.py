@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -9,7 +10,9 @@ import pytest
 from conftest import DATA
 import torch
 
-from odp.codec import export, perceptual, train, weights
+from odp.codec import weights
+from odp.codec.evaluation import perceptual
+from odp.codec.training import export, train
 
 CONFIG = """
 [model]
@@ -89,7 +92,7 @@ def test_init_from_shipped_weights(tmp_path, v1_model):
     decoder-only one exports as a model that makes the same tokens and shares the context model."""
     import tomllib
 
-    model_cfg = tomllib.loads((weights.WEIGHTS_DIR.parent / "configs" / "odp-small.toml").read_text())["model"]
+    model_cfg = tomllib.loads((Path(train.__file__).parent / "configs" / "odp-small.toml").read_text())["model"]
     section = "[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in model_cfg.items())
     cfg = write_config(tmp_path, 1).read_text().split("[train]")[1]
     cfg = section + "[train]" + cfg.replace("batch = 2", "batch = 1").replace("areas_mp = [0.05]", "areas_mp = [0.2]")

@@ -19,7 +19,8 @@ import pytest
 pytest.importorskip("textual")
 pytest.importorskip("textual_image")
 
-from odp.codec import perceptual, pipeline  # noqa: E402
+from odp.codec import coding, stream  # noqa: E402
+from odp.codec.evaluation import perceptual  # noqa: E402
 from odp.formats import container  # noqa: E402
 from odp.tui.app import OdpTui  # noqa: E402
 
@@ -98,7 +99,7 @@ def test_keys_move_the_budget(photo_dir):
             check_panes(app)
             k, full = app.panes["odp"].shown.tokens, app.items[app.current].full
             whole = container.read(full).kept
-            assert k == whole or len(pipeline.truncate(full, tokens=k + 1)) > 1500  # the most tokens that fit
+            assert k == whole or len(stream.truncate(full, tokens=k + 1)) > 1500  # the most tokens that fit
             assert any(app.panes[k].shown.pixels is not None for k in ("webp", "avif", "hull"))
             assert "1,500 B" in app.query_one("#status").render().plain
     asyncio.run(run())
@@ -144,7 +145,7 @@ def test_zoom_hull_and_save(photo_dir, tmp_path):
             stem = PHOTO.removesuffix(".png") + ".16t"
             assert names == sorted([f"{stem}.odp", f"{stem}-2.odp", f"{stem}.compare.png", f"{stem}.compare-2.png"])
             data = (out / f"{stem}.odp").read_bytes()
-            assert data == app.panes["odp"].shown.data == pipeline.truncate(app.items[app.current].full, tokens=16)
+            assert data == app.panes["odp"].shown.data == stream.truncate(app.items[app.current].full, tokens=16)
             assert round(container.read(data).mean_tokens) == 16  # 16 per tile on average
     asyncio.run(run())
 
@@ -164,7 +165,7 @@ def test_odp_file_shows_header_and_truncation_slider(tmp_path, small_odp):
             layers = container.read(small_odp).layers
             assert f"layers:  {len(layers)} " in info
             slider = app.query_one("#slider")  # the file's own cut points: one per layer, with the cut's size
-            assert slider.points == [(x.level, len(pipeline.truncate(small_odp, tokens=x.level))) for x in layers]
+            assert slider.points == [(x.level, len(stream.truncate(small_odp, tokens=x.level))) for x in layers]
             whole = container.read(small_odp).kept  # a lone tile's cap
             assert slider.points[-1] == (whole, len(small_odp))
             assert slider.tokens == whole
@@ -174,7 +175,7 @@ def test_odp_file_shows_header_and_truncation_slider(tmp_path, small_odp):
             await settle(pilot)
             shown = app.query_one("#pane-file").shown
             half = (whole - 1) // 8 * 8 // 2  # eight tokens fewer (to a multiple of 8), then half
-            assert shown.tokens == half and shown.nbytes == len(pipeline.truncate(small_odp, tokens=half))
+            assert shown.tokens == half and shown.nbytes == len(stream.truncate(small_odp, tokens=half))
             await pilot.click("#slider", offset=(0, 0))  # the first truncation point
             await settle(pilot)
             assert app.query_one("#pane-file").shown.tokens == slider.points[0][0] == 1
@@ -199,7 +200,7 @@ def test_version_1_file_shows_its_chunks_as_truncation_points(tmp_path):
             assert [k for k, _ in slider.points] == list(range(8, 65, 8)) and slider.tokens == 64
             shown = app.query_one("#pane-file").shown
             assert shown.tokens == 64 and shown.data == v1_file()  # all of it: the file itself
-            assert shown.pixels.tobytes() == pipeline.decode(v1_file(), device="cpu").tobytes()
+            assert shown.pixels.tobytes() == coding.decode(v1_file(), device="cpu").tobytes()
     asyncio.run(run())
 
 
@@ -264,8 +265,8 @@ def test_photo_budget_too_small_for_full_size_uses_a_smaller_coding_scale():
 
     photo = Photo(Path(__file__).parent / "data" / "photo_768x512.png", ("psnr",), device="cpu")
     fits = photo.odp(max_bytes=2000)
-    assert "at 1/" not in fits.label and len(photo.ladder.encoded) == 1
-    least = len(pipeline.truncate(photo.full, level=1))
+    assert "at 1/" not in fits.label and photo.encoding.scales_encoded == [1]
+    least = len(stream.truncate(photo.full, level=1))
     tiny = photo.odp(max_bytes=least - 1)
     assert tiny.label.endswith("at 1/2") and tiny.nbytes < least and tiny.pixels.shape == (512, 768, 3)
     assert container.read(tiny.data).header.display_size == (768, 512)

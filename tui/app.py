@@ -425,7 +425,7 @@ class OdpTui(App):
 
     def want_lpips(self) -> bool:
         if self.lpips is None:
-            from ..codec import perceptual
+            from ..codec.evaluation import perceptual
 
             self.lpips = perceptual.available()
         return self.lpips
@@ -464,9 +464,8 @@ class OdpTui(App):
         self.file_tokens[item.path] = k
         self.budget = shown.nbytes if shown else None
         self.query_one("#slider", Slider).set(item.points, k)
-        h = item.container.header
         if shown is not None:
-            self.query_one("#pane-file", Pane).show(shown, *h.display_size)
+            self.query_one("#pane-file", Pane).show(shown, *item.size)
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=1, progress=1 if shown else 0)
         self.query_one("#step", Static).update("ready" if shown else "working: decoding…")

@@ -18,20 +18,14 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from ..codec import classic, metrics, pipeline, weights
-from ..formats import container
+import odp
+from ..codec.evaluation import classic, metrics
+from ..codec.evaluation.settings import CLASSIC, SCALES
 from .files import printable
 
-SCALES = (1, 2, 4, 8)  # the downscale trick, as in `odp bench`
-CLASSIC = ("jpeg", "webp", "avif")
 TITLES = {"original": "original", "odp": "ODP", "jpeg": "JPEG", "webp": "WebP", "avif": "AVIF",
           "hull": "hull"}
 CACHED_RESULTS = 24  # decoded images kept per photo (a 1.5 MP image is 4.5 MB)
-
-
-def load_model() -> weights.Model:
-    """The shipped model, loaded once (weights.load caches it)."""
-    return weights.load()
 
 
 @dataclass
@@ -58,7 +52,7 @@ class Update:
 
 
 def is_odp(data: bytes) -> bool:
-    return container.is_odp(data)
+    return odp.is_odp(data)
 
 
 class Photo:
@@ -68,16 +62,16 @@ class Photo:
         with warnings.catch_warnings(record=True) as self.warnings:
             warnings.simplefilter("always")
             with Image.open(path) as im:
-                self.pixels = pipeline.prepare(im).pixels  # EXIF turned, ICC applied: what ODP codes
-        self.path, self.device = path, pipeline.pick_device(device)
+                self.encoding = odp.Encoding(im, device=device)  # encodes when first asked for a file
+        self.pixels = self.encoding.pixels  # EXIF turned, ICC applied: what ODP codes
+        self.path, self.device = path, device
         self.height, self.width = self.pixels.shape[:2]
         self.metric_names = metric_names
         self.codecs = classic.available_codecs()
         if fast:  # the fast probe settings (WebP method 0, AVIF speed 8) instead of the slowest ones
             self.codecs = {k: replace(c, final=c.probe) for k, c in self.codecs.items()}
         self.full: bytes | None = None
-        self.ladder: pipeline.ScaleLadder | None = None
-        self.max_tokens = load_model().config.tokens
+        self.max_tokens = self.encoding.model_tokens
         self.variants: dict[tuple[str, int], classic.Variant] = {}
         self.results: OrderedDict[tuple, Shown] = OrderedDict()
         self._score = self._judge = None
@@ -107,25 +101,19 @@ class Photo:
     def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
         """ODP at `tokens` per tile (a cut of the full-size file), or what `odp encode --bytes` makes
         for `max_bytes`: the full-size file's cut, or a smaller coding scale's when that cannot fit."""
-        if self.ladder is None:
-            self.ladder = pipeline.ScaleLadder(pipeline.Prepared(self.pixels, b"", b""), load_model(), self.device,
-                                               pipeline.default_batch(self.device))
-            self.full = self.ladder.full.data
+        self.full = self.encoding.whole
         try:
-            if max_bytes is None:
-                data, scale = pipeline.truncate(self.full, tokens=tokens), 1
-            else:
-                data, coded = pipeline.first_within(self.ladder, max_bytes)
-                scale = coded.scale
+            data = self.encoding.with_tokens(tokens) if max_bytes is None else self.encoding.within(max_bytes)
         except ValueError as e:  # not even one token per tile fits
             return Shown("ODP", note=str(e))
-        c = container.read(data)
-        k = round(c.mean_tokens)
+        info = odp.info(data)
+        k = round(info.mean_tokens)
+        scale = round(info.width / info.coded_width)
 
         def make() -> Shown:
-            im = pipeline.decode(data, device=self.device)
+            im = odp.decode(data, device=self.device)
             return Shown(f"ODP {k} tokens" + (f" at 1/{scale}" if scale > 1 else ""), np.asarray(im), len(data), data, k)
-        return self._cached(("odp", scale, c.level), make)
+        return self._cached(("odp", info.coded_width, info.truncation_points[-1]), make)
 
     def variant(self, codec: str, scale: int) -> classic.Variant:
         if (codec, scale) not in self.variants:
@@ -188,32 +176,36 @@ class OdpFile:
     def __init__(self, path: Path, data: bytes, device: str = "auto") -> None:
         with warnings.catch_warnings(record=True) as self.warnings:
             warnings.simplefilter("always")
-            self.container, self.model, _, counts = pipeline.read_tokens(data)
-        self.path, self.data, self.device = path, data, pipeline.pick_device(device)
-        c, h = self.container, self.container.header
-        self.kept = max(1, round(c.mean_tokens))  # tokens per tile on average
+            self.model = odp.model_of(data)
+        i = odp.info(data)
+        self.path, self.data, self.device = path, data, device
+        self.size = (i.width, i.height)  # as decoded
+        self.kept = max(1, round(i.mean_tokens))  # tokens per tile on average
         # the file's own cut points (its layers), as (mean tokens per tile, bytes of the cut file)
-        ends = {round(sum(h.counts(x.level)) / h.tiles): x.level for x in c.layers}
-        self.points = [(k, len(pipeline.truncate(data, level=lv))) for k, lv in sorted(ends.items())]
-        spread = f", tiles {counts.min()}..{counts.max()} by need" if h.adaptive else ""
-        w, hgt = h.display_size
+        ends = {}
+        for n in range(1, i.layers + 1):
+            cut = odp.truncate(data, layers=n)
+            ends[round(odp.info(cut).mean_tokens)] = len(cut)
+        self.points = sorted(ends.items())
+        spread = f", tiles {i.tokens_min}..{i.tokens_max} by need" if i.adaptive else ""
+        scaled = (i.coded_width, i.coded_height) != (i.width, i.height)
         self.info = [
-            f"ODP image {w}×{hgt}" + (f" (coded at {h.width}×{h.height})" if h.scaled else "")
-            + f", {h.cols}×{h.rows} tiles of {h.tile} px (format v{h.version})",
-            f"tokens:  {c.mean_tokens:.1f} of {h.tokens} per tile{spread}" + ("" if c.complete else " (file cut short)"),
-            f"size:    {len(data)} bytes, {len(data) * 8 / (w * hgt):.4f} bpp",
-            f"entropy: {c.payload_bytes * 8 / max(1, counts.sum()):.3f} bits/token ({printable(h.entropy_model)})",
-            f"model:   {printable(self.model.name)} sha256 {self.model.sha256.hex()[:16]}",
-            f"layers:  {len(c.layers)} (points where the file can be cut as it is)",
+            f"ODP image {i.width}×{i.height}" + (f" (coded at {i.coded_width}×{i.coded_height})" if scaled else "")
+            + f", {i.cols}×{i.rows} tiles of {i.tile} px (format v{i.version})",
+            f"tokens:  {i.mean_tokens:.1f} of {i.model_tokens} per tile{spread}" + ("" if i.complete else " (file cut short)"),
+            f"size:    {len(data)} bytes, {i.bpp:.4f} bpp",
+            f"entropy: {i.bits_per_token:.3f} bits/token ({printable(i.entropy_model)})",
+            f"model:   {printable(self.model.name)} sha256 {self.model.weights_sha256[:16]}",
+            f"layers:  {i.layers} (points where the file can be cut as it is)",
         ]
         self.decoded: OrderedDict[int, Shown] = OrderedDict()
 
     def truncated(self, k: int) -> bytes:
-        return pipeline.truncate(self.data, tokens=k)
+        return odp.truncate(self.data, tokens=k)
 
     def tokens_within(self, max_bytes: int) -> int | None:
         try:
-            return max(1, round(container.read(pipeline.truncate(self.data, max_bytes=max_bytes)).mean_tokens))
+            return max(1, round(odp.info(odp.truncate(self.data, bytes=max_bytes)).mean_tokens))
         except ValueError:
             return None
 
@@ -221,7 +213,7 @@ class OdpFile:
         k = max(1, min(k, self.kept))
         if k not in self.decoded:
             data = self.data if k == self.kept else self.truncated(k)
-            im = pipeline.decode(data, device=self.device)
+            im = odp.decode(data, device=self.device)
             self.decoded[k] = Shown(f"ODP {k} tokens", np.asarray(im), len(data), data, k, scores=None)
             while len(self.decoded) > CACHED_RESULTS:
                 self.decoded.popitem(last=False)
@@ -231,7 +223,7 @@ class OdpFile:
 def open_any(path: Path, metric_names: tuple[str, ...], fast: bool, device: str) -> Photo | OdpFile:
     """A Photo, or an OdpFile when the bytes say so (by magic, never by extension)."""
     with open(path, "rb") as f:
-        head = f.read(len(container.MAGIC_V1))
+        head = f.read(16)
     if is_odp(head):
         return OdpFile(path, path.read_bytes(), device)
     if head.startswith(b"PK\x03\x04") and path.suffix.lower() == ".odp":

@@ -31,11 +31,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import classic, metrics, pipeline, tiling, weights
+from ...formats import container
+from .. import coding, ratecontrol, stream, tiling, weights
+from ..allocation import ALLOCATION_GRID, ENCODER_VERSION
+from ..engine import Engine, pick_device
+from ..imaging import IMAGE_SUFFIXES, Prepared
+from ..options import EncodeOptions
+from . import classic, metrics
+from .settings import BUDGETS, SCALES
 
-BUDGETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
-SCALES = (1, 2, 4, 8)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".avif"}
 CACHE_VERSION = 2
 ODP_CONTENDERS = ["odp", "odp-psnr-scale", "odp-uniform"]  # the ODP files measured (odp_files); in the cache key
 
@@ -73,23 +77,22 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
 
         stats = {}
         if part == "odp":
-            fulls, stats = odp_files(pixels, model, device)
-            batch = pipeline.default_batch(device)
+            engine = Engine(model, device)
+            fulls, stats = odp_files(pixels, engine)
             scored: dict[bytes, dict] = {}  # contenders often pick the same file: score it once
             for codec, codeds in fulls.items():
                 for b in budgets:
                     try:  # the encoder's own choice of coding scale
                         if codec == "odp-psnr-scale":
-                            data, coded = pipeline.best_within(codeds, budget_bytes(b, w, h), pixels, model,
-                                                               device, batch)
+                            data, coded = ratecontrol.best_within(codeds, budget_bytes(b, w, h), pixels, engine)
                         else:
-                            data, coded = pipeline.first_within(codeds, budget_bytes(b, w, h))
+                            data, coded = ratecontrol.first_within(codeds, budget_bytes(b, w, h))
                     except ValueError:  # not even one token per tile fits
                         continue
-                    key = (codec, coded.scale, pipeline.container.read(data).level)
+                    key = (codec, coded.scale, container.read(data).level)
                     if key not in points:
                         if data not in scored:
-                            scored[data] = score(np.asarray(pipeline.decode(data, device=device)))
+                            scored[data] = score(coding.decode_pixels(data, device=device)[0])
                         points[key] = {"image": str(path), "width": w, "height": h, "codec": codec,
                                        "scale": coded.scale, "setting": key[2], "bytes": len(data),
                                        "bpp": len(data) * 8 / (w * h), "budgets": [], **scored[data]}
@@ -116,34 +119,35 @@ def measure_image(path: Path, parts: list[str], files: dict[str, Path], budgets,
         os.replace(tmp, files[part])
 
 
-def odp_files(pixels: np.ndarray, model, device: str) -> tuple[dict[str, list], dict]:
-    """Full ODP files of one image, as pipeline.Coded lists per contender ("odp": adaptive allocation,
+def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict]:
+    """Full ODP files of one image, as ratecontrol.Coded lists per contender ("odp": adaptive allocation,
     full size first, then the smaller coding scales for budgets it cannot fit; "odp-psnr-scale": the
     same files, chosen by PSNR; "odp-uniform": full size, every tile alike; all with the shipped
     context model) and what they
     cost: bits per token under each entropy model (raw ids, per-position tables, context model; the
-    same uniform tokens) and encode seconds of the full-size file."""
+    same uniform tokens) and encode seconds of the full-size file: the encoder's own files
+    (ratecontrol.encode_at, as `odp encode` makes them), timed whole and by part."""
     h, w = pixels.shape[:2]
-    batch = pipeline.default_batch(device)
+    model, bare = engine.model, Prepared(pixels, b"", b"")
     t0 = time.perf_counter()
-    toks = pipeline.image_to_tokens(pixels, model, device, batch)
+    toks = engine.encode(pixels)
     t1 = time.perf_counter()
-    weights_, caps = pipeline.allocation(toks, pixels, model, device, batch, model.best_entropy)
+    uniform = ratecontrol.encode_at(bare, 1, engine, adaptive=False)
     t2 = time.perf_counter()
-    full = pipeline.Coded(1, pipeline.pack(toks, w, h, model, weights=weights_, caps=caps), toks)
-    uniform = pipeline.Coded(1, pipeline.pack(toks, w, h, model), toks)
+    ladder = ratecontrol.ScaleLadder(bare, engine)
+    full = ladder.full
     t3 = time.perf_counter()
-    bare = pipeline.Prepared(pixels, b"", b"")
-    smaller = [pipeline.encode_at(bare, s, model, device, batch)
-               for s in pipeline.scales_for(w, h, model.config.tile)[1:]]
+    smaller = list(ladder)[1:]
     fulls = {"odp": [full, *smaller], "odp-psnr-scale": [full, *smaller], "odp-uniform": [uniform]}
     assert list(fulls) == ODP_CONTENDERS
-    tables = pipeline.pack(toks, w, h, model, entropy=model.tables)
-    payload = lambda d: pipeline.container.read(d).payload_bytes * 8 / toks.size  # noqa: E731
-    stats = {"tokens": int(toks.size), "raw_bits_per_token": math.log2(model.config.codebook_size),
+    t4 = time.perf_counter()
+    tables = stream.pack(toks, w, h, model, entropy=model.tables)
+    t5 = time.perf_counter()
+    payload = lambda d: container.read(d).payload_bytes * 8 / toks.size  # noqa: E731
+    stats = {"tokens": int(toks.size), "raw_bits_per_token": math.log2(model.codebook_size),
              "tables_bits_per_token": payload(tables), "context_bits_per_token": payload(uniform.data),
-             "entropy_model": model.best_entropy.id, "tokenize_s": t1 - t0, "allocate_s": t2 - t1,
-             "entropy_code_s": (t3 - t2) / 2, "megapixels": w * h / 1e6}
+             "entropy_model": model.best_entropy.id, "tokenize_s": t1 - t0, "allocate_s": (t3 - t2) - (t2 - t1),
+             "entropy_code_s": t5 - t4, "megapixels": w * h / 1e6}
     return fulls, stats
 
 
@@ -155,9 +159,8 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
     if part == "odp":
         deps["model_sha256"] = model.sha256.hex()
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
-        deps["format"] = [pipeline.container.VERSION, model.best_entropy.id, list(pipeline.ALLOCATION_GRID),
-                          pipeline.ENCODER_VERSION,
-                          list(pipeline.LEVELS), list(pipeline.SCALES), ODP_CONTENDERS]
+        deps["format"] = [container.VERSION, model.best_entropy.id, list(ALLOCATION_GRID), ENCODER_VERSION,
+                          list(stream.LEVELS), list(ratecontrol.SCALES), ODP_CONTENDERS]
     else:
         c = codecs[part]
         deps |= {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1], "scales": SCALES,
@@ -320,10 +323,11 @@ def measure_speed(paths: list[Path], codecs, model, devices, repeats: int = 3, q
         im = Image.fromarray(pixels, "RGB")
         jobs = []
         for dev in devices:
-            data = pipeline.encode(im, model=model, device=dev)
+            opts = EncodeOptions(device=dev)
+            data = coding.encode(im, opts, model)
             jobs.append((f"odp ({dev})", "256 tokens/tile",
-                         lambda dev=dev: pipeline.encode(im, model=model, device=dev),
-                         lambda dev=dev, data=data: pipeline.decode(data, device=dev)))
+                         lambda opts=opts: coding.encode(im, opts, model),
+                         lambda dev=dev, data=data: coding.decode(data, device=dev)))
         for c in codecs.values():
             data = c.encode(im, quality)
             jobs.append((c.name, f"quality {quality} {c.final}", lambda c=c: c.encode(im, quality),
@@ -390,8 +394,7 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
     h, w = pixels.shape[:2]
     codecs = classic.available_codecs()
     classic_run = any(p["codec"] in codecs for p in pts)
-    dev = pipeline.pick_device(device)
-    ladder = pipeline.ScaleLadder(pipeline.Prepared(pixels, b"", b""), model, dev, pipeline.default_batch(dev))
+    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), Engine(model, device))
     rows = []
     for b in budgets:
         o = at_budget(pts, b, "odp", metric)
@@ -402,8 +405,8 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
                 cells.append((np.full_like(pixels, 255), what))
                 continue
             if p["codec"] == "odp":  # the same file again: what `odp encode --bytes` makes for this budget
-                data, _ = pipeline.first_within(ladder, budget_bytes(b, w, h))
-                img = np.asarray(pipeline.decode(data, device=device))
+                data, _ = ratecontrol.first_within(ladder, budget_bytes(b, w, h))
+                img = coding.decode_pixels(data, device=device)[0]
             else:
                 v = classic.Variant(codecs[p["codec"]], p["scale"], classic.shrink(pixels, p["scale"]))
                 img = classic.decode(v.data(p["setting"]), w, h)
@@ -501,7 +504,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
         if unknown:
             raise ValueError(f"codec {sorted(unknown)[0]!r} is not available here: {', '.join(codecs)}")
         codecs = {k: v for k, v in codecs.items() if k in codec_names}
-    dev = pipeline.pick_device(device)
+    dev = pick_device(device)
     model = weights.load()
     budgets, metric_names = tuple(sorted(budgets)), tuple(metric_names)
     settings = {"model_sha256": model.sha256.hex(), "budgets": budgets, "metrics": metric_names, "scales": SCALES,

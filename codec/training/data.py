@@ -1,4 +1,4 @@
-"""Training-data preparation: `python -m odp.codec.data prepare --out DIR`.
+"""Training-data preparation: `python -m odp.codec.training.data prepare --out DIR`.
 
 Fetches Debian wallpaper packages, records each image's licence from the package's
 copyright file, drops what is not a useful training photo (too small, few colours,
@@ -416,7 +416,7 @@ def prepare(out: Path, packages: list[str], include: list[Path], eval_dir: Path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m odp.codec.data", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m odp.codec.training.data", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="build a training folder from Debian wallpaper packages")
     p.add_argument("--out", type=Path, required=True, help="output folder (outside the repo)")

@@ -1,6 +1,6 @@
 """Train the ODP tokenizer: config-driven, resumable, logs JSON lines.
 
-    python -m odp.codec.train --config codec/configs/odp-small.toml --run runs/small
+    python -m odp.codec.training.train --config codec/training/configs/odp-small.toml --run runs/small
 
 Reads photos from the folders the config names (never from data/eval), takes random
 256x256 crops at several scales with flips, and trains with MSE and tail-token drop
@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .model import ModelConfig, Tokenizer
+from ..imaging import IMAGE_SUFFIXES
+from ..model import ModelConfig, Tokenizer
 
 DECODER_PREFIXES = ("from_code", "dec_", "head")  # the parameters stage 2 trains
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+JUDGE_KEYS = {"alex": "lpips_alex", "vgg": "lpips_vgg"}  # log names of the monitor-only metrics
 
 
 def list_photos(folders: list[str]) -> list[Path]:
@@ -132,12 +133,28 @@ def lr_at(step: int, tc: dict) -> float:
     return tc["lr"] * (tc["final_lr_frac"] + (1 - tc["final_lr_frac"]) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def flatten_opt(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimiser's per-parameter state as flat tensors for safetensors (no pickle)."""
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        out |= {f"opt.{i}.{k}": (v.reshape(-1) if v.dim() == 0 else v).detach().contiguous().clone()
+                for k, v in st.items()}
+    return out
+
+
+def unflatten_opt(tensors: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> dict:
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
+    return {"state": state, "param_groups": opt.state_dict()["param_groups"]}
+
+
 def save_checkpoint(run: Path, model: Tokenizer, ema: Tokenizer, opt: torch.optim.Optimizer, step: int, cfg: dict):
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
-        tensors |= {f"opt.{i}.{k}": v.reshape(-1) if v.dim() == 0 else v for k, v in st.items()}
-    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()} | flatten_opt(opt)
     tmp = run / "ckpt.safetensors.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, run / "ckpt.safetensors")
@@ -151,28 +168,64 @@ def load_checkpoint(run: Path, model: Tokenizer, ema: Tokenizer, opt: torch.opti
     t = load_file(str(run / "ckpt.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
-    opt_state: dict = {}
-    for k, v in t.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            opt_state.setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
-    opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    opt.load_state_dict(unflatten_opt(t, opt) | {"param_groups": state["param_groups"]})
     return state["step"]
 
 
+def save_snapshot(folder: Path, ema: Tokenizer, disc: torch.nn.Module | None, step: int, cfg: dict, log: Path):
+    """A compact copy of a run to commit, so a later session (a fresh checkout) continues it:
+    the EMA weights and the discriminator in fp16, the step and config, and the log so far.
+    The optimiser's moments are left out (they are 4x the weights); a resumed run rebuilds
+    them during a short learning-rate re-warm-up (`resume_warmup` steps)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"ema.{k}": v.detach().half().contiguous().clone() for k, v in ema.state_dict().items()}
+    if disc is not None:
+        tensors |= {f"disc.{k}": v.detach().half().contiguous().clone() for k, v in disc.state_dict().items()}
+    save_file(tensors, str(folder / "snapshot.safetensors.tmp"))
+    os.replace(folder / "snapshot.safetensors.tmp", folder / "snapshot.safetensors")
+    (folder / "state.json.tmp").write_text(json.dumps({"step": step, "config": cfg}, indent=1))
+    os.replace(folder / "state.json.tmp", folder / "state.json")
+    (folder / "log.jsonl.tmp").write_bytes(log.read_bytes())
+    os.replace(folder / "log.jsonl.tmp", folder / "log.jsonl")
+
+
+def load_snapshot(folder: Path, model: Tokenizer, ema: Tokenizer, disc: torch.nn.Module | None, run: Path) -> int:
+    """Continue from a committed snapshot: model and EMA both start from its EMA weights."""
+    t = load_file(str(folder / "snapshot.safetensors"))
+    weights = {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")}
+    model.load_state_dict(weights)
+    ema.load_state_dict(weights)
+    if disc is not None and any(k.startswith("disc.") for k in t):
+        disc.load_state_dict({k[5:]: v.float() for k, v in t.items() if k.startswith("disc.")})
+    if not (run / "log.jsonl").exists():
+        (run / "log.jsonl").write_bytes((folder / "log.jsonl").read_bytes())
+    return json.loads((folder / "state.json").read_text())["step"]
+
+
+def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, layer: torch.Tensor) -> float:
+    """VQGAN's balance: the adversarial term's gradient at the last layer scaled to the
+    reconstruction term's, so its weight means the same whatever the losses' scales."""
+    g_rec = torch.autograd.grad(rec, layer, retain_graph=True)[0].norm()
+    g_adv = torch.autograd.grad(adv, layer, retain_graph=True)[0].norm()
+    return float((g_rec / (g_adv + 1e-4)).clamp(0, 1e4))
+
+
 @torch.no_grad()
-def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=None) -> dict:
-    """PSNR (and LPIPS-VGG when a perceptual loss is on) at several prefix lengths, and how much
-    of the codebook the held-out tiles use (FSQ has no codebook vectors to die, but a collapsed
-    code distribution shows here)."""
+def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=None, judges: dict | None = None) -> dict:
+    """PSNR (and LPIPS-VGG when a perceptual loss is on, and each judge metric, e.g. DISTS, that is
+    only ever measured) at several prefix lengths, and how much of the codebook the held-out tiles
+    use (FSQ has no codebook vectors to die, but a collapsed code distribution shows here)."""
     model.eval()
     values, ids = model.encode_values(tiles)
     out = {}
     for k in ks:
         y = model.decode_values(values[:, :k])
         out[f"psnr@{k}"] = round(psnr(y, tiles), 3)
+        a, b = (y.clamp(-1, 1) + 1) / 2, (tiles + 1) / 2
         if lpips_vgg is not None:
-            out[f"lpips_vgg@{k}"] = round(lpips_vgg((y.clamp(-1, 1) + 1) / 2, (tiles + 1) / 2).mean().item(), 4)
+            out[f"lpips_vgg@{k}"] = round(lpips_vgg(a, b).mean().item(), 4)
+        for name, metric in (judges or {}).items():
+            out[f"{JUDGE_KEYS.get(name, name)}@{k}"] = round(metric(a, b).mean().item(), 4)
     counts = torch.bincount(ids.flatten(), minlength=model.cfg.codebook_size).float()
     p = counts[counts > 0] / counts.sum()
     out["codes_used"] = int((counts > 0).sum())
@@ -185,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--run", required=True, help="run folder: checkpoints and log.jsonl")
+    ap.add_argument("--snapshot", help="a committed folder the run continues from when --run is new, "
+                                       "and where it writes a compact copy at every checkpoint")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--stop-after", type=float, help="stop at the first checkpoint after this many seconds")
     args = ap.parse_args(argv)
 
     cfg = tomllib.loads(Path(args.config).read_text())
@@ -195,50 +251,75 @@ def main(argv: list[str] | None = None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
+    snapshot = Path(args.snapshot) if args.snapshot else None
 
     train_files, held = split_photos(tc)
     print(f"{len(train_files)} training photos, {len(held)} held out for monitoring", file=sys.stderr)
     sampler = CropSampler(train_files, tc["areas_mp"], mc.tile, tc["seed"])
     monitor = CropSampler(held, tc["areas_mp"], mc.tile, seed=1234).batch(tc["monitor_tiles"]).to(device)
 
-    lc = {"perceptual": 0.0, "perceptual_crop": 128, "adversarial": 0.0, "adv_start": 0, "disc_lr": 1e-4,
-          "freeze_encoder": False, **cfg.get("loss", {})}
+    lc = {"perceptual": 0.0, "perceptual_crop": 128, "adversarial": 0.0, "adv_start": 0, "disc_start": None,
+          "disc_lr": 1e-4, "adaptive_adv": False, "adapt_every": 10, "freeze_encoder": False, "judges": [],
+          "resume_warmup": 50, **cfg.get("loss", {})}
     model = Tokenizer(mc).to(device)
-    if tc.get("init") and not (run / "state.json").exists():
-        from .weights import load as load_shipped
+    resumable = (run / "state.json").exists()
+    from_snapshot = not resumable and snapshot is not None and (snapshot / "state.json").exists()
+    if tc.get("init") and not resumable and not from_snapshot:
+        from ..weights import load as load_shipped
 
         model.load_state_dict(load_shipped(tc["init"]).tokenizer.state_dict())
         print(f"initialised from shipped weights {tc['init']}", file=sys.stderr)
     ema = Tokenizer(mc).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
+    disc = disc_opt = None
+    if lc["adversarial"] > 0:
+        disc = PatchDiscriminator().to(device)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=lc["disc_lr"], betas=(0.5, 0.9))
+    rewarm_from = -1
+    if from_snapshot:
+        step = rewarm_from = load_snapshot(snapshot, model, ema, disc, run)
+        print(f"continued from snapshot {snapshot} at step {step} (optimiser moments rebuilt)", file=sys.stderr)
     if lc["freeze_encoder"]:  # stage 2: the decoder learns, the tokens keep their meaning
         for name, prm in model.named_parameters():
             if not name.startswith(DECODER_PREFIXES):
                 prm.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc["lr"], betas=(0.9, 0.99), weight_decay=tc["weight_decay"])
-    step = load_checkpoint(run, model, ema, opt) if (run / "state.json").exists() else 0
-    if step:
+    if resumable:
+        step = load_checkpoint(run, model, ema, opt)
         print(f"resumed at step {step}", file=sys.stderr)
+        if disc is not None and (run / "disc.safetensors").exists():
+            t = load_file(str(run / "disc.safetensors"))
+            disc.load_state_dict({k: v for k, v in t.items() if not k.startswith("opt.")})
+            if any(k.startswith("opt.") for k in t):
+                disc_opt.load_state_dict(unflatten_opt(t, disc_opt))
+    elif not from_snapshot:
+        step = 0
+    if step:
         sampler.rng = np.random.default_rng(tc["seed"] + step)
     lpips_vgg = None
     if lc["perceptual"] > 0:
-        from .perceptual import get as get_metric
+        from ..evaluation.perceptual import get as get_metric
 
         lpips_vgg = get_metric("vgg", device)
-    disc = disc_opt = None
-    if lc["adversarial"] > 0:
-        disc = PatchDiscriminator().to(device)
-        disc_opt = torch.optim.AdamW(disc.parameters(), lr=lc["disc_lr"], betas=(0.5, 0.9))
-        if (run / "disc.safetensors").exists():
-            disc.load_state_dict(load_file(str(run / "disc.safetensors")))
+    judges = {}
+    if lc["judges"]:  # measured on the monitor only, never a loss (DISTS judges the codec)
+        from ..evaluation.perceptual import get as get_metric
+
+        judges = {name: get_metric(name, device) for name in lc["judges"]}
+    disc_start = lc["adv_start"] if lc["disc_start"] is None else lc["disc_start"]
+    last_layer = model.head.detail[-1].weight
+    adv_scale = 1.0
     crop_rng = np.random.default_rng(tc["seed"] + 7 + step)
 
     log = (run / "log.jsonl").open("a")
     t0, seen = time.time(), 0
     while step < tc["steps"]:
+        lr = lr_at(step, tc)
+        if rewarm_from >= 0 and step < rewarm_from + lc["resume_warmup"]:
+            lr *= (step - rewarm_from + 1) / lc["resume_warmup"]
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, tc)
+            g["lr"] = lr
         x = sampler.batch(tc["batch"]).to(device)
         keep = torch.randint(1, mc.tokens + 1, (x.shape[0],), device=device)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=tc["bf16"]):
@@ -254,18 +335,23 @@ def main(argv: list[str] | None = None) -> None:
         adv_on = disc is not None and step >= lc["adv_start"]
         if adv_on:
             g_adv = -disc(y).mean()  # hinge generator loss
-            loss = loss + lc["adversarial"] * g_adv
+            if lc["adaptive_adv"] and (step - lc["adv_start"]) % lc["adapt_every"] == 0:
+                adv_scale = adaptive_weight(loss, g_adv, last_layer)
+            loss = loss + lc["adversarial"] * adv_scale * g_adv
             rec["g_adv"] = round(g_adv.item(), 4)
+            rec["adv_scale"] = round(adv_scale, 4)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, tc["clip"])
         opt.step()
-        if adv_on:
-            d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
+        if disc is not None and step >= disc_start:
+            real, fake = disc(x), disc(y.detach())
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             disc_opt.step()
             rec["d_loss"] = round(d_loss.item(), 4)
+            rec["d_real"], rec["d_fake"] = round(real.mean().item(), 3), round(fake.mean().item(), 3)
         with torch.no_grad():
             d = tc["ema"] if step > tc["warmup_steps"] else 0.0
             for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -274,20 +360,24 @@ def main(argv: list[str] | None = None) -> None:
         seen += x.shape[0]
         if step % tc["log_every"] == 0:
             rec = {"step": step, "loss": round(loss.item(), 5), "mse": round(mse.item(), 5), **rec,
-                   "grad_norm": round(gn.item(), 3), "lr": lr_at(step - 1, tc),
-                   "tiles_per_s": round(seen / (time.time() - t0), 2)}
+                   "grad_norm": round(gn.item(), 3), "lr": lr, "tiles_per_s": round(seen / (time.time() - t0), 2)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % tc["ckpt_every"] == 0 or step == tc["steps"]:
-            rec = {"step": step, "eval": "held-out train crops", **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg),
-                   "wall_s": round(time.time() - t0, 1)}
+            rec = {"step": step, "eval": "held-out train crops",
+                   **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges), "wall_s": round(time.time() - t0, 1)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), file=sys.stderr)
             save_checkpoint(run, model, ema, opt, step, cfg)
             if disc is not None:
-                save_file({k: v.contiguous() for k, v in disc.state_dict().items()}, str(run / "disc.safetensors.tmp"))
+                t = {k: v.contiguous() for k, v in disc.state_dict().items()} | flatten_opt(disc_opt)
+                save_file(t, str(run / "disc.safetensors.tmp"))
                 os.replace(run / "disc.safetensors.tmp", run / "disc.safetensors")
+            if snapshot is not None:
+                save_snapshot(snapshot, ema, disc, step, cfg, run / "log.jsonl")
+            if args.stop_after and time.time() - t0 > args.stop_after:
+                break
     log.close()
 
 

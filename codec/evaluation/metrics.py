@@ -6,31 +6,14 @@ that scoring many candidates against it costs one network pass each.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-METRICS = ("psnr", "ms-ssim", "lpips-alex", "lpips-vgg", "dists")
+from ..quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr  # noqa: F401  (the codec's own measures, re-exported)
+from .settings import METRICS
+
 HIGHER_IS_BETTER = {"psnr": True, "ms-ssim": True, "lpips-alex": False, "lpips-vgg": False, "dists": False}
 DEEP = {"lpips-alex": "alex", "lpips-vgg": "vgg", "dists": "dists"}
-MS_SSIM_MIN_SIDE = 161  # five scales of an 11-tap window
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB over all RGB samples, 8-bit peak."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
-
-
-def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """MS-SSIM (pytorch-msssim, 5 scales, data range 255); NaN below 161 px, where it is undefined."""
-    from pytorch_msssim import ms_ssim as _ms_ssim
-
-    if min(a.shape[:2]) < MS_SSIM_MIN_SIDE:
-        return float("nan")
-    ta, tb = (torch.from_numpy(np.array(x, copy=True)).permute(2, 0, 1)[None].float() for x in (a, b))
-    return float(_ms_ssim(ta, tb, data_range=255.0))
 
 
 def seam_ratio(image: np.ndarray, tile: int = 256) -> float:

@@ -1,6 +1,6 @@
 """Turn a training run into shippable weights: EMA tokenizer + per-position entropy tables.
 
-    python -m odp.codec.export --run runs/small --name odp-small-v1 --tiles 3000
+    python -m odp.codec.training.export --run runs/small --name odp-small-v1 --tiles 3000
 
 Token statistics come from random crops of the training photos (same sampler as
 training); the smoothing strength is picked by code length on the held-out training
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..entropy.models import PositionTables
-from .model import ModelConfig, Tokenizer
+from ...entropy.models import PositionTables
+from ..model import ModelConfig, Tokenizer
+from ..weights import WEIGHTS_DIR, load, save_weights
 from .train import DECODER_PREFIXES, CropSampler, split_photos
-from .weights import WEIGHTS_DIR, load, save_weights
 
 
 @torch.inference_mode()

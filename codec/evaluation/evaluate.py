@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import pipeline, weights
+from ...formats import container
+from .. import coding, stream, weights
+from ..imaging import IMAGE_SUFFIXES, prepare
+from ..options import EncodeOptions
 from .metrics import ms_ssim, psnr, seam_ratio
-from .train import IMAGE_SUFFIXES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,16 +43,16 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for f in files:
         im = Image.open(f)
-        full = pipeline.encode(im, model=model, device="cpu", adaptive=args.adaptive)
-        ref = pipeline.prepare(im).pixels
+        full = coding.encode(im, EncodeOptions(device="cpu", adaptive=args.adaptive), model)
+        ref = prepare(im).pixels
         for k in args.tokens:
-            data = pipeline.truncate(full, tokens=k)
-            c = pipeline.container.read(data)
+            data = stream.truncate(full, tokens=k)
+            c = container.read(data)
             row = {"image": f.name, "tokens": k, "mean_tokens": float(np.mean(c.header.counts(c.level))), "bytes": len(data), "bpp": len(data) * 8 / (ref.shape[0] * ref.shape[1]),
                    "bits_per_token": 8 * c.payload_bytes / sum(c.header.counts(c.level)),
                    "psnr": math.nan, "ms_ssim": math.nan, "seam_ratio": math.nan}
             if not args.sizes_only:
-                out = np.asarray(pipeline.decode(data, device="cpu"))
+                out = coding.decode_pixels(data, device="cpu")[0]
                 row |= {"psnr": psnr(ref, out), "ms_ssim": ms_ssim(ref, out),
                         "seam_ratio": seam_ratio(out, model.config.tile)}
             rows.append(row)

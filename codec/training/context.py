@@ -1,7 +1,7 @@
 """Train the token context model (entropy/context.py) and ship it quantised.
 
-    python -m odp.codec.train_context tokens --data /work/data/train-v2 --out runs/ctx/tokens.safetensors
-    python -m odp.codec.train_context train --tokens runs/ctx/tokens.safetensors --val runs/ctx/val.safetensors \
+    python -m odp.codec.training.context tokens --data /work/data/train-v2 --out runs/ctx/tokens.safetensors
+    python -m odp.codec.training.context train --tokens runs/ctx/tokens.safetensors --val runs/ctx/val.safetensors \
         --run runs/ctx --name ctx16-v1 --dropout 0.3 --epochs 3
 
 `tokens` runs the shipped tokenizer over training photos (centre crop up to 1024x1024 and
@@ -25,9 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from ..entropy import context
-from ..entropy.models import TOTAL
-from . import pipeline, weights
+from ...entropy import context
+from ...entropy.models import TOTAL
+from .. import weights
+from ..engine import Engine
 from .train import list_photos
 
 LOGIT_UNIT = 32      # integer logits count 1/32 nat
@@ -57,6 +58,7 @@ def extract(data: list[str], out: Path) -> None:
     model = weights.load()
     tile = model.config.tile
     found = {}
+    engine = Engine(model, "cpu", 4)
     files = list_photos(data)
     for i, f in enumerate(files):
         im = np.asarray(Image.open(f).convert("RGB"))
@@ -66,7 +68,7 @@ def extract(data: list[str], out: Path) -> None:
             continue
         y0, x0 = (h - ch) // 2, (w - cw) // 2
         crop = np.ascontiguousarray(im[y0:y0 + ch, x0:x0 + cw])
-        both = [pipeline.image_to_tokens(c, model, "cpu", 4) for c in (crop, np.ascontiguousarray(crop[:, ::-1]))]
+        both = [engine.encode(c) for c in (crop, np.ascontiguousarray(crop[:, ::-1]))]
         found[f.name] = np.concatenate(both).astype(np.int16)
         print(f"\r  {i + 1}/{len(files)} photos", end="", file=sys.stderr)
     print(file=sys.stderr)

@@ -1,0 +1,116 @@
+"""Encode and decode whole images: the parts (imaging, engine, allocation, stream, rate control) in order.
+
+The public API (odp.encode, odp.decode, ...) and the Pillow plugin call these with an
+EncodeOptions; nothing here parses user input.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from ..formats import container
+from . import stream, weights
+from .engine import Engine
+from .errors import OdpWarning, OptionError
+from .imaging import check_pixels, prepare, resize
+from .options import EncodeOptions
+from .quality import MS_SSIM_MIN_SIDE
+from .ratecontrol import ScaleLadder, best_within, encode_at, first_within, level_reaching
+from .weights import Model
+
+
+def engine_for(options: EncodeOptions, model: Model | None = None) -> Engine:
+    return Engine(model or weights.load(), options.device, options.batch)
+
+
+def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model: Model | None = None,
+           engine: Engine | None = None) -> bytes:
+    """Encode a Pillow image to .odp bytes as `options` say (see EncodeOptions). Images over the pixel
+    limit are refused before their pixels are decoded."""
+    check_pixels(im.width, im.height, options.max_pixels)
+    engine = engine or engine_for(options, model)
+    p = prepare(im, options.metadata)
+    height, width = p.pixels.shape[:2]
+    target, scale, tokens = options.target, options.scale, options.tokens
+    if target is not None and target[0] == "ms-ssim" and min(height, width) < MS_SSIM_MIN_SIDE:
+        raise OptionError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels a side")
+    if tokens is not None and tokens > engine.model.tokens:
+        warnings.warn(f"the model makes {engine.model.tokens} tokens per tile: keeping all of them", OdpWarning)
+    max_bytes = options.budget(width, height)
+    sized = max_bytes is not None or target is not None  # one size goal other than tokens
+    ladder = ScaleLadder(p, engine, options.adaptive)
+    if not isinstance(scale, str):
+        codeds = [encode_at(p, scale, engine, options.adaptive)]
+    else:
+        codeds = list(ladder) if scale == "psnr" and sized else [ladder.full]
+    coded = codeds[0]
+    data = coded.data
+    if tokens is not None:
+        data = stream.truncate(data, tokens=tokens)
+    if max_bytes is not None:
+        if options.quality is not None:  # a quality never gives less than 1 token per tile of the smallest file
+            max_bytes = max(max_bytes, min(len(stream.truncate(c.data, tokens=1)) for c in codeds))
+        if scale == "auto":  # smaller sizes are encoded only if full size cannot fit
+            data, coded = first_within(ladder, max_bytes)
+        else:
+            data, coded = best_within(codeds, max_bytes, p.pixels, engine)
+    if target is not None:
+        reached = []
+        for c in codeds:
+            level = level_reaching(c, c.data, p.pixels, target, engine)
+            if level is not None:
+                reached.append(stream.truncate(c.data, level=level))
+        if not reached:
+            warnings.warn(f"{target[0]} {target[1]} is out of reach: keeping every token", OdpWarning)
+        data = min(reached, key=len) if reached else data
+    return data
+
+
+def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions(),
+                model: Model | None = None) -> list[bytes]:
+    """Encode several Pillow images with every tile alike at full size (options.adaptive and scale are
+    not used), batching tiles of different images together through the network: the throughput path."""
+    if not ims:
+        return []
+    if options.target is not None:
+        raise OptionError("encode_batch takes tokens, bytes, bpp or quality, not a quality target")
+    for im in ims:
+        check_pixels(im.width, im.height, options.max_pixels)
+    engine = engine_for(options, model)
+    prepared = [prepare(im, options.metadata) for im in ims]
+    toks = engine.encode_many([p.pixels for p in prepared])
+    out = []
+    for p, t in zip(prepared, toks):
+        h, w = p.pixels.shape[:2]
+        data = stream.pack(t, w, h, engine.model, p.icc, p.exif)
+        if options.tokens is not None:
+            data = stream.truncate(data, tokens=options.tokens)
+        budget = options.budget(w, h)
+        if budget is not None:
+            data = stream.truncate(data, max_bytes=budget)
+        out.append(data)
+    return out
+
+
+def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
+                  max_pixels: int | None = container.FROM_ENV) -> tuple[np.ndarray, container.Header]:
+    """.odp bytes -> ((H, W, 3) uint8 at the display size, header), using at most `tokens` per tile on average."""
+    c, entry, toks, counts = stream.read_tokens(data, tokens, max_pixels)
+    h = c.header
+    engine = Engine(weights.for_entry(entry), device, batch)
+    return resize(engine.decode(toks, h.width, h.height, counts), h.display_size), h
+
+
+def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
+           max_pixels: int | None = container.FROM_ENV) -> Image.Image:
+    """.odp bytes -> Pillow RGB image, using at most `tokens` tokens per tile on average; refuses images
+    over `max_pixels` (default $ODP_MAX_PIXELS or container.DEFAULT_MAX_PIXELS) before allocating them."""
+    pixels, h = decode_pixels(data, tokens, device, batch, max_pixels)
+    im = Image.fromarray(pixels, "RGB")
+    if h.icc:
+        im.info["icc_profile"] = h.icc
+    if h.exif:
+        im.info["exif"] = h.exif
+    return im

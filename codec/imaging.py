@@ -1,0 +1,114 @@
+"""Pixels in and out: any Pillow image to the 8-bit RGB array ODP codes, resizing, the pixel limit.
+
+No torch: the encoder, the bench and the TUI all start from `prepare`.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..formats import container
+from .errors import OdpWarning
+
+METADATA = ("icc", "exif")
+# the image files that folder-wide commands (bench, training, the TUI) pick up
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".avif"})
+
+
+@dataclass
+class Prepared:
+    pixels: np.ndarray   # (H, W, 3) uint8 sRGB-or-as-tagged
+    icc: bytes
+    exif: bytes
+
+
+def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
+    """Any Pillow image -> 8-bit RGB pixels, EXIF orientation applied.
+
+    ODP makes small files, so metadata is dropped unless `keep` names it ("icc", "exif"),
+    as cwebp does: an ICC profile or EXIF block can outweigh the whole image. A dropped
+    ICC profile is first applied (pixels converted to sRGB), so colours stay right.
+    Alpha is not coded: transparent images are flattened onto white, with a warning.
+    16/32-bit greyscale is scaled to 8 bits rather than clipped.
+    """
+    unknown = set(keep) - set(METADATA)
+    if unknown:
+        raise ValueError(f"unknown metadata {sorted(unknown)[0]!r}: choose from {', '.join(METADATA)}")
+    im.seek(0) if getattr(im, "n_frames", 1) > 1 else None
+    icc = im.info.get("icc_profile") or b""
+    if icc[16:20] != b"RGB ":  # a CMYK or grey profile would mis-tag the RGB output
+        icc = b""
+    if 0x0112 in im.getexif():  # only then: exif_transpose copies even an upright image
+        im = ImageOps.exif_transpose(im)
+    exif = im.getexif()
+    exif.pop(0x0112, None)  # orientation is now applied to the pixels
+    exif_bytes = exif.tobytes() if len(exif) else b""
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im)  # integers: a float64 copy would take 8 bytes per pixel of a huge scan
+        top = 65535 if im.mode.startswith("I;16") or a.max() > 255 else 255
+        a = np.clip(a, 0, top).astype(np.uint32)
+        im = Image.fromarray(((a * 255 + top // 2) // top).astype(np.uint8), "L")  # rounds as before: no ties
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:  # palette or colour-key transparency
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            warnings.warn("alpha channel dropped: transparent pixels were flattened onto white", OdpWarning)
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        im = flat
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    if icc and "icc" not in keep:
+        im = to_srgb(im, icc)
+        icc = b""
+    return Prepared(rgb_array(im), icc, exif_bytes if "exif" in keep else b"")
+
+
+def rgb_array(im: Image.Image, rows: int = 256) -> np.ndarray:
+    """RGB image -> (H, W, 3) uint8, copied a strip at a time: np.asarray(im) goes through
+    tobytes(), which holds the whole image twice more while it runs (measured on 50 MP)."""
+    out = np.empty((im.height, im.width, 3), np.uint8)
+    for y in range(0, im.height, rows):
+        out[y:y + rows] = np.asarray(im.crop((0, y, im.width, min(y + rows, im.height))))
+    return out
+
+
+def to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+    """Apply an embedded RGB profile, giving sRGB pixels; an unusable profile is ignored, with a warning."""
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        warnings.warn(f"ICC profile ignored (cannot be applied: {e})", OdpWarning)
+        return im
+
+
+def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same picture at size (width, height), Lanczos."""
+    if size == (pixels.shape[1], pixels.shape[0]):
+        return pixels
+    return np.asarray(Image.fromarray(pixels, "RGB").resize(size, Image.LANCZOS))
+
+
+def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """The size an image is coded at: 1/scale of each side, rounded, but never less than the format's
+    1/16 (container.MAX_ENLARGE) allows."""
+    least = container.MAX_ENLARGE
+    return max(-(-width // least), round(width / scale)), max(-(-height // least), round(height / scale))
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None = container.FROM_ENV) -> None:
+    """Refuse an input image over the pixel limit before any of its pixels is decoded (bomb guard)."""
+    limit = container.pixel_limit(max_pixels)
+    if limit is not None and width * height > limit:
+        raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {limit} pixels")

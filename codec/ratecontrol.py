@@ -1,0 +1,146 @@
+"""Choosing the file: the coding scale, and the cut that meets a byte budget or a quality target.
+
+An image is coded whole once (per scale); every size goal is then a truncation of that file,
+picked here: the largest within a budget, or the smallest whose decoded image reaches a PSNR
+or MS-SSIM. Smaller coding scales are encoded only when a goal needs them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import tiling
+from .allocation import allocation
+from .engine import Engine
+from .errors import OptionError
+from .imaging import Prepared, resize, scaled_size
+from .quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr
+from .stream import container, pack, truncate
+
+SCALES = (1, 2, 3, 4)  # coding scales the encoder may try (docs/api.md, "Coding scale")
+TARGET_METRICS = ("psnr", "ms-ssim")
+
+
+@dataclass
+class Coded:
+    """A whole file of one image coded at 1/scale, with its tokens (to render any truncation
+    without entropy decoding)."""
+    scale: int
+    data: bytes
+    tokens: np.ndarray
+
+
+def encode_at(p: Prepared, scale: int, engine: Engine, adaptive: bool = True) -> Coded:
+    """The whole file of prepared pixels, coded at 1/scale of their size and enlarged back on decoding."""
+    height, width = p.pixels.shape[:2]
+    size = scaled_size(width, height, scale)
+    pixels = resize(p.pixels, size)
+    toks = engine.encode(pixels)
+    model = engine.model
+    weights_, caps = allocation(toks, pixels, engine, model.best_entropy) if adaptive else (b"", b"")
+    display = (width, height) if size != (width, height) else (0, 0)
+    return Coded(scale, pack(toks, *size, model, p.icc, p.exif, weights_, caps=caps, display=display), toks)
+
+
+def render(coded: Coded, data: bytes, engine: Engine) -> np.ndarray:
+    """The decoded pixels of `data`, a truncation of coded.data, from the tokens (no entropy decoding)."""
+    c = container.read(data)
+    h = c.header
+    pixels = engine.decode(coded.tokens, h.width, h.height, np.array(h.counts(c.level)))
+    return resize(pixels, h.display_size)
+
+
+def scales_for(width: int, height: int, tile: int, scales=SCALES) -> list[int]:
+    """The scales worth trying: each must code the image in fewer tiles than the one before it."""
+    out, prev = [], None
+    for s in scales:
+        n = tiling.grid(*scaled_size(width, height, s), tile)
+        if prev is None or n[0] * n[1] < prev:
+            out.append(s)
+            prev = n[0] * n[1]
+    return out
+
+
+class ScaleLadder:
+    """One image coded at full size, then at each smaller scale of scales_for, each encoded only when
+    first asked for: what `scale="auto"` walks down until a budget fits, and `scale="psnr"` compares."""
+
+    def __init__(self, p: Prepared, engine: Engine, adaptive: bool = True):
+        self.p, self.engine, self.adaptive = p, engine, adaptive
+        self.scales = scales_for(p.pixels.shape[1], p.pixels.shape[0], engine.tile)
+        self.encoded: list[Coded] = []
+
+    def __iter__(self):
+        for i, s in enumerate(self.scales):
+            if i == len(self.encoded):
+                self.encoded.append(encode_at(self.p, s, self.engine, self.adaptive))
+            yield self.encoded[i]
+
+    @property
+    def full(self) -> Coded:
+        return next(iter(self))
+
+
+def _cuts_within(codeds, max_bytes: int):
+    """(largest truncation within max_bytes, coded file) for each coded file that has one; when none
+    has, the ValueError truncate raised for the last (the smallest scale, so it names the fewest
+    bytes that would do)."""
+    last_error, found = None, False
+    for coded in codeds:
+        try:
+            data = truncate(coded.data, max_bytes=max_bytes)
+        except ValueError as e:
+            last_error = e
+            continue
+        found = True
+        yield data, coded
+    if not found:
+        raise last_error
+
+
+def first_within(codeds, max_bytes: int) -> tuple[bytes, Coded]:
+    """The largest truncation within max_bytes of the first coded file (of an iterable, so later ones
+    can be encoded only when needed) that has one. ValueError when none fits."""
+    return next(_cuts_within(codeds, max_bytes))
+
+
+def best_within(codeds: list[Coded], max_bytes: int, reference: np.ndarray, engine: Engine) -> tuple[bytes, Coded]:
+    """Of each coded file's largest truncation within max_bytes, the one of highest PSNR against
+    `reference` (the first on ties). ValueError when none fits, as truncate raises it for the last."""
+    cuts = list(_cuts_within(codeds, max_bytes))
+    if len(cuts) == 1:
+        return cuts[0]
+    scores = [psnr(reference, render(coded, data, engine)) for data, coded in cuts]
+    return cuts[scores.index(max(scores))]
+
+
+def level_reaching(coded: Coded, data: bytes, pixels: np.ndarray, target: tuple[str, float],
+                   engine: Engine) -> int | None:
+    """The lowest allocation level of `data` (a cut of coded.data) whose decoded image (enlarged to the
+    display size) reaches `target` against `pixels`, found by bisection (quality rises with the
+    level on average; every candidate is decoded and measured). None when even all of `data` falls short."""
+    name, value = target
+    if name not in TARGET_METRICS:
+        raise OptionError(f"unknown target metric {name!r}: choose from {', '.join(TARGET_METRICS)}")
+    score = {"psnr": psnr, "ms-ssim": ms_ssim}[name]
+    height, width = pixels.shape[:2]
+    if name == "ms-ssim" and min(height, width) < MS_SSIM_MIN_SIDE:
+        raise OptionError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels a side")
+    f = container.read(data)
+    h = f.header
+
+    def reaches(level: int) -> bool:
+        image = resize(engine.decode(coded.tokens, h.width, h.height, np.array(h.counts(level))), h.display_size)
+        return score(pixels, image) >= value
+
+    lo, hi = 1, f.level
+    if not reaches(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reaches(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -1,0 +1,183 @@
+"""The installed models, found by name or by the hash a file records, without loading any network.
+
+A weights file (codec/weights/*.safetensors) holds the tokenizer's tensors ("model.*", fp16),
+the per-position entropy tables ("entropy.freqs") and metadata (name, model config, entropy
+model id, optionally `tokens_of`). Files record the sha256 of the whole weights file
+(version-2 files its first 4 bytes). Context models (entropy/weights/*.safetensors, integer
+tensors) are bound to the tokenizer whose tokens they predict by its sha256; a decoder-only
+fine-tune names the tokenizer whose encoder it shares in `tokens_of` and uses its context model.
+
+Everything here is numpy and safetensors: reading, cutting and verifying files never needs torch.
+codec/weights.py builds the network for an entry when pixels are wanted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from ..entropy.context import ContextModel
+from ..entropy.models import EntropyModel, PositionTables
+from .errors import ModelNotFound
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "odp-small-v2"
+# sha256 of each shipped weights file: a damaged or swapped file under a shipped name is refused
+# (a new model exported into WEIGHTS_DIR loads unchecked until its hash is pinned here).
+SHIPPED_SHA256 = {
+    "odp-small-v1": "3c971564bc2e13374a4d58293253c36b0d64a9816ce40e96579eabefe94eddc3",
+    "odp-small-v2": "004b87806af2bb815a672acfa026130569205a13266f6a8c226036bcf7f90f4a",
+}
+CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
+CONTEXT_SHA256 = {
+    "ctx16-v1": "322f3effa82c5f1be0343253839e75ec5f74360d8fecfc7a118cd8cb1e78c721",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One installed model as the bitstream sees it: its identity, tile layout and entropy models."""
+
+    name: str
+    sha256: bytes
+    path: Path
+    config: dict                             # the network's ModelConfig as a dict (codec/model.py)
+    tables: PositionTables
+    entropy_model: str                       # the id of `tables` (what version-1 files record)
+    context: ContextModel | None = None      # the shipped context model for this tokenizer, if any
+
+    @property
+    def tile(self) -> int:
+        return int(self.config["tile"])
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per tile the model makes (the most a file can keep)."""
+        return int(self.config["tokens"])
+
+    @property
+    def codebook_size(self) -> int:
+        """Distinct token ids (the product of the FSQ levels)."""
+        return int(np.prod(self.config["levels"]))
+
+    def entropy(self, id: str) -> EntropyModel:
+        """The probability model a file names; ModelNotFound if this model has no such one."""
+        if id == self.tables.id:
+            return self.tables
+        if self.context is not None and id == self.context.id:
+            return self.context
+        raise ModelNotFound(f"this file needs entropy model '{id}', which model '{self.name}' does not have")
+
+    @property
+    def best_entropy(self) -> EntropyModel:
+        """What new files are coded with: the context model when one is installed."""
+        return self.context or self.tables
+
+
+def file_sha256(path: Path) -> bytes:
+    st = path.stat()
+    return _sha256_cached(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _sha256_cached(path: Path, size: int, mtime_ns: int) -> bytes:
+    """Hashing 20 MB takes tens of ms: do it once per file version, not per decode."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def installed() -> list[Path]:
+    return sorted(WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def check_pinned(path: Path) -> bytes:
+    """The file's sha256, after checking a shipped name's pinned hash (ModelNotFound if it differs)."""
+    digest = file_sha256(path)
+    pinned = SHIPPED_SHA256.get(path.stem)
+    if pinned is not None and digest.hex() != pinned:
+        raise ModelNotFound(f"weights file {path.name} does not match its pinned sha256 {pinned[:16]} "
+                            f"(damaged or altered): reinstall ODP")
+    return digest
+
+
+@lru_cache(maxsize=8)
+def entry_at(path: Path) -> Entry:
+    """Read a weights file's metadata and entropy models (never its network, never a pickle)."""
+    digest = check_pinned(path)
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata() or {}
+        try:
+            freqs = f.get_tensor("entropy.freqs")
+        except Exception:  # safetensors raises its own error type for a missing tensor
+            raise ModelNotFound(f"weights file {path.name} has no entropy tables") from None
+    try:
+        config = json.loads(meta["config"])
+        if not isinstance(config, dict) or int(config["tile"]) < 1 or int(config["tokens"]) < 1:
+            raise ValueError("bad config")
+        tables = PositionTables(freqs.astype("int64"))
+        name, entropy_model = meta["name"], meta["entropy_model"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code") from e
+    context = _context_for(digest)
+    if context is None and meta.get("tokens_of"):  # a decoder-only fine-tune: same tokens, same context model
+        try:
+            context = _context_for(bytes.fromhex(meta["tokens_of"]))
+        except ValueError:
+            raise ModelNotFound(f"weights file {path.name} names a malformed tokens_of hash") from None
+    return Entry(name, digest, path, config, tables, entropy_model, context)
+
+
+def _context_for(tokenizer_sha256: bytes) -> ContextModel | None:
+    """The installed context model bound to these tokenizer weights (pinned hash checked), or None."""
+    from safetensors.numpy import load_file
+
+    for path in sorted(CONTEXT_DIR.glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+        if meta.get("tokenizer_sha256") != tokenizer_sha256.hex():
+            continue
+        pinned = CONTEXT_SHA256.get(path.stem)
+        if pinned is not None and file_sha256(path).hex() != pinned:
+            raise ModelNotFound(f"context model {path.name} does not match its pinned sha256 {pinned[:16]} "
+                                f"(damaged or altered): reinstall ODP")
+        try:
+            return ContextModel(meta["id"], load_file(str(path)), meta)
+        except (KeyError, ValueError) as e:
+            raise ModelNotFound(f"context model {path.name} does not fit this version of ODP: {e}") from None
+    return None
+
+
+def path_of(name: str = DEFAULT_MODEL) -> Path:
+    """The weights file of an installed model by name."""
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in installed()) or "none"
+        raise ModelNotFound(f"model '{name}' is not installed (installed: {known})")
+    return path
+
+
+def path_by_hash(sha256: bytes, name_hint: str = "") -> Path:
+    """The weights file whose sha256 is, or starts with, these bytes (name_hint is tried first)."""
+    candidates = installed()
+    candidates.sort(key=lambda p: p.stem != name_hint)
+    for path in candidates:
+        if file_sha256(path).startswith(sha256):
+            return path
+    named = f"model '{name_hint}'" if name_hint else "a model"
+    raise ModelNotFound(f"this file needs {named} with weights {sha256.hex()[:16]}, which is not installed")
+
+
+def find(name: str = DEFAULT_MODEL) -> Entry:
+    return entry_at(path_of(name))
+
+
+def find_by_hash(sha256: bytes, name_hint: str = "") -> Entry:
+    return entry_at(path_by_hash(sha256, name_hint))

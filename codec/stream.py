@@ -1,0 +1,211 @@
+"""Tokens <-> layered .odp bytes: packing, reading, truncating and verifying files.
+
+No torch and no network: everything here is the container (formats/), the entropy coder
+(entropy/) and the model's identity and tables (registry.Entry). This is why `odp info`,
+`odp truncate` and `odp info --verify` start fast.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+
+from ..entropy import coder
+from ..formats import container
+from ..formats.container import Container, FormatError, Header, Layer
+from . import registry
+from .errors import ModelNotFound, OdpWarning
+from .registry import Entry
+
+# Levels at which new files end a layer: the points where a file can be cut without re-coding
+# (each layer costs about 7 bytes of header and coder flush). `truncate` reaches any level in between.
+LEVELS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+          4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
+
+
+def layer_levels(h: Header, top: int) -> list[int]:
+    """Levels ending the layers of a new file up to `top`: LEVELS, skipping any that add no token."""
+    out, seen = [], 0
+    for level in [lv for lv in LEVELS if lv < top] + [top]:
+        n = sum(h.counts(level))
+        if n > seen:
+            out.append(level)
+            seen = n
+    return out
+
+
+def pack(tokens: np.ndarray, width: int, height: int, model: Entry, icc: bytes = b"", exif: bytes = b"",
+         weights: bytes = b"", level: int | None = None, entropy=None, caps: bytes = b"",
+         display: tuple[int, int] = (0, 0)) -> bytes:
+    """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default);
+    `weights`/`caps`: the allocation (allocation.py); `display`: the size to enlarge the coded
+    width x height to when decoding (default: none)."""
+    entropy = entropy or model.best_entropy
+    h = Header(width, height, model.tile, model.tokens, model.sha256[:container.MODEL_ID_BYTES],
+               entropy.id, weights, caps, icc, exif, *display)
+    levels = layer_levels(h, level or h.full_level)
+    return container.write(Container(without_idle_caps(h, levels[-1]), build_layers(tokens, h, levels, entropy)))
+
+
+def build_layers(tokens: np.ndarray, h: Header, levels: list[int], entropy, start: int = 0) -> list[Layer]:
+    layers, before = [], np.array(h.counts(start))
+    for level in levels:
+        after = np.array(h.counts(level))
+        data, check = coder.encode_layer(tokens, before, after, entropy)
+        layers.append(Layer(level, data, check))
+        before = after
+    return layers
+
+
+def without_idle_caps(h: Header, level: int) -> Header:
+    """h without its token caps when no tile reaches its cap by `level`: a file cut there counts the
+    same tokens without them, and small files should not spend a byte per tile on them."""
+    bare = replace(h, caps=b"")
+    return bare if h.caps and bare.counts(level) == h.counts(level) else h
+
+
+def token_bits(toks: np.ndarray, entropy) -> np.ndarray:
+    """(tiles, K) ideal code length in bits of each token under `entropy` (its context = earlier tokens)."""
+    t_idx, pos = np.divmod(np.arange(toks.size), toks.shape[1])
+    bits = np.empty(toks.size)
+    for i in range(0, toks.size, coder.BLOCK):
+        t, p = t_idx[i:i + coder.BLOCK], pos[i:i + coder.BLOCK]
+        f = entropy.frequencies(coder.contexts(entropy, toks, t, p), p)
+        bits[i:i + coder.BLOCK] = 24 - np.log2(f[np.arange(len(t)), toks[t, p]])
+    return bits.reshape(toks.shape)
+
+
+def min_first_layer_bytes(tiles: int, entropy) -> int:
+    """Fewest bytes a valid first layer for `tiles` tiles can have.
+
+    The first layer codes every tile's first token, none of which is likelier than the model's
+    largest probability at position 0, so the stream holds at least that many bits per tile (less
+    2% and 8 bytes of slack for the coder's quantiser). This ties a header's tile count to the
+    bytes actually sent: a 100-byte file cannot make the decoder run the network on thousands of tiles.
+    """
+    return max(0, int(entropy.first_token_bits() * tiles * 0.98 / 8) - 8)
+
+
+def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV) -> tuple[Container, Entry, object]:
+    """Parse bytes and find the model and entropy model they need; warn when the payload is cut short."""
+    c = container.read(data, max_pixels)
+    h = c.header
+    model = registry.find_by_hash(h.model_id, h.model_name)
+    if model.tile != h.tile or model.tokens != h.tokens:
+        raise FormatError(f"file header does not match model '{model.name}' (tile layout differs)")
+    try:
+        entropy = model.entropy(h.entropy_model)
+    except ModelNotFound as e:
+        raise FormatError(str(e)) from None
+    least = min_first_layer_bytes(h.tiles, entropy)
+    if c.layers and len(c.layers[0].data) < least:
+        raise FormatError(f"first layer of {len(c.layers[0].data)} bytes is too short for {h.tiles} tiles "
+                          f"(at least {least}): the file is corrupt")
+    if not c.complete:
+        if not c.layers:
+            raise FormatError("file is cut short before its first complete layer of tokens")
+        warnings.warn(f"file is cut short: decoding the {len(c.layers)} layers that arrived whole "
+                      f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
+    return c, model, entropy
+
+
+def level_for_tokens(h: Header, tokens: int, top: int) -> int:
+    """The highest level up to `top` keeping at most `tokens` per tile on average (at least level 1)."""
+    lo, hi = 1, top
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(h.counts(mid)) <= tokens * h.tiles:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None = container.FROM_ENV,
+                strict: bool = False, level: int | None = None) -> tuple[Container, Entry, np.ndarray, np.ndarray]:
+    """Entropy-decode a file -> (container, model entry, tokens (tiles, K), counts per tile); no network runs.
+    With `tokens`, decode only up to the level keeping at most that many per tile on average; with
+    `level`, up to that level. `strict` also refuses a layer that is not exactly the coding of its
+    tokens (see verify)."""
+    c, model, entropy = open_container(data, max_pixels)
+    h = c.header
+    if level is None:
+        level = c.level if tokens is None else level_for_tokens(h, max(1, tokens), c.level)
+    level = min(c.level, level)
+    toks = np.zeros((h.tiles, h.tokens), np.int32)
+    before = np.array(h.counts(0))
+    for i, layer in enumerate(c.layers):  # a layer that goes past `level` is decoded whole, then cut
+        after = np.array(h.counts(layer.level))
+        try:
+            coder.decode_layer(layer.data, toks, before, after, entropy, layer.check, strict)
+        except coder.EntropyError as e:
+            raise FormatError(f"payload layer {i} does not decode (the file is corrupt): {e}") from None
+        before = after
+        if layer.level >= level:
+            break
+    return c, model, toks, np.array(h.counts(level))
+
+
+def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
+    """FormatError unless the file is whole: header CRC good, every layer present, decoding to tokens
+    that pass their checks, and exactly the range coding of those tokens. No network runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OdpWarning)
+        c, _, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True)
+    if not c.complete:
+        raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")
+
+
+def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None, level: int | None = None) -> bytes:
+    """A smaller valid file: at `tokens` per tile (on average, for an adaptive file), or the largest
+    that fits `max_bytes`. Whole layers are kept byte for byte; only a partial last layer is re-coded,
+    by the entropy coder alone (no neural network runs). A version-1 file comes out as version 2.
+    Only the layers the result can hold are entropy-decoded (the context model is slow)."""
+    c = container.read(data)
+    if level is not None:
+        need = max(1, min(level, c.level))
+    elif tokens is not None:
+        if tokens < 1:
+            raise ValueError(f"tokens must be at least 1, not {tokens}")
+        need = level_for_tokens(c.header, tokens, c.level)
+    elif max_bytes is not None:  # no level past the first layer whose payload alone ends beyond max_bytes fits
+        ends = np.cumsum([len(x.data) for x in c.layers])
+        over = [x.level for x, end in zip(c.layers, ends) if end > max_bytes]
+        need = over[0] if over else c.level
+    else:
+        need = c.level
+    c, model, toks, _ = read_tokens(data, level=need)
+    h = replace(c.header, model_id=c.header.model_id[:container.MODEL_ID_BYTES], model_name="",
+                version=container.VERSION)
+    entropy = model.entropy(h.entropy_model)
+    if c.header.version == 1:  # v1 chunks are v2 layers without their token checks: add them
+        before, layers = np.array(h.counts(0)), []
+        for layer in [x for x in c.layers if x.level <= need]:
+            after = np.array(h.counts(layer.level))
+            tile, pos, _ = coder.layer_order(before, after)
+            layers.append(Layer(layer.level, layer.data, coder.token_check(toks[tile, pos])))
+            before = after
+    else:
+        layers = [x for x in c.layers if x.level <= need]
+
+    def at_level(level: int) -> bytes:
+        whole = [x for x in layers if x.level <= level]
+        start = whole[-1].level if whole else 0
+        adds = sum(h.counts(level)) > sum(h.counts(start))  # a level between two weights' steps may add none
+        extra = build_layers(toks, h, [level], entropy, start) if adds else []
+        return container.write(Container(without_idle_caps(h, level), whole + extra))
+
+    if max_bytes is None:
+        return at_level(need)
+    lo, hi = 1, need
+    smallest = len(at_level(lo))
+    if smallest > max_bytes:
+        raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {smallest})")
+    while lo < hi:  # file size grows with the level: binary search for the highest level that fits
+        mid = (lo + hi + 1) // 2
+        if len(at_level(mid)) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return at_level(lo)
