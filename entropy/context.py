@@ -18,6 +18,22 @@ import numpy as np
 
 from .models import PRECISION_BITS, TOTAL
 
+FEW_ROWS = 64  # below this many symbols at once, BLAS threads cost more than they save (measured, docs/format.md)
+_blas = None
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread: the coder asks for a few rows at a time
+    (one per tile), and waking a second thread for a 6 x 256 x 4096 product doubles its time on a busy
+    2-core machine. The result is exact either way (integers in float64)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
 class ContextModel:
     """Integer MLP over the previous `lags` tokens of the same tile."""
 
@@ -51,6 +67,12 @@ class ContextModel:
 
     def frequencies(self, ctx: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Contexts (n, lags) of token ids (the alphabet size where there is none: coder.contexts) at `positions` -> (n, V) int64 rows summing to 2**24."""
+        if len(positions) < FEW_ROWS:
+            with _one_blas_thread():
+                return self._frequencies(ctx, positions)
+        return self._frequencies(ctx, positions)
+
+    def _frequencies(self, ctx: np.ndarray, positions: np.ndarray) -> np.ndarray:
         n = len(positions)
         x = self.emb[ctx].reshape(n, -1)                              # integers
         h = np.maximum(x @ self.w1t + self.pos_bias[positions], 0)    # exact integers in float64

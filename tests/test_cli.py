@@ -525,8 +525,8 @@ def test_corrupt_file_gives_one_clean_line(kind, tmp_path, small_odp):
     bad = tmp_path / "bad.odp"
     bad.write_bytes(corruptions(small_odp)[kind])
     msgs = [assert_clean_error(odp("decode", bad)),
-            assert_clean_error(odp("info", bad)),
-            assert_clean_error(odp("info", bad, "--json")),
+            assert_clean_error(odp("info", bad, "--verify")),
+            assert_clean_error(odp("info", bad, "--json", "--verify")),
             assert_clean_error(odp("truncate", bad, "-o", tmp_path / "t.odp", "--bytes", "1000000"))]
     assert all(str(bad) in m for m in msgs)
     assert all(EXPECTED.get(kind, "") in m for m in msgs), msgs
@@ -538,7 +538,7 @@ def test_corrupt_file_gives_one_clean_line(kind, tmp_path, small_odp):
 def test_corrupt_layer_is_named(tmp_path, small_odp):
     """No byte CRC in version 2: a flipped byte shows as the layer's tokens failing their check, and
     the error names that layer. Truncation checks the layers it keeps (here all of them); cutting
-    before a damaged layer gives the same file as cutting the intact one (test_pipeline)."""
+    before a damaged layer gives the same file as cutting the intact one (test_coding)."""
     spans = helpers.layer_spans(small_odp)
     for i in (1, len(spans) // 2, len(spans) - 1):
         bad = tmp_path / "bad.odp"
@@ -654,7 +654,8 @@ def test_junk_layers_with_a_valid_header_are_one_line(tmp_path, small_odp):
     junk = [bytes([0xFF]) * len(x.data) for x in c.layers]
     bad = tmp_path / "junk.odp"
     bad.write_bytes(helpers.with_layers(small_odp, junk))
-    for cmd in (["decode", bad, "-o", tmp_path / "j.png"], ["info", bad],
+    for cmd in (["decode", bad, "-o", tmp_path / "j.png"], ["info", bad, "--verify"],
                 ["truncate", bad, "-o", tmp_path / "t.odp", "--tokens", "4"]):
         assert_clean_error(odp(*cmd), contains="does not decode")
+    assert_ok(odp("info", bad))  # plain info reads the header alone: what the file says it holds
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.odp"]

@@ -773,6 +773,7 @@ def test_pick_device():
 # --------------------------------------------------------------------------- a large photo
 
 
+@pytest.mark.slow
 def test_4000x3000_photo(big_photo, model):
     data = helpers.encode(big_photo, model=model, device="cpu", batch=8)
     h = container.read(data).header
