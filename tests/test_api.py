@@ -201,3 +201,61 @@ def test_rate_control_options_match_the_pipeline(astronaut):
                                                                                device="cpu")
     with pytest.raises(ValueError, match="at most one"):
         odp.encode(astronaut, tokens=8, quality=50)
+
+
+def test_options_object_gives_the_same_file(small_photo, small_odp):
+    assert odp.encode(small_photo, options=odp.EncodeOptions()) == small_odp
+    assert odp.encode(small_photo, tokens=8) == odp.encode(small_photo, options=odp.EncodeOptions(tokens=8))
+
+
+def test_more_tokens_than_the_model_makes_warns_once(small_photo, small_odp, model):
+    with pytest.warns(odp.OdpWarning, match=f"the model makes {model.config.tokens} tokens per tile"):
+        assert odp.encode(small_photo, tokens=model.config.tokens + 44) == small_odp
+
+
+def test_encoding_once_cuts_like_encode(astronaut, adaptive_photo):
+    enc = odp.Encoding(astronaut, device="cpu")
+    assert enc.size == (320, 240) and enc.model_tokens == 256 and enc.pixels.shape == (240, 320, 3)
+    assert enc.whole == odp.encode(astronaut, device="cpu")
+    assert enc.with_tokens(12) == odp.encode(astronaut, tokens=12, device="cpu")
+    assert enc.within(400) == odp.encode(astronaut, bytes=400, device="cpu")
+    assert enc.scales_encoded == [1]  # the budgets fit at full size: nothing smaller was encoded
+    enc = odp.Encoding(adaptive_photo, adaptive=False, device="cpu")
+    least = len(odp.truncate(enc.whole, layers=1))
+    small = enc.within(least - 1)  # below one token per full-size tile: a smaller coding scale
+    assert len(small) < least and enc.scales_encoded == [1, 2] and odp.info(small).coded_width == 384
+
+
+def test_verify_model_of_and_model_info(small_odp, model):
+    odp.verify(small_odp)
+    cut = small_odp[:len(small_odp) - 3]
+    with pytest.raises(odp.FormatError, match="cut short"):
+        odp.verify(cut)
+    with pytest.warns(odp.OdpWarning, match="cut short"):
+        odp.verify(cut, whole=False)  # the layers that arrived decode
+    m = odp.model_of(small_odp)
+    assert (m.name, m.weights_sha256, m.tokens, m.codebook_size) == \
+        (model.name, model.sha256.hex(), model.config.tokens, model.config.codebook_size)
+    assert odp.model_info() == m and odp.model_info("odp-small-v1").name == "odp-small-v1"
+    with pytest.raises(odp.ModelNotFound, match="not installed"):
+        odp.model_info("odp-huge-v9")
+
+
+def test_truncate_to_the_files_own_layers(adaptive_odp):
+    i = odp.info(adaptive_odp)
+    assert list(i.truncation_points) == sorted(i.truncation_points) and i.tokens_min <= i.tokens_max
+    for n in (1, 3, i.layers):
+        cut = odp.truncate(adaptive_odp, layers=n)
+        assert odp.info(cut).truncation_points == i.truncation_points[:n]
+        assert adaptive_odp.startswith(cut[-20:]) or cut == adaptive_odp or len(cut) < len(adaptive_odp)
+    assert odp.truncate(adaptive_odp, layers=i.layers + 5) == odp.truncate(adaptive_odp, layers=i.layers)
+    with pytest.raises(odp.OptionError, match="exactly one"):
+        odp.truncate(adaptive_odp, tokens=4, layers=2)
+
+
+def test_pixel_limit_and_is_odp(small_odp, monkeypatch):
+    monkeypatch.delenv("ODP_MAX_PIXELS", raising=False)
+    assert odp.pixel_limit() == 1 << 28 and odp.pixel_limit(1000) == 1000
+    monkeypatch.setenv("ODP_MAX_PIXELS", "5000")
+    assert odp.pixel_limit() == 5000
+    assert odp.is_odp(small_odp[:16]) and not odp.is_odp(b"GIF89a" + bytes(10))

@@ -121,3 +121,17 @@ def test_errors_are_clear(small_odp):
     future = small_odp[:4] + bytes([3]) + small_odp[5:]  # a format version this reader does not know
     with pytest.raises(UnidentifiedImageError):
         Image.open(io.BytesIO(future))
+
+
+def test_save_refuses_an_unknown_option_before_any_work(tmp_path, small_photo, monkeypatch):
+    """A misspelt keyword is refused (it used to be ignored silently), and before the network runs."""
+    from odp.codec import coding as coding_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("encoded despite a bad option")
+
+    monkeypatch.setattr(coding_module, "encode", never)
+    for bad in ({"qualty": 50}, {"tokens": 0}, {"quality": 150}, {"scale": "huge"}, {"tokens": 8, "bytes": 200}):
+        with pytest.raises(odp.OptionError):
+            small_photo.save(tmp_path / "x.odp", **bad)
+        assert not (tmp_path / "x.odp").exists() or (tmp_path / "x.odp").stat().st_size == 0
