@@ -180,10 +180,13 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     from .codec import coding
     from .codec.options import EncodeOptions
 
-    if options is None:
-        options = EncodeOptions(tokens=tokens, bytes=bytes, bpp=bpp, quality=quality, psnr=psnr, msssim=msssim,
-                                scale=scale, adaptive=adaptive, metadata=metadata, device=device)
-    return coding.encode(_to_pil(image), options)
+    keywords = EncodeOptions(tokens=tokens, bytes=bytes, bpp=bpp, quality=quality, psnr=psnr, msssim=msssim,
+                             scale=scale, adaptive=adaptive, metadata=metadata, device=device)
+    if options is not None and keywords != EncodeOptions():
+        from .codec.errors import OptionError
+
+        raise OptionError("give options= or keywords, not both")
+    return coding.encode(_to_pil(image), options or keywords)
 
 
 def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,  # noqa: A002

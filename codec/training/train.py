@@ -172,13 +172,16 @@ def load_checkpoint(run: Path, model: Tokenizer, ema: Tokenizer, opt: torch.opti
     return state["step"]
 
 
-def save_snapshot(folder: Path, ema: Tokenizer, disc: torch.nn.Module | None, step: int, cfg: dict, log: Path):
-    """A compact copy of a run to commit, so a later session (a fresh checkout) continues it:
-    the EMA weights and the discriminator in fp16, the step and config, and the log so far.
-    The optimiser's moments are left out (they are 4x the weights); a resumed run rebuilds
-    them during a short learning-rate re-warm-up (`resume_warmup` steps)."""
+def save_snapshot(folder: Path, ema: Tokenizer, disc: torch.nn.Module | None, step: int, cfg: dict, log: Path,
+                  prefixes: tuple[str, ...] = ()):
+    """A compact copy of a run to commit, so a later checkout continues it: the EMA weights (only
+    those starting with `prefixes` when given: a decoder-only run need not store the frozen encoder,
+    which its `init` weights hold) and the discriminator in fp16, the step and config, and the log.
+    The optimiser's moments are left out (they are 4x the weights); a resumed run rebuilds them
+    during a short learning-rate re-warm-up (`resume_warmup` steps)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"ema.{k}": v.detach().half().contiguous().clone() for k, v in ema.state_dict().items()}
+    tensors = {f"ema.{k}": v.detach().half().contiguous().clone() for k, v in ema.state_dict().items()
+               if not prefixes or k.startswith(prefixes)}
     if disc is not None:
         tensors |= {f"disc.{k}": v.detach().half().contiguous().clone() for k, v in disc.state_dict().items()}
     save_file(tensors, str(folder / "snapshot.safetensors.tmp"))
@@ -190,11 +193,13 @@ def save_snapshot(folder: Path, ema: Tokenizer, disc: torch.nn.Module | None, st
 
 
 def load_snapshot(folder: Path, model: Tokenizer, ema: Tokenizer, disc: torch.nn.Module | None, run: Path) -> int:
-    """Continue from a committed snapshot: model and EMA both start from its EMA weights."""
+    """Continue from a committed snapshot: model and EMA both start from its EMA weights (laid over the
+    `init` weights they were loaded with, for a snapshot that holds only the decoder)."""
     t = load_file(str(folder / "snapshot.safetensors"))
     weights = {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")}
-    model.load_state_dict(weights)
-    ema.load_state_dict(weights)
+    full = model.state_dict() | weights
+    model.load_state_dict(full)
+    ema.load_state_dict(full)
     if disc is not None and any(k.startswith("disc.") for k in t):
         disc.load_state_dict({k[5:]: v.float() for k, v in t.items() if k.startswith("disc.")})
     if not (run / "log.jsonl").exists():
@@ -242,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                                        "and where it writes a compact copy at every checkpoint")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--stop-after", type=float, help="stop at the first checkpoint after this many seconds")
+    ap.add_argument("--monitor-only", metavar="MODEL",
+                    help="print the monitor's figures for these shipped weights (e.g. the run's `init`) and exit")
     args = ap.parse_args(argv)
 
     cfg = tomllib.loads(Path(args.config).read_text())
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     model = Tokenizer(mc).to(device)
     resumable = (run / "state.json").exists()
     from_snapshot = not resumable and snapshot is not None and (snapshot / "state.json").exists()
-    if tc.get("init") and not resumable and not from_snapshot:
+    if tc.get("init") and not resumable:
         from ..weights import load as load_shipped
 
         model.load_state_dict(load_shipped(tc["init"]).tokenizer.state_dict())
@@ -307,6 +314,13 @@ def main(argv: list[str] | None = None) -> None:
         from ..evaluation.perceptual import get as get_metric
 
         judges = {name: get_metric(name, device) for name in lc["judges"]}
+    if args.monitor_only:  # the same crops and metrics as the run's monitor, for a step-0 reference
+        from ..weights import load as load_shipped
+
+        ref = load_shipped(args.monitor_only).tokenizer.to(device)
+        print(json.dumps({"model": args.monitor_only, "eval": "held-out train crops",
+                          **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges)}))
+        return
     disc_start = lc["adv_start"] if lc["disc_start"] is None else lc["disc_start"]
     last_layer = model.head.detail[-1].weight
     adv_scale = 1.0
@@ -375,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
                 save_file(t, str(run / "disc.safetensors.tmp"))
                 os.replace(run / "disc.safetensors.tmp", run / "disc.safetensors")
             if snapshot is not None:
-                save_snapshot(snapshot, ema, disc, step, cfg, run / "log.jsonl")
+                save_snapshot(snapshot, ema, disc, step, cfg, run / "log.jsonl",
+                              DECODER_PREFIXES if lc["freeze_encoder"] else ())
             if args.stop_after and time.time() - t0 > args.stop_after:
                 break
     log.close()
