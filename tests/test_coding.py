@@ -911,7 +911,7 @@ def test_a_target_keeps_the_smallest_file_of_any_scale_that_reaches_it(adaptive_
 
 
 @pytest.mark.parametrize("scale, message", [(0, "scale 0 is outside 1..16"), (17, "scale 17 is outside 1..16"),
-                                            ("best", "scale 'best' is not one of auto, psnr or a number")])
+                                            ("best", "scale 'best' is not one of auto, psnr or a whole number")])
 def test_scale_out_of_range(adaptive_photo, scale, message):
     with pytest.raises(ValueError, match=message):
         helpers.encode(adaptive_photo, scale=scale, device="cpu")
