@@ -90,3 +90,19 @@ def test_container_read(benchmark, encoded):
 def test_container_write(benchmark, encoded):
     c = container.read(encoded)
     benchmark(container.write, c)
+
+
+@pytest.mark.parametrize("command", [["info"], ["info", "--verify"], ["truncate", "-o", "{cut}", "-t", "16", "-f"]],
+                         ids=["info", "info-verify", "truncate"])
+def test_command_startup_768x512(benchmark, encoded, tmp_path, command):
+    """A whole `odp info` / `info --verify` / `truncate` process on a 768x512 file: start-up included
+    (these never import torch)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.odp"
+    src.write_bytes(encoded)
+    argv = [sys.executable, "-m", "odp.cli.main", command[0], str(src),
+            *[a.format(cut=tmp_path / "cut.odp") for a in command[1:]]]
+    benchmark.pedantic(subprocess.run, args=(argv,), kwargs={"check": True, "capture_output": True},
+                       rounds=5, warmup_rounds=1)
