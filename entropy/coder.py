@@ -74,18 +74,21 @@ def decode_layer(data: bytes, tokens: np.ndarray, before: np.ndarray, after: np.
         raise EntropyError(f"positions beyond the model's {model.positions}")
     tile, pos, per_step = layer_order(before, after)
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    enc = constriction.stream.queue.RangeEncoder() if strict else None
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
         i = 0
         for n in per_step:
             t, p = tile[i:i + n], pos[i:i + n]
             probs = model.frequencies(contexts(model, tokens, t, p), p) / TOTAL
-            tokens[t, p] = dec.decode(_FAMILY, probs)
+            tokens[t, p] = decoded = dec.decode(_FAMILY, probs)
+            if enc is not None:  # re-code with the tables at hand: the same bytes as encode_layer's
+                enc.encode(decoded, _FAMILY, probs)
             i += n
     except (AssertionError, ValueError, RuntimeError) as e:
         raise EntropyError(str(e) or type(e).__name__) from None
     symbols = tokens[tile, pos]
     if check is not None and token_check(symbols) != check:
         raise EntropyError("decoded tokens fail their check: the file is corrupt or needs another model")
-    if strict and encode_layer(tokens, before, after, model)[0] != data:
+    if enc is not None and enc.get_compressed().astype("<u4").tobytes() != data:
         raise EntropyError("layer is not the exact coding of its tokens")

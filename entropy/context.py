@@ -41,27 +41,28 @@ class ContextModel:
         self.id = id
         self.lags = int(meta["lags"])
         self.shift1, self.mult, self.shift2 = int(meta["shift1"]), int(meta["mult"]), int(meta["shift2"])
-        emb = tensors["emb"].astype(np.int64)             # (V + 1, D): row V is PAD
-        self.alphabet = emb.shape[0] - 1
-        self.emb = emb.astype(np.float64)
-        w1 = tensors["w1"].astype(np.int64)               # (H, lags * D)
-        self.w1t = np.ascontiguousarray(w1.T.astype(np.float64))
+        self.emb = tensors["emb"].astype(np.float64)           # (V + 1, D) integers: row V is PAD
+        self.alphabet = self.emb.shape[0] - 1
+        self.w1t = np.ascontiguousarray(tensors["w1"].T, dtype=np.float64)  # (lags * D, H)
         self.pos_bias = tensors["pos_bias"].astype(np.float64)  # (K, H): position and layer-1 bias
-        self.w2t = np.ascontiguousarray(tensors["w2"].astype(np.int64).T.astype(np.float64))  # (H, V)
+        self.w2t = np.ascontiguousarray(tensors["w2"].T, dtype=np.float64)  # (H, V)
         self.b2 = tensors["b2"].astype(np.int64)           # (V,) in final logit units << shift2
         self.exp_lut = tensors["exp_lut"].astype(np.int64)  # exp(-i / unit) * 2**20, >= 1
-        self._check_exact(emb, w1, tensors["pos_bias"], tensors["w2"])
+        for name in ("emb", "w1", "pos_bias", "w2"):
+            if tensors[name].dtype.kind not in "iu":
+                raise ValueError(f"context model {self.id}: {name} is not integer")
+        self._check_exact()
 
     @property
     def positions(self) -> int:
         return self.pos_bias.shape[0]
 
-    def _check_exact(self, emb, w1, pos_bias, w2) -> None:
+    def _check_exact(self) -> None:
         """Refuse parameters whose integer products could leave float64's exact range."""
         limit = 2.0 ** 52
-        x_max = float(np.abs(emb).max())
-        h_max = x_max * float(np.abs(w1).sum(1).max()) + float(np.abs(pos_bias).max())
-        z_max = (h_max / 2 ** self.shift1) * float(np.abs(w2).astype(np.int64).sum(1).max())
+        x_max = float(np.abs(self.emb).max())
+        h_max = x_max * float(np.abs(self.w1t).sum(0).max()) + float(np.abs(self.pos_bias).max())
+        z_max = (h_max / 2 ** self.shift1) * float(np.abs(self.w2t).sum(0).max())
         if h_max >= limit or z_max >= limit or z_max * self.mult + float(np.abs(self.b2).max()) >= 2.0 ** 62:
             raise ValueError(f"context model {self.id} has parameters too large for exact integer inference")
 

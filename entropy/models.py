@@ -52,8 +52,7 @@ class PositionTables:
             raise ValueError("frequency tables must be a 2-D integer array (positions x codes)")
         if (freqs <= 0).any() or (freqs.sum(1) != TOTAL).any():
             raise ValueError(f"every table entry must be positive and each row must sum to 2**{PRECISION_BITS}")
-        self.freqs = freqs.astype(np.int64)
-        self._probs = self.freqs.astype(np.float64) / TOTAL  # exact: integers / 2**24
+        self.freqs = freqs.astype(np.int64, copy=False)
 
     @property
     def positions(self) -> int:
@@ -72,8 +71,8 @@ class PositionTables:
     def bits(self, tokens: np.ndarray) -> float:
         """Ideal code length in bits of tokens (tiles, k) under these tables."""
         k = tokens.shape[1]
-        p = self._probs[np.arange(k)[None, :], tokens]
-        return float(-np.log2(p).sum())
+        f = self.freqs[np.arange(k)[None, :], tokens]
+        return float(-np.log2(f / TOTAL).sum())  # exact: integers / 2**24
 
     @classmethod
     def from_counts(cls, counts: np.ndarray, prior_weight: float) -> "PositionTables":
