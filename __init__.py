@@ -94,6 +94,7 @@ class Info:
     tokens_min: int = 0       # the fewest and most tokens a tile keeps in this file
     tokens_max: int = 0
     truncation_points: tuple[int, ...] = ()  # allocation level at the end of each complete layer
+    gray: bool = False        # a greyscale image: odp.decode returns an "L" image
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def info(data: bytes) -> Info:
                 h.tokens, c.complete, len(raw), payload, len(raw) * 8 / (width * height),
                 payload * 8 / n if n else 0.0, h.model_name, h.model_id.hex(), h.entropy_model, len(h.icc),
                 len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version, h.width, h.height,
-                min(counts), max(counts), tuple(x.level for x in c.layers))
+                min(counts), max(counts), tuple(x.level for x in c.layers), h.gray)
 
 
 def verify(data: bytes, whole: bool = True) -> None:

@@ -355,7 +355,7 @@ def info(input, as_json, verify):
         "payload_bytes": i.payload_bytes, "bpp": round(i.bpp, 5),
         "bits_per_token": round(i.bits_per_token, 3),
         "raw_bits_per_token": round(math.log2(model.codebook_size), 3),
-        "icc_profile_bytes": i.icc_profile_bytes, "exif_bytes": i.exif_bytes,
+        "icc_profile_bytes": i.icc_profile_bytes, "exif_bytes": i.exif_bytes, "gray": i.gray,
     }
     if verify:
         d["verified"] = True
@@ -366,7 +366,8 @@ def info(input, as_json, verify):
     spread = f" (tiles {i.tokens_min}..{i.tokens_max}, allocated by need)" if i.adaptive else ""
     scaled = (i.coded_width, i.coded_height) != (i.width, i.height)
     coded = f" (coded at {i.coded_width}x{i.coded_height})" if scaled else ""
-    click.echo(f"{input}: ODP image {i.width}x{i.height}{coded}, {i.cols}x{i.rows} tiles of {i.tile}px "
+    click.echo(f"{input}: ODP {'greyscale ' if i.gray else ''}image {i.width}x{i.height}{coded}, "
+               f"{i.cols}x{i.rows} tiles of {i.tile}px "
                f"(format v{i.version})")
     click.echo(f"  tokens:   {i.mean_tokens:.1f} of {i.model_tokens} per tile{spread}"
                f"{'' if i.complete else ' (file cut short)'}")

@@ -14,7 +14,7 @@ from ..formats import container
 from . import stream, weights
 from .engine import Engine
 from .errors import OdpWarning, OptionError
-from .imaging import check_pixels, prepare, resize
+from .imaging import check_pixels, gray_of, prepare, resize
 from .options import EncodeOptions
 from .quality import MS_SSIM_MIN_SIDE
 from .ratecontrol import ScaleLadder, best_within, encode_at, first_within, level_reaching
@@ -84,7 +84,7 @@ def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions()
     out = []
     for p, t in zip(prepared, toks):
         h, w = p.pixels.shape[:2]
-        data = stream.pack(t, w, h, engine.model, p.icc, p.exif)
+        data = stream.pack(t, w, h, engine.model, p.icc, p.exif, gray=p.gray)
         if options.tokens is not None:
             data = stream.truncate(data, tokens=options.tokens)
         budget = options.budget(w, h)
@@ -105,10 +105,11 @@ def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", 
 
 def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
            max_pixels: int | None = container.FROM_ENV) -> Image.Image:
-    """.odp bytes -> Pillow RGB image, using at most `tokens` tokens per tile on average; refuses images
-    over `max_pixels` (default $ODP_MAX_PIXELS or container.DEFAULT_MAX_PIXELS) before allocating them."""
+    """.odp bytes -> Pillow image (RGB, or L for a greyscale file), using at most `tokens` tokens per tile
+    on average; refuses images over `max_pixels` (default $ODP_MAX_PIXELS or container.DEFAULT_MAX_PIXELS)
+    before allocating them."""
     pixels, h = decode_pixels(data, tokens, device, batch, max_pixels)
-    im = Image.fromarray(pixels, "RGB")
+    im = Image.fromarray(gray_of(pixels), "L") if h.gray else Image.fromarray(pixels, "RGB")
     if h.icc:
         im.info["icc_profile"] = h.icc
     if h.exif:

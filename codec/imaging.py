@@ -24,6 +24,7 @@ class Prepared:
     pixels: np.ndarray   # (H, W, 3) uint8 sRGB-or-as-tagged
     icc: bytes
     exif: bytes
+    gray: bool = False   # every pixel has R = G = B: the file says so and decodes to one channel
 
 
 def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
@@ -33,7 +34,8 @@ def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
     as cwebp does: an ICC profile or EXIF block can outweigh the whole image. A dropped
     ICC profile is first applied (pixels converted to sRGB), so colours stay right.
     Alpha is not coded: transparent images are flattened onto white, with a warning.
-    16/32-bit greyscale is scaled to 8 bits rather than clipped.
+    16/32-bit greyscale is scaled to 8 bits rather than clipped. An image whose pixels all have
+    R = G = B (any greyscale mode, or grey RGB) is marked grey, so that it decodes grey.
     """
     unknown = set(keep) - set(METADATA)
     if unknown:
@@ -69,7 +71,23 @@ def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
     if icc and "icc" not in keep:
         im = to_srgb(im, icc)
         icc = b""
-    return Prepared(rgb_array(im), icc, exif_bytes if "exif" in keep else b"")
+    pixels = rgb_array(im)
+    return Prepared(pixels, icc, exif_bytes if "exif" in keep else b"", is_gray(pixels))
+
+
+def is_gray(pixels: np.ndarray, rows: int = 256) -> bool:
+    """Whether every pixel has R = G = B (a strip at a time: no full-size temporary)."""
+    for y in range(0, pixels.shape[0], rows):
+        s = pixels[y:y + rows]
+        if not ((s[..., 0] == s[..., 1]).all() and (s[..., 1] == s[..., 2]).all()):
+            return False
+    return True
+
+
+def gray_of(pixels: np.ndarray) -> np.ndarray:
+    """Decoded (H, W, 3) uint8 of a greyscale file -> (H, W) uint8: the rounded mean of R, G, B
+    (docs/format.md, flag bit 5)."""
+    return ((pixels.astype(np.uint16).sum(2) + 1) // 3).astype(np.uint8)
 
 
 def rgb_array(im: Image.Image, rows: int = 256) -> np.ndarray:

@@ -14,7 +14,7 @@ from . import tiling
 from .allocation import allocation
 from .engine import Engine
 from .errors import OptionError
-from .imaging import Prepared, resize, scaled_size
+from .imaging import Prepared, gray_of, resize, scaled_size
 from .quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 from .stream import container, pack, truncate
 
@@ -40,15 +40,18 @@ def encode_at(p: Prepared, scale: int, engine: Engine, adaptive: bool = True) ->
     model = engine.model
     weights_, caps = allocation(toks, pixels, engine, model.best_entropy) if adaptive else (b"", b"")
     display = (width, height) if size != (width, height) else (0, 0)
-    return Coded(scale, pack(toks, *size, model, p.icc, p.exif, weights_, caps=caps, display=display), toks)
+    return Coded(scale, pack(toks, *size, model, p.icc, p.exif, weights_, caps=caps, display=display,
+                                 gray=p.gray), toks)
 
 
 def render(coded: Coded, data: bytes, engine: Engine) -> np.ndarray:
     """The decoded pixels of `data`, a truncation of coded.data, from the tokens (no entropy decoding)."""
     c = container.read(data)
     h = c.header
-    pixels = engine.decode(coded.tokens, h.width, h.height, np.array(h.counts(c.level)))
-    return resize(pixels, h.display_size)
+    pixels = resize(engine.decode(coded.tokens, h.width, h.height, np.array(h.counts(c.level))), h.display_size)
+    if h.gray:  # what the decoder returns, as RGB: quality targets measure the picture the user gets
+        pixels = np.repeat(gray_of(pixels)[..., None], 3, axis=2)
+    return pixels
 
 
 def scales_for(width: int, height: int, tile: int, scales=SCALES) -> list[int]:

@@ -37,13 +37,13 @@ def layer_levels(h: Header, top: int) -> list[int]:
 
 def pack(tokens: np.ndarray, width: int, height: int, model: Entry, icc: bytes = b"", exif: bytes = b"",
          weights: bytes = b"", level: int | None = None, entropy=None, caps: bytes = b"",
-         display: tuple[int, int] = (0, 0)) -> bytes:
+         display: tuple[int, int] = (0, 0), gray: bool = False) -> bytes:
     """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default);
     `weights`/`caps`: the allocation (allocation.py); `display`: the size to enlarge the coded
-    width x height to when decoding (default: none)."""
+    width x height to when decoding (default: none); `gray`: decode to one channel."""
     entropy = entropy or model.best_entropy
     h = Header(width, height, model.tile, model.tokens, model.sha256[:container.MODEL_ID_BYTES],
-               entropy.id, weights, caps, icc, exif, *display)
+               entropy.id, weights, caps, icc, exif, *display, gray=gray)
     levels = layer_levels(h, level or h.full_level)
     return container.write(Container(without_idle_caps(h, levels[-1]), build_layers(tokens, h, levels, entropy)))
 

@@ -44,8 +44,8 @@ MAX_PIXELS_ENV = "ODP_MAX_PIXELS"  # overrides DEFAULT_MAX_PIXELS for every read
 FROM_ENV = -1               # max_pixels default: $ODP_MAX_PIXELS if set, else DEFAULT_MAX_PIXELS
 MODEL_ID_BYTES = 4          # a version-2 file names its model by this prefix of the weights' sha256
 
-FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS, FLAG_DISPLAY = 1, 2, 4, 8, 16
-FLAGS = FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS | FLAG_DISPLAY
+FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS, FLAG_DISPLAY, FLAG_GRAY = 1, 2, 4, 8, 16, 32
+FLAGS = FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS | FLAG_DISPLAY | FLAG_GRAY
 MAX_ENLARGE = 16            # a display side is at most this many times the coded side
 _V1_FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
 
@@ -85,6 +85,7 @@ class Header:
     display_height: int = 0
     model_name: str = ""      # version-1 files name their model too
     version: int = VERSION
+    gray: bool = False        # the source was greyscale: decoders return one channel (the mean of R, G, B)
 
     @property
     def cols(self) -> int:
@@ -237,7 +238,7 @@ def pack_header(h: Header, layers: list[Layer]) -> bytes:
     if code is None:
         raise FormatError(f"entropy model {h.entropy_model!r} has no code in this format version")
     flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
-             | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0))
+             | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0) | (FLAG_GRAY if h.gray else 0))
     f = [bytes([flags]), _varint(h.width), _varint(h.height), bytes([h.tile.bit_length() - 1]), _varint(h.tokens),
          h.model_id, bytes([code])]
     f += [_varint(len(h.icc)), h.icc] if h.icc else []
@@ -360,7 +361,8 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         raise FormatError(f"entropy model code {code} is unknown to this reader")
     icc = f.take(f.varint(MAX_METADATA, "an ICC profile size")) if flags & FLAG_ICC else b""
     exif = f.take(f.varint(MAX_METADATA, "an EXIF block size")) if flags & FLAG_EXIF else b""
-    h = Header(w, hgt, 1 << log_tile, tokens, model_id, ENTROPY_MODELS[code], icc=icc, exif=exif)
+    h = Header(w, hgt, 1 << log_tile, tokens, model_id, ENTROPY_MODELS[code], icc=icc, exif=exif,
+               gray=bool(flags & FLAG_GRAY))
     h.validate(max_pixels)
     if flags & FLAG_WEIGHTS:
         h.weights = f.take(h.tiles)

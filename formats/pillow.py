@@ -42,7 +42,7 @@ class OdpImageFile(ImageFile.ImageFile):
             raise SyntaxError("not an ODP file")
         h, table, _ = container.read_header(head + self.fp.read(n - len(head)))  # FormatError if corrupt or cut short
         self._size = h.display_size  # a file coded at a smaller size decodes enlarged to this
-        self._mode = "RGB"
+        self._mode = "L" if h.gray else "RGB"
         self.info.update(odp_model=h.model_name or h.model_id.hex(), odp_adaptive=h.adaptive,
                          odp_coded_size=(h.width, h.height),
                          odp_tokens=max(h.counts(table[-1][0])))  # of the fullest tile, as stored

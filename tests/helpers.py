@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from odp.formats import container
-from odp.formats.container import (ENTROPY_MODELS, FLAG_CAPS, FLAG_DISPLAY, FLAG_EXIF, FLAG_ICC, FLAG_WEIGHTS, MAGIC, MAGIC_V1, VERSION,
+from odp.formats.container import (ENTROPY_MODELS, FLAG_CAPS, FLAG_DISPLAY, FLAG_EXIF, FLAG_GRAY, FLAG_ICC, FLAG_WEIGHTS,
+                                   MAGIC, MAGIC_V1, VERSION,
                                    Container, Header, Layer)
 
 DATA = Path(__file__).parent / "data"
@@ -135,7 +136,7 @@ def header_fields(h: Header, table: list[tuple[int, int, int]], flags: int | Non
     code default to what h implies; a flag given without its data gets none (a forged file)."""
     if flags is None:
         flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
-                 | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0))
+                 | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0) | (FLAG_GRAY if h.gray else 0))
     if code is None:
         codes = {v: k for k, v in ENTROPY_MODELS.items()}
         if h.entropy_model not in codes:

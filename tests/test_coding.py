@@ -440,6 +440,36 @@ def test_mode_cmyk(small_photo):
     assert helpers.psnr(prepared(jpeg), small_photo) > 25
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "1", "I;16", "I", "F", "RGB"])
+def test_greyscale_inputs_are_marked_grey(mode, small_photo):
+    """Every greyscale mode, and RGB whose channels are equal, is marked grey; a colour photo is not."""
+    g = small_photo.convert("L")
+    im = {"LA": lambda: Image.merge("LA", (g, Image.new("L", g.size, 255))), "1": lambda: g.convert("1"),
+          "I;16": lambda: Image.fromarray(np.asarray(g).astype(np.uint16) * 257),
+          "I": lambda: g.convert("I"), "F": lambda: g.convert("F"), "RGB": lambda: g.convert("RGB")}.get(mode, lambda: g)()
+    assert imaging.prepare(im).gray
+    assert not imaging.prepare(small_photo).gray
+    assert not imaging.prepare(Image.merge("RGB", (g, g, g.point(lambda v: min(255, v + 1))))).gray
+
+
+def test_greyscale_photo_decodes_grey(photos, model):
+    """A greyscale photo comes back one-channel ("L"), as faithful as its colour decode's luminance;
+    without the grey flag the decoder's RGB carries a tint of several levels."""
+    g = photos["astronaut"].convert("L")
+    data = helpers.encode(g, model=model, device="cpu")
+    assert container.read(data).header.gray
+    out = coding.decode(data, device="cpu")
+    assert out.mode == "L" and out.size == g.size
+    rgb = coding.decode(helpers.reheader(data, gray=False), device="cpu")
+    px = np.asarray(rgb).astype(int)
+    assert np.abs(px[..., 0] - px[..., 1]).mean() + np.abs(px[..., 1] - px[..., 2]).mean() > 1  # the tint
+    chroma = np.asarray(out.convert("RGB")).astype(int)
+    assert np.abs(chroma[..., 0] - chroma[..., 1]).mean() + np.abs(chroma[..., 1] - chroma[..., 2]).mean() < 1
+    assert helpers.psnr(np.asarray(out), np.asarray(g)) >= helpers.psnr(np.asarray(rgb.convert("L")), np.asarray(g))
+    cut = stream.truncate(data, tokens=16)
+    assert container.read(cut).header.gray and coding.decode(cut, device="cpu").mode == "L"
+
+
 def test_rgba_encode_warns_and_decodes_to_rgb(small_photo, model):
     im = small_photo.convert("RGBA")
     im.putpixel((0, 0), (0, 0, 0, 0))

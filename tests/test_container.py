@@ -416,7 +416,15 @@ def test_display_size_counts_against_the_pixel_limit():
     assert container.read(data, max_pixels=None).header.display_size == (64000, 64000)
 
 
-@pytest.mark.parametrize("flags", [0x20, 0x80, 0xFF])
+def test_gray_flag_round_trips_and_survives_a_cut():
+    data = some_file(gray=True)
+    assert data[len(container.MAGIC) + 2] & container.FLAG_GRAY  # flags: the first header field
+    assert container.read(data).header.gray
+    assert not container.read(some_file()).header.gray
+    assert container.read(data[:-4]).header.gray  # cut short: the header is whole
+
+
+@pytest.mark.parametrize("flags", [0x40, 0x80, 0xFF])
 def test_unknown_flags(flags):
     refused(forged(flags=flags), f"unknown flags {flags:#04x}")
 

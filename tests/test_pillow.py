@@ -80,6 +80,16 @@ def test_scaled_file_opens_at_its_display_size(tmp_path, adaptive_photo):
     assert (info.width, info.height, info.coded_width, info.coded_height) == (768, 512, 384, 256)
 
 
+def test_greyscale_saves_and_opens_as_l(tmp_path, small_photo):
+    path = tmp_path / "grey.odp"
+    small_photo.convert("L").save(path, tokens=64)
+    with Image.open(path) as im:
+        assert im.mode == "L"  # from the header, before any decoding
+        im.load()
+        assert im.mode == "L" and im.size == small_photo.size
+    assert odp.info(path.read_bytes()).gray
+
+
 def test_truncated_file_decodes_what_arrived(small_odp):
     cut = small_odp[: len(small_odp) - 40]
     kept = odp.info(cut).tokens
