@@ -11,13 +11,13 @@ import numpy as np
 from PIL import Image
 
 from ..formats import container
-from . import stream, weights
+from . import registry, stream, weights
 from .engine import Engine
 from .errors import OdpWarning, OptionError
 from .imaging import check_pixels, gray_of, prepare, resize
 from .options import EncodeOptions
 from .quality import MS_SSIM_MIN_SIDE
-from .ratecontrol import ScaleLadder, best_within, encode_at, first_within, level_reaching
+from .ratecontrol import ScaleLadder, best_within, encode_at, first_within, least_bytes, level_reaching, scales_for
 from .weights import Model
 
 
@@ -30,6 +30,8 @@ def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model: Mod
     """Encode a Pillow image to .odp bytes as `options` say (see EncodeOptions). Images over the pixel
     limit are refused before their pixels are decoded."""
     check_pixels(im.width, im.height, options.max_pixels)
+    check_budget(im.width, im.height, options,
+                 engine.model.entry if engine else model.entry if model else registry.find())
     engine = engine or engine_for(options, model)
     p = prepare(im, options.metadata)
     height, width = p.pixels.shape[:2]
@@ -66,6 +68,19 @@ def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model: Mod
             warnings.warn(f"{target[0]} {target[1]} is out of reach: keeping every token", OdpWarning)
         data = min(reached, key=len) if reached else data
     return data
+
+
+def check_budget(width: int, height: int, options: EncodeOptions, entry) -> None:
+    """Refuse a byte budget (bytes or bpp) below the smallest file this image can have, before any work.
+    A quality is never refused: it keeps at least 1 token per tile of the smallest file."""
+    budget = options.budget(width, height)
+    if budget is None or options.quality is not None:
+        return
+    scales = scales_for(width, height, entry.tile) if isinstance(options.scale, str) else [options.scale]
+    least = least_bytes(width, height, entry, scales)
+    if budget < least:
+        raise OptionError(f"{budget} bytes is below the smallest ODP file of a {width}x{height} image "
+                          f"({least} bytes)", option="bytes" if options.bytes is not None else "bpp")
 
 
 def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions(),

@@ -16,7 +16,7 @@ from .engine import Engine
 from .errors import OptionError
 from .imaging import Prepared, gray_of, resize, scaled_size
 from .quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr
-from .stream import container, pack, truncate
+from .stream import container, min_first_layer_bytes, pack, truncate
 
 SCALES = (1, 2, 3, 4)  # coding scales the encoder may try (docs/api.md, "Coding scale")
 TARGET_METRICS = ("psnr", "ms-ssim")
@@ -63,6 +63,22 @@ def scales_for(width: int, height: int, tile: int, scales=SCALES) -> list[int]:
             out.append(s)
             prev = n[0] * n[1]
     return out
+
+
+def least_bytes(width: int, height: int, entry, scales) -> int:
+    """Fewest bytes any file of a width x height image can have at these coding scales: its header with
+    one layer, and that layer's least bytes (stream.min_first_layer_bytes, at least one word). Known
+    before the network runs, so a budget below it is refused before any work."""
+    least = None
+    for s in scales:
+        size = scaled_size(width, height, s)
+        display = (width, height) if size != (width, height) else (0, 0)
+        h = container.Header(*size, entry.tile, entry.tokens, entry.sha256[:container.MODEL_ID_BYTES],
+                             entry.best_entropy.id, display_width=display[0], display_height=display[1])
+        words = max(1, -(-min_first_layer_bytes(h.tiles, entry.best_entropy) // 4))
+        n = len(container.MAGIC) + len(container.pack_header(h, [container.Layer(1, bytes(4 * words), 0)])) + 4 * words
+        least = n if least is None else min(least, n)
+    return least
 
 
 class ScaleLadder:

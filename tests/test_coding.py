@@ -172,6 +172,23 @@ def test_truncate_to_too_few_bytes(encoded):
     assert len(stream.truncate(data, max_bytes=smallest)) == smallest
 
 
+@pytest.mark.parametrize("scale", ["auto", 1, 2])
+def test_a_budget_below_the_smallest_file_is_refused_before_the_network_runs(scale, coffee, model, monkeypatch):
+    """least_bytes bounds every file of the image from below, and the bound is tight for one tile."""
+    entry = model.entry
+    least = ratecontrol.least_bytes(*coffee.size, entry, ratecontrol.scales_for(*coffee.size, entry.tile)
+                                    if scale == "auto" else [scale])
+    monkeypatch.setattr(engine.Engine, "encode", lambda *a, **k: pytest.fail("the network ran"))
+    with pytest.raises(errors.OptionError, match=f"below the smallest ODP file of a 200x150 image \\({least} bytes"):
+        coding.encode(coffee, options.EncodeOptions(bytes=least - 1, scale=scale), model)
+    with pytest.raises(errors.OptionError) as e:
+        coding.encode(coffee, options.EncodeOptions(bpp=0.0001, scale=scale), model)
+    assert e.value.option == "bpp"
+    monkeypatch.undo()
+    data = coding.encode(coffee, options.EncodeOptions(bytes=least, scale=scale), model)
+    assert len(data) <= least  # one tile: the bound is met exactly
+
+
 def test_truncate_rejects_zero_tokens(encoded):
     with pytest.raises(ValueError):
         stream.truncate(encoded["coffee"], tokens=0)

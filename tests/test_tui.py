@@ -1,7 +1,9 @@
 """`odp tui`: Pilot tests that press the keys and read the widgets, an SVG snapshot, and broken files.
 
 Small and fast: the 320×240 test photo (two tiles; MS-SSIM needs 161 px), few tokens, the
-classic codecs at their fast settings, half-block drawing (what a plain terminal gets).
+classic codecs at their fast settings, half-block drawing (what a plain terminal gets; the zoom
+test draws with every renderer textual-image has). The tests that need no fresh encode share one
+opened photo (`opened`).
 The snapshot shows real decoded pixels, so new weights or codec libraries change it:
 look at the new screen, then accept it with `pytest tests/test_tui.py --snapshot-update`.
 """
@@ -42,6 +44,27 @@ def photo_dir(tmp_path) -> Path:
 def make_app(folder: Path, **kw) -> OdpTui:
     kw = {"tokens": 16, "fast": True, "graphics": "halfcell", "device": "cpu", "lpips": False, **kw}
     return OdpTui(folder, **kw)
+
+
+@pytest.fixture(scope="module")
+def opened(tmp_path_factory):
+    """The photo opened once for the tests below: their apps share its one encode and its classic files."""
+    from odp.tui.compare import Photo
+
+    d = tmp_path_factory.mktemp("shared") / "photos"
+    d.mkdir()
+    shutil.copy(DATA / PHOTO, d / PHOTO)
+    return Photo(d / PHOTO, ("psnr", "ms-ssim"), fast=True, device="cpu")
+
+
+def app_for(photo, **kw) -> OdpTui:
+    app = make_app(photo.path.parent, **kw)
+    app.items[photo.path] = photo
+    return app
+
+
+def status(app: OdpTui) -> str:
+    return app.query_one("#status").render().plain
 
 
 async def settle(pilot) -> None:
@@ -105,7 +128,130 @@ def test_keys_move_the_budget(photo_dir):
     asyncio.run(run())
 
 
-def test_zoom_hull_and_save(photo_dir, tmp_path):
+CELL = (8, 16)  # a terminal's cell in pixels, as one with graphics reports it (tests run without a terminal)
+
+
+@pytest.mark.parametrize("graphics, picks", [
+    ("halfcell", None), ("sixel", None), ("tgp", None),
+    ("auto", "halfcell"),  # what auto gets in tmux and in terminals without graphics
+    ("auto", "tgp"),       # Kitty
+    ("auto", "sixel"),
+])
+def test_zoom_is_1_to_1_with_every_renderer(opened, monkeypatch, graphics, picks):
+    """`z` shows the same crop in every pane, one image pixel per pixel the renderer draws: it once did
+    nothing in auto mode, where the widget's class name does not say what it draws with."""
+    from textual_image import renderable
+    from textual_image import widget as ti
+    from textual_image._terminal import CellSize, get_cell_size
+
+    monkeypatch.setattr(get_cell_size, "_result", CellSize(*CELL))
+    monkeypatch.setattr(renderable.tgp, "_send_tgp_message", lambda **kw: None)  # no terminal to send images to
+    if picks == "sixel":  # what textual-image's import picks when the terminal answers for Sixel
+        monkeypatch.setattr(ti, "Image", ti.SixelImage)
+    elif picks:
+        monkeypatch.setattr(ti.AutoImage, "_Renderable", {"halfcell": renderable.HalfcellImage,
+                                                          "tgp": renderable.TGPImage}[picks])
+        monkeypatch.setattr(ti, "Image", ti.AutoImage)
+    pw, ph = (1, 2) if "halfcell" in (graphics, picks) else CELL
+
+    async def run():
+        app = app_for(opened, graphics=graphics)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert app.pixels_per_cell() == (pw, ph)
+            await pilot.press("z")
+            await pilot.pause()
+            crops = {k: p.crop for k, p in app.panes.items() if p.shown is not None and p.shown.pixels is not None}
+            assert len(crops) >= 2 and len(set(crops.values())) == 1  # the same region in every pane
+            left, top, w, h = next(iter(crops.values()))
+            boxes = [app.panes[k].query_one(".box").content_size for k in crops]
+            assert (w, h) == (min(320, pw * min(b.width for b in boxes)), min(240, ph * min(b.height for b in boxes)))
+            assert w < 320 and h < 240  # a crop, drawn larger than the whole picture was
+            img = app.query_one("#img-odp")
+            assert (img.styles.width.value, img.styles.height.value) == (round(w / pw), round(h / ph))  # 1:1
+            assert "zoom 1:1" in status(app)
+
+            await pilot.click("#img-original", offset=(0, 0))  # the crop's top-left cell becomes the centre
+            await pilot.pause()
+            assert abs(app.centre[0] * 320 - left) <= pw and abs(app.centre[1] * 240 - top) <= ph
+            new = app.panes["odp"].crop
+            assert new == app.panes["original"].crop and new[2:] == (w, h)
+            assert abs(new[0] - max(0, left - w // 2)) <= pw and abs(new[1] - max(0, top - h // 2)) <= ph
+            await pilot.press("z")
+            await pilot.pause()
+            assert app.panes["odp"].crop is None
+    asyncio.run(run())
+
+
+def test_classic_panes_show_downscaled_files_at_odps_sizes(opened):
+    """At ODP's whole file (668 B) no full-size JPEG, WebP or AVIF fits: each pane shows its best downscale,
+    named; at a budget nothing fits, each pane says so."""
+    from odp.codec.evaluation.settings import SCALES
+
+    async def run():
+        app = app_for(opened, tokens=256)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            check_panes(app)
+            budget = app.budget
+            best = {}
+            for key, name in (("jpeg", "JPEG"), ("webp", "WebP"), ("avif", "AVIF")):
+                assert opened.at_scale(key, 1, budget) is None  # no full-size file fits
+                s, pane = app.panes[key].shown, app.panes[key]
+                fits = [f for scale in SCALES if (f := opened.at_scale(key, scale, budget)) is not None]
+                assert s.pixels is not None and s in fits and s.rank == max(f.rank for f in fits)  # MS-SSIM
+                assert s.label.startswith(f"{name} q") and " at 1/" in s.label and pane.border_title == s.label
+                assert f"{name} {s.nbytes:,} B" in status(app)
+                best[key] = s
+            hull = app.panes["hull"]
+            assert hull.shown is max(best.values(), key=lambda s: s.rank)
+            assert hull.border_title == f"hull: {hull.shown.label}"
+
+            await pilot.press("b", *"90", "enter")  # less than any classic file at any scale
+            await settle(pilot)
+            check_panes(app)
+            for key, name in (("jpeg", "JPEG"), ("webp", "WebP"), ("avif", "AVIF"), ("hull", "hull")):
+                s = app.panes[key].shown
+                assert s.pixels is None and "fits 90 B, even downscaled to 1/8" in s.note, (key, s.note)
+                assert s.note in str(app.panes[key].query_one(".caption").render())
+                assert f"{name} none fits" in status(app)
+    asyncio.run(run())
+
+
+def test_budget_is_every_panes_and_the_header_shows_real_bytes(opened):
+    """ODP's whole file keeps fewer than 256 tokens per tile: `-` at 256 steps down from what it keeps
+    (a new picture), and a typed budget past the whole file shows that file, said so in the header."""
+    async def run():
+        app = app_for(opened, tokens=256)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            whole, odp = opened.full, app.panes["odp"].shown
+            kept = opened.max_tokens
+            assert kept < 256 and odp.data == whole and odp.tokens == kept and odp.whole
+            assert f"ODP {kept} tokens" in status(app) and f"ODP {len(whole):,} B (whole file)" in status(app)
+
+            await pilot.press("minus")
+            await settle(pilot)
+            smaller = app.panes["odp"].shown
+            assert smaller.tokens == app.tokens == (kept - 1) // 8 * 8 and not smaller.whole
+            assert len(smaller.data) < len(whole) and (smaller.pixels != odp.pixels).any()  # a new picture
+            assert f"ODP {smaller.tokens} tokens" in status(app) and "whole file" not in status(app)
+            assert app.budget == smaller.nbytes
+            check_panes(app)
+
+            await pilot.press("b", *"5000", "enter")
+            await settle(pilot)
+            check_panes(app)
+            assert app.budget == 5000 and "budget 5,000 B" in status(app)
+            assert app.panes["odp"].shown.data == whole  # the largest cut within 5000 B: all of it
+            assert f"ODP {len(whole):,} B (whole file)" in status(app)
+            for key, name in (("jpeg", "JPEG"), ("webp", "WebP"), ("avif", "AVIF"), ("hull", "hull")):
+                s = app.panes[key].shown
+                assert len(whole) < s.nbytes <= 5000 and f"{name} {s.nbytes:,} B" in status(app)
+    asyncio.run(run())
+
+
+def test_hull_and_save(photo_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
 
@@ -113,24 +259,6 @@ def test_zoom_hull_and_save(photo_dir, tmp_path):
         app = make_app(photo_dir, out=out)
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
-            await pilot.press("z")
-            await pilot.pause()
-            crops = {k: p.crop for k, p in app.panes.items() if p.shown is not None and p.shown.pixels is not None}
-            assert len(crops) >= 2 and len(set(crops.values())) == 1  # the same region in every pane
-            left, top, w, h = next(iter(crops.values()))
-            boxes = [app.panes[k].query_one(".box").content_size for k in crops]
-            assert (w, h) == (min(320, *(b.width for b in boxes)), min(240, *(2 * b.height for b in boxes)))  # 1:1
-
-            await pilot.click("#img-original", offset=(0, 0))  # the crop's top-left pixel becomes the centre
-            await pilot.pause()
-            assert abs(app.centre[0] * 320 - left) <= 1 and abs(app.centre[1] * 240 - top) <= 1
-            new = app.panes["odp"].crop
-            assert new == app.panes["original"].crop and new[2:] == (w, h)
-            assert abs(new[0] - max(0, left - w // 2)) <= 1 and abs(new[1] - max(0, top - h // 2)) <= 1
-            await pilot.press("z")
-            await pilot.pause()
-            assert app.panes["odp"].crop is None
-
             await pilot.press("h")  # hull off: its pane goes
             await settle(pilot)
             assert not app.panes["hull"].display

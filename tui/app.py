@@ -320,9 +320,17 @@ class OdpTui(App):
         return (min(b.width for b in boxes), min(b.height for b in boxes)) if boxes else None
 
     def pixels_per_cell(self) -> tuple[int, int]:
-        """Image pixels one terminal cell shows at 1:1: 1×2 with half-blocks, the cell's pixels with graphics."""
-        if self.image_widget.__name__ in ("HalfcellImage", "UnicodeImage"):
+        """Image pixels one terminal cell shows at 1:1: 1×2 with half-blocks, 1×1 with text, the cell's
+        pixels with Kitty or Sixel graphics. Told by the renderer the widget draws with, never by the
+        widget's name: in auto mode the widget is textual-image's `AutoImage` (or its Sixel `Image`)
+        whatever it draws with, half-blocks in tmux and plain terminals included."""
+        from textual_image.renderable import HalfcellImage, UnicodeImage
+
+        renderer = getattr(self.image_widget, "_Renderable", None)
+        if renderer is HalfcellImage:
             return 1, 2
+        if renderer is UnicodeImage:
+            return 1, 1
         from textual_image._terminal import get_cell_size
 
         size = tuple(get_cell_size())
@@ -363,6 +371,7 @@ class OdpTui(App):
         if self.current is None:
             return
         self.gen += 1
+        self.odp_tokens = None  # until this work's ODP file is shown
         for key in PANES[1:]:  # their figures belong to the old budget: never show them as current
             self.panes[key].clear()
         self.query_one("#pane-file", Pane).clear()
@@ -500,7 +509,25 @@ class OdpTui(App):
                          + (" (typed)" if self.max_bytes is not None else ""))
         if self.zoom:
             parts.append("zoom 1:1")
-        self.query_one("#status", Static).update(Text(" │ ".join(parts)))
+        lines = [" │ ".join(parts)]
+        if item is not None and not self.is_file() and not self.error:
+            lines.append(pack(self.sizes(), self.query_one("#status").content_size.width or 80))
+        self.query_one("#status", Static).update(Text("\n".join(lines)))
+
+    def sizes(self) -> list[str]:
+        """Each pane's real bytes: a typed budget is a ceiling, and ODP's whole file may stop well below it."""
+        out = []
+        for key, pane in self.panes.items():
+            s = pane.shown
+            if key == "original" or not pane.display:
+                continue
+            if s is None:
+                out.append(f"{pane.title} …")
+            elif s.pixels is None:
+                out.append(f"{pane.title} " + ("none fits" if "fits" in s.note else "n/a"))
+            else:
+                out.append(f"{pane.title} {s.nbytes:,} B" + (" (whole file)" if s.whole else ""))
+        return out
 
     # ------------------------------------------------------------------ actions
 
@@ -520,9 +547,7 @@ class OdpTui(App):
     def now_tokens(self) -> int:
         if self.is_file():
             return self.file_tokens.get(self.current, self.item.kept)
-        if self.max_bytes is not None and self.odp_tokens:
-            return self.odp_tokens
-        return self.tokens
+        return self.odp_tokens or self.tokens  # what ODP shows: more than its whole file keeps gives that file
 
     def action_step(self, direction: int) -> None:
         """Eight tokens per tile up or down."""

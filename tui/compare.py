@@ -37,6 +37,8 @@ class Shown:
     nbytes: int | None = None
     data: bytes | None = None           # the file itself (ODP only: `s` saves it)
     tokens: int | None = None           # ODP: tokens per tile kept
+    whole: bool = False                 # ODP: the whole file (the budget holds more than ODP has to give)
+    rank: float | None = None           # classic: its judge_metric score, to pick among the variants
     scores: dict | None = field(default_factory=dict)  # None: nothing to score against
     note: str = ""
 
@@ -71,7 +73,7 @@ class Photo:
         if fast:  # the fast probe settings (WebP method 0, AVIF speed 8) instead of the slowest ones
             self.codecs = {k: replace(c, final=c.probe) for k, c in self.codecs.items()}
         self.full: bytes | None = None
-        self.max_tokens = self.encoding.model_tokens
+        self.max_tokens = self.encoding.model_tokens  # until encoded: then what the whole file keeps
         self.variants: dict[tuple[str, int], classic.Variant] = {}
         self.results: OrderedDict[tuple, Shown] = OrderedDict()
         self._score = self._judge = None
@@ -102,6 +104,7 @@ class Photo:
         """ODP at `tokens` per tile (a cut of the full-size file), or what `odp encode --bytes` makes
         for `max_bytes`: the full-size file's cut, or a smaller coding scale's when that cannot fit."""
         self.full = self.encoding.whole
+        self.max_tokens = round(odp.info(self.full).mean_tokens)  # tokens past it give the same file
         try:
             data = self.encoding.with_tokens(tokens) if max_bytes is None else self.encoding.within(max_bytes)
         except ValueError as e:  # not even one token per tile fits
@@ -109,10 +112,12 @@ class Photo:
         info = odp.info(data)
         k = round(info.mean_tokens)
         scale = round(info.width / info.coded_width)
+        whole = data == self.full
 
         def make() -> Shown:
-            im = odp.decode(data, device=self.device)
-            return Shown(f"ODP {k} tokens" + (f" at 1/{scale}" if scale > 1 else ""), np.asarray(im), len(data), data, k)
+            im = odp.decode(data, device=self.device).convert("RGB")  # a greyscale file decodes to L
+            label = f"ODP {k} tokens" + (f" at 1/{scale}" if scale > 1 else "") + (" (whole file)" if whole else "")
+            return Shown(label, np.asarray(im), len(data), data, k, whole=whole)
         return self._cached(("odp", info.coded_width, info.truncation_points[-1]), make)
 
     def variant(self, codec: str, scale: int) -> classic.Variant:
@@ -120,39 +125,47 @@ class Photo:
             self.variants[codec, scale] = classic.Variant(self.codecs[codec], scale, classic.shrink(self.pixels, scale))
         return self.variants[codec, scale]
 
-    def classic(self, codec: str, scale: int, budget: int) -> Shown:
-        """The highest quality of `codec` at `scale` whose file fits `budget` bytes."""
-        name = TITLES[codec]
-        if codec not in self.codecs:
-            return Shown(name, note=f"{name} is not available in this Pillow")
+    def at_scale(self, codec: str, scale: int, budget: int) -> Shown | None:
+        """The highest quality of `codec` at `scale` whose file fits `budget` bytes (None: none does)."""
         v = self.variant(codec, scale)
         q = v.best_under(budget)
         if q is None:
-            return Shown(name + (f" at 1/{scale}" if scale > 1 else ""), note=f"no {name} file fits {budget:,} B")
+            return None
 
         def make() -> Shown:
             data = v.data(q)
-            label = f"{name} q{q}" + (f" at 1/{scale}" if scale > 1 else "")
+            label = f"{TITLES[codec]} q{q}" + (f" at 1/{scale}" if scale > 1 else "")
             return Shown(label, classic.decode(data, self.width, self.height), len(data))
         return self._cached((codec, scale, q), make)
 
+    def classic(self, codec: str, budget: int) -> Shown:
+        """`codec`'s best file within budget, at full size or downscaled (`odp bench`'s "+downscale"):
+        at ODP's sizes a full-size file seldom fits, and an empty pane would tell the user nothing."""
+        name = TITLES[codec]
+        if codec not in self.codecs:
+            return Shown(name, note=f"{name} is not available in this Pillow")
+        return self.best([codec], budget) or Shown(name, note=f"no {name} file fits {budget:,} B, "
+                                                              f"even downscaled to 1/{SCALES[-1]}")
+
     def hull(self, budget: int) -> Shown:
-        """The best classic variant (every codec, every downscale) within budget, by judge_metric."""
+        """The best classic file within budget: every codec, every downscale (`odp bench`'s hull)."""
+        return self.best([c for c in CLASSIC if c in self.codecs], budget) or Shown(
+            "hull", note=f"no JPEG, WebP or AVIF file fits {budget:,} B, even downscaled to 1/{SCALES[-1]}")
+
+    def best(self, codecs: list[str], budget: int) -> Shown | None:
+        """The best of `codecs` at every scale of SCALES within budget, by judge_metric (None: nothing fits)."""
         m = self.judge_metric()
         if self._judge is None:
             self._judge = metrics.Scorer(self.pixels, (m,))
-        best, best_score = None, None
-        for codec in CLASSIC:
-            for scale in SCALES:
-                s = self.classic(codec, scale, budget) if codec in self.codecs else None
-                if s is None or s.pixels is None:
-                    continue
-                score = s.scores.get(m)
-                if score is None:
-                    score = self._judge(s.pixels)[m]
-                if best is None or metrics.better(m, score, best_score):
-                    best, best_score = s, score
-        return best or Shown("hull", note=f"no classic file fits {budget:,} B")
+        fits = [s for c in codecs for scale in SCALES if (s := self.at_scale(c, scale, budget)) is not None]
+        for s in fits:
+            if s.rank is None:
+                s.rank = self._judge(s.pixels)[m]
+        best = None
+        for s in fits:
+            if best is None or metrics.better(m, s.rank, best.rank):
+                best = s
+        return best
 
     def run(self, tokens: int | None, max_bytes: int | None, hull: bool = True) -> Iterator[Update]:
         """Every pane at one budget, each step yielded: the budget is ODP's file at `tokens`, or `max_bytes`."""
@@ -161,12 +174,12 @@ class Photo:
         odp = self.odp(None if max_bytes is not None else tokens, max_bytes)
         budget = max_bytes if max_bytes is not None else odp.nbytes
         yield Update("odp", odp, budget, "ODP: scoring")
-        yield Update("odp", self.score(odp), budget, "JPEG: searching quality")
+        yield Update("odp", self.score(odp), budget, "JPEG: searching quality and scale")
         names = list(CLASSIC) + (["hull"] if hull else [])
         for i, codec in enumerate(names):
-            s = self.hull(budget) if codec == "hull" else self.classic(codec, 1, budget)
+            s = self.hull(budget) if codec == "hull" else self.classic(codec, budget)
             yield Update(codec, s, budget, f"{TITLES[codec]}: scoring")
-            nxt = f"{TITLES[names[i + 1]]}: searching quality" if i + 1 < len(names) else "done"
+            nxt = f"{TITLES[names[i + 1]]}: searching quality and scale" if i + 1 < len(names) else "done"
             yield Update(codec, self.score(s), budget, nxt)
 
 
@@ -213,7 +226,7 @@ class OdpFile:
         k = max(1, min(k, self.kept))
         if k not in self.decoded:
             data = self.data if k == self.kept else self.truncated(k)
-            im = odp.decode(data, device=self.device)
+            im = odp.decode(data, device=self.device).convert("RGB")  # a greyscale file decodes to L
             self.decoded[k] = Shown(f"ODP {k} tokens", np.asarray(im), len(data), data, k, scores=None)
             while len(self.decoded) > CACHED_RESULTS:
                 self.decoded.popitem(last=False)
