@@ -162,7 +162,7 @@ def _to_pil(image: Any) -> Image.Image:
 def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",  # noqa: A002
            metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
            msssim: float | None = None, adaptive: bool = True, scale: int | str = "auto",
-           bpp: float | None = None, options: EncodeOptions | None = None) -> bytes:
+           bpp: float | None = None, options: EncodeOptions | None = None, progress=None) -> bytes:
     """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, the largest file within
     `bytes` (or `bpp`), a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`),
     or the smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
@@ -177,6 +177,9 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     default): full size unless `bytes` cannot hold 1 token per tile; "psnr": the coding scale of
     highest PSNR within `bytes`/`quality`, or the smallest file reaching `psnr`/`msssim` (docs/api.md).
     `options`: an odp.EncodeOptions instead of the keywords (then give no other keyword).
+    `progress`: a callable told `(what, done, total)` after every batch of tiles through the network,
+    `what` being "encoding", "scoring" (the allocation's trial decodes) or "decoding" (rate control
+    measuring a cut); `done` of `total` tiles of the current pass. For a progress bar.
     """
     from .codec import coding
     from .codec.options import EncodeOptions
@@ -187,7 +190,7 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
         from .codec.errors import OptionError
 
         raise OptionError("give options= or keywords, not both")
-    return coding.encode(_to_pil(image), options or keywords)
+    return coding.encode(_to_pil(image), options or keywords, progress=progress)
 
 
 def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,  # noqa: A002
@@ -273,12 +276,14 @@ def is_odp(prefix: bytes) -> bool:
 
 
 def decode(data: bytes, tokens: int | None = None, device: str = "auto",
-           max_pixels: int | None = None) -> Image.Image:
-    """Decode .odp bytes to an RGB PIL image, using at most `tokens` tokens per tile.
+           max_pixels: int | None = None, progress=None, strict: bool = False) -> Image.Image:
+    """Decode .odp bytes to a PIL image (RGB; L for a greyscale file), using at most `tokens` tokens per tile.
 
-    A file cut short decodes from its complete layers, with an odp.OdpWarning. The model is found by the
+    A file cut short, or with a damaged layer, decodes from the whole layers before, with an
+    odp.OdpWarning (`strict=True`: odp.FormatError instead). The model is found by the
     weights hash in the file; odp.ModelNotFound names it when it is not installed. Images of more than
-    `max_pixels` (default $ODP_MAX_PIXELS or 2**28) are refused before any is allocated.
+    `max_pixels` (default $ODP_MAX_PIXELS or 2**28) are refused before any is allocated. `progress`:
+    a callable told `("decoding", done, total)` tiles after every batch through the network.
     """
     from .codec import coding
     from .codec.options import DEVICES
@@ -288,7 +293,8 @@ def decode(data: bytes, tokens: int | None = None, device: str = "auto",
 
         raise OptionError(f"unknown device {device!r} (use auto, cpu or cuda)")
     limit = _count(max_pixels, "max_pixels") if max_pixels is not None else -1  # -1: $ODP_MAX_PIXELS or 2**28
-    return coding.decode(_data(data, "decode"), tokens=_count(tokens, "tokens"), device=device, max_pixels=limit)
+    return coding.decode(_data(data, "decode"), tokens=_count(tokens, "tokens"), device=device, max_pixels=limit,
+                         progress=progress, strict=bool(strict))
 
 
 def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None,  # noqa: A002
@@ -338,7 +344,7 @@ def verify(data: bytes, whole: bool = True) -> None:
     if whole:
         stream.verify(_data(data, "verify"))
     else:
-        stream.read_tokens(_data(data, "verify"))
+        stream.read_tokens(_data(data, "verify"), intact=True)
 
 
 def model_info(name: str | None = None) -> ModelInfo:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -72,6 +73,32 @@ def _show_warnings(caught: list[warnings.WarningMessage], what: str, quiet: bool
             click.echo(f"odp: warning: {what}: {w.message}", err=True)
 
 
+class TileBar:
+    """A tqdm bar over the tiles of one image's current network pass (odp.encode/decode's `progress`),
+    on a terminal only: a 24-MP photo takes minutes each way on a CPU. Nothing on a pipe or with --quiet."""
+
+    def __init__(self, name: str, quiet: bool):
+        self.name, self.bar, self.pass_ = name, None, None
+        self.on = not quiet and sys.stderr.isatty()
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if not self.on:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="tile", leave=False, file=sys.stderr, mininterval=0)  # batches are slow
+        if (what, total) != self.pass_ or done < self.bar.n:  # a new pass over the tiles
+            self.pass_ = (what, total)
+            self.bar.reset(total=total)
+            self.bar.set_description(f"{self.name}: {what}")
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 MAX_INPUT_BYTES = 2 << 30  # refuse to slurp endless streams such as /dev/zero
 
 
@@ -96,6 +123,24 @@ def check_output(path: str, force: bool) -> None:
         raise UserError(f"{path}: is a directory")
     if Path(path).exists() and not force:
         raise UserError(f"{path}: already exists (use --force to overwrite)")
+    if not os.access(Path(path).parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: folder {Path(path).parent} is not writable")
+
+
+def check_input(path: str) -> None:
+    """Refuse an input that is not there, before any work (a number where a file should be is most
+    likely a value given to a flag that takes none)."""
+    if path == STDIO or Path(path).is_file():
+        return
+    if not Path(path).exists():
+        hint = ""
+        try:
+            float(path)
+            hint = f" (a number: --quiet takes no value; for a quality use -q {path})"
+        except ValueError:
+            pass
+        raise UserError(f"{path}: no such file{hint}")
+    raise UserError(f"{path}: is a directory" if Path(path).is_dir() else f"{path}: not a regular file")
 
 
 def write_output(path: str, data: bytes | None, force: bool, save=None) -> None:
@@ -126,7 +171,7 @@ def main() -> None:
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="Where the neural network runs; the file format is the same either way.")
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="No warnings or progress, only errors.")
+quiet_option = click.option("--quiet", is_flag=True, help="No warnings or progress, only errors (-q is --quality).")
 max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=None,
                                  help="Refuse images of more pixels (decompression-bomb guard; "
                                       "default $ODP_MAX_PIXELS or 2^28).")
@@ -174,7 +219,7 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
               help="Tokens kept per 256x256 tile, on average (default: all).")
 @click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Largest file that fits this many bytes.")
 @click.option("--bpp", type=float, help="Largest file within this many bits per pixel.")
-@click.option("--quality", type=float,
+@click.option("-q", "--quality", type=float,
               help="1..100, like cwebp's -q: a budget of 0.002 bpp (1) to 0.08 bpp (100) on a log scale "
                    "(at least 1 token per tile).")
 @click.option("--psnr", type=float, help="Smallest file whose decoded image reaches this PSNR (dB).")
@@ -229,29 +274,33 @@ def _encode_all(inputs, output, many, force, quiet, verbose, options) -> int:
 
     failed = 0
     claimed: dict[str, str] = {}
-    jobs = []  # (input, output, the error that stops it before any work, or None)
+    jobs = []  # (input, output) of the inputs that pass every check that needs no work
     for src in inputs:
         try:
             dst = _out_path(src, output, many, ".odp")
             if dst != STDIO and dst in claimed:
                 raise UserError(f"{src}: its output {dst} is already the output of {claimed[dst]}")
             claimed[dst] = src
+            check_input(src)
             check_output(dst, force)
-            jobs.append((src, dst, None))
+            jobs.append((src, dst))
         except UserError as e:
             if not many:
                 raise
-            jobs.append((src, None, e))
-    bar = tqdm(jobs, unit="image", disable=quiet or not many, file=sys.stderr)
-    for src, dst, problem in bar:
+            failed += 1  # said now, before hours of work on the others
+            click.echo(f"odp: error: {e.message}", err=True)
+    bar = tqdm(jobs, unit="image", disable=quiet or not many or not sys.stderr.isatty(), file=sys.stderr)
+    for src, dst in bar:
         try:
-            if problem is not None:
-                raise problem
             check_output(dst, force)  # again: an earlier input's output may have taken the name
             with user_errors(src), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 im = Image.open(io.BytesIO(read_input(src)))
-                data = odp.encode(im, options=options)
+                tiles = TileBar(Path(src).name, quiet)
+                try:
+                    data = odp.encode(im, options=options, progress=tiles)
+                finally:
+                    tiles.close()
             _show_warnings(caught, src, quiet)
             with user_errors(dst):
                 write_output(dst, data, force)
@@ -277,8 +326,10 @@ def _encode_all(inputs, output, many, force, quiet, verbose, options) -> int:
 @device_option
 @force_option
 @quiet_option
+@click.option("--strict", is_flag=True, help="Exit 1 unless the file is whole (default: a file cut short or "
+                                            "with a damaged layer decodes from the layers before, with a warning).")
 @max_pixels_option
-def decode(input, output, tokens, device, force, quiet, max_pixels):
+def decode(input, output, tokens, device, force, quiet, strict, max_pixels):
     """Decode an .odp file to PNG or any format Pillow writes."""
     from PIL import Image
 
@@ -295,7 +346,12 @@ def decode(input, output, tokens, device, force, quiet, max_pixels):
         check_output(dst, force)
     with user_errors(input), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        im = odp.decode(read_input(input), tokens=tokens, device=device, max_pixels=max_pixels)
+        tiles = TileBar(Path(input).name, quiet)
+        try:
+            im = odp.decode(read_input(input), tokens=tokens, device=device, max_pixels=max_pixels, progress=tiles,
+                            strict=strict)
+        finally:
+            tiles.close()
     _show_warnings(caught, input, quiet)
     extra = {k: v for k, v in (("icc_profile", im.info.get("icc_profile")), ("exif", im.info.get("exif"))) if v}
     with user_errors(dst):
@@ -399,7 +455,7 @@ def info(input, as_json, verify):
               help="Also write a Markdown results page with the plots here (e.g. docs/results.md).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Images measured at once, each in its own process with its share of the CPU threads.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, report, jobs, quiet):
     """Rate-distortion and speed of ODP against JPEG, WebP, AVIF (JPEG XL) on a folder of images."""
     from ..codec.evaluation import bench as bench_mod

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..formats import container
+from ..formats.container import FormatError
 from . import registry, stream, weights
 from .engine import Engine
 from .errors import OdpWarning, OptionError
@@ -21,18 +22,18 @@ from .ratecontrol import ScaleLadder, best_within, encode_at, first_within, leas
 from .weights import Model
 
 
-def engine_for(options: EncodeOptions, model: Model | None = None) -> Engine:
-    return Engine(model or weights.load(), options.device, options.batch)
+def engine_for(options: EncodeOptions, model: Model | None = None, progress=None) -> Engine:
+    return Engine(model or weights.load(), options.device, options.batch, progress)
 
 
 def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model: Model | None = None,
-           engine: Engine | None = None) -> bytes:
+           engine: Engine | None = None, progress=None) -> bytes:
     """Encode a Pillow image to .odp bytes as `options` say (see EncodeOptions). Images over the pixel
-    limit are refused before their pixels are decoded."""
+    limit are refused before their pixels are decoded. `progress`: see Engine."""
     check_pixels(im.width, im.height, options.max_pixels)
     check_budget(im.width, im.height, options,
                  engine.model.entry if engine else model.entry if model else registry.find())
-    engine = engine or engine_for(options, model)
+    engine = engine or engine_for(options, model, progress)
     p = prepare(im, options.metadata)
     height, width = p.pixels.shape[:2]
     target, scale, tokens = options.target, options.scale, options.tokens
@@ -110,20 +111,25 @@ def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions()
 
 
 def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
-                  max_pixels: int | None = container.FROM_ENV) -> tuple[np.ndarray, container.Header]:
-    """.odp bytes -> ((H, W, 3) uint8 at the display size, header), using at most `tokens` per tile on average."""
-    c, entry, toks, counts = stream.read_tokens(data, tokens, max_pixels)
+                  max_pixels: int | None = container.FROM_ENV, progress=None,
+                  strict: bool = False) -> tuple[np.ndarray, container.Header]:
+    """.odp bytes -> ((H, W, 3) uint8 at the display size, header), using at most `tokens` per tile on average.
+    A file cut short or with a damaged layer decodes from the layers before (with an OdpWarning), unless
+    `strict`: then it is a FormatError."""
+    c, entry, toks, counts = stream.read_tokens(data, tokens, max_pixels, intact=strict)
+    if strict and not c.complete:
+        raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")
     h = c.header
-    engine = Engine(weights.for_entry(entry), device, batch)
+    engine = Engine(weights.for_entry(entry), device, batch, progress)
     return resize(engine.decode(toks, h.width, h.height, counts), h.display_size), h
 
 
 def decode(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
-           max_pixels: int | None = container.FROM_ENV) -> Image.Image:
+           max_pixels: int | None = container.FROM_ENV, progress=None, strict: bool = False) -> Image.Image:
     """.odp bytes -> Pillow image (RGB, or L for a greyscale file), using at most `tokens` tokens per tile
     on average; refuses images over `max_pixels` (default $ODP_MAX_PIXELS or container.DEFAULT_MAX_PIXELS)
     before allocating them."""
-    pixels, h = decode_pixels(data, tokens, device, batch, max_pixels)
+    pixels, h = decode_pixels(data, tokens, device, batch, max_pixels, progress, strict)
     im = Image.fromarray(gray_of(pixels), "L") if h.gray else Image.fromarray(pixels, "RGB")
     if h.icc:
         im.info["icc_profile"] = h.icc

@@ -35,20 +35,33 @@ def _to_pixels(y: torch.Tensor) -> np.ndarray:
 
 
 class Engine:
-    """A model's tokenizer on a device ("auto": CUDA when torch sees a GPU), `batch` tiles per call."""
+    """A model's tokenizer on a device ("auto": CUDA when torch sees a GPU), `batch` tiles per call.
 
-    def __init__(self, model: Model, device: str = "auto", batch: int | None = None):
+    `progress(what, done, total)`, if set, hears after every batch how far the current pass over
+    tiles has gone ("encoding", "decoding", or "scoring" for the allocation's trial decodes): a
+    24-MP photo takes minutes on a CPU, and the command line shows a bar."""
+
+    def __init__(self, model: Model, device: str = "auto", batch: int | None = None, progress=None):
         self.model = model
         self.device = pick_device(device)
         self.batch = batch or default_batch(self.device)
         self.tile = model.config.tile
         self.net = model.tokenizer.to(self.device)
+        self.progress = progress
+
+    def _report(self, what: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(what, done, total)
 
     @torch.inference_mode()
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> tokens (tiles, K) int32, tile by tile in batches."""
-        out = [self.net.encode(_to_model(tiles, self.device)).cpu().numpy().astype(np.int32)
-               for tiles in tiling.iter_tile_batches(pixels, self.tile, self.batch)]
+        cols, rows = tiling.grid(pixels.shape[1], pixels.shape[0], self.tile)
+        out, done = [], 0
+        for tiles in tiling.iter_tile_batches(pixels, self.tile, self.batch):
+            out.append(self.net.encode(_to_model(tiles, self.device)).cpu().numpy().astype(np.int32))
+            done += len(tiles)
+            self._report("encoding", done, cols * rows)
         return np.concatenate(out)
 
     @torch.inference_mode()
@@ -77,6 +90,7 @@ class Engine:
         Tiles with equal counts go through the network together, given exactly their tokens."""
         counts = np.full(len(tokens), tokens.shape[1]) if counts is None else np.asarray(counts)
         canvas = np.empty((height, width, 3), np.uint8)
+        done = 0
         for k in np.unique(counts):
             rows = np.flatnonzero(counts == k)
             for i in range(0, len(rows), self.batch):
@@ -85,6 +99,8 @@ class Engine:
                 tiles = _to_pixels(self.net.decode(ids))
                 for j, t in enumerate(sel):
                     tiling.place_tiles(canvas, tiles[j:j + 1], int(t), self.tile)
+                done += len(sel)
+                self._report("decoding", done, len(counts))
         tiling.deblock(canvas, self.tile)
         return canvas
 
@@ -102,4 +118,5 @@ class Engine:
                 y0, x0 = r * self.tile, c * self.tile
                 y1, x1 = min(h, y0 + self.tile), min(w, x0 + self.tile)
                 out[i + j] = ((y[j, :y1 - y0, :x1 - x0] - pixels[y0:y1, x0:x1]) ** 2).sum()
+            self._report("scoring", i + len(sel), len(tiles))
         return out

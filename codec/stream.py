@@ -123,11 +123,15 @@ def level_for_tokens(h: Header, tokens: int, top: int) -> int:
 
 
 def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None = container.FROM_ENV,
-                strict: bool = False, level: int | None = None) -> tuple[Container, Entry, np.ndarray, np.ndarray]:
+                strict: bool = False, level: int | None = None,
+                intact: bool = False) -> tuple[Container, Entry, np.ndarray, np.ndarray]:
     """Entropy-decode a file -> (container, model entry, tokens (tiles, K), counts per tile); no network runs.
     With `tokens`, decode only up to the level keeping at most that many per tile on average; with
-    `level`, up to that level. `strict` also refuses a layer that is not exactly the coding of its
-    tokens (see verify)."""
+    `level`, up to that level. A damaged layer (one that does not decode to tokens passing its check)
+    ends the file there, as a cut would: the layers before it are kept, the container is marked
+    incomplete and an OdpWarning says what was lost; the first layer damaged, or any with `intact`,
+    raises FormatError instead. `strict` also refuses a layer that is not exactly the coding of its tokens
+    (see verify)."""
     c, model, entropy = open_container(data, max_pixels)
     h = c.header
     if level is None:
@@ -140,7 +144,14 @@ def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None =
         try:
             coder.decode_layer(layer.data, toks, before, after, entropy, layer.check, strict)
         except coder.EntropyError as e:
-            raise FormatError(f"payload layer {i} does not decode (the file is corrupt): {e}") from None
+            if i == 0 or intact:
+                raise FormatError(f"payload layer {i} does not decode (the file is corrupt): {e}") from None
+            n = len(c.layers)
+            c.layers, c.complete = c.layers[:i], False  # toks past these layers' counts are never used
+            level = min(level, c.level)
+            warnings.warn(f"payload layer {i} of {n} is damaged: decoding the {i} layers before it "
+                          f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
+            break
         before = after
         if layer.level >= level:
             break
@@ -152,7 +163,7 @@ def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
     that pass their checks, and exactly the range coding of those tokens. No network runs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OdpWarning)
-        c, _, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True)
+        c, _, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True, intact=True)
     if not c.complete:
         raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")
 
@@ -176,6 +187,7 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
     else:
         need = c.level
     c, model, toks, _ = read_tokens(data, level=need)
+    need = min(need, c.level)  # a damaged layer ends the file: nothing past it is kept
     h = replace(c.header, model_id=c.header.model_id[:container.MODEL_ID_BYTES], model_name="",
                 version=container.VERSION)
     entropy = model.entropy(h.entropy_model)

@@ -106,7 +106,7 @@ def bench_run(tmp_path_factory):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path_factory.mktemp("results")
     r = CliRunner().invoke(main, ["bench", str(folder), "--out", str(out), "--budgets", "0.05,0.2",
-                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "1", "-q",
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "1", "--quiet",
                                   "--report", str(out / "results.md")])
     return r, out
 
@@ -194,7 +194,7 @@ def test_bench_resumes_from_its_cache_part_by_part(bench_run):
     before = json.loads((out / "points.json").read_text())["points"]
     folder = json.loads((out / "points.json").read_text())["settings"]["folder"]
     again = CliRunner().invoke(main, ["bench", folder, "--out", str(out), "--budgets", "0.05,0.2",
-                                      "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "-q"])
+                                      "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "--quiet"])
     assert again.exit_code == 0, again.output
     assert sorted((out / "cache").glob("*.json")) == cached
     assert {p: p.stat().st_mtime_ns for p in classic_files} == classic_files
@@ -209,7 +209,7 @@ def test_bench_odp_alone(bench_run):
     cached = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json")}
     folder = json.loads((out / "points.json").read_text())["settings"]["folder"]
     r = CliRunner().invoke(main, ["bench", folder, "--out", str(out), "--budgets", "0.05,0.2",
-                                  "--metrics", "psnr,ms-ssim", "--codecs", "none", "--speed-images", "0", "-q"])
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "none", "--speed-images", "0", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "| 0.05 | odp uniform |" in r.output and "jpeg" not in r.output and "classic hull" not in r.output
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json")} == cached
@@ -265,7 +265,7 @@ def test_bench_jobs_measure_the_same_points_in_parallel(bench_run, tmp_path):
     doc = json.loads((out / "points.json").read_text())
     folder = Path(doc["settings"]["folder"])
     r = CliRunner().invoke(main, ["bench", str(folder), "--out", str(tmp_path / "o"), "--budgets", "0.05,0.2",
-                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "-q",
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "--quiet",
                                   "--jobs", "2"])
     assert r.exit_code == 0, r.output
     key = lambda p: (p["image"], p["codec"], p["scale"], p["setting"], p["bytes"])  # noqa: E731
@@ -280,6 +280,6 @@ def test_bench_jobs_measure_the_same_points_in_parallel(bench_run, tmp_path):
     shutil.copy(folder / "astronaut-320x240.png", renamed / "a-copy.png")
     cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "cache").glob("*.json")}
     r = CliRunner().invoke(main, ["bench", str(renamed), "--out", str(tmp_path / "o"), "--budgets", "0.05,0.2",
-                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "-q"])
+                                  "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "--quiet"])
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "cache").glob("*.json")} == cached

@@ -68,7 +68,7 @@ def test_bench_runs(binary, tmp_path):
     photos.mkdir()
     Image.open(PHOTO).save(photos / "a.png")
     md = run([binary, "bench", photos, "--out", tmp_path / "results", "--metrics", "psnr,ms-ssim",
-              "--codecs", "jpeg", "--budgets", "0.1", "--speed-images", "0", "-q"]).stdout
+              "--codecs", "jpeg", "--budgets", "0.1", "--speed-images", "0", "--quiet"]).stdout
     assert "jpeg" in md.lower() and (tmp_path / "results" / "points.json").is_file()
 
 

@@ -107,6 +107,8 @@ def test_encode_options(png, tmp_path, small_odp):
     assert "bpp" in r.stderr and "p.odp" in r.stderr
     assert_ok(odp("encode", png, "-o", tmp_path / "q.odp", "--quality", "1"))  # below 1 token: 1 token
     assert len((tmp_path / "q.odp").read_bytes()) == len(stream.truncate(small_odp, tokens=1))
+    assert_ok(odp("encode", png, "-o", tmp_path / "q1.odp", "-q", "1"))  # -q is the quality, as in cwebp
+    assert (tmp_path / "q1.odp").read_bytes() == (tmp_path / "q.odp").read_bytes()
     assert_ok(odp("encode", png, "-o", tmp_path / "p.odp", "--psnr", "12", "--force"))
     assert container.read((tmp_path / "p.odp").read_bytes()).kept < 256
 
@@ -282,7 +284,7 @@ def test_decode_cut_file_warns(tmp_path, small_odp):
     assert r.stderr.startswith("odp: warning:") and "cut short" in r.stderr
     expected = coding.decode(small_odp, tokens=whole, device="cpu")
     assert Image.open(tmp_path / "cut.png").tobytes() == expected.tobytes()
-    r = odp("truncate", cut, "-o", tmp_path / "fixed.odp", "-t", "256", "-q")
+    r = odp("truncate", cut, "-o", tmp_path / "fixed.odp", "-t", "256", "--quiet")
     assert_ok(r)
     assert r.stderr == ""
     assert (tmp_path / "fixed.odp").read_bytes() == stream.truncate(small_odp, tokens=whole)
@@ -297,7 +299,7 @@ def test_transparent_input_warns(tmp_path, small_photo):
     r = odp("encode", tmp_path / "t.png", "-t", "4")
     assert_ok(r)
     assert r.stderr.startswith("odp: warning:") and "alpha" in r.stderr
-    r = odp("encode", tmp_path / "t.png", "-t", "4", "-o", tmp_path / "q.odp", "-q")
+    r = odp("encode", tmp_path / "t.png", "-t", "4", "-o", tmp_path / "q.odp", "--quiet")
     assert_ok(r)
     assert r.stderr == ""
 
@@ -365,6 +367,47 @@ def test_output_folder_missing(png, tmp_path):
     assert_clean_error(odp("encode", png, "-o", tmp_path / "nowhere" / "a.odp"), contains="does not exist")
 
 
+def test_quiet_is_long_only_and_a_number_after_it_is_explained(png, tmp_path):
+    (tmp_path / "out").mkdir()
+    r = odp("encode", png, "--quiet", "50", "-t", "4", "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[0] == ("odp: error: 50: no such file (a number: --quiet takes no value; "
+                                        "for a quality use -q 50)")
+    assert (tmp_path / "out" / "a.odp").is_file()  # the real input is still encoded
+    assert "-q, --quality" in odp("encode", "--help").output
+
+
+def test_unwritable_output_folder_is_checked_before_the_work(png, tmp_path, monkeypatch):
+    """As root, permissions do not stop a write: os.access is what check_output asks, so ask it here."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real(p, mode))
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(coding, "encode", lambda *a, **k: pytest.fail("encoded"))
+    assert_clean_error(odp("encode", png, "-o", tmp_path / "ro" / "a.odp"),
+                       contains=f"folder {tmp_path / 'ro'} is not writable")
+    assert_clean_error(odp("decode", png, "-o", tmp_path / "ro" / "a.png"), contains="is not writable")
+
+
+def test_tile_progress_on_a_terminal_only(monkeypatch):
+    """A bar per pass over the tiles on a TTY, named after the file; nothing on a pipe or with --quiet."""
+    from odp.cli.main import TileBar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream_, quiet, shown in ((Tty(), False, True), (Tty(), True, False), (io.StringIO(), False, False)):
+        monkeypatch.setattr(sys, "stderr", stream_)
+        bar = TileBar("photo.jpg", quiet)
+        for what in ("encoding", "scoring"):
+            for done in (4, 8, 12):
+                bar(what, done, 12)
+        bar.close()
+        out = stream_.getvalue()
+        assert ("photo.jpg: encoding" in out and "photo.jpg: scoring" in out and "12/12" in out) == shown
+        assert bool(out) == shown
+
+
 # --------------------------------------------------------------------------- several inputs
 
 
@@ -373,7 +416,7 @@ def test_several_inputs_into_a_folder(tmp_path, small_photo):
     for i, n in enumerate(names):
         small_photo.rotate(90 * i, expand=True).save(tmp_path / f"{n}.png")
     (tmp_path / "out").mkdir()
-    r = odp("encode", *[tmp_path / f"{n}.png" for n in names], "-o", tmp_path / "out", "-t", "8", "-q")
+    r = odp("encode", *[tmp_path / f"{n}.png" for n in names], "-o", tmp_path / "out", "-t", "8", "--quiet")
     assert_ok(r)
     for i, n in enumerate(names):
         h = container.read((tmp_path / "out" / f"{n}.odp").read_bytes()).header
@@ -387,15 +430,15 @@ def test_batch_with_a_bad_input_continues(tmp_path, small_photo):
     (tmp_path / "bad.png").write_bytes(b"this is not a picture")
     small_photo.save(tmp_path / "good2.jpg")
     r = odp("encode", tmp_path / "good1.png", tmp_path / "bad.png", tmp_path / "missing.png",
-            tmp_path / "good2.jpg", "-t", "4", "-q")
+            tmp_path / "good2.jpg", "-t", "4", "--quiet")
     assert r.exit_code == 1
     assert r.exception is None or isinstance(r.exception, SystemExit)
     assert "Traceback" not in r.output
     assert (tmp_path / "good1.odp").is_file() and (tmp_path / "good2.odp").is_file()
     assert not (tmp_path / "bad.odp").exists() and not (tmp_path / "missing.odp").exists()
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("odp: error:")]
+    assert "missing.png" in errors[0] and "no such file" in errors[0]  # said before any work
     assert any("bad.png" in e and "not an image" in e for e in errors)
-    assert any("missing.png" in e and "no such file" in e for e in errors)
     assert errors[-1] == "odp: error: 2 of 4 inputs failed"
     assert parts(tmp_path) == []
 
@@ -524,10 +567,12 @@ def test_corruptions_are_what_they_say(small_odp):
 def test_corrupt_file_gives_one_clean_line(kind, tmp_path, small_odp):
     bad = tmp_path / "bad.odp"
     bad.write_bytes(corruptions(small_odp)[kind])
-    msgs = [assert_clean_error(odp("decode", bad)),
+    msgs = [assert_clean_error(odp("decode", bad, "--strict")),
             assert_clean_error(odp("info", bad, "--verify")),
-            assert_clean_error(odp("info", bad, "--json", "--verify")),
-            assert_clean_error(odp("truncate", bad, "-o", tmp_path / "t.odp", "--bytes", "1000000"))]
+            assert_clean_error(odp("info", bad, "--json", "--verify"))]
+    if kind != "middle layer":  # a damaged later layer costs only itself and those after: see below
+        msgs += [assert_clean_error(odp("decode", bad)),
+                 assert_clean_error(odp("truncate", bad, "-o", tmp_path / "t.odp", "--bytes", "1000000"))]
     assert all(str(bad) in m for m in msgs)
     assert all(EXPECTED.get(kind, "") in m for m in msgs), msgs
     if kind == "foreign model":
@@ -535,18 +580,33 @@ def test_corrupt_file_gives_one_clean_line(kind, tmp_path, small_odp):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.odp"]  # no output, no .part
 
 
-def test_corrupt_layer_is_named(tmp_path, small_odp):
-    """No byte CRC in version 2: a flipped byte shows as the layer's tokens failing their check, and
-    the error names that layer. Truncation checks the layers it keeps (here all of them); cutting
-    before a damaged layer gives the same file as cutting the intact one (test_coding)."""
+def test_a_damaged_layer_costs_only_itself_and_those_after(tmp_path, small_odp):
+    """No byte CRC in version 2: a flipped byte shows as the layer's tokens failing their check. Like a
+    download cut short, the layers before it decode (one warning naming the loss, exit 0); --strict and
+    info --verify refuse the file, naming the layer; the first layer damaged leaves nothing to show."""
     spans = helpers.layer_spans(small_odp)
-    for i in (1, len(spans) // 2, len(spans) - 1):
+    levels = [x.level for x in container.read(small_odp).layers]
+    for i in (0, 1, len(spans) // 2, len(spans) - 1):
         bad = tmp_path / "bad.odp"
         bad.write_bytes(helpers.flip(small_odp, high_byte(spans[i])))
-        for cmd in (["decode", bad], ["info", bad, "--verify"],
-                    ["truncate", bad, "-o", tmp_path / "t.odp", "--bytes", "1000000"]):
+        for cmd in (["decode", bad, "--strict", "-o", tmp_path / "s.png"], ["info", bad, "--verify"]):
             assert_clean_error(odp(*cmd), contains=f"payload layer {i} does not decode")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.odp"]
+        assert not (tmp_path / "s.png").exists()
+        if i == 0:
+            assert_clean_error(odp("decode", bad, "-o", tmp_path / "d.png"), contains="payload layer 0 does not decode")
+            continue
+        r = odp("decode", bad, "-o", tmp_path / "d.png", "-f")
+        assert_ok(r)
+        assert r.stderr.strip().splitlines() == [
+            f"odp: warning: {bad}: payload layer {i} of {len(spans)} is damaged: decoding the {i} layers "
+            f"before it ({r.stderr.split('(')[1].split(' tokens')[0]} tokens per tile on average)"]
+        expected = coding.decode(stream.truncate(small_odp, level=levels[i - 1]), device="cpu")
+        assert Image.open(tmp_path / "d.png").tobytes() == expected.tobytes()
+        r = odp("truncate", bad, "-o", tmp_path / "t.odp", "--bytes", "1000000", "-f")
+        assert_ok(r)
+        assert "is damaged" in r.stderr
+        assert (tmp_path / "t.odp").read_bytes() == stream.truncate(small_odp, level=levels[i - 1])
+        assert_ok(odp("decode", bad, "-o", tmp_path / "d.png", "-f", "--quiet"))
 
 
 def test_every_short_prefix_gives_one_clean_line(tmp_path, small_odp):

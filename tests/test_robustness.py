@@ -249,7 +249,7 @@ def test_batch_into_a_folder_reports_the_bad_one(tmp_path, small_photo):
     small_photo.rotate(90, expand=True).save(tmp_path / "c.png")
     (tmp_path / "outdir").mkdir()
     r = odp("encode", tmp_path / "a.png", tmp_path / "bad.png", tmp_path / "c.png", "-o", tmp_path / "outdir",
-            "-t", "4", "-q")
+            "-t", "4", "--quiet")
     assert r.exit_code == 1 and "Traceback" not in r.output
     errors = r.stderr.strip().splitlines()
     assert len(errors) == 2 and "bad.png" in errors[0] and errors[1] == "odp: error: 1 of 3 inputs failed"
