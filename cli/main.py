@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,7 +63,7 @@ def user_errors(what: str):
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a broken input can make a library fail in any way: still one line
-        raise UserError(f"{what}: cannot be processed ({type(e).__name__}: {one_line(e) if str(e) else ''})") from None
+        raise UserError(f"{what}: cannot be processed ({one_line(e)})") from None
 
 
 def _show_warnings(caught: list[warnings.WarningMessage], what: str, quiet: bool) -> None:
@@ -179,19 +180,80 @@ max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default
 
 @contextmanager
 def pillow_limit(max_pixels: int | None):
-    """Set Pillow's own bomb guard (it refuses over twice MAX_IMAGE_PIXELS) to ours while encoding,
-    so that --max-pixels governs input images too, then put Pillow's value back."""
+    """Our pixel limit, not Pillow's, while input images are read: Pillow's own bomb guard (an error
+    only past twice Image.MAX_IMAGE_PIXELS, in its own words) is off, and read_image checks ours from
+    the image's header before any pixel is decoded. Pillow's value is put back afterwards."""
     from PIL import Image
 
     import odp
 
-    old = Image.MAX_IMAGE_PIXELS
     with user_errors("--max-pixels"):
-        Image.MAX_IMAGE_PIXELS = odp.pixel_limit(max_pixels)
+        limit = odp.pixel_limit(max_pixels)
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        yield Image.MAX_IMAGE_PIXELS
+        yield limit
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+@contextmanager
+def library_stderr():
+    """Capture what C libraries (libtiff above all) write straight to file descriptor 2 while Pillow
+    reads, so that a damaged file still gives one line; yields a function giving the lines so far."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        def said() -> list[str]:
+            tmp.seek(0)
+            return [x.strip() for x in tmp.read().decode("utf-8", "replace").splitlines() if x.strip()]
+
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def read_image(src: str, limit: int | None):
+    """Open and decode an input image in one line of error at most: the pixel limit checked from its
+    header first, a damaged file named by its format with the reason its decoder gave."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..codec.errors import printable
+
+    raw = read_input(src)
+    with library_stderr() as said:
+        try:
+            im = Image.open(io.BytesIO(raw))
+        except UnidentifiedImageError:
+            raise UserError(f"{src}: not an image Pillow can read") from None
+        except Exception as e:  # a header Pillow recognises but cannot parse
+            raise UserError(f"{src}: damaged image file: {printable(_reason(e, said()))}") from None
+        if limit is not None and im.width * im.height > limit:
+            raise UserError(f"{src}: image of {im.width}x{im.height} pixels exceeds the limit of {limit} pixels")
+        try:
+            im.load()
+        except MemoryError:
+            raise UserError(f"{src}: out of memory") from None
+        except Exception as e:
+            raise UserError(f"{src}: damaged {im.format or 'image'} file: {printable(_reason(e, said()))}") from None
+    return im
+
+
+def _reason(e: Exception, said: list[str]) -> str:
+    """The decoder's own words: Pillow's message, or what libtiff/libjpeg printed when Pillow says only
+    'decoder error -2'; never a Python exception name."""
+    from ..codec.errors import one_line
+
+    errors = [x for x in said if "warning" not in x.lower()]
+    text = str(e).splitlines()[0] if str(e) else ""
+    if errors and (not text or "decoder error" in text):
+        return errors[-1]
+    if isinstance(e, (OSError, ValueError, SyntaxError)) and text:
+        return one_line(e)
+    return "image file is truncated or malformed"
 
 
 def _metadata(value: str) -> tuple[str, ...]:
@@ -259,15 +321,14 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
         raise UserError(f"{output}: with several inputs, -o must be an existing folder")
     with user_errors("model"):
         odp.model_info()  # the shipped model is installed and whole, before any work
-    with pillow_limit(max_pixels):
-        failed = _encode_all(inputs, output, many, force, quiet, verbose, options)
+    with pillow_limit(max_pixels) as limit:
+        failed = _encode_all(inputs, output, many, force, quiet, verbose, options, limit)
     if failed:
         raise UserError(f"{failed} of {len(inputs)} inputs failed")
 
 
-def _encode_all(inputs, output, many, force, quiet, verbose, options) -> int:
+def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> int:
     """Encode each input in turn; with several, report a bad one and go on. Returns how many failed."""
-    from PIL import Image
     from tqdm import tqdm
 
     import odp
@@ -295,7 +356,7 @@ def _encode_all(inputs, output, many, force, quiet, verbose, options) -> int:
             check_output(dst, force)  # again: an earlier input's output may have taken the name
             with user_errors(src), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                im = Image.open(io.BytesIO(read_input(src)))
+                im = read_image(src, limit)
                 tiles = TileBar(Path(src).name, quiet)
                 try:
                     data = odp.encode(im, options=options, progress=tiles)

@@ -50,13 +50,19 @@ def prepare(im: Image.Image, keep: tuple[str, ...] = ()) -> Prepared:
     exif.pop(0x0112, None)  # orientation is now applied to the pixels
     exif_bytes = exif.tobytes() if len(exif) else b""
 
+    clear = colour_key(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(im)  # integers: a float64 copy would take 8 bytes per pixel of a huge scan
         top = 65535 if im.mode.startswith("I;16") or a.max() > 255 else 255
         a = np.clip(a, 0, top).astype(np.uint32)
         im = Image.fromarray(((a * 255 + top // 2) // top).astype(np.uint8), "L")  # rounds as before: no ties
     elif im.mode == "F":
-        im = Image.fromarray(np.clip(np.round(np.asarray(im)), 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(float_to_8bit(np.asarray(im)), "L")
+    if clear is not None:  # what the colour key hid shows as the flattened background: white
+        warnings.warn("alpha channel dropped: transparent pixels were flattened onto white", OdpWarning)
+        a = np.array(im.convert("L"))
+        a[clear] = 255
+        im = Image.fromarray(a, "L")
     if im.mode in ("P", "L", "RGB") and "transparency" in im.info:  # palette or colour-key transparency
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -88,6 +94,31 @@ def gray_of(pixels: np.ndarray) -> np.ndarray:
     """Decoded (H, W, 3) uint8 of a greyscale file -> (H, W) uint8: the rounded mean of R, G, B
     (docs/format.md, flag bit 5)."""
     return ((pixels.astype(np.uint16).sum(2) + 1) // 3).astype(np.uint8)
+
+
+def colour_key(im: Image.Image) -> np.ndarray | None:
+    """The pixels a colour key (PNG tRNS) makes transparent in a 1-bit or 16/32-bit greyscale image,
+    which Pillow cannot convert to RGBA with it; None when it hides none (or there is none)."""
+    key = im.info.get("transparency")
+    if im.mode not in ("1", "I", "I;16", "I;16B", "I;16L", "I;16N") or not isinstance(key, int):
+        return None
+    mask = (np.asarray(im.convert("L")) if im.mode == "1" else np.asarray(im)) == key
+    return mask if mask.any() else None
+
+
+def float_to_8bit(a: np.ndarray) -> np.ndarray:
+    """A floating-point image to 0..255: values in 0..1 are taken as fractions of white, values in
+    0..255 as they are; any other range (scientific TIFFs, around -3..3) is stretched from its least
+    to its greatest value, with a warning, rather than clipped to black."""
+    finite = np.isfinite(a)
+    lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+    a = np.where(finite, a, lo)
+    if lo >= 0 and hi <= 1:
+        a = a * 255
+    elif not (lo >= 0 and hi <= 255):
+        warnings.warn(f"floating-point values {lo:.3g}..{hi:.3g} were scaled to 0..255", OdpWarning)
+        a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
 def rgb_array(im: Image.Image, rows: int = 256) -> np.ndarray:

@@ -29,6 +29,7 @@ MAGIC = b"\x89ODP"                  # both versions start so; v1 goes on with "\
 MAGIC_V1 = b"\x89ODP\r\n\x1a\n"
 VERSION = 2
 MIME_TYPE = "image/x-odp"
+ZIP_MAGIC = b"PK\x03\x04"          # OpenDocument presentations share the .odp extension
 
 # Entropy models by their byte in a version-2 header (docs/format.md keeps this table).
 ENTROPY_MODELS = {1: "pos-freq-v1", 2: "ctx16-v1"}
@@ -339,6 +340,8 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         if data.startswith(MAGIC) and len(data) > len(MAGIC):
             raise FormatError(f"ODP format version {data[4]} is not supported "
                               f"(this reader knows versions 1 and {VERSION})")
+        if data.startswith(ZIP_MAGIC):
+            raise FormatError("not an ODP image: a zip file, such as an OpenDocument presentation (also .odp)")
         raise FormatError("not an ODP file (wrong magic bytes)")
     if data.startswith(MAGIC_V1):
         return _read_v1(data, max_pixels)

@@ -16,7 +16,6 @@ import odp
 from odp.codec import coding, stream
 from odp.formats import container
 
-DATA = Path(__file__).parent / "data"
 
 
 def test_import_is_cheap():

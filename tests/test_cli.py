@@ -609,6 +609,43 @@ def test_a_damaged_layer_costs_only_itself_and_those_after(tmp_path, small_odp):
         assert_ok(odp("decode", bad, "-o", tmp_path / "d.png", "-f", "--quiet"))
 
 
+def test_a_damaged_tiff_is_one_line_in_libtiffs_words(tmp_path, small_photo, capfd):
+    """libtiff prints to file descriptor 2 and Pillow then says only 'decoder error -2'."""
+    buf = io.BytesIO()
+    small_photo.save(buf, "TIFF", compression="tiff_deflate")
+    bad = bytearray(buf.getvalue())
+    for i in range(16, len(bad) // 2):  # the deflate stream follows the 8-byte header
+        bad[i] ^= 0x5A
+    (tmp_path / "bad.tif").write_bytes(bytes(bad))
+    small_photo.save(tmp_path / "whole.tif")
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:5000])
+    line = assert_clean_error(odp("encode", tmp_path / "bad.tif"), contains="damaged TIFF file: ")
+    assert "Error" not in line.split("damaged TIFF file: ")[0] and "decoder error" not in line
+    assert capfd.readouterr().err == ""  # nothing from libtiff reached the terminal
+    assert_clean_error(odp("encode", tmp_path / "cut.tif"), contains="damaged TIFF file: image file is truncated")
+
+
+def test_the_pixel_limit_has_one_wording(tmp_path, small_photo, small_odp):
+    """Ours, from every entry point, even past twice the limit where Pillow's own guard would speak."""
+    small_photo.save(tmp_path / "a.png")  # 64x48 = 3072 pixels
+    for limit in (3071, 1000):  # over the limit, and over twice it
+        assert_clean_error(odp("encode", tmp_path / "a.png", "--max-pixels", limit),
+                           contains=f"image of 64x48 pixels exceeds the limit of {limit} pixels")
+    (tmp_path / "a.odp").write_bytes(small_odp)
+    assert_clean_error(odp("decode", tmp_path / "a.odp", "-o", tmp_path / "d.png", "--max-pixels", 1000),
+                       contains="image of 64x48 pixels exceeds the limit of 1000 pixels")
+    with pytest.raises(ValueError, match="image of 64x48 pixels exceeds the limit of 1000 pixels"):
+        import odp as api
+        api.encode(small_photo, options=api.EncodeOptions(max_pixels=1000))
+
+
+def test_an_opendocument_presentation_is_named_by_every_command(tmp_path):
+    deck = tmp_path / "slides.odp"
+    deck.write_bytes(b"PK\x03\x04" + bytes(60))
+    for cmd in (["decode", deck], ["info", deck], ["info", deck, "--verify"], ["truncate", deck, "-o", tmp_path / "t.odp", "-t", "4"]):
+        assert_clean_error(odp(*cmd), contains="OpenDocument presentation")
+
+
 def test_every_short_prefix_gives_one_clean_line(tmp_path, small_odp):
     first_chunk_end = helpers.layer_spans(small_odp)[0][1]
     bad = tmp_path / "short.odp"

@@ -443,10 +443,36 @@ def test_mode_i():
 
 
 def test_mode_f_and_1(small_photo):
-    f = np.linspace(-10, 300, 30 * 40).reshape(30, 40).astype(np.float32)
-    np.testing.assert_array_equal(prepared(Image.fromarray(f, "F"))[..., 0], np.clip(np.round(f), 0, 255))
+    f = np.linspace(0, 255, 30 * 40).reshape(30, 40).astype(np.float32)
+    np.testing.assert_array_equal(prepared(Image.fromarray(f, "F"))[..., 0], np.round(f))  # 0..255: as is
+    np.testing.assert_array_equal(prepared(Image.fromarray(f / 255, "F"))[..., 0], np.round(f))  # 0..1: of white
     bw = small_photo.convert("1")
     assert set(np.unique(prepared(bw))) <= {0, 255}
+
+
+def test_float_image_of_another_range_is_stretched_with_a_warning(small_photo):
+    """A scientific float TIFF (values around -3..3) used to come out nearly black."""
+    g = np.asarray(small_photo.convert("L")).astype(np.float32)
+    f = (g - 128) / 40  # about -3.2..3.2
+    buf = io.BytesIO()
+    Image.fromarray(f, "F").save(buf, "TIFF")
+    with pytest.warns(OdpWarning, match=r"floating-point values -3\.\d*\.\.3\.\d* were scaled to 0\.\.255"):
+        px = imaging.prepare(Image.open(io.BytesIO(buf.getvalue()))).pixels[..., 0].astype(int)
+    stretched = np.round((f - f.min()) * 255 / (f.max() - f.min()))
+    assert np.abs(px - stretched).max() <= 1 and px.min() == 0 and px.max() == 255
+
+
+@pytest.mark.parametrize("mode", ["1", "I;16"])
+def test_colour_key_transparency_of_grey_modes_warns_and_flattens(mode, small_photo):
+    """A PNG tRNS colour on a 1-bit or 16-bit grey image: the keyed pixels are transparent, as in RGBA."""
+    g = np.asarray(small_photo.convert("L"))
+    im = small_photo.convert("1") if mode == "1" else Image.fromarray(g.astype(np.uint16) * 257)
+    key = 0 if mode == "1" else 257 * int(g[0, 0])
+    png = Image.open(io.BytesIO(helpers.encode_bytes(im, "PNG", transparency=key)))
+    assert png.mode == mode and png.info["transparency"] == key
+    px = prepared(png, warn=True)
+    keyed = (np.asarray(png.convert("L")) if mode == "1" else np.asarray(png)) == key
+    assert keyed.any() and (px[keyed] == 255).all()
 
 
 def test_mode_cmyk(small_photo):

@@ -339,6 +339,7 @@ def test_wrong_magic():
         refused(bad, r"not an ODP file \(wrong magic bytes\)")
     assert container.is_odp(data) and not container.is_odp(data[:4])
     assert issubclass(FormatError, ValueError)
+    refused(b"PK\x03\x04" + bytes(40), "a zip file, such as an OpenDocument presentation")
 
 
 @pytest.mark.parametrize("version", [0, 1, 3, 16, 255])
