@@ -118,9 +118,19 @@ def test_bench_writes_every_output(bench_run):
                  "side_by_side.png", "plots/psnr.png", "plots/ms-ssim.png"):
         assert (out / name).is_file(), name
     assert "| 0.05 | odp |" in r.output and "classic hull" in r.output
+    assert r.output.startswith("ODP next to the codecs you know") and "| ODP bpp | WebP bpp |" in r.output
     assert Image.open(out / "plots/psnr.png").size[0] > 300
     page = (out / "results.md").read_text()
     assert "](plots/psnr.png)" in page and "](side_by_side.png)" in page and "| 0.2 | classic hull |" in page
+
+
+def test_readme_table_is_the_bench_output():
+    """The README's short table is what `odp bench` writes for the shipped results (docs/results)."""
+    rows = list(csv.DictReader(open(DATA.parents[1] / "docs" / "results" / "summary.csv")))
+    budgets = sorted({float(r["budget_bpp"]) for r in rows})
+    table = bench.known_codecs_markdown(rows, budgets, list(metrics.METRICS))
+    assert table in (DATA.parents[1] / "README.md").read_text()
+    assert "| 0.01 (491 B at 768×512) |" in table and "ODP's whole file |" in table
 
 
 def test_bench_points_respect_their_budgets(bench_run):

@@ -463,6 +463,39 @@ def markdown(summary, comparison, bd, metric_names, budgets) -> str:
     return "\n".join(lines)
 
 
+def known_codecs_markdown(summary: list[dict], budgets, metric_names) -> str:
+    """ODP next to WebP and AVIF (each at full size or downscaled, its best file within the budget) at
+    0.01 and 0.03 bpp and at the top of ODP's range (the first budget ODP's whole file stays under by
+    10% or more): the README's short table. Means over the images where the codec has a file (that
+    count when not all)."""
+    odp = {float(r["budget_bpp"]): float(r["mean_bpp"]) for r in summary if r["codec"] == "odp" and r["mean_bpp"]}
+    top = next((b for b in sorted(budgets) if odp.get(b, b) < 0.9 * b), max(budgets))
+    shown = [b for b in (0.01, 0.03) if b in budgets and b < top] + [top]
+    metrics_ = [m for m in ("lpips-alex", "dists", "psnr") if m in metric_names]
+    codecs = [c for c in ("odp", "webp+downscale", "avif+downscale") if any(r["codec"] == c for r in summary)]
+    names = {"odp": "ODP", "webp+downscale": "WebP", "avif+downscale": "AVIF"}
+    arrows = {"psnr": "PSNR dB ↑", "lpips-alex": "LPIPS-Alex ↓", "dists": "DISTS ↓"}
+    lines = ["| budget bpp | " + " | ".join(f"{names[c]} bpp" for c in codecs) + " | "
+             + " | ".join(f"{arrows[m]} " + " / ".join(names[c] for c in codecs) for m in metrics_) + " |",
+             "|---:|" + "---:|" * len(codecs) + "---|" * len(metrics_)]
+    for b in dict.fromkeys(shown):
+        rows = {c: next((r for r in summary if float(r["budget_bpp"]) == b and r["codec"] == c), None) for c in codecs}
+        most = max(int(r[f"{metrics_[0]}_images"] or 0) for r in rows.values() if r) if metrics_ else 0
+
+        def cell(r, key, fmt):
+            if r is None or r[key] in (None, ""):
+                return "none fits"
+            n = int(r[f"{key}_images"]) if f"{key}_images" in r else most
+            return format(float(r[key]), fmt) + ("" if n == most else f" ({n})")
+
+        label = f"{b} ({budget_bytes(b, 768, 512):,} B at 768×512)" + (
+            ", ODP's whole file" if b == top and top in odp and odp[top] < 0.9 * top else "")
+        lines.append(f"| {label} | " + " | ".join(cell(rows[c], "mean_bpp", ".4f") for c in codecs) + " | "
+                     + " | ".join(" / ".join(cell(rows[c], m, ".2f" if m == "psnr" else ".3f") for c in codecs)
+                                  for m in metrics_) + " |")
+    return "\n".join(lines)
+
+
 def entropy_markdown(stats: list[dict]) -> str:
     """Bits per token under each entropy model, and what adaptive allocation costs the encoder."""
     if not stats:
@@ -571,7 +604,9 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     (out / "points.json").write_text(json.dumps({"settings": meta, "points": points, "summary": summary,
                                                  "comparison": comparison, "bd_rate": bd, "speed": speed,
                                                  "odp_stats": odp_stats}, indent=1))
-    md = markdown(summary, comparison, bd, metric_names, budgets) + entropy_markdown(odp_stats)
+    md = ("ODP next to the codecs you know (WebP and AVIF at their best size, downscaled where that helps):\n\n"
+          + known_codecs_markdown(summary, budgets, metric_names) + "\n\n"
+          + markdown(summary, comparison, bd, metric_names, budgets) + entropy_markdown(odp_stats))
     if speed:
         md += "\n\nSpeed (median of 3 after a warm-up; peak memory above the idle process):\n\n"
         md += "| codec | setting | encode s/MP | decode s/MP | encode peak MB | decode peak MB |\n|---|---|---:|---:|---:|---:|\n"
