@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import DATA
 import torch
@@ -85,6 +87,35 @@ def test_stage_two_terms_and_frozen_encoder(tmp_path):
     ev = [r for r in log_lines(run) if "eval" in r][-1]
     assert 0 < ev["lpips_vgg@4"] < 1.5 and 0 < ev["lpips_vgg@16"] < 1.5  # the monitor reports the perceptual term
     assert (run / "disc.safetensors").is_file()
+
+
+def test_gpu_pack_and_partial_lpips(tmp_path):
+    """What a GPU run carries: photos of at most 0.25 MP with their names (so the same held-out split),
+    and LPIPS-VGG's first three layers in int8, close to the full metric's first three terms; a run
+    trains with it as its perceptual loss, logged as lpips_vgg3."""
+    from odp.codec.training import gpu
+
+    src = write_config(tmp_path, 2).parent / "photos"
+    out = tmp_path / "pack"
+    n = gpu.pack([str(src)], out)
+    packed = sorted((out / "photos").iterdir())
+    assert [p.stem for p in packed] == [p.stem for p in train.list_photos([str(src)])]
+    assert all(Image.open(p).width * Image.open(p).height <= gpu.MAX_AREA * 1.01 for p in packed)
+    assert n == sum(p.stat().st_size for p in packed) + (out / "lpips-vgg3.safetensors").stat().st_size < 2_500_000
+    part, full = gpu.PartialLPIPS(out / "lpips-vgg3.safetensors"), perceptual.get("vgg")
+    x = torch.from_numpy(np.asarray(Image.open(DATA / "astronaut-320x240.png").convert("RGB"))[:128, :128].copy())
+    x = x.permute(2, 0, 1)[None].float() / 255
+    y = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    fx, fy = full.embed(x), full.embed(y)
+    first3 = sum(torch.nn.functional.conv2d((a / a.norm(dim=1, keepdim=True) - b / b.norm(dim=1, keepdim=True)) ** 2,
+                                            w).mean() for a, b, w in zip(fx[:3], fy[:3], full.lins))
+    assert float(part(x, y)) == pytest.approx(float(first3), rel=0.02)  # int8 weights, same function
+    run = tmp_path / "run"
+    extra = (f"[loss]\nperceptual = 0.5\nperceptual_crop = 48\nfreeze_encoder = true\n"
+             f"perceptual_weights = \"{out / 'lpips-vgg3.safetensors'}\"\n")
+    train.main(["--config", str(write_config(tmp_path, 2, extra)), "--run", str(run), "--threads", "1"])
+    assert "lpips_vgg3" in [r for r in log_lines(run) if "loss" in r][0]
+    assert "lpips_vgg3@16" in [r for r in log_lines(run) if "eval" in r][-1]
 
 
 def test_init_from_shipped_weights(tmp_path, v1_model):

@@ -216,7 +216,8 @@ def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, layer: torch.Tensor) -
 
 
 @torch.no_grad()
-def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=None, judges: dict | None = None) -> dict:
+def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=None, judges: dict | None = None,
+             perc_key: str = "lpips_vgg") -> dict:
     """PSNR (and LPIPS-VGG when a perceptual loss is on, and each judge metric, e.g. DISTS, that is
     only ever measured) at several prefix lengths, and how much of the codebook the held-out tiles
     use (FSQ has no codebook vectors to die, but a collapsed code distribution shows here)."""
@@ -228,7 +229,7 @@ def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=Non
         out[f"psnr@{k}"] = round(psnr(y, tiles), 3)
         a, b = (y.clamp(-1, 1) + 1) / 2, (tiles + 1) / 2
         if lpips_vgg is not None:
-            out[f"lpips_vgg@{k}"] = round(lpips_vgg(a, b).mean().item(), 4)
+            out[f"{perc_key}@{k}"] = round(lpips_vgg(a, b).mean().item(), 4)
         for name, metric in (judges or {}).items():
             out[f"{JUDGE_KEYS.get(name, name)}@{k}"] = round(metric(a, b).mean().item(), 4)
     counts = torch.bincount(ids.flatten(), minlength=model.cfg.codebook_size).float()
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(tc["seed"])
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     snapshot = Path(args.snapshot) if args.snapshot else None
@@ -304,8 +307,12 @@ def main(argv: list[str] | None = None) -> None:
         step = 0
     if step:
         sampler.rng = np.random.default_rng(tc["seed"] + step)
-    lpips_vgg = None
-    if lc["perceptual"] > 0:
+    lpips_vgg, perc_key = None, "lpips_vgg"
+    if lc["perceptual"] > 0 and lc.get("perceptual_weights"):  # the compact partial LPIPS a GPU run carries
+        from .gpu import PartialLPIPS
+
+        lpips_vgg, perc_key = PartialLPIPS(lc["perceptual_weights"]).to(device), "lpips_vgg3"
+    elif lc["perceptual"] > 0:
         from ..evaluation.perceptual import get as get_metric
 
         lpips_vgg = get_metric("vgg", device)
@@ -319,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
 
         ref = load_shipped(args.monitor_only).tokenizer.to(device)
         print(json.dumps({"model": args.monitor_only, "eval": "held-out train crops",
-                          **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges)}))
+                          **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key)}))
         return
     disc_start = lc["adv_start"] if lc["disc_start"] is None else lc["disc_start"]
     last_layer = model.head.detail[-1].weight
@@ -345,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             a, b = random_crop_pair((y.clamp(-1, 1) + 1) / 2, (x + 1) / 2, lc["perceptual_crop"], crop_rng)
             perc = lpips_vgg(a, b).mean()
             loss = loss + lc["perceptual"] * perc
-            rec["lpips_vgg"] = round(perc.item(), 4)
+            rec[perc_key] = round(perc.item(), 4)
         adv_on = disc is not None and step >= lc["adv_start"]
         if adv_on:
             g_adv = -disc(y).mean()  # hinge generator loss
@@ -379,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
             log.flush()
         if step % tc["ckpt_every"] == 0 or step == tc["steps"]:
             rec = {"step": step, "eval": "held-out train crops",
-                   **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges), "wall_s": round(time.time() - t0, 1)}
+                   **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key),
+                   "wall_s": round(time.time() - t0, 1)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), file=sys.stderr)
