@@ -147,7 +147,9 @@ def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None =
             if i == 0 or intact:
                 raise FormatError(f"payload layer {i} does not decode (the file is corrupt): {e}") from None
             n = len(c.layers)
-            c.layers, c.complete = c.layers[:i], False  # toks past these layers' counts are never used
+            tile, pos, _ = coder.layer_order(before, after)
+            toks[tile, pos] = 0  # what the damaged layer decoded is not kept
+            c.layers, c.complete = c.layers[:i], False
             level = min(level, c.level)
             warnings.warn(f"payload layer {i} of {n} is damaged: decoding the {i} layers before it "
                           f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
