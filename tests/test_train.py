@@ -118,6 +118,18 @@ def test_gpu_pack_and_partial_lpips(tmp_path):
     assert "lpips_vgg3@16" in [r for r in log_lines(run) if "eval" in r][-1]
 
 
+def test_heldout_fine_tune_keeps_the_tokens():
+    """heldout.fine_tuned lays the committed decoder-only snapshot over its init: same encoder, so the
+    same tokens (the same bytes for both decoders), another decoder."""
+    from odp.codec.training import heldout
+
+    base = weights.load("odp-small-v2")
+    tuned = heldout.fine_tuned(base, Path(train.__file__).parent / "snapshots" / "odp-small-v3")
+    b, t = base.tokenizer.state_dict(), tuned.tokenizer.state_dict()
+    assert all(torch.equal(b[k], t[k]) for k in b if not k.startswith(train.DECODER_PREFIXES))
+    assert any(not torch.equal(b[k], t[k]) for k in b if k.startswith(train.DECODER_PREFIXES))
+
+
 def test_init_from_shipped_weights(tmp_path, v1_model):
     """A new run can start from the shipped model (fine-tuning) instead of from scratch; a
     decoder-only one exports as a model that makes the same tokens and shares the context model."""

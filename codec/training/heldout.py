@@ -1,0 +1,85 @@
+"""A decoder-only snapshot against the model it fine-tunes, on whole held-out training photos.
+
+    python -m odp.codec.training.heldout --config codec/training/configs/odp-small-v3.toml \
+        --snapshot codec/training/snapshots/odp-small-v3
+
+The run's held-out photos (every `holdout_every`-th, never trained on, never the eval set), each at
+most `--area` MP, are encoded once with the `init` model; a decoder-only fine-tune makes the same
+tokens, so each cut of that file (the largest within each budget) is the same bytes for both, and
+only the decoders differ. Prints the mean PSNR, LPIPS-Alex and DISTS of each at each budget: what
+decides whether the snapshot ships.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ..coding import encode
+from ..engine import Engine
+from ..evaluation import perceptual
+from ..options import EncodeOptions
+from ..quality import psnr
+from ..ratecontrol import Coded, render
+from ..stream import read_tokens, truncate
+from ..weights import Model, load
+from .train import split_photos
+
+
+def fine_tuned(base: Model, snapshot: Path) -> Model:
+    """`base` with the snapshot's EMA weights laid over it (a decoder-only snapshot holds only those)."""
+    tok = type(base.tokenizer)(base.tokenizer.cfg)
+    t = load_file(str(snapshot / "snapshot.safetensors"))
+    tok.load_state_dict(base.tokenizer.state_dict() | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
+    return Model(base.entry, base.config, tok.eval())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--snapshot", type=Path, required=True)
+    ap.add_argument("--budgets", default="0.005,0.01,0.02,0.03")
+    ap.add_argument("--area", type=float, default=0.4, help="largest photo size in MP (a Kodak photo is 0.39)")
+    args = ap.parse_args(argv)
+    tc = tomllib.loads(Path(args.config).read_text())["train"]
+    torch.set_num_threads(1)
+    base = load(tc["init"])
+    engines = {tc["init"]: Engine(base, "cpu"), "snapshot": Engine(fine_tuned(base, args.snapshot), "cpu")}
+    alex, dists = perceptual.get("alex"), perceptual.get("dists")
+    budgets = [float(b) for b in args.budgets.split(",")]
+    scores: dict = {}
+    _, held = split_photos(tc)
+    for path in held:
+        im = Image.open(path).convert("RGB")
+        s = min(1.0, math.sqrt(args.area * 1e6 / (im.width * im.height)))
+        im = im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS) if s < 1 else im
+        ref = np.asarray(im)
+        whole = encode(im, EncodeOptions(device="cpu"), engine=engines[tc["init"]])
+        for b in budgets:
+            try:
+                data = truncate(whole, max_bytes=int(b * im.width * im.height / 8))
+            except ValueError:
+                continue
+            toks = read_tokens(data)[2]
+            for name, engine in engines.items():
+                out = render(Coded(1, whole, toks), data, engine)
+                x, y = (torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255 for a in (out, ref))
+                r = scores.setdefault((b, name), {"psnr": [], "lpips-alex": [], "dists": [], "bpp": []})
+                r["psnr"].append(psnr(ref, out))
+                r["lpips-alex"].append(float(alex(x, y)))
+                r["dists"].append(float(dists(x, y)))
+                r["bpp"].append(len(data) * 8 / (im.width * im.height))
+    for (b, name), r in scores.items():
+        print(json.dumps({"budget_bpp": b, "decoder": name, "images": len(r["psnr"]),
+                          **{k: round(float(np.mean(v)), 4) for k, v in r.items()}}))
+
+
+if __name__ == "__main__":
+    main()
