@@ -47,11 +47,14 @@ def encode_at(p: Prepared, scale: int, engine: Engine, adaptive: bool = True) ->
 def render(coded: Coded, data: bytes, engine: Engine) -> np.ndarray:
     """The decoded pixels of `data`, a truncation of coded.data, from the tokens (no entropy decoding)."""
     c = container.read(data)
-    h = c.header
-    pixels = resize(engine.decode(coded.tokens, h.width, h.height, np.array(h.counts(c.level))), h.display_size)
-    if h.gray:  # what the decoder returns, as RGB: quality targets measure the picture the user gets
-        pixels = np.repeat(gray_of(pixels)[..., None], 3, axis=2)
-    return pixels
+    return picture(coded.tokens, c.header, c.level, engine)
+
+
+def picture(tokens: np.ndarray, h: container.Header, level: int, engine: Engine) -> np.ndarray:
+    """What a decoder shows of `tokens` cut at `level`, as (H, W, 3) uint8 at the display size: a
+    greyscale file's one channel repeated, so quality targets measure the picture the user gets."""
+    pixels = resize(engine.decode(tokens, h.width, h.height, np.array(h.counts(level))), h.display_size)
+    return np.repeat(gray_of(pixels)[..., None], 3, axis=2) if h.gray else pixels
 
 
 def scales_for(width: int, height: int, tile: int, scales=SCALES) -> list[int]:
@@ -150,8 +153,7 @@ def level_reaching(coded: Coded, data: bytes, pixels: np.ndarray, target: tuple[
     h = f.header
 
     def reaches(level: int) -> bool:
-        image = resize(engine.decode(coded.tokens, h.width, h.height, np.array(h.counts(level))), h.display_size)
-        return score(pixels, image) >= value
+        return score(pixels, picture(coded.tokens, h, level, engine)) >= value
 
     lo, hi = 1, f.level
     if not reaches(hi):
