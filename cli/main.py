@@ -134,14 +134,17 @@ def check_input(path: str) -> None:
     if path == STDIO or Path(path).is_file():
         return
     if not Path(path).exists():
-        hint = ""
-        try:
-            float(path)
-            hint = f" (a number: --quiet takes no value; for a quality use -q {path})"
-        except ValueError:
-            pass
-        raise UserError(f"{path}: no such file{hint}")
+        raise UserError(f"{path}: no such file{_number_hint(path)}")
     raise UserError(f"{path}: is a directory" if Path(path).is_dir() else f"{path}: not a regular file")
+
+
+def _number_hint(path: str) -> str:
+    """For an input that does not exist and reads as a number: most likely a value after --quiet."""
+    try:
+        float(path)
+    except ValueError:
+        return ""
+    return f" (a number: --quiet takes no value; for a quality use -q {path})"
 
 
 def write_output(path: str, data: bytes | None, force: bool, save=None) -> None:
@@ -318,7 +321,8 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
     if many and output == STDIO:
         raise click.UsageError("several inputs cannot all go to stdout")
     if many and output and not Path(output).is_dir():
-        raise UserError(f"{output}: with several inputs, -o must be an existing folder")
+        stray = next((_number_hint(s) for s in inputs if s != STDIO and not Path(s).exists() and _number_hint(s)), "")
+        raise UserError(f"{output}: with several inputs, -o must be an existing folder{stray}")
     with user_errors("model"):
         odp.model_info()  # the shipped model is installed and whole, before any work
     with pillow_limit(max_pixels) as limit:

@@ -375,6 +375,8 @@ def test_quiet_is_long_only_and_a_number_after_it_is_explained(png, tmp_path):
                                         "for a quality use -q 50)")
     assert (tmp_path / "out" / "a.odp").is_file()  # the real input is still encoded
     assert "-q, --quality" in odp("encode", "--help").output
+    assert_clean_error(odp("encode", png, "--quiet", "50", "-o", tmp_path / "x.odp"),  # -o a file: still the hint
+                       contains="must be an existing folder (a number: --quiet takes no value; for a quality use -q 50)")
 
 
 def test_unwritable_output_folder_is_checked_before_the_work(png, tmp_path, monkeypatch):
