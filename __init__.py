@@ -247,7 +247,7 @@ class Encoding:
     @property
     def model_tokens(self) -> int:
         """Tokens per tile the model makes: the most a file of this image can keep per tile."""
-        return self.engine.model.tokens
+        return self.engine.entry.tokens
 
     @property
     def whole(self) -> bytes:

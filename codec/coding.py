@@ -12,35 +12,35 @@ from PIL import Image
 
 from ..formats import container
 from ..formats.container import FormatError
-from . import registry, stream, weights
+from . import registry, stream
 from .engine import Engine
 from .errors import OdpWarning, OptionError
 from .imaging import check_pixels, gray_of, prepare, resize
 from .options import EncodeOptions
 from .quality import MS_SSIM_MIN_SIDE
 from .ratecontrol import ScaleLadder, best_within, encode_at, first_within, least_bytes, level_reaching, scales_for
-from .weights import Model
 
 
-def engine_for(options: EncodeOptions, model: Model | None = None, progress=None) -> Engine:
-    return Engine(model or weights.load(), options.device, options.batch, progress)
+def engine_for(options: EncodeOptions, model=None, progress=None) -> Engine:
+    """The Engine of `model` (a registry Entry or a weights.Model; default: the default model)."""
+    return Engine(model or registry.find(), options.device, options.batch, progress)
 
 
-def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model: Model | None = None,
+def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model=None,
            engine: Engine | None = None, progress=None) -> bytes:
     """Encode a Pillow image to .odp bytes as `options` say (see EncodeOptions). Images over the pixel
     limit are refused before their pixels are decoded. `progress`: see Engine."""
     check_pixels(im.width, im.height, options.max_pixels)
     check_budget(im.width, im.height, options,
-                 engine.model.entry if engine else model.entry if model else registry.find())
+                 engine.entry if engine else getattr(model, "entry", model) if model else registry.find())
     engine = engine or engine_for(options, model, progress)
     p = prepare(im, options.metadata)
     height, width = p.pixels.shape[:2]
     target, scale, tokens = options.target, options.scale, options.tokens
     if target is not None and target[0] == "ms-ssim" and min(height, width) < MS_SSIM_MIN_SIDE:
         raise OptionError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels a side")
-    if tokens is not None and tokens > engine.model.tokens:
-        warnings.warn(f"the model makes {engine.model.tokens} tokens per tile: keeping all of them", OdpWarning)
+    if tokens is not None and tokens > engine.entry.tokens:
+        warnings.warn(f"the model makes {engine.entry.tokens} tokens per tile: keeping all of them", OdpWarning)
     max_bytes = options.budget(width, height)
     sized = max_bytes is not None or target is not None  # one size goal other than tokens
     ladder = ScaleLadder(p, engine, options.adaptive)
@@ -85,7 +85,7 @@ def check_budget(width: int, height: int, options: EncodeOptions, entry) -> None
 
 
 def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions(),
-                model: Model | None = None) -> list[bytes]:
+                model=None) -> list[bytes]:
     """Encode several Pillow images with every tile alike at full size (options.adaptive and scale are
     not used), batching tiles of different images together through the network: the throughput path."""
     if not ims:
@@ -100,7 +100,7 @@ def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions()
     out = []
     for p, t in zip(prepared, toks):
         h, w = p.pixels.shape[:2]
-        data = stream.pack(t, w, h, engine.model, p.icc, p.exif, gray=p.gray)
+        data = stream.pack(t, w, h, engine.entry, p.icc, p.exif, gray=p.gray)
         if options.tokens is not None:
             data = stream.truncate(data, tokens=options.tokens)
         budget = options.budget(w, h)
@@ -120,7 +120,7 @@ def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", 
     if strict and not c.complete:
         raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")
     h = c.header
-    engine = Engine(weights.for_entry(entry), device, batch, progress)
+    engine = Engine(entry, device, batch, progress)
     return resize(engine.decode(toks, h.width, h.height, counts), h.display_size), h
 
 

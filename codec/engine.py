@@ -6,65 +6,47 @@ the [-1, 1] pixel convention live in one place.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from . import tiling
-from .weights import Model
-
-
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device '{device}' (use auto, cpu or cuda)")
-    return device
+from .network import open_network, pick_device  # noqa: F401  (pick_device re-exported)
 
 
 def default_batch(device: str) -> int:
     return 64 if device == "cuda" else 4
 
 
-def _to_model(tiles: np.ndarray, device: str) -> torch.Tensor:
-    return torch.from_numpy(tiles).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def _to_pixels(y: torch.Tensor) -> np.ndarray:
-    return torch.round((y + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 class Engine:
-    """A model's tokenizer on a device ("auto": CUDA when torch sees a GPU), `batch` tiles per call.
+    """A model's tokenizer on a device ("auto": CUDA when torch sees a GPU) and backend (network.py),
+    `batch` tiles per call.
 
     `progress(what, done, total)`, if set, hears after every batch how far the current pass over
     tiles has gone ("encoding", "decoding", or "scoring" for the allocation's trial decodes): a
     24-MP photo takes minutes on a CPU, and the command line shows a bar."""
 
-    def __init__(self, model: Model, device: str = "auto", batch: int | None = None, progress=None):
-        self.model = model
-        self.device = pick_device(device)
+    def __init__(self, model, device: str = "auto", batch: int | None = None, progress=None,
+                 backend: str = "auto"):
+        self.model = model                        # a registry Entry, or a weights.Model (torch network in hand)
+        self.entry = getattr(model, "entry", model)
+        self.net = open_network(model, device, backend)
+        self.device, self.backend = self.net.device, self.net.backend
         self.batch = batch or default_batch(self.device)
-        self.tile = model.config.tile
-        self.net = model.tokenizer.to(self.device)
+        self.tile = self.entry.tile
         self.progress = progress
 
     def _report(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(what, done, total)
 
-    @torch.inference_mode()
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> tokens (tiles, K) int32, tile by tile in batches."""
         cols, rows = tiling.grid(pixels.shape[1], pixels.shape[0], self.tile)
         out, done = [], 0
         for tiles in tiling.iter_tile_batches(pixels, self.tile, self.batch):
-            out.append(self.net.encode(_to_model(tiles, self.device)).cpu().numpy().astype(np.int32))
+            out.append(self.net.encode(tiles))
             done += len(tiles)
             self._report("encoding", done, cols * rows)
         return np.concatenate(out)
 
-    @torch.inference_mode()
     def encode_many(self, pixel_list: list[np.ndarray]) -> list[np.ndarray]:
         """Several (H, W, 3) uint8 images -> tokens (tiles, K) int32 of each; a batch may mix images' tiles."""
         def batches():
@@ -79,11 +61,10 @@ class Engine:
             if sum(len(t) for t in pending):
                 yield np.concatenate(pending)
 
-        out = [self.net.encode(_to_model(tiles, self.device)).cpu().numpy().astype(np.int32) for tiles in batches()]
+        out = [self.net.encode(tiles) for tiles in batches()]
         counts = [tiling.grid(px.shape[1], px.shape[0], self.tile) for px in pixel_list]
         return np.split(np.concatenate(out), np.cumsum([c * r for c, r in counts])[:-1])
 
-    @torch.inference_mode()
     def decode(self, tokens: np.ndarray, width: int, height: int, counts: np.ndarray | None = None) -> np.ndarray:
         """tokens (tiles, k), of which tile t uses its first counts[t] (default all k) -> (H, W, 3) uint8.
 
@@ -95,8 +76,7 @@ class Engine:
             rows = np.flatnonzero(counts == k)
             for i in range(0, len(rows), self.batch):
                 sel = rows[i:i + self.batch]
-                ids = torch.from_numpy(tokens[sel, :k].astype(np.int64)).to(self.device)
-                tiles = _to_pixels(self.net.decode(ids))
+                tiles = self.net.decode(tokens[sel, :k])
                 for j, t in enumerate(sel):
                     tiling.place_tiles(canvas, tiles[j:j + 1], int(t), self.tile)
                 done += len(sel)
@@ -104,15 +84,13 @@ class Engine:
         tiling.deblock(canvas, self.tile)
         return canvas
 
-    @torch.inference_mode()
     def tile_errors(self, tokens: np.ndarray, pixels: np.ndarray, tiles: np.ndarray, k: int) -> np.ndarray:
         """Squared error (summed over pixels) of each of `tiles` decoded from its first k tokens."""
         h, w = pixels.shape[:2]
         out = np.empty(len(tiles))
         for i in range(0, len(tiles), self.batch):
             sel = tiles[i:i + self.batch]
-            y = self.net.decode(torch.from_numpy(tokens[sel, :k].astype(np.int64)).to(self.device))
-            y = torch.round((y + 1) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).cpu().numpy()
+            y = self.net.decode(tokens[sel, :k]).astype(np.float64)
             for j, t in enumerate(sel):
                 r, c = divmod(int(t), -(-w // self.tile))
                 y0, x0 = r * self.tile, c * self.tile

@@ -37,7 +37,7 @@ def encode_at(p: Prepared, scale: int, engine: Engine, adaptive: bool = True) ->
     size = scaled_size(width, height, scale)
     pixels = resize(p.pixels, size)
     toks = engine.encode(pixels)
-    model = engine.model
+    model = engine.entry
     weights_, caps = allocation(toks, pixels, engine, model.best_entropy) if adaptive else (b"", b"")
     display = (width, height) if size != (width, height) else (0, 0)
     return Coded(scale, pack(toks, *size, model, p.icc, p.exif, weights_, caps=caps, display=display,

@@ -50,6 +50,7 @@ class Entry:
     tables: PositionTables
     entropy_model: str                       # the id of `tables` (what version-1 files record)
     context: ContextModel | None = None      # the shipped context model for this tokenizer, if any
+    allocation: dict | None = None           # the encoder's allocation predictor (codec/allocation.py), if any
 
     @property
     def tile(self) -> int:
@@ -95,7 +96,9 @@ def _sha256_cached(path: Path, size: int, mtime_ns: int) -> bytes:
 
 
 def installed() -> list[Path]:
-    return sorted(WEIGHTS_DIR.glob("*.safetensors"))
+    """The models' weights files (`<name>.safetensors`; files beside them with a dotted name, such as
+    `<name>.allocation.safetensors`, belong to a model and are not models)."""
+    return sorted(p for p in WEIGHTS_DIR.glob("*.safetensors") if "." not in p.stem)
 
 
 def check_pinned(path: Path) -> bytes:
@@ -132,7 +135,7 @@ def entry_at(path: Path) -> Entry:
             context = _context_for(bytes.fromhex(meta["tokens_of"]))
         except ValueError:
             raise ModelNotFound(f"weights file {path.name} names a malformed tokens_of hash") from None
-    return Entry(name, digest, path, config, tables, entropy_model, context)
+    return Entry(name, digest, path, config, tables, entropy_model, context, _allocation_for(path))
 
 
 def _context_for(tokenizer_sha256: bytes) -> ContextModel | None:
@@ -155,10 +158,25 @@ def _context_for(tokenizer_sha256: bytes) -> ContextModel | None:
     return None
 
 
+def _allocation_for(path: Path) -> dict | None:
+    """The allocation predictor beside a weights file (`<name>.allocation.safetensors`): arrays `coef`
+    (one row per predicted token count) and `counts`; None when there is none."""
+    from safetensors.numpy import load_file
+
+    beside = path.with_name(f"{path.stem}.allocation.safetensors")
+    if not beside.is_file():
+        return None
+    arrays = load_file(str(beside))
+    coef, counts = arrays.get("coef"), arrays.get("counts")
+    if coef is None or counts is None or coef.ndim != 2 or counts.shape != coef.shape[:1]:
+        raise ModelNotFound(f"{beside.name} does not fit this version of ODP: reinstall ODP")
+    return arrays
+
+
 def path_of(name: str = DEFAULT_MODEL) -> Path:
     """The weights file of an installed model by name."""
     path = WEIGHTS_DIR / f"{name}.safetensors"
-    if not path.is_file():
+    if path not in installed():
         known = ", ".join(p.stem for p in installed()) or "none"
         raise ModelNotFound(f"model '{name}' is not installed (installed: {known})")
     return path

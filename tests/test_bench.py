@@ -293,3 +293,15 @@ def test_bench_jobs_measure_the_same_points_in_parallel(bench_run, tmp_path):
                                   "--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "--quiet"])
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "cache").glob("*.json")} == cached
+
+
+def test_ms_ssim_is_pytorch_msssims(pixels):
+    """The codec's numpy MS-SSIM (no torch needed for --msssim) is pytorch-msssim's, odd sizes included."""
+    torch = pytest.importorskip("torch")
+    reference = pytest.importorskip("pytorch_msssim").ms_ssim
+    blurred = np.asarray(Image.fromarray(pixels).resize((80, 60)).resize((320, 240)))
+    for h, w in ((240, 320), (161, 175), (233, 200)):
+        a, b = pixels[:h, :w], blurred[:h, :w]
+        expected = float(reference(*(torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float() for x in (a, b)),
+                                   data_range=255.0))
+        assert metrics.ms_ssim(a, b) == pytest.approx(expected, abs=1e-5)

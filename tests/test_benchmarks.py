@@ -8,11 +8,10 @@ on one CPU batch of tiles, entropy coding and decoding, container read/write and
 """
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import helpers
-from odp.codec import allocation, coding, engine, imaging, stream, weights
+from odp.codec import allocation, coding, engine, imaging, network, registry, stream, tiling, weights
 from odp.formats import container
 
 PHOTO = Image.open(__import__("pathlib").Path(__file__).parent / "data" / "photo_768x512.png").convert("RGB")
@@ -28,12 +27,15 @@ def encoded(model):
     return helpers.encode(PHOTO, model=model, device="cpu")
 
 
-def test_encode_768x512_cpu(benchmark, model):
-    benchmark.pedantic(helpers.encode, args=(PHOTO,), kwargs={"model": model, "device": "cpu"},
-                       rounds=5, warmup_rounds=1)
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_encode_768x512_cpu(benchmark, backend, monkeypatch):
+    monkeypatch.setenv("ODP_BACKEND", backend)
+    benchmark.pedantic(helpers.encode, args=(PHOTO,), kwargs={"device": "cpu"}, rounds=5, warmup_rounds=1)
 
 
-def test_decode_768x512_cpu(benchmark, encoded):
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_decode_768x512_cpu(benchmark, encoded, backend, monkeypatch):
+    monkeypatch.setenv("ODP_BACKEND", backend)
     benchmark.pedantic(coding.decode, args=(encoded,), kwargs={"device": "cpu"}, rounds=5, warmup_rounds=1)
 
 
@@ -51,13 +53,15 @@ def test_entropy_decode_768x512(benchmark, encoded):
     benchmark(stream.read_tokens, encoded)
 
 
-def test_allocation_768x512(benchmark, model):
-    """What adaptive encoding adds: each tile decoded at a grid of token counts and weighed."""
+@pytest.mark.parametrize("measure", [False, True], ids=["predicted", "measured"])
+def test_allocation_768x512(benchmark, measure):
+    """What adaptive encoding adds: each tile's errors predicted (the default) or measured by decoding
+    it at a grid of token counts, then weighed."""
     pixels = imaging.prepare(PHOTO).pixels
-    eng = engine.Engine(model, "cpu", 4)
+    eng = engine.Engine(registry.find(), "cpu", 4)
     toks = eng.encode(pixels)
-    benchmark.pedantic(allocation.allocation, args=(toks, pixels, eng, model.best_entropy),
-                       rounds=3, warmup_rounds=0)
+    benchmark.pedantic(allocation.allocation, args=(toks, pixels, eng, eng.entry.best_entropy),
+                       kwargs={"measure": measure}, rounds=3, warmup_rounds=0)
 
 
 def test_truncate_768x512(benchmark, encoded):
@@ -65,22 +69,21 @@ def test_truncate_768x512(benchmark, encoded):
 
 
 @pytest.fixture(scope="module")
-def tile_batch(model):
-    """A batch of 4 real 256x256 tiles (the CPU batch size), as the network sees them."""
-    x = torch.from_numpy(np.asarray(PHOTO).copy())  # 768x512: take 4 of its 6 tiles
-    tiles = [x[r:r + 256, c:c + 256] for r, c in ((0, 0), (0, 256), (0, 512), (256, 0))]
-    return torch.stack(tiles).permute(0, 3, 1, 2).float() / 127.5 - 1
+def tile_batch():
+    """A batch of 4 real 256x256 tiles (the CPU batch size) of the 768x512 photo's 6."""
+    return next(tiling.iter_tile_batches(np.asarray(PHOTO), 256, 4))
 
 
-def test_model_encode_tile_batch(benchmark, model, tile_batch):
-    with torch.inference_mode():
-        benchmark.pedantic(model.tokenizer.encode, args=(tile_batch,), rounds=5, warmup_rounds=1)
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_network_encode_tile_batch(benchmark, tile_batch, backend):
+    net = network.open_network(registry.find(), "cpu", backend)
+    benchmark.pedantic(net.encode, args=(tile_batch,), rounds=5, warmup_rounds=1)
 
 
-def test_model_decode_tile_batch(benchmark, model, tile_batch):
-    with torch.inference_mode():
-        ids = model.tokenizer.encode(tile_batch)
-        benchmark.pedantic(model.tokenizer.decode, args=(ids,), rounds=5, warmup_rounds=1)
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_network_decode_tile_batch(benchmark, tile_batch, backend):
+    net = network.open_network(registry.find(), "cpu", backend)
+    benchmark.pedantic(net.decode, args=(net.encode(tile_batch),), rounds=5, warmup_rounds=1)
 
 
 def test_container_read(benchmark, encoded):

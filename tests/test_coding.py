@@ -820,10 +820,10 @@ def test_files_of_the_previous_model_decode_with_it(model, v1_model):
     c, used, toks, counts = stream.read_tokens(data)
     assert used is v1_model.entry
     h = c.header
-    expected = engine.Engine(v1_model, "cpu", 8).decode(toks, h.width, h.height, np.array(counts))
+    expected = engine.Engine(v1_model.entry, "cpu", 8).decode(toks, h.width, h.height, np.array(counts))
     out = np.asarray(coding.decode(data, device="cpu"))
     assert (out == expected).all()
-    assert (out != engine.Engine(model, "cpu", 8).decode(toks, h.width, h.height, np.array(counts))).any()
+    assert (out != engine.Engine(model.entry, "cpu", 8).decode(toks, h.width, h.height, np.array(counts))).any()
 
 
 def test_shipped_default_is_a_decoder_fine_tune_of_v1(model, v1_model):

@@ -434,9 +434,12 @@ class OdpTui(App):
 
     def want_lpips(self) -> bool:
         if self.lpips is None:
-            from ..codec.evaluation import perceptual
-
-            self.lpips = perceptual.available()
+            try:
+                from ..codec.evaluation import perceptual
+            except ImportError:  # LPIPS needs torch (pip install 'odp[bench]'); PSNR and MS-SSIM do not
+                self.lpips = False
+            else:
+                self.lpips = perceptual.available()
         return self.lpips
 
     # ------------------------------------------------------------------ results -> screen

@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ...formats import container
-from .. import coding, ratecontrol, stream, tiling, weights
+from .. import coding, net_onnx, network, ratecontrol, registry, stream, tiling
 from ..allocation import ALLOCATION_GRID, ENCODER_VERSION
 from ..engine import Engine, pick_device
 from ..imaging import IMAGE_SUFFIXES, Prepared
@@ -111,7 +110,7 @@ def measure_image(path: Path, parts: list[str], files: dict[str, Path], budgets,
                   device: str, model=None) -> None:
     """Measure the missing parts of one image and cache each as soon as it is done (atomically:
     an interrupted run leaves no half-written part). Runs in a worker process with --jobs."""
-    model = model or weights.load()
+    model = model or registry.find()
     codecs = {k: v for k, v in classic.available_codecs().items() if k in codec_names}
     for part, doc in measure_parts(path, parts, budgets, metric_names, codecs, model, device):
         tmp = files[part].with_suffix(".tmp")
@@ -313,6 +312,23 @@ def _timed(fn, repeats: int) -> tuple[float, int | None]:
     return statistics.median(times), (peak - base if peak is not None and base is not None else None)
 
 
+def _worker_threads(n: int) -> None:
+    """A bench worker's share of the CPU threads, for whichever backend runs the network."""
+    os.environ["ODP_THREADS"] = str(n)
+    if network.has_torch():
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _torch_version() -> str | None:
+    if not network.has_torch():
+        return None
+    import torch
+
+    return torch.__version__
+
+
 def measure_speed(paths: list[Path], codecs, model, devices, repeats: int = 3, quality: int = 50) -> list[dict]:
     """Encode and decode seconds per megapixel (median of repeats after a warm-up) and the extra
     peak memory while doing it. Classic codecs at `quality` with their final settings."""
@@ -325,7 +341,7 @@ def measure_speed(paths: list[Path], codecs, model, devices, repeats: int = 3, q
         for dev in devices:
             opts = EncodeOptions(device=dev)
             data = coding.encode(im, opts, model)
-            jobs.append((f"odp ({dev})", "256 tokens/tile",
+            jobs.append((f"odp ({Engine(model, dev).backend}, {dev})", "default settings",
                          lambda opts=opts: coding.encode(im, opts, model),
                          lambda dev=dev, data=data: coding.decode(data, device=dev)))
         for c in codecs.values():
@@ -355,8 +371,12 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def plot(summary, metric_names, labels, out_dir: Path, n_images: int) -> list[Path]:
-    """One PNG per metric: mean score of the best file within each budget, log-scale bpp."""
-    import matplotlib
+    """One PNG per metric: mean score of the best file within each budget, log-scale bpp (none without
+    matplotlib, which the bench extra installs: the tables do not need it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -538,7 +558,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
             raise ValueError(f"codec {sorted(unknown)[0]!r} is not available here: {', '.join(codecs)}")
         codecs = {k: v for k, v in codecs.items() if k in codec_names}
     dev = pick_device(device)
-    model = weights.load()
+    model = registry.find()  # an Entry: the Engine runs the backend a user gets by default (network.py)
     budgets, metric_names = tuple(sorted(budgets)), tuple(metric_names)
     settings = {"model_sha256": model.sha256.hex(), "budgets": budgets, "metrics": metric_names, "scales": SCALES,
                 "codecs": {k: {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1]}
@@ -566,7 +586,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                                    initializer=_worker_threads, initargs=(threads,)) as pool:
             futures = [pool.submit(measure_image, path, missing, files[path], budgets, metric_names,
                                    list(codecs), dev) for path, missing in todo]
             for f in cf.as_completed(futures):
@@ -584,7 +604,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     names = [str(p) for p in images]
     summary, comparison = summarize(points, names, budgets, metric_names, list(codecs))
     bd = bd_rates(points, names, metric_names, list(codecs))
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = ["cpu"] + (["cuda"] if dev == "cuda" else [])
     speed = measure_speed(images[:speed_images], codecs, model, devices) if speed_images else []
     labels = ["odp"] + [c[0] for c in contenders(list(codecs), with_uniform=True)]
     plot_files = plot(summary, metric_names, labels, out / "plots", len(images))
@@ -599,8 +619,9 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     write_csv(out / "speed.csv", speed)
     elapsed = time.time() - t0
     meta = {**settings, "folder": str(folder), "images": names, "device": dev, "seconds_total": elapsed,
-            "seconds_measuring_all_parts": measured_s, "torch": torch.__version__, "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(), "model": model.name}
+            "seconds_measuring_all_parts": measured_s, "backend": Engine(model, "cpu").backend,
+            "torch": _torch_version(), "platform": platform.platform(),
+            "cpu_threads": net_onnx.threads() or os.cpu_count(), "model": model.name}
     (out / "points.json").write_text(json.dumps({"settings": meta, "points": points, "summary": summary,
                                                  "comparison": comparison, "bd_rate": bd, "speed": speed,
                                                  "odp_stats": odp_stats}, indent=1))
@@ -617,7 +638,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
                    f"{f('encode_peak_extra_mb'):.0f} | {f('decode_peak_extra_mb'):.0f} |\n")
     md += (f"\n{len(images)} images; this run took {elapsed / 60:.1f} minutes; measuring every codec on every "
            f"image took {measured_s / 60:.1f} minutes in all (summed over cached parts); "
-           f"plots: {', '.join(p.name for p in plot_files)}")
+           f"plots: {', '.join(p.name for p in plot_files) or 'none (matplotlib is not installed)'}")
     (out / "summary.md").write_text(md + "\n")
     if report:
         write_report(report, md, meta, out, plot_files, shown, side)
@@ -631,7 +652,7 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
     page = [f"# Results: ODP ({meta['model']}) against the classic codecs", "",
             f"Regenerate with `{cmd}` (`odp fetch-metrics` once first). "
             f"{len(meta['images'])} images from `{meta['folder']}`, never trained on; device {meta['device']}, "
-            f"{meta['cpu_threads']} CPU threads, torch {meta['torch']}, {meta['platform']}. "
+            f"{meta['cpu_threads']} CPU threads, network on {meta.get('backend', 'torch')}, {meta['platform']}. "
             f"Each measured part (an image under ODP or one classic codec) is kept in `{rel(out / 'cache')}`, "
             "keyed by the image's content and everything the part depends on, and committed with this page: "
             "the command resumes where a run stopped (`--jobs N` measures N images at once) and re-measures "

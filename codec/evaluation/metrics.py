@@ -6,8 +6,9 @@ that scoring many candidates against it costs one network pass each.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
-import torch
 
 from ..quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr  # noqa: F401  (the codec's own measures, re-exported)
 from .settings import METRICS
@@ -39,16 +40,27 @@ def better(metric: str, x: float, y: float) -> bool:
     return x > y if HIGHER_IS_BETTER[metric] else x < y
 
 
-def to_tensor(a: np.ndarray, device: str) -> torch.Tensor:
+def to_tensor(a: np.ndarray, device: str):
+    import torch
+
     t = torch.from_numpy(np.array(a, copy=True)).to(device).permute(2, 0, 1)[None].float() / 255
     return t.contiguous(memory_format=torch.channels_last)  # same values, ~1.6x faster convolutions on CPU
+
+
+def _no_grad(deep: bool):
+    """torch.no_grad() when deep metrics run, else nothing (PSNR and MS-SSIM need no torch)."""
+    if not deep:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.no_grad()
 
 
 class Scorer:
     """Scores candidate images against one reference, for the chosen metrics."""
 
     def __init__(self, reference: np.ndarray, metrics=METRICS, device: str = "cpu") -> None:
-        from . import perceptual
+        """LPIPS and DISTS need torch (the bench extra); PSNR and MS-SSIM are numpy."""
 
         unknown = set(metrics) - set(METRICS)
         if unknown:
@@ -56,16 +68,20 @@ class Scorer:
         self.reference, self.metrics, self.device = reference, tuple(metrics), device
         self.nets, self.ref_features = {}, {}
         deep_ok = min(reference.shape[:2]) >= 32
-        with torch.no_grad():
-            for m in self.metrics:
-                if m in DEEP and deep_ok:
-                    net = perceptual.get(DEEP[m], device).to(memory_format=torch.channels_last)
-                    self.nets[m] = net
+        for m in self.metrics:
+            if m in DEEP and deep_ok:
+                import torch
+
+                from . import perceptual
+
+                net = perceptual.get(DEEP[m], device).to(memory_format=torch.channels_last)
+                self.nets[m] = net
+                with torch.no_grad():
                     self.ref_features[m] = net.embed(to_tensor(reference, device))
 
     def __call__(self, image: np.ndarray) -> dict[str, float]:
         out = {}
-        with torch.no_grad():
+        with _no_grad(bool(self.nets)):
             t = to_tensor(image, self.device) if self.nets else None
             for m in self.metrics:
                 if m == "psnr":
