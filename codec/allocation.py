@@ -131,16 +131,27 @@ def fits(predictor: dict | None, k_max: int) -> bool:
     """Whether a model's predictor (registry.Entry.allocation) is one this code can use."""
     return (predictor is not None and k_max == max(PREDICTED_COUNTS)
             and tuple(predictor["counts"]) == PREDICTED_COUNTS
-            and predictor["coef"].shape[1] == len(FEATURE_SCALES) + 4)
+            and predictor["coef"].shape[1] == DESIGN_WIDTH)
+
+
+def design(x: np.ndarray) -> np.ndarray:
+    """Features (..., F) -> the regression's inputs: the features, a constant, and every product of two
+    features (the error's dependence on detail and code length is not log-linear; cross-validated on
+    training tiles, the products cut the error of the predicted log error from about 0.40 to 0.33)."""
+    i, j = np.triu_indices(x.shape[-1])
+    return np.concatenate([x, np.ones(x.shape[:-1] + (1,)), x[..., i] * x[..., j]], -1)
+
+
+FEATURES = len(FEATURE_SCALES) + 3
+DESIGN_WIDTH = FEATURES + 1 + FEATURES * (FEATURES + 1) // 2
 
 
 def predicted_errors(predictor: dict, pixels: np.ndarray, tile: int, bits: np.ndarray) -> np.ndarray:
     """(tiles, len(PREDICTED_COUNTS)) squared error summed over each tile's pixels, as tile_errors
     measures it, predicted by the model's fitted regression (codec/training/allocfit.py) of the log
     mean squared error on tile_features."""
-    coef = predictor["coef"]
-    x = tile_features(pixels, tile, bits, PREDICTED_COUNTS)
-    log_mse = np.einsum("tkf,kf->tk", x, coef[:, :-1]) + coef[:, -1]
+    x = design(tile_features(pixels, tile, bits, PREDICTED_COUNTS))
+    log_mse = np.einsum("tkf,kf->tk", x, predictor["coef"])
     h, w = pixels.shape[:2]
     area = np.array([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in tiling.tile_boxes(w, h, tile)])
     return np.exp(log_mse) * 3 * area[:, None]

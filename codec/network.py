@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -47,7 +48,9 @@ def pick_device(device: str) -> str:
     if device == "cpu" or (device == "auto" and not (has_torch() and _nvidia_present())):
         return "cpu"
     if not has_torch():
-        raise RuntimeError("--device cuda needs torch: pip install 'odp[torch]'")
+        raise RuntimeError("--device cuda needs torch, which this standalone binary leaves out: use the Python "
+                           "package with pip install 'odp[torch]'" if getattr(sys, "frozen", False)
+                           else "--device cuda needs torch: pip install 'odp[torch]'")
     import torch
 
     if torch.cuda.is_available():
