@@ -22,7 +22,7 @@ FEATURE_SCALES = (2, 4, 8, 16, 32, 64, 256)
 # Token counts at which the allocation predictor gives each tile's error (ALLOCATION_GRID and the
 # midpoints near the top where caps fall).
 PREDICTED_COUNTS = (4, 16, 48, 128, 160, 192, 224, 256)
-PREDICTED_CAP_FLOOR = 128  # predicted caps fall at or above this count
+PREDICTED_CAP_FLOOR = 128  # predicted caps fall at or above this count, where a wrong guess costs little
 
 
 def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
@@ -31,7 +31,8 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
 
     Each tile's squared error at the token counts of ALLOCATION_GRID is predicted from its pixels and
     code lengths (`predicted_errors`, one matrix product, where the model ships a predictor), or
-    measured by decoding the tile at each count (`measure`, or a model without a predictor). The
+    measured by decoding the tile at each count (`measure`, a model without a predictor, or a lone
+    tile, whose whole file must be no worse than any cut and whose few decodes cost little). The
     errors and the exact code lengths give, for each Lagrange multiplier, the count that minimises error + lambda * bits. Those
     optimal counts are fitted as tile weight x level (least squares in log counts), which is what a
     power-law rate-distortion curve per tile predicts; one weight per tile keeps the header small
@@ -45,12 +46,12 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
     grid = np.array(sorted({k for k in ALLOCATION_GRID if k < k_max} | {k_max}))
     bits = token_bits(toks, entropy)
     predictor = getattr(engine.entry, "allocation", None)
-    if not measure and fits(predictor, k_max):
+    if not measure and tiles_n > 1 and fits(predictor, k_max):
         counts = np.array(PREDICTED_COUNTS)
         predicted = predicted_errors(predictor, pixels, engine.tile, bits)
         err = predicted[:, np.searchsorted(counts, grid)]
-        top = counts >= PREDICTED_CAP_FLOOR  # a cap only trims the tail: a wrong guess costs little there
-        caps = counts[top][np.argmin(predicted[:, top], 1)]
+        cap_counts = predictor["cap_counts"]  # where the model's tiles do end (allocfit.fit): a tail only
+        caps = cap_counts[np.argmin(predicted[:, np.searchsorted(counts, cap_counts)], 1)]
     else:
         err = np.stack([engine.tile_errors(toks, pixels, np.arange(tiles_n), k) for k in grid], 1)
         caps = _caps(toks, pixels, engine, grid, err)
@@ -131,7 +132,8 @@ def fits(predictor: dict | None, k_max: int) -> bool:
     """Whether a model's predictor (registry.Entry.allocation) is one this code can use."""
     return (predictor is not None and k_max == max(PREDICTED_COUNTS)
             and tuple(predictor["counts"]) == PREDICTED_COUNTS
-            and predictor["coef"].shape[1] == DESIGN_WIDTH)
+            and predictor["coef"].shape[1] == DESIGN_WIDTH
+            and "cap_counts" in predictor and set(predictor["cap_counts"]) <= set(PREDICTED_COUNTS))
 
 
 def design(x: np.ndarray) -> np.ndarray:

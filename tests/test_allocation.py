@@ -68,3 +68,14 @@ def test_fit_reports_and_recovers_a_known_rule():
     coef, report = allocfit.fit({"features": x, "mse": mse, "counts": np.array(allocation.PREDICTED_COUNTS)})
     assert coef.shape == (len(allocation.PREDICTED_COUNTS), allocation.DESIGN_WIDTH)
     assert max(report["rms_log_error"]) < 0.1 and report["checked"] == 80
+
+
+def test_caps_fall_where_training_tiles_end():
+    """Predicted caps are only counts where at least 5% of training tiles have their least error."""
+    counts = np.array(allocation.PREDICTED_COUNTS)
+    mse = np.tile(np.linspace(2, 1, len(counts)), (100, 1))
+    mse[:90, -2] = 0.5     # 90 tiles end best at 224, 10 at 256
+    assert allocfit.cap_counts(mse).tolist() == [224, 256]
+    mse[:, :] = np.linspace(1, 2, len(counts))  # every tile best at 4 tokens: caps stay in the tail
+    assert allocfit.cap_counts(mse).tolist() == [256]
+    assert set(registry.find().allocation["cap_counts"]) <= set(counts[counts >= allocation.PREDICTED_CAP_FLOOR])

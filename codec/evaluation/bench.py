@@ -670,6 +670,8 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
     page += ["", f"## Side by side: `{shown}` at {' and '.join(map(str, side))} bpp", "",
              "original | ODP | best classic variant at no more bytes (by LPIPS-Alex)", "",
              f"![side by side]({rel(out / 'side_by_side.png')})", ""]
+    if (out / "processes.md").is_file():  # whole-process times (codec/evaluation/processes.py), kept across runs
+        page += ["## Whole-process times", "", (out / "processes.md").read_text().strip(), ""]
     tmp = report.with_suffix(".tmp")
     tmp.write_text("\n".join(page))
     os.replace(tmp, report)

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("photo", type=Path)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("processes.json"), help="hyperfine's JSON export")
+    ap.add_argument("--markdown", type=Path, help="also write the table, the command and the machine here "
+                                                  "(docs/results/processes.md: `odp bench --report` includes it)")
     args = ap.parse_args(argv)
     if shutil.which("hyperfine") is None:
         sys.exit("needs hyperfine on the PATH (apt install hyperfine, or cargo install hyperfine)")
@@ -56,7 +58,18 @@ def main(argv: list[str] | None = None) -> None:
         for name, cmd in cmds:
             hf += ["--command-name", name, cmd]
         subprocess.run(hf, check=True, stdout=subprocess.DEVNULL)
-        print(md.read_text())
+        table = md.read_text()
+    print(table)
+    if args.markdown:
+        import os
+        import platform
+
+        import onnxruntime
+
+        note = (f"`python -m odp.codec.evaluation.processes {args.photo} --runs {args.runs}`: each command a fresh "
+                f"process (hyperfine, 1 warm-up), default settings; {os.cpu_count()} CPU threads, {platform.platform()}, "
+                f"onnxruntime {onnxruntime.__version__}.")
+        args.markdown.write_text(note + "\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Fit the allocation predictor of a model: each tile's error at each token count, without decoding.
 
-    python -m odp.codec.training.allocfit collect --model odp-small-v2 --tiles 800 --out runs/alloc-v2.npz
-    python -m odp.codec.training.allocfit fit --model odp-small-v2 --data runs/alloc-v2.npz
+    python -m odp.codec.training.allocfit collect --model odp-small-v2 --tiles 800 --out runs/alloc-v2.safetensors
+    python -m odp.codec.training.allocfit fit --model odp-small-v2 --data runs/alloc-v2.safetensors
 
 `collect` decodes random tiles of the training photos (every scale the encoder codes at: areas from
 0.1 to 3 MP, edge tiles included) at PREDICTED_COUNTS and records their true mean squared error beside
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-from ..allocation import PREDICTED_COUNTS, design, tile_features
+from ..allocation import PREDICTED_CAP_FLOOR, PREDICTED_COUNTS, design, tile_features
 from .. import tiling
 from ..engine import Engine
 from ..imaging import resize
@@ -31,12 +31,12 @@ from .train import split_photos
 
 
 def collect(model_name: str, config: Path, tiles: int, seed: int, out: Path) -> None:
-    """Measure `tiles` random training tiles into `out` (.npz, rewritten as it grows; a rerun continues)."""
+    """Measure `tiles` random training tiles into `out` (safetensors, rewritten as it grows; a rerun continues)."""
     os.environ.setdefault("ODP_THREADS", "1")
     entry = find(model_name)
     engine = Engine(entry, "cpu", batch=8)
     photos, _ = split_photos(tomllib.loads(config.read_text())["train"])
-    old = dict(np.load(out)) if out.exists() else {}
+    old = load_file(str(out)) if out.exists() else {}
     feats, errs = [old["features"]] if old else [], [old["mse"]] if old else []
     rng = np.random.default_rng(seed + sum(len(e) for e in errs))
     while sum(len(e) for e in errs) < tiles:
@@ -58,7 +58,8 @@ def collect(model_name: str, config: Path, tiles: int, seed: int, out: Path) -> 
         bits[sel] = token_bits(toks[sel], entry.best_entropy)
         feats.append(tile_features(pixels, engine.tile, bits, PREDICTED_COUNTS)[sel])
         errs.append(err / (3 * area_px[:, None]))
-        np.savez(out, features=np.concatenate(feats), mse=np.concatenate(errs), counts=np.array(PREDICTED_COUNTS))
+        save_file({"features": np.concatenate(feats), "mse": np.concatenate(errs),
+                   "counts": np.array(PREDICTED_COUNTS, np.int64)}, str(out))
         print(f"\r  {sum(len(e) for e in errs)}/{tiles} tiles", end="", flush=True)
     print()
 
@@ -82,6 +83,15 @@ def fit(data: dict[str, np.ndarray], ridge: float = 1.0) -> tuple[np.ndarray, di
     return solve(np.ones(n, bool)), report  # the shipped coefficients: every tile
 
 
+def cap_counts(mse: np.ndarray, share: float = 0.05) -> np.ndarray:
+    """The counts from PREDICTED_CAP_FLOOR up at which at least `share` of the training tiles have their
+    least error: where the encoder may cap a tile (a count that is almost never best is never guessed)."""
+    counts = np.array(PREDICTED_COUNTS)
+    best = counts[np.argmin(mse, 1)]
+    keep = [c for c in counts if c >= PREDICTED_CAP_FLOOR and np.mean(best == c) >= share]
+    return np.array(keep or [counts[-1]], np.int64)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("action", choices=["collect", "fit"])
@@ -90,17 +100,19 @@ def main(argv: list[str] | None = None) -> None:
                     help="whose training split to draw photos from")
     ap.add_argument("--tiles", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=Path("runs/alloc.npz"))
+    ap.add_argument("--data", type=Path, default=Path("runs/alloc.safetensors"))
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     if args.action == "collect":
         collect(args.model, args.config, args.tiles, args.seed, args.data)
         return
-    data = dict(np.load(args.data))
+    data = load_file(str(args.data))
     coef, report = fit(data)
+    caps = cap_counts(data["mse"])
+    report["cap_counts"] = caps.tolist()
     print(json.dumps(report))
     path = args.out / f"{args.model}.allocation.safetensors"
-    save_file({"coef": coef, "counts": data["counts"].astype(np.int64)}, str(path),
+    save_file({"coef": coef, "counts": data["counts"].astype(np.int64), "cap_counts": caps}, str(path),
               metadata={"model": args.model, "report": json.dumps(report)})
     print(f"wrote {path}")
 
