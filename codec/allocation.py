@@ -154,6 +154,10 @@ def predicted_errors(predictor: dict, pixels: np.ndarray, tile: int, bits: np.nd
     mean squared error on tile_features."""
     x = design(tile_features(pixels, tile, bits, PREDICTED_COUNTS))
     log_mse = np.einsum("tkf,kf->tk", x, predictor["coef"])
+    return np.exp(log_mse) * 3 * tile_areas(pixels, tile)[:, None]
+
+
+def tile_areas(pixels: np.ndarray, tile: int) -> np.ndarray:
+    """Pixels of each tile inside the image (edge tiles are partial)."""
     h, w = pixels.shape[:2]
-    area = np.array([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in tiling.tile_boxes(w, h, tile)])
-    return np.exp(log_mse) * 3 * area[:, None]
+    return np.array([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in tiling.tile_boxes(w, h, tile)])

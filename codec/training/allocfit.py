@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from ..allocation import PREDICTED_CAP_FLOOR, PREDICTED_COUNTS, design, tile_features
+from ..allocation import PREDICTED_CAP_FLOOR, PREDICTED_COUNTS, design, tile_areas, tile_features
 from .. import tiling
 from ..engine import Engine
 from ..imaging import resize
@@ -50,14 +50,11 @@ def collect(model_name: str, config: Path, tiles: int, seed: int, out: Path) -> 
         toks = np.zeros((n, entry.tokens), np.int32)
         every = np.concatenate(list(tiling.iter_tile_batches(pixels, engine.tile, 64)))
         toks[sel] = engine.net.encode(every[sel])
-        cols = -(-w // engine.tile)
-        area_px = np.array([(min(h, (t // cols + 1) * engine.tile) - t // cols * engine.tile)
-                            * (min(w, (t % cols + 1) * engine.tile) - t % cols * engine.tile) for t in sel])
         err = np.stack([engine.tile_errors(toks, pixels, sel, k) for k in PREDICTED_COUNTS], 1)
         bits = np.zeros(toks.shape)
         bits[sel] = token_bits(toks[sel], entry.best_entropy)
         feats.append(tile_features(pixels, engine.tile, bits, PREDICTED_COUNTS)[sel])
-        errs.append(err / (3 * area_px[:, None]))
+        errs.append(err / (3 * tile_areas(pixels, engine.tile)[sel, None]))
         save_file({"features": np.concatenate(feats), "mse": np.concatenate(errs),
                    "counts": np.array(PREDICTED_COUNTS, np.int64)}, str(out))
         print(f"\r  {sum(len(e) for e in errs)}/{tiles} tiles", end="", flush=True)
