@@ -62,9 +62,10 @@ def pick_device(device: str) -> str:
 
 def pick_backend(backend: str, device: str, has_graphs: bool) -> str:
     """"auto": ONNX Runtime on a CPU where it and the model's graphs are installed, else torch."""
+    source = "ODP_BACKEND: " if backend == "auto" and "ODP_BACKEND" in os.environ else ""
     backend = os.environ.get("ODP_BACKEND", "auto") if backend == "auto" else backend
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}' (use auto, onnx or torch)")
+        raise ValueError(f"{source}unknown backend '{backend}' (use auto, onnx or torch)")
     onnx_ok = importlib.util.find_spec("onnxruntime") is not None
     if backend == "auto":
         backend = "onnx" if device == "cpu" and onnx_ok and has_graphs else "torch"
