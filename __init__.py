@@ -194,19 +194,21 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
 
 
 def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,  # noqa: A002
-                 device: str = "auto", batch: int | None = None, options: EncodeOptions | None = None) -> list[bytes]:
-    """Encode many images, their tiles batched together through the network (a real gain on a GPU).
+                 device: str = "auto", batch: int | None = None, adaptive: bool = True,
+                 options: EncodeOptions | None = None) -> list[bytes]:
+    """Encode many images as encode() would each, their tiles batched together through the network.
 
-    Takes the same image kinds as encode() and returns one .odp file per image, in order, every tile
-    alike at full size. `batch` is tiles per network call (default 64 on CUDA, 4 on CPU). A batch
-    mixing images can round a token differently from encode() alone (float rounding under another
-    batch shape); every file is valid.
+    Takes the same image kinds as encode() and returns one .odp file per image, in order; every image
+    is checked (pixels, budget) before any is encoded. `batch` is tiles per network call (default 64
+    on CUDA, 4 on CPU). A batch mixing images can round a token differently from encode() alone
+    (float rounding under another batch shape); every file is valid. `options=` takes every goal of
+    encode(), quality targets included.
     """
     from .codec import coding
     from .codec.options import EncodeOptions
 
     if options is None:
-        options = EncodeOptions(tokens=tokens, bytes=bytes, device=device, batch=batch, adaptive=False)
+        options = EncodeOptions(tokens=tokens, bytes=bytes, device=device, batch=batch, adaptive=adaptive)
     ims = [_to_pil(im) for im in images]
     return coding.encode_many(ims, options)
 

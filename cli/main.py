@@ -331,11 +331,13 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
         raise UserError(f"{failed} of {len(inputs)} inputs failed")
 
 
-def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> int:
-    """Encode each input in turn; with several, report a bad one and go on. Returns how many failed."""
-    from tqdm import tqdm
+GROUP_PIXELS = 1_500_000  # with several inputs, images are encoded in groups of about this many pixels
 
-    import odp
+
+def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> int:
+    """Encode the inputs, several at once (_encode_group); with several, report a bad one and go on.
+    Returns how many failed."""
+    from tqdm import tqdm
 
     failed = 0
     claimed: dict[str, str] = {}
@@ -354,33 +356,77 @@ def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> 
                 raise
             failed += 1  # said now, before hours of work on the others
             click.echo(f"odp: error: {e.message}", err=True)
-    bar = tqdm(jobs, unit="image", disable=quiet or not many or not sys.stderr.isatty(), file=sys.stderr)
-    for src, dst in bar:
+    bar = tqdm(total=len(jobs), unit="image", disable=quiet or not many or not sys.stderr.isatty(), file=sys.stderr)
+    batch_ok = many and options.target is None  # a quality target searches each image's cuts alone
+    group: list[tuple[str, str, object]] = []  # (input, output, image) read, waiting for their group to fill
+    for n, (src, dst) in enumerate(jobs):
         try:
             check_output(dst, force)  # again: an earlier input's output may have taken the name
             with user_errors(src), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 im = read_image(src, limit)
-                tiles = TileBar(Path(src).name, quiet)
-                try:
-                    data = odp.encode(im, options=options, progress=tiles)
-                finally:
-                    tiles.close()
             _show_warnings(caught, src, quiet)
+            group.append((src, dst, im))
+        except UserError as e:
+            failed += _one_failed(e, many, bar)
+            bar.update()
+        pixels = sum(im.width * im.height for _, _, im in group)
+        if group and (not batch_ok or pixels >= GROUP_PIXELS or n == len(jobs) - 1):
+            failed += _encode_group(group, many, force, quiet, verbose, options, bar)
+            group = []
+    return failed
+
+
+def _encode_group(group, many, force, quiet, verbose, options, bar) -> int:
+    """Encode inputs already read: several at once through odp.encode_batch (their tiles batched
+    through the network), or one by one where that says nothing per input (an error or a warning is
+    then found again by encoding each alone, so it names its input). Returns how many failed."""
+    import odp
+
+    files = None
+    if len(group) > 1:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                files = odp.encode_batch([im for _, _, im in group], options=options)
+            files = None if caught else files
+        except Exception:  # noqa: BLE001  (told per input below, by the same work done alone)
+            files = None
+    failed = 0
+    for i, (src, dst, im) in enumerate(group):
+        try:
+            if files is not None:
+                data = files[i]
+            else:
+                with user_errors(src), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    tiles = TileBar(Path(src).name, quiet)
+                    try:
+                        data = odp.encode(im, options=options, progress=tiles)
+                    finally:
+                        tiles.close()
+                _show_warnings(caught, src, quiet)
+            check_output(dst, force)
             with user_errors(dst):
                 write_output(dst, data, force)
             if verbose:
                 w, h = im.size
-                i = odp.info(data)
-                scaled = (i.coded_width, i.coded_height) != (i.width, i.height)
-                at = f" (coded at 1/{w / i.coded_width:.3g}: {i.coded_width}x{i.coded_height})" if scaled else ""
+                info = odp.info(data)
+                scaled = (info.coded_width, info.coded_height) != (info.width, info.height)
+                at = f" (coded at 1/{w / info.coded_width:.3g}: {info.coded_width}x{info.coded_height})" if scaled else ""
                 click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp{at}", err=True)
         except UserError as e:
-            if not many:
-                raise
-            failed += 1
-            bar.write(f"odp: error: {e.message}", file=sys.stderr)
+            failed += _one_failed(e, many, bar)
+        bar.update()
     return failed
+
+
+def _one_failed(e: UserError, many: bool, bar) -> int:
+    """An input's error: the command's error when it is the only input, else said and counted (1)."""
+    if not many:
+        raise e
+    bar.write(f"odp: error: {e.message}", file=sys.stderr)
+    return 1
 
 
 @main.command()

@@ -30,22 +30,31 @@ def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model=None
            engine: Engine | None = None, progress=None) -> bytes:
     """Encode a Pillow image to .odp bytes as `options` say (see EncodeOptions). Images over the pixel
     limit are refused before their pixels are decoded. `progress`: see Engine."""
-    check_pixels(im.width, im.height, options.max_pixels)
-    check_budget(im.width, im.height, options,
-                 engine.entry if engine else getattr(model, "entry", model) if model else registry.find())
+    check(im, options, engine.entry if engine else getattr(model, "entry", model) if model else registry.find())
     engine = engine or engine_for(options, model, progress)
-    p = prepare(im, options.metadata)
+    return _encode_prepared(prepare(im, options.metadata), options, engine)
+
+
+def check(im: Image.Image, options: EncodeOptions, entry) -> None:
+    """Refuse, before any work, an image or goal that cannot be encoded (pixels, budget, MS-SSIM size)."""
+    check_pixels(im.width, im.height, options.max_pixels)
+    check_budget(im.width, im.height, options, entry)
+    target = options.target
+    if target is not None and target[0] == "ms-ssim" and min(im.height, im.width) < MS_SSIM_MIN_SIDE:
+        raise OptionError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels a side")
+
+
+def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.ndarray | None = None) -> bytes:
+    """The file of prepared pixels; `full_tokens`: their tokens at full size, if already made."""
     height, width = p.pixels.shape[:2]
     target, scale, tokens = options.target, options.scale, options.tokens
-    if target is not None and target[0] == "ms-ssim" and min(height, width) < MS_SSIM_MIN_SIDE:
-        raise OptionError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels a side")
     if tokens is not None and tokens > engine.entry.tokens:
         warnings.warn(f"the model makes {engine.entry.tokens} tokens per tile: keeping all of them", OdpWarning)
     max_bytes = options.budget(width, height)
     sized = max_bytes is not None or target is not None  # one size goal other than tokens
-    ladder = ScaleLadder(p, engine, options.adaptive)
+    ladder = ScaleLadder(p, engine, options.adaptive, full_tokens)
     if not isinstance(scale, str):
-        codeds = [encode_at(p, scale, engine, options.adaptive)]
+        codeds = [encode_at(p, scale, engine, options.adaptive, full_tokens if scale == 1 else None)]
     else:
         codeds = list(ladder) if scale == "psnr" and sized else [ladder.full]
     coded = codeds[0]
@@ -86,28 +95,21 @@ def check_budget(width: int, height: int, options: EncodeOptions, entry) -> None
 
 def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions(),
                 model=None) -> list[bytes]:
-    """Encode several Pillow images with every tile alike at full size (options.adaptive and scale are
-    not used), batching tiles of different images together through the network: the throughput path."""
+    """Encode several Pillow images, each as encode() would, their full-size tiles batched together
+    through the network (the throughput path: on a GPU, small images no longer each pay for a mostly
+    empty batch). Every image is checked before any work. Allocation, cuts and smaller coding scales
+    stay per image."""
     if not ims:
         return []
-    if options.target is not None:
-        raise OptionError("encode_batch takes tokens, bytes, bpp or quality, not a quality target")
     for im in ims:
-        check_pixels(im.width, im.height, options.max_pixels)
+        check(im, options, getattr(model, "entry", model) if model else registry.find())
     engine = engine_for(options, model)
     prepared = [prepare(im, options.metadata) for im in ims]
-    toks = engine.encode_many([p.pixels for p in prepared])
-    out = []
-    for p, t in zip(prepared, toks):
-        h, w = p.pixels.shape[:2]
-        data = stream.pack(t, w, h, engine.entry, p.icc, p.exif, gray=p.gray)
-        if options.tokens is not None:
-            data = stream.truncate(data, tokens=options.tokens)
-        budget = options.budget(w, h)
-        if budget is not None:
-            data = stream.truncate(data, max_bytes=budget)
-        out.append(data)
-    return out
+    full = None
+    if isinstance(options.scale, str) or options.scale == 1:  # every such encode starts at full size
+        full = engine.encode_many([p.pixels for p in prepared])
+    return [_encode_prepared(p, options, engine, None if full is None else full[i])
+            for i, p in enumerate(prepared)]
 
 
 def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..entropy.coder import KnownTokens
 from . import tiling
 from .allocation import allocation
 from .engine import Engine
@@ -31,17 +32,20 @@ class Coded:
     tokens: np.ndarray
 
 
-def encode_at(p: Prepared, scale: int, engine: Engine, adaptive: bool = True) -> Coded:
-    """The whole file of prepared pixels, coded at 1/scale of their size and enlarged back on decoding."""
+def encode_at(p: Prepared, scale: int, engine: Engine, adaptive: bool = True,
+              toks: np.ndarray | None = None) -> Coded:
+    """The whole file of prepared pixels, coded at 1/scale of their size and enlarged back on decoding;
+    `toks`: their tokens at that scale, if already made (coding.encode_many batches them)."""
     height, width = p.pixels.shape[:2]
     size = scaled_size(width, height, scale)
     pixels = resize(p.pixels, size)
-    toks = engine.encode(pixels)
+    toks = engine.encode(pixels) if toks is None else toks
     model = engine.entry
-    weights_, caps = allocation(toks, pixels, engine, model.best_entropy) if adaptive else (b"", b"")
+    entropy = KnownTokens(model.best_entropy, toks)  # the allocation and the coding share its tables
+    weights_, caps = allocation(toks, pixels, engine, entropy) if adaptive else (b"", b"")
     display = (width, height) if size != (width, height) else (0, 0)
     return Coded(scale, pack(toks, *size, model, p.icc, p.exif, weights_, caps=caps, display=display,
-                                 gray=p.gray), toks)
+                             gray=p.gray, entropy=entropy), toks)
 
 
 def render(coded: Coded, data: bytes, engine: Engine) -> np.ndarray:
@@ -88,15 +92,17 @@ class ScaleLadder:
     """One image coded at full size, then at each smaller scale of scales_for, each encoded only when
     first asked for: what `scale="auto"` walks down until a budget fits, and `scale="psnr"` compares."""
 
-    def __init__(self, p: Prepared, engine: Engine, adaptive: bool = True):
+    def __init__(self, p: Prepared, engine: Engine, adaptive: bool = True, full_tokens: np.ndarray | None = None):
         self.p, self.engine, self.adaptive = p, engine, adaptive
         self.scales = scales_for(p.pixels.shape[1], p.pixels.shape[0], engine.tile)
         self.encoded: list[Coded] = []
+        self.full_tokens = full_tokens  # the full-size tokens, when made beforehand
 
     def __iter__(self):
         for i, s in enumerate(self.scales):
             if i == len(self.encoded):
-                self.encoded.append(encode_at(self.p, s, self.engine, self.adaptive))
+                made = self.full_tokens if s == 1 else None
+                self.encoded.append(encode_at(self.p, s, self.engine, self.adaptive, made))
             yield self.encoded[i]
 
     @property

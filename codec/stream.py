@@ -71,7 +71,7 @@ def token_bits(toks: np.ndarray, entropy) -> np.ndarray:
     bits = np.empty(toks.size)
     for i in range(0, toks.size, coder.BLOCK):
         t, p = t_idx[i:i + coder.BLOCK], pos[i:i + coder.BLOCK]
-        f = entropy.frequencies(coder.contexts(entropy, toks, t, p), p)
+        f = coder.tables(entropy, toks, t, p)
         bits[i:i + coder.BLOCK] = 24 - np.log2(f[np.arange(len(t)), toks[t, p]])
     return bits.reshape(toks.shape)
 
@@ -213,9 +213,14 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
     if max_bytes is None:
         return at_level(need)
     lo, hi = 1, need
-    smallest = len(at_level(lo))
-    if smallest > max_bytes:
-        raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {smallest})")
+    whole_fit = [x.level for x in layers if len(at_level(x.level)) <= max_bytes]  # cuts: no coding
+    if whole_fit:  # search only past the last whole layer that fits, up to the next one's level
+        lo = whole_fit[-1]
+        hi = min([x.level for x in layers if x.level > lo] + [need])
+    else:
+        smallest = len(at_level(lo))
+        if smallest > max_bytes:
+            raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {smallest})")
     while lo < hi:  # file size grows with the level: binary search for the highest level that fits
         mid = (lo + hi + 1) // 2
         if len(at_level(mid)) <= max_bytes:

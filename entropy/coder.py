@@ -44,6 +44,41 @@ def contexts(model, tokens: np.ndarray, tile: np.ndarray, pos: np.ndarray) -> np
     return np.where(src >= 0, ctx, model.alphabet)
 
 
+class KnownTokens:
+    """An entropy model over tokens the encoder already holds. Each token's table depends only on the
+    tokens before it, all known, so the tables are computed once (in blocks) and kept: the allocation's
+    code lengths and every layer's coding then share one pass of the context model, the encoder's
+    largest cost. Kept as int32 up to KEEP_BYTES; a larger image has them computed at each use."""
+
+    KEEP_BYTES = 96 << 20
+
+    def __init__(self, model, tokens: np.ndarray):
+        self.model, self.tokens = model, tokens
+        self._rows = None
+
+    def __getattr__(self, name):  # id, lags, alphabet, positions, first_token_bits: the model's
+        return getattr(self.model, name)
+
+    def rows(self, tile: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        k = self.tokens.shape[1]
+        if self._rows is None and self.tokens.size * self.model.alphabet * 4 <= self.KEEP_BYTES:
+            t_all, p_all = np.divmod(np.arange(self.tokens.size), k)
+            self._rows = np.empty((self.tokens.size, self.model.alphabet), np.int32)  # TOTAL < 2**31
+            for i in range(0, self.tokens.size, BLOCK):
+                t, p = t_all[i:i + BLOCK], p_all[i:i + BLOCK]
+                self._rows[i:i + BLOCK] = self.model.frequencies(contexts(self.model, self.tokens, t, p), p)
+        if self._rows is None:
+            return self.model.frequencies(contexts(self.model, self.tokens, tile, pos), pos)
+        return self._rows[tile * k + pos]
+
+
+def tables(model, tokens: np.ndarray, tile: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Integer probability rows (n, alphabet) of tokens[tile, pos], each given the earlier tokens of its tile."""
+    if isinstance(model, KnownTokens) and model.tokens is tokens:
+        return model.rows(tile, pos)
+    return model.frequencies(contexts(model, tokens, tile, pos), pos)
+
+
 def token_check(symbols: np.ndarray) -> int:
     """16-bit check of a layer's decoded tokens: a wrong model or corrupt bytes show as a mismatch."""
     return zlib.crc32(np.ascontiguousarray(symbols, dtype="<u2").tobytes()) & 0xFFFF
@@ -56,7 +91,7 @@ def encode_layer(tokens: np.ndarray, before: np.ndarray, after: np.ndarray, mode
     enc = constriction.stream.queue.RangeEncoder()
     for i in range(0, len(symbols), BLOCK):
         t, p = tile[i:i + BLOCK], pos[i:i + BLOCK]
-        probs = model.frequencies(contexts(model, tokens, t, p), p) / TOTAL  # exact: integers / 2**24
+        probs = tables(model, tokens, t, p) / TOTAL  # exact: integers / 2**24
         enc.encode(symbols[i:i + BLOCK], _FAMILY, probs)
     return enc.get_compressed().astype("<u4").tobytes(), token_check(symbols)
 

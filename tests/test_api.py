@@ -145,11 +145,13 @@ def test_encode_adaptive_switch(astronaut, encoded):
 
 
 def test_encode_batch_equals_one_by_one(astronaut, coffee, small_photo, encoded):
-    files = odp.encode_batch([astronaut, coffee, np.asarray(small_photo)], device="cpu", batch=4)
+    files = odp.encode_batch([astronaut, coffee, np.asarray(small_photo)], device="cpu", batch=4, adaptive=False)
     assert files[0] == encoded["astronaut"] and files[1] == encoded["coffee"]
+    by_need = odp.encode_batch([coffee, astronaut], device="cpu", batch=3)  # encode()'s default: adaptive
+    assert by_need == [odp.encode(coffee, device="cpu"), odp.encode(astronaut, device="cpu")]
     assert odp.decode(files[2], device="cpu").size == small_photo.size
     assert odp.encode_batch([], device="cpu") == []
-    cut = odp.encode_batch([coffee, astronaut], tokens=16, device="cpu", batch=3)
+    cut = odp.encode_batch([coffee, astronaut], tokens=16, device="cpu", batch=3, adaptive=False)
     assert cut == [odp.truncate(encoded["coffee"], tokens=16), odp.truncate(encoded["astronaut"], tokens=16)]
 
 

@@ -445,6 +445,34 @@ def test_batch_with_a_bad_input_continues(tmp_path, small_photo):
     assert parts(tmp_path) == []
 
 
+def test_several_inputs_are_encoded_together_as_each_alone(tmp_path, small_photo, adaptive_photo):
+    """Inputs go through odp.encode_batch in groups (their tiles batched through the network): the
+    same files as one `odp encode` each, default settings (adaptive allocation, full size)."""
+    small_photo.save(tmp_path / "a.png")
+    adaptive_photo.save(tmp_path / "b.png")
+    (tmp_path / "out").mkdir()
+    assert_ok(odp("encode", tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", "--quiet"))
+    for n in ("a", "b"):
+        assert_ok(odp("encode", tmp_path / f"{n}.png", "-o", tmp_path / f"{n}.odp", "--quiet"))
+        assert (tmp_path / "out" / f"{n}.odp").read_bytes() == (tmp_path / f"{n}.odp").read_bytes()
+
+
+def test_a_group_error_or_warning_names_its_input(tmp_path, small_photo):
+    """One input of a group that cannot meet the budget fails alone, and the others are written."""
+    small_photo.save(tmp_path / "small.png")
+    small_photo.resize((small_photo.width * 40, small_photo.height * 40)).save(tmp_path / "big.png")  # 80 tiles
+    r = odp("encode", tmp_path / "small.png", tmp_path / "big.png", "--bytes", "60", "--scale", "1")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("odp: error:")]
+    assert len(errors) == 2 and "big.png" in errors[0] and "60 bytes" in errors[0]
+    assert (tmp_path / "small.odp").is_file() and not (tmp_path / "big.odp").exists()
+    small_photo.rotate(180).save(tmp_path / "turned.png")
+    r = odp("encode", tmp_path / "small.png", tmp_path / "turned.png", "-t", "300", "--force")
+    assert_ok(r)
+    said = [ln for ln in r.stderr.splitlines() if "keeping all of them" in ln]
+    assert len(said) == 2 and "small.png" in said[0] and "turned.png" in said[1]
+
+
 # --------------------------------------------------------------------------- stdin / stdout
 
 

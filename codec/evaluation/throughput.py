@@ -3,10 +3,11 @@ equal the CPU path's.
 
     python -m odp.codec.evaluation.throughput ../shared/data/eval/photos --device cuda --out throughput.json
 
-Three measures per device, each after a warm-up, medians of `--repeats`: the default encoder on the
+Four measures per device, each after a warm-up, medians of `--repeats`: the default encoder on the
 first photo (`odp.encode`, allocation and all), the default encoder over every photo one after another,
-and `odp.encode_batch` over every photo (uniform files, tiles of all photos batched through the
-network: the throughput path). With `--check-cpu` the batch's files are also made on the CPU and
+`odp.encode_batch` over every photo (the same files, tiles of all photos batched through the network:
+what `odp encode a.png b.png ... -o out/` runs), and `encode_batch(adaptive=False)` (uniform files: no
+allocation, the fastest path). With `--check-cpu` the batch's files are also made on the CPU and
 compared byte for byte (a token may differ where an FSQ value sits on a rounding edge; the count of
 differing files is reported, and every file is checked to decode). The script for a lent GPU
 (docs/training.md): it needs torch with CUDA, and prints one JSON document.
@@ -43,9 +44,10 @@ def measure(folder: Path, device: str, repeats: int, limit: int, check_cpu: bool
     one = timed(lambda: odp.encode(images[0], device=device), repeats)
     each = timed(lambda: [odp.encode(im, device=device) for im in images], repeats)
     batch = timed(lambda: odp.encode_batch(images, device=device), repeats)
+    uniform = timed(lambda: odp.encode_batch(images, device=device, adaptive=False), repeats)
     out = {"device": device, "photos": len(images), "megapixels": round(sum(mp), 3),
            "one_photo_mp_per_s": mp[0] / one, "default_encoder_mp_per_s": sum(mp) / each,
-           "encode_batch_mp_per_s": sum(mp) / batch}
+           "encode_batch_mp_per_s": sum(mp) / batch, "uniform_batch_mp_per_s": sum(mp) / uniform}
     if check_cpu:
         files = odp.encode_batch(images, device=device)
         cpu = odp.encode_batch(images, device="cpu")
