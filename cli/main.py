@@ -299,10 +299,12 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
                                              "times faster, files slightly worse (default: tiles get tokens by need).")
 @click.option("--scale", default="auto", show_default=True,
               help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. "
+                   "1/2, 1/3, 1/4: code it 2, 3, 4 times larger (finer detail, more bytes), reduced back. "
                    "auto: full size, unless --bytes/--bpp cannot hold 1 token per tile (then the largest "
-                   "of 1/2, 1/3, 1/4 that fits). psnr: with a byte budget try 1, 2, 3 and 4 and keep the "
-                   "highest PSNR, with --psnr/--msssim the smallest file that reaches it (higher PSNR "
-                   "and MS-SSIM at small sizes, but blurrier to LPIPS-VGG and DISTS).")
+                   "of 1/2, 1/3, 1/4 that fits), or the budget or target asks for more than the whole "
+                   "full-size file (then 2x, 3x or 4x, whichever decodes best). psnr: with a byte budget "
+                   "try 1, 2, 3 and 4 and keep the highest PSNR, with --psnr/--msssim the smallest file "
+                   "that reaches it (higher PSNR and MS-SSIM at small sizes, but blurrier to LPIPS-VGG and DISTS).")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
 def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,
@@ -413,7 +415,8 @@ def _encode_group(group, many, force, quiet, verbose, options, bar) -> int:
                 w, h = im.size
                 info = odp.info(data)
                 scaled = (info.coded_width, info.coded_height) != (info.width, info.height)
-                at = f" (coded at 1/{w / info.coded_width:.3g}: {info.coded_width}x{info.coded_height})" if scaled else ""
+                ratio = f"1/{w / info.coded_width:.3g}" if info.coded_width < w else f"{info.coded_width / w:.3g}x"
+                at = f" (coded at {ratio}: {info.coded_width}x{info.coded_height})" if scaled else ""
                 click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp{at}", err=True)
         except UserError as e:
             failed += _one_failed(e, many, bar)

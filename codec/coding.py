@@ -15,10 +15,11 @@ from ..formats.container import FormatError
 from . import registry, stream
 from .engine import Engine
 from .errors import OdpWarning, OptionError
-from .imaging import check_pixels, gray_of, prepare, resize
+from .imaging import check_pixels, gray_of, prepare, resize, scaled_size
 from .options import EncodeOptions
 from .quality import MS_SSIM_MIN_SIDE
-from .ratecontrol import ScaleLadder, best_within, encode_at, first_within, least_bytes, level_reaching, scales_for
+from .ratecontrol import (ScaleLadder, best_within, encode_at, enlarged_reaching, enlarged_within, least_bytes,
+                          level_reaching, scales_for, within)
 
 
 def engine_for(options: EncodeOptions, model=None, progress=None) -> Engine:
@@ -38,6 +39,8 @@ def encode(im: Image.Image, options: EncodeOptions = EncodeOptions(), model=None
 def check(im: Image.Image, options: EncodeOptions, entry) -> None:
     """Refuse, before any work, an image or goal that cannot be encoded (pixels, budget, MS-SSIM size)."""
     check_pixels(im.width, im.height, options.max_pixels)
+    if not isinstance(options.scale, str) and options.scale < 1:  # coded larger: the file holds more pixels
+        check_pixels(*scaled_size(im.width, im.height, options.scale), options.max_pixels)
     check_budget(im.width, im.height, options, entry)
     target = options.target
     if target is not None and target[0] == "ms-ssim" and min(im.height, im.width) < MS_SSIM_MIN_SIDE:
@@ -64,16 +67,21 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
     if max_bytes is not None:
         if options.quality is not None:  # a quality never gives less than 1 token per tile of the smallest file
             max_bytes = max(max_bytes, min(len(stream.truncate(c.data, tokens=1)) for c in codeds))
-        if scale == "auto":  # smaller sizes are encoded only if full size cannot fit
-            data, coded = first_within(ladder, max_bytes)
+        if scale == "auto":  # smaller sizes are encoded only if full size cannot fit, larger if it leaves bytes
+            data, coded = within(ladder, max_bytes)
         else:
             data, coded = best_within(codeds, max_bytes, p.pixels, engine)
+            if scale == "psnr" and coded.scale == 1 and data == coded.data and len(data) < max_bytes:
+                data, coded = enlarged_within(ladder, data, coded, max_bytes)
     if target is not None:
         reached = []
         for c in codeds:
             level = level_reaching(c, c.data, p.pixels, target, engine)
             if level is not None:
                 reached.append(stream.truncate(c.data, level=level))
+        if not reached and isinstance(scale, str):  # out of reach at full size: try coding it larger
+            larger = enlarged_reaching(ladder, target)
+            reached += [larger] if larger is not None else []
         if not reached:
             warnings.warn(f"{target[0]} {target[1]} is out of reach: keeping every token", OdpWarning)
         data = min(reached, key=len) if reached else data

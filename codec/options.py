@@ -56,8 +56,10 @@ class EncodeOptions:
     `bytes` or `bpp`, a `quality` 1..100 (a budget from 0.002 to 0.08 bpp), or the smallest file
     whose decoded image reaches `psnr` (dB) or `msssim`; none keeps every token.
 
-    `scale`: code at 1/scale of each side (1..16), enlarged back on decoding; "auto" (full size
-    unless the budget cannot hold 1 token per tile) or "psnr" (the scale of highest PSNR).
+    `scale`: code at 1/scale of each side (1..16, enlarged back on decoding; or "1/2", "1/3", "1/4":
+    coded larger, reduced back); "auto" (full size unless the budget cannot hold 1 token per tile, or
+    enlarged where a budget or target asks for more than the full-size file holds) or "psnr" (the
+    scale of highest PSNR).
     `adaptive`: tiles get tokens by need (False: every tile alike, several times faster).
     `metadata`: what to carry ("icc", "exif"); by default none (colours converted to sRGB).
     `device`: where the network runs ("auto": CUDA when torch sees a GPU). `batch`: tiles per
@@ -70,7 +72,7 @@ class EncodeOptions:
     quality: float | None = None
     psnr: float | None = None
     msssim: float | None = None
-    scale: int | str = "auto"
+    scale: int | float | str = "auto"
     adaptive: bool = True
     metadata: tuple[str, ...] = ()
     device: str = "auto"
@@ -96,20 +98,7 @@ class EncodeOptions:
         goals = [g for g in SIZE_GOALS if getattr(self, g) is not None]
         if len(goals) > 1:
             raise OptionError(f"give at most one of {', '.join(SIZE_GOALS)} (got {' and '.join(goals)})")
-        scale = "auto" if self.scale is None else self.scale
-        if isinstance(scale, str):
-            if scale.strip().lower() not in SCALE_CHOICES:
-                if not scale.strip().isdigit():
-                    raise OptionError(f"scale {scale!r} is not one of {', '.join(SCALE_CHOICES)} or a whole number "
-                                      f"1..{container.MAX_ENLARGE}", "scale")
-                scale = int(scale)
-            else:
-                scale = scale.strip().lower()
-        elif isinstance(scale, bool) or not isinstance(scale, numbers.Integral):
-            raise TypeError(f"scale must be an int or one of {', '.join(SCALE_CHOICES)}, not {type(scale).__name__}")
-        if not isinstance(scale, str) and not 1 <= scale <= container.MAX_ENLARGE:
-            raise OptionError(f"scale {scale} is outside 1..{container.MAX_ENLARGE}", "scale")
-        set_(self, "scale", scale if isinstance(scale, str) else int(scale))
+        set_(self, "scale", _scale("auto" if self.scale is None else self.scale))
         if not isinstance(self.adaptive, bool):
             raise TypeError(f"adaptive must be True or False, not {type(self.adaptive).__name__}")
         metadata = (self.metadata,) if isinstance(self.metadata, str) else tuple(self.metadata)
@@ -149,3 +138,31 @@ class EncodeOptions:
         if self.quality is not None:
             return int(quality_to_bpp(self.quality) * height * width / 8)
         return None
+
+
+ENLARGING_SCALES = (1 / 2, 1 / 3, 1 / 4)  # code at 2, 3 or 4 times each side (container.MAX_REDUCE)
+
+
+def _scale(scale) -> int | float | str:
+    """A coding scale as given (int, "N", "1/N", 1/N, "auto", "psnr") -> int 1..16, float 1/N, or the word."""
+    fractions = [f"1/{round(1 / f)}" for f in ENLARGING_SCALES]
+    wrong = OptionError(f"scale {scale!r} is not one of {', '.join(SCALE_CHOICES)}, a whole number "
+                        f"1..{container.MAX_ENLARGE}, {', '.join(fractions[:-1])} or {fractions[-1]}", "scale")
+    if isinstance(scale, str):
+        word = scale.strip().lower()
+        if word in SCALE_CHOICES:
+            return word
+        if word.isdigit():
+            scale = int(word)
+        elif word in fractions:
+            scale = ENLARGING_SCALES[fractions.index(word)]
+        else:
+            raise wrong
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a number or one of {', '.join(SCALE_CHOICES)}, not {type(scale).__name__}")
+    near = [f for f in ENLARGING_SCALES if abs(f - scale) < 1e-9]
+    if near:
+        return near[0]
+    if scale != int(scale) or not 1 <= scale <= container.MAX_ENLARGE:
+        raise wrong
+    return int(scale)

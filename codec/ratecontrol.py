@@ -16,10 +16,14 @@ from .allocation import allocation
 from .engine import Engine
 from .errors import OptionError
 from .imaging import Prepared, gray_of, resize, scaled_size
+from .options import ENLARGING_SCALES
 from .quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 from .stream import container, min_first_layer_bytes, pack, truncate
 
 SCALES = (1, 2, 3, 4)  # coding scales the encoder may try (docs/api.md, "Coding scale")
+# Coded pixels up to which the encoder tries coding larger on its own (ENLARGING_SCALES): a budget
+# past the full-size file of a larger photo is kept by that file, not paid for with minutes of work.
+AUTO_ENLARGE_MAX_PIXELS = 12_000_000
 TARGET_METRICS = ("psnr", "ms-ssim")
 
 
@@ -97,6 +101,12 @@ class ScaleLadder:
         self.scales = scales_for(p.pixels.shape[1], p.pixels.shape[0], engine.tile)
         self.encoded: list[Coded] = []
         self.full_tokens = full_tokens  # the full-size tokens, when made beforehand
+        self.larger: dict[float, Coded] = {}  # coded at ENLARGING_SCALES, once a goal asked for them
+
+    def enlarged(self, scale: float) -> Coded:
+        if scale not in self.larger:
+            self.larger[scale] = encode_at(self.p, scale, self.engine, self.adaptive)
+        return self.larger[scale]
 
     def __iter__(self):
         for i, s in enumerate(self.scales):
@@ -171,3 +181,53 @@ def level_reaching(coded: Coded, data: bytes, pixels: np.ndarray, target: tuple[
         else:
             lo = mid + 1
     return lo
+
+
+def enlargements(p: Prepared):
+    """The larger coding scales worth trying on their own for these pixels, in order (2x, 3x, 4x)."""
+    height, width = p.pixels.shape[:2]
+    for s in ENLARGING_SCALES:
+        w, h = scaled_size(width, height, s)
+        if w * h > AUTO_ENLARGE_MAX_PIXELS:
+            return
+        yield s
+
+
+def enlarged_within(ladder: ScaleLadder, data: bytes, coded: Coded, max_bytes: int) -> tuple[bytes, Coded]:
+    """When the whole full-size file (`data`) fits max_bytes with bytes to spare, the image coded
+    larger may spend them: each larger scale's largest cut within max_bytes replaces the file while it
+    decodes to a higher PSNR (it does not at first: a larger scale needs more bytes to catch up)."""
+    p, engine = ladder.p, ladder.engine
+    best = psnr(p.pixels, render(coded, data, engine))
+    for s in enlargements(p):
+        bigger = ladder.enlarged(s)
+        try:
+            cut = truncate(bigger.data, max_bytes=max_bytes)
+        except ValueError:  # not even 1 token per tile of it fits
+            break
+        score = psnr(p.pixels, render(bigger, cut, engine))
+        if score <= best:
+            break
+        data, coded, best = cut, bigger, score
+        if len(bigger.data) > max_bytes:  # the budget cuts this scale short: a larger one would be cut shorter
+            break
+    return data, coded
+
+
+def enlarged_reaching(ladder: ScaleLadder, target: tuple[str, float]) -> bytes | None:
+    """The smallest cut reaching `target` of the first larger coding scale whose whole file does, or None."""
+    for s in enlargements(ladder.p):
+        bigger = ladder.enlarged(s)
+        level = level_reaching(bigger, bigger.data, ladder.p.pixels, target, ladder.engine)
+        if level is not None:
+            return truncate(bigger.data, level=level)
+    return None
+
+
+def within(ladder: ScaleLadder, max_bytes: int) -> tuple[bytes, Coded]:
+    """The default file within max_bytes: the full-size file's cut; a smaller scale's when that cannot
+    fit; a larger scale's cut when the whole full-size file leaves bytes it spends better."""
+    data, coded = first_within(ladder, max_bytes)
+    if coded.scale == 1 and data == coded.data and len(data) < max_bytes:
+        data, coded = enlarged_within(ladder, data, coded, max_bytes)
+    return data, coded

@@ -48,6 +48,7 @@ MODEL_ID_BYTES = 4          # a version-2 file names its model by this prefix of
 FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS, FLAG_DISPLAY, FLAG_GRAY = 1, 2, 4, 8, 16, 32
 FLAGS = FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS | FLAG_DISPLAY | FLAG_GRAY
 MAX_ENLARGE = 16            # a display side is at most this many times the coded side
+MAX_REDUCE = 4              # ... and at least the coded side over this (an image coded enlarged)
 _V1_FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
 
 
@@ -82,7 +83,7 @@ class Header:
     caps: bytes = b""         # per tile 1..255: it keeps at most ceil(c * K / 255) tokens; empty: K
     icc: bytes = b""
     exif: bytes = b""
-    display_width: int = 0    # size to show the image at, when the encoder coded it smaller; 0: width
+    display_width: int = 0    # size to show the image at, when the encoder coded it at another; 0: width
     display_height: int = 0
     model_name: str = ""      # version-1 files name their model too
     version: int = VERSION
@@ -102,7 +103,7 @@ class Header:
 
     @property
     def display_size(self) -> tuple[int, int]:
-        """(width, height) of the decoded image: the coded size, or the size it is enlarged to."""
+        """(width, height) of the decoded image: the coded size, or the size it is enlarged or reduced to."""
         return (self.display_width or self.width, self.display_height or self.height)
 
     @property
@@ -139,12 +140,13 @@ class Header:
         if not (1 <= self.width <= MAX_SIDE and 1 <= self.height <= MAX_SIDE):
             raise FormatError(f"image size {self.width}x{self.height} is outside 1..{MAX_SIDE} pixels per side")
         dw, dh = self.display_size
-        if not (self.width <= dw <= min(MAX_SIDE, MAX_ENLARGE * self.width)
-                and self.height <= dh <= min(MAX_SIDE, MAX_ENLARGE * self.height)):
-            raise FormatError(f"display size {dw}x{dh} is not between the coded size {self.width}x{self.height} "
-                              f"and {MAX_ENLARGE} times it (at most {MAX_SIDE} per side)")
-        if max_pixels is not None and dw * dh > max_pixels:
-            raise FormatError(f"image of {dw}x{dh} pixels exceeds the limit of {max_pixels} pixels")
+        if not (-(-self.width // MAX_REDUCE) <= dw <= min(MAX_SIDE, MAX_ENLARGE * self.width)
+                and -(-self.height // MAX_REDUCE) <= dh <= min(MAX_SIDE, MAX_ENLARGE * self.height)):
+            raise FormatError(f"display size {dw}x{dh} is not between 1/{MAX_REDUCE} of the coded size "
+                              f"{self.width}x{self.height} and {MAX_ENLARGE} times it (at most {MAX_SIDE} per side)")
+        if max_pixels is not None and max(dw * dh, self.width * self.height) > max_pixels:
+            w, h = max((dw, dh), (self.width, self.height), key=lambda s: s[0] * s[1])
+            raise FormatError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
         if not (16 <= self.tile <= 4096) or self.tile & (self.tile - 1):
             raise FormatError(f"tile size {self.tile} is not a power of two in 16..4096")
         if not (1 <= self.tokens <= MAX_TOKENS):

@@ -994,12 +994,46 @@ def test_a_target_keeps_the_smallest_file_of_any_scale_that_reaches_it(adaptive_
     assert psnr(ref, np.asarray(coding.decode(auto, device="cpu"))) >= 14.0
     assert len(auto) <= len(full) and not container.read(full).header.scaled
     with pytest.warns(OdpWarning, match="psnr 40.0 is out of reach"):  # no scale reaches it: the whole file
-        whole = helpers.encode(adaptive_photo, target=("psnr", 40.0), model=model, device="cpu", adaptive=False)
+        whole = helpers.encode(adaptive_photo, target=("psnr", 40.0), scale=1, model=model, device="cpu",
+                               adaptive=False)
     assert whole == helpers.encode(adaptive_photo, model=model, device="cpu", adaptive=False)
 
 
-@pytest.mark.parametrize("scale, message", [(0, "scale 0 is outside 1..16"), (17, "scale 17 is outside 1..16"),
-                                            ("best", "scale 'best' is not one of auto, psnr or a whole number")])
+@pytest.fixture(scope="session")
+def coffee_whole(coffee, model) -> tuple[bytes, float]:
+    """coffee's whole full-size file (1 tile) and its PSNR."""
+    data = helpers.encode(coffee, model=model, device="cpu")
+    return data, psnr(np.asarray(coffee), np.asarray(coding.decode(data, device="cpu")))
+
+
+def test_a_budget_past_the_whole_file_codes_the_image_larger(coffee, coffee_whole, model):
+    """Where the whole full-size file leaves bytes, the encoder codes the image at 2x (then 3x, 4x) each
+    side and keeps the cut within the budget that decodes best: more tiles for the same pixels, and a
+    higher PSNR than the whole full-size file. Cuts of it stay valid and decode at the image's size."""
+    whole, whole_psnr = coffee_whole
+    data = helpers.encode(coffee, max_bytes=4 * len(whole), model=model, device="cpu")
+    h = container.read(data).header
+    assert len(whole) < len(data) <= 4 * len(whole)
+    assert h.display_size == coffee.size and h.width > coffee.width and h.scaled
+    ref = np.asarray(coffee)
+    assert psnr(ref, np.asarray(coding.decode(data, device="cpu"))) > whole_psnr + 0.5
+    cut = stream.truncate(data, tokens=8)
+    assert coding.decode(cut, device="cpu").size == coffee.size
+    assert helpers.encode(coffee, max_bytes=len(whole), model=model, device="cpu") == whole  # no bytes to spare
+    explicit = helpers.encode(coffee, scale="1/2", model=model, device="cpu")
+    assert container.read(explicit).header.width == 2 * coffee.width
+
+
+def test_a_target_out_of_reach_at_full_size_is_met_coding_larger(coffee, coffee_whole, model):
+    whole, whole_psnr = coffee_whole
+    data = helpers.encode(coffee, target=("psnr", whole_psnr + 0.5), model=model, device="cpu")
+    assert container.read(data).header.width > coffee.width
+    assert psnr(np.asarray(coffee), np.asarray(coding.decode(data, device="cpu"))) >= whole_psnr + 0.5
+
+
+@pytest.mark.parametrize("scale, message", [(0, "scale 0 is not one of auto, psnr, a whole number 1..16, 1/2"),
+                                            (17, "scale 17 is not one"), (0.3, "scale 0.3 is not one"),
+                                            ("1/5", "scale '1/5' is not one"), ("best", "scale 'best' is not one")])
 def test_scale_out_of_range(adaptive_photo, scale, message):
     with pytest.raises(ValueError, match=message):
         helpers.encode(adaptive_photo, scale=scale, device="cpu")

@@ -399,22 +399,27 @@ def test_display_size_round_trip():
     assert not plain.scaled and helpers.fields_of(some_file(display_width=300))[0] == 0
 
 
-@pytest.mark.parametrize("size, ok", [((300, 200), True), ((4800, 3200), True), ((299, 400), False),
-                                      ((600, 199), False), ((4801, 200), False), ((300, 3201), False)])
-def test_display_size_is_between_the_coded_size_and_16_times_it(size, ok):
+@pytest.mark.parametrize("size, ok", [((300, 200), True), ((4800, 3200), True), ((75, 50), True),
+                                      ((299, 400), True), ((74, 400), False), ((600, 49), False),
+                                      ((4801, 200), False), ((300, 3201), False)])
+def test_display_size_is_between_a_quarter_of_the_coded_size_and_16_times_it(size, ok):
     h = helpers.some_header(display_width=size[0], display_height=size[1])  # coded 300 x 200
     data = forged(h, flags=container.FLAG_DISPLAY)
     if ok:
         assert container.read(data).header.display_size == size
     else:
-        assert "not between the coded size 300x200 and 16 times it" in refused(data, "display size")
+        assert "not between 1/4 of the coded size 300x200 and 16 times it" in refused(data, "display size")
 
 
-def test_display_size_counts_against_the_pixel_limit():
-    """The bomb guard is on the decoded (display) size: a 1-tile file may claim 16x its sides."""
+def test_display_and_coded_sizes_count_against_the_pixel_limit():
+    """The bomb guard is on the larger of the decoded (display) and the coded size: a 1-tile file may
+    claim 16x its sides, and a file coded at 4x its sides decodes all of its coded pixels first."""
     data = some_file(width=4000, height=4000, display_width=64000, display_height=64000)
     refused(data, "image of 64000x64000 pixels exceeds the limit")
     assert container.read(data, max_pixels=None).header.display_size == (64000, 64000)
+    reduced = some_file(width=20000, height=20000, display_width=5000, display_height=5000)
+    refused(reduced, "image of 20000x20000 pixels exceeds the limit")
+    assert container.read(reduced, max_pixels=None).header.display_size == (5000, 5000)
 
 
 def test_gray_flag_round_trips_and_survives_a_cut():

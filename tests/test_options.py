@@ -35,6 +35,7 @@ def test_one_size_goal_at_most():
 
 def test_values_are_normalised():
     assert EncodeOptions(scale="PSNR").scale == "psnr" and EncodeOptions(scale="3").scale == 3
+    assert EncodeOptions(scale="1/2").scale == 0.5 and EncodeOptions(scale=1 / 3).scale == 1 / 3
     assert EncodeOptions(metadata=("exif", "icc", "exif")).metadata == ("exif", "icc")
     assert EncodeOptions(metadata="icc").metadata == ("icc",)
     with pytest.raises(TypeError):

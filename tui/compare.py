@@ -102,7 +102,8 @@ class Photo:
 
     def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
         """ODP at `tokens` per tile (a cut of the full-size file), or what `odp encode --bytes` makes
-        for `max_bytes`: the full-size file's cut, or a smaller coding scale's when that cannot fit."""
+        for `max_bytes`: the full-size file's cut, a smaller coding scale's when that cannot fit, or a
+        larger one's when the whole full-size file leaves bytes it spends better."""
         self.full = self.encoding.whole
         self.max_tokens = round(odp.info(self.full).mean_tokens)  # tokens past it give the same file
         try:
@@ -111,12 +112,15 @@ class Photo:
             return Shown("ODP", note=str(e))
         info = odp.info(data)
         k = round(info.mean_tokens)
-        scale = round(info.width / info.coded_width)
+        if info.coded_width < info.width:
+            at = f" at 1/{round(info.width / info.coded_width)}"
+        else:
+            at = f" at {round(info.coded_width / info.width)}x" if info.coded_width > info.width else ""
         whole = data == self.full
 
         def make() -> Shown:
             im = odp.decode(data, device=self.device).convert("RGB")  # a greyscale file decodes to L
-            label = f"ODP {k} tokens" + (f" at 1/{scale}" if scale > 1 else "") + (" (whole file)" if whole else "")
+            label = f"ODP {k} tokens" + at + (" (whole file)" if whole else "")
             return Shown(label, np.asarray(im), len(data), data, k, whole=whole)
         return self._cached(("odp", info.coded_width, info.truncation_points[-1]), make)
 
