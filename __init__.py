@@ -257,19 +257,19 @@ class Encoding:
 
     @property
     def scales_encoded(self) -> list[int]:
-        """The coding scales encoded so far (1 = full size; 2: half each side; 0.5: twice each side):
-        others only once a budget needed them."""
-        return [c.scale for c in self._ladder.encoded] + list(self._ladder.larger)
+        """The coding scales encoded so far (1 = full size): smaller ones only once a budget needed them."""
+        return [c.scale for c in self._ladder.encoded]
 
     def with_tokens(self, tokens: int) -> bytes:
         return truncate(self.whole, tokens=tokens)
 
     def within(self, bytes: int) -> bytes:  # noqa: A002
-        """The largest file within `bytes`, at full size; a smaller coding scale when that cannot fit; a
-        larger one (encoded once, then cut) when the whole full-size file leaves bytes it spends better."""
+        """The largest file within `bytes`, at full size or, when that cannot fit, a smaller coding scale.
+        Past the whole full-size file this returns that file, where `encode(bytes=)` codes the image
+        larger (a cut of one encode is what this class is for)."""
         from .codec import ratecontrol
 
-        return ratecontrol.within(self._ladder, _count(bytes, "bytes"))[0]
+        return ratecontrol.first_within(self._ladder, _count(bytes, "bytes"))[0]
 
 
 def is_odp(prefix: bytes) -> bool:

@@ -102,8 +102,8 @@ class Photo:
 
     def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
         """ODP at `tokens` per tile (a cut of the full-size file), or what `odp encode --bytes` makes
-        for `max_bytes`: the full-size file's cut, a smaller coding scale's when that cannot fit, or a
-        larger one's when the whole full-size file leaves bytes it spends better."""
+        for `max_bytes`: the full-size file's cut, or a smaller coding scale's when that cannot fit (a
+        budget past the whole file shows that file: odp.Encoding cuts one encode)."""
         self.full = self.encoding.whole
         self.max_tokens = round(odp.info(self.full).mean_tokens)  # tokens past it give the same file
         try:

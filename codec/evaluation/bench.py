@@ -77,7 +77,7 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
         stats = {}
         if part == "odp":
             engine = Engine(model, device)
-            fulls, stats = odp_files(pixels, engine)
+            fulls, stats, ladder = odp_files(pixels, engine)
             scored: dict[bytes, dict] = {}  # contenders often pick the same file: score it once
             for codec, codeds in fulls.items():
                 for b in budgets:
@@ -86,6 +86,9 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
                             data, coded = ratecontrol.best_within(codeds, budget_bytes(b, w, h), pixels, engine)
                         else:
                             data, coded = ratecontrol.first_within(codeds, budget_bytes(b, w, h))
+                        if codec != "odp-uniform" and coded.scale == 1 and data == coded.data \
+                                and len(data) < budget_bytes(b, w, h):  # bytes to spare: coded larger, as encode does
+                            data, coded = ratecontrol.enlarged_within(ladder, data, coded, budget_bytes(b, w, h))
                     except ValueError:  # not even one token per tile fits
                         continue
                     key = (codec, coded.scale, container.read(data).level)
@@ -118,10 +121,11 @@ def measure_image(path: Path, parts: list[str], files: dict[str, Path], budgets,
         os.replace(tmp, files[part])
 
 
-def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict]:
+def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict, ratecontrol.ScaleLadder]:
     """Full ODP files of one image, as ratecontrol.Coded lists per contender ("odp": adaptive allocation,
     full size first, then the smaller coding scales for budgets it cannot fit; "odp-psnr-scale": the
-    same files, chosen by PSNR; "odp-uniform": full size, every tile alike; all with the shipped
+    same files, chosen by PSNR; both coded larger where a budget leaves bytes past the whole file (the
+    ladder returned keeps those); "odp-uniform": full size, every tile alike; all with the shipped
     context model) and what they
     cost: bits per token under each entropy model (raw ids, per-position tables, context model; the
     same uniform tokens) and encode seconds of the full-size file: the encoder's own files
@@ -147,7 +151,7 @@ def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict
              "tables_bits_per_token": payload(tables), "context_bits_per_token": payload(uniform.data),
              "entropy_model": model.best_entropy.id, "tokenize_s": t1 - t0, "allocate_s": (t3 - t2) - (t2 - t1),
              "entropy_code_s": t5 - t4, "megapixels": w * h / 1e6}
-    return fulls, stats
+    return fulls, stats, ladder
 
 
 def part_key(part: str, budgets, metric_names, codecs, model) -> str:

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ...entropy.models import PositionTables
 from ..model import ModelConfig, Tokenizer
+from ..registry import path_of
 from ..weights import WEIGHTS_DIR, load, save_weights
 from .train import DECODER_PREFIXES, CropSampler, split_photos
 
@@ -70,8 +72,13 @@ def main(argv: list[str] | None = None) -> None:
                    if not k.startswith(DECODER_PREFIXES) and not torch.equal(v, base_state[k])]
         if changed:
             sys.exit(f"export: the encoder of {run} differs from {tc['init']} ({changed[0]}): not a decoder-only run")
+        # the tokenizer that first made these tokens: a fine-tune of a fine-tune names the original,
+        # whose context model serves them all (registry looks one step back)
+        with safe_open(str(path_of(tc["init"])), framework="np") as f:
+            root = (f.metadata() or {}).get("tokens_of")
         path = Path(args.out) / f"{args.name}.safetensors"
-        digest = save_weights(path, args.name, tok, base.tables, tokens_of=base.sha256)
+        digest = save_weights(path, args.name, tok, base.tables,
+                              tokens_of=bytes.fromhex(root) if root else base.sha256)
         print(json.dumps({"name": args.name, "sha256": digest.hex(), "step": state["step"],
                           "tokens_of": base.name, "tables": "kept from " + base.name}))
         return
