@@ -71,7 +71,7 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
             data, coded = within(ladder, max_bytes)
         else:
             data, coded = best_within(codeds, max_bytes, p.pixels, engine)
-            if scale == "psnr" and coded.scale == 1 and data == coded.data and len(data) < max_bytes:
+            if scale == "psnr":
                 data, coded = enlarged_within(ladder, data, coded, max_bytes)
     if target is not None:
         reached = []

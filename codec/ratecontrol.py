@@ -196,7 +196,10 @@ def enlargements(p: Prepared):
 def enlarged_within(ladder: ScaleLadder, data: bytes, coded: Coded, max_bytes: int) -> tuple[bytes, Coded]:
     """When the whole full-size file (`data`) fits max_bytes with bytes to spare, the image coded
     larger may spend them: each larger scale's largest cut within max_bytes replaces the file while it
-    decodes to a higher PSNR (it does not at first: a larger scale needs more bytes to catch up)."""
+    decodes to a higher PSNR (it does not at first: a larger scale needs more bytes to catch up).
+    Any other file (a cut, a smaller scale, a budget it fills) comes back as it is."""
+    if coded.scale != 1 or data != coded.data or len(data) >= max_bytes:
+        return data, coded
     p, engine = ladder.p, ladder.engine
     best = psnr(p.pixels, render(coded, data, engine))
     for s in enlargements(p):
@@ -227,7 +230,4 @@ def enlarged_reaching(ladder: ScaleLadder, target: tuple[str, float]) -> bytes |
 def within(ladder: ScaleLadder, max_bytes: int) -> tuple[bytes, Coded]:
     """The default file within max_bytes: the full-size file's cut; a smaller scale's when that cannot
     fit; a larger scale's cut when the whole full-size file leaves bytes it spends better."""
-    data, coded = first_within(ladder, max_bytes)
-    if coded.scale == 1 and data == coded.data and len(data) < max_bytes:
-        data, coded = enlarged_within(ladder, data, coded, max_bytes)
-    return data, coded
+    return enlarged_within(ladder, *first_within(ladder, max_bytes), max_bytes)

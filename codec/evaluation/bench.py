@@ -86,8 +86,7 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
                             data, coded = ratecontrol.best_within(codeds, budget_bytes(b, w, h), pixels, engine)
                         else:
                             data, coded = ratecontrol.first_within(codeds, budget_bytes(b, w, h))
-                        if codec != "odp-uniform" and coded.scale == 1 and data == coded.data \
-                                and len(data) < budget_bytes(b, w, h):  # bytes to spare: coded larger, as encode does
+                        if codec != "odp-uniform":  # bytes to spare past the whole file: coded larger, as encode does
                             data, coded = ratecontrol.enlarged_within(ladder, data, coded, budget_bytes(b, w, h))
                     except ValueError:  # not even one token per tile fits
                         continue
