@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,6 +90,31 @@ def test_stage_two_terms_and_frozen_encoder(tmp_path):
     ev = [r for r in log_lines(run) if "eval" in r][-1]
     assert 0 < ev["lpips_vgg@4"] < 1.5 and 0 < ev["lpips_vgg@16"] < 1.5  # the monitor reports the perceptual term
     assert (run / "disc.safetensors").is_file()
+
+
+def test_torchrun_ranks_agree_and_resume_with_another_world_size(tmp_path):
+    """The training command under torchrun, 2 CPU processes over gloo, with the discriminator and its
+    adaptive weight on: at every checkpoint both ranks hold the same weights (sha256 compared by the
+    run itself), rank 0 alone writes the log; the run then resumes in one process from its checkpoint."""
+    run = tmp_path / "run"
+    extra = "[loss]\nadversarial = 0.1\nadv_start = 1\nadaptive_adv = true\nadapt_every = 1\n"
+    def torchrun(steps, folder):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "odp.codec.training.train", "--config", str(write_config(tmp_path, steps, extra)),
+               "--run-dir", str(folder), "--threads", "1"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    torchrun(4, run)
+    checks = [c for c in log_lines(run) if "eval" in c]
+    assert [(c["step"], c["world"], c["ranks_agree"]) for c in checks] == [(2, 2, True), (4, 2, True)]
+    assert [c["step"] for c in log_lines(run) if "loss" in c] == [1, 2, 3, 4]  # one writer
+    assert (run / "disc.safetensors").is_file()
+    torchrun(2, tmp_path / "again")  # the same seed and world size: the same run
+    losses = lambda folder: [(c["loss"], c.get("g_adv")) for c in log_lines(folder) if "loss" in c][:2]  # noqa: E731
+    assert losses(tmp_path / "again") == losses(run)
+    train.main(["--config", str(write_config(tmp_path, 6, extra)), "--run", str(run), "--threads", "1"])
+    assert [c["step"] for c in log_lines(run) if "loss" in c] == [1, 2, 3, 4, 5, 6]
 
 
 def test_gpu_pack_and_partial_lpips(tmp_path):

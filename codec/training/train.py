@@ -12,10 +12,17 @@ random crop of each tile (offline weights, `odp fetch-metrics`), and a hinge pat
 discriminator switched on at `adv_start` with a small weight; `freeze_encoder = true`
 fine-tunes only the decoder, so the tokens of existing files keep their meaning.
 `init = "odp-small-v1"` starts a new run from shipped weights.
+
+The same command runs under `torchrun --nproc-per-node N` (and across machines with torchrun's
+--nnodes/--rdzv options): DistributedDataParallel over gloo on CPUs or NCCL on GPUs, each rank
+drawing its crops from its own share of the photos, `batch` split evenly between the ranks (so the
+recipe is the same whatever the world size), rank 0 alone logging, monitoring and checkpointing. A
+checkpoint holds no trace of the world size: a run resumes with any number of processes.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -26,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -207,6 +215,28 @@ def load_snapshot(folder: Path, model: Tokenizer, ema: Tokenizer, disc: torch.nn
     return json.loads((folder / "state.json").read_text())["step"]
 
 
+def init_distributed(device_type: str) -> tuple[int, int, str]:
+    """(rank, world size, device): under torchrun (which sets RANK, WORLD_SIZE and LOCAL_RANK) one
+    process per GPU over NCCL, or per share of the CPU over gloo; a plain process is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device_type
+    device = device_type
+    if device_type == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters and buffers: equal on every rank while DDP keeps them in step."""
+    h = hashlib.sha256()
+    for v in module.state_dict().values():
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, layer: torch.Tensor) -> float:
     """VQGAN's balance: the adversarial term's gradient at the last layer scaled to the
     reconstruction term's, so its weight means the same whatever the losses' scales."""
@@ -243,10 +273,13 @@ def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=Non
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
-    ap.add_argument("--run", required=True, help="run folder: checkpoints and log.jsonl")
+    ap.add_argument("--run", "--run-dir", dest="run", required=True,
+                    help="run folder: checkpoints and log.jsonl (--run-dir under torchrun, whose own "
+                         "parser would take --run for its --run-path)")
     ap.add_argument("--snapshot", help="a committed folder the run continues from when --run is new, "
                                        "and where it writes a compact copy at every checkpoint")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=int, help="CPU threads per process (default: the cores shared "
+                                                 "among torchrun's local processes)")
     ap.add_argument("--stop-after", type=float, help="stop at the first checkpoint after this many seconds")
     ap.add_argument("--monitor-only", metavar="MODEL",
                     help="print the monitor's figures for these shipped weights (e.g. the run's `init`) and exit")
@@ -254,19 +287,33 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = tomllib.loads(Path(args.config).read_text())
     mc, tc = ModelConfig.from_dict(cfg["model"]), cfg["train"]
-    torch.manual_seed(tc["seed"])
-    torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    rank, world, device = init_distributed(device_type)
+    lead = rank == 0  # logs, monitors and writes checkpoints
+    if tc["batch"] % world:
+        raise SystemExit(f"batch {tc['batch']} does not split evenly over {world} processes")
+    batch = tc["batch"] // world
+    torch.manual_seed(tc["seed"] + rank)  # every rank starts from rank 0's weights (broadcast below)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local))
+    if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     snapshot = Path(args.snapshot) if args.snapshot else None
 
+    def rank_seed(*parts: int):  # one process keeps the seeds of the single-process recipe
+        return sum(parts) if world == 1 else [*parts, rank]
+
     train_files, held = split_photos(tc)
-    print(f"{len(train_files)} training photos, {len(held)} held out for monitoring", file=sys.stderr)
-    sampler = CropSampler(train_files, tc["areas_mp"], mc.tile, tc["seed"])
-    monitor = CropSampler(held, tc["areas_mp"], mc.tile, seed=1234).batch(tc["monitor_tiles"]).to(device)
+    shard = train_files[rank::world]
+    if not shard:
+        raise SystemExit(f"{len(train_files)} training photos cannot feed {world} processes")
+    if lead:
+        print(f"{len(train_files)} training photos, {len(held)} held out for monitoring"
+              + (f"; {world} processes, batch {batch} each" if world > 1 else ""), file=sys.stderr)
+    sampler = CropSampler(shard, tc["areas_mp"], mc.tile, rank_seed(tc["seed"]))
+    monitor = CropSampler(held, tc["areas_mp"], mc.tile, seed=1234).batch(tc["monitor_tiles"]).to(device) if lead else None
 
     lc = {"perceptual": 0.0, "perceptual_crop": 128, "adversarial": 0.0, "adv_start": 0, "disc_start": None,
           "disc_lr": 1e-4, "adaptive_adv": False, "adapt_every": 10, "freeze_encoder": False, "judges": [],
@@ -278,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         from ..weights import load as load_shipped
 
         model.load_state_dict(load_shipped(tc["init"]).tokenizer.state_dict())
-        print(f"initialised from shipped weights {tc['init']}", file=sys.stderr)
+        if lead:
+            print(f"initialised from shipped weights {tc['init']}", file=sys.stderr)
     ema = Tokenizer(mc).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     disc = disc_opt = None
@@ -288,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     rewarm_from = -1
     if from_snapshot:
         step = rewarm_from = load_snapshot(snapshot, model, ema, disc, run)
-        print(f"continued from snapshot {snapshot} at step {step} (optimiser moments rebuilt)", file=sys.stderr)
+        if lead:
+            print(f"continued from snapshot {snapshot} at step {step} (optimiser moments rebuilt)", file=sys.stderr)
     if lc["freeze_encoder"]:  # stage 2: the decoder learns, the tokens keep their meaning
         for name, prm in model.named_parameters():
             if not name.startswith(DECODER_PREFIXES):
@@ -297,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(params, lr=tc["lr"], betas=(0.9, 0.99), weight_decay=tc["weight_decay"])
     if resumable:
         step = load_checkpoint(run, model, ema, opt)
-        print(f"resumed at step {step}", file=sys.stderr)
+        if lead:
+            print(f"resumed at step {step}", file=sys.stderr)
         if disc is not None and (run / "disc.safetensors").exists():
             t = load_file(str(run / "disc.safetensors"))
             disc.load_state_dict({k: v for k, v in t.items() if not k.startswith("opt.")})
@@ -306,7 +356,13 @@ def main(argv: list[str] | None = None) -> None:
     elif not from_snapshot:
         step = 0
     if step:
-        sampler.rng = np.random.default_rng(tc["seed"] + step)
+        sampler.rng = np.random.default_rng(rank_seed(tc["seed"], step))
+    net, critic = model, disc  # what the steps call: wrapped in DDP when there are several processes
+    if world > 1:  # DDP broadcasts rank 0's model and discriminator; the EMA follows by hand
+        for v in ema.state_dict().values():
+            dist.broadcast(v, 0)
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        critic = torch.nn.parallel.DistributedDataParallel(disc) if disc is not None else None
     lpips_vgg, perc_key = None, "lpips_vgg"
     if lc["perceptual"] > 0 and lc.get("perceptual_weights"):  # the compact partial LPIPS a GPU run carries
         from .gpu import PartialLPIPS
@@ -324,16 +380,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.monitor_only:  # the same crops and metrics as the run's monitor, for a step-0 reference
         from ..weights import load as load_shipped
 
-        ref = load_shipped(args.monitor_only).tokenizer.to(device)
-        print(json.dumps({"model": args.monitor_only, "eval": "held-out train crops",
-                          **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key)}))
+        if lead:
+            ref = load_shipped(args.monitor_only).tokenizer.to(device)
+            print(json.dumps({"model": args.monitor_only, "eval": "held-out train crops",
+                              **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key)}))
         return
     disc_start = lc["adv_start"] if lc["disc_start"] is None else lc["disc_start"]
     last_layer = model.head.detail[-1].weight
     adv_scale = 1.0
-    crop_rng = np.random.default_rng(tc["seed"] + 7 + step)
+    crop_rng = np.random.default_rng(rank_seed(tc["seed"] + 7, step))
 
-    log = (run / "log.jsonl").open("a")
+    log = (run / "log.jsonl").open("a") if lead else None
     t0, seen = time.time(), 0
     while step < tc["steps"]:
         lr = lr_at(step, tc)
@@ -341,10 +398,10 @@ def main(argv: list[str] | None = None) -> None:
             lr *= (step - rewarm_from + 1) / lc["resume_warmup"]
         for g in opt.param_groups:
             g["lr"] = lr
-        x = sampler.batch(tc["batch"]).to(device)
+        x = sampler.batch(batch).to(device)
         keep = torch.randint(1, mc.tokens + 1, (x.shape[0],), device=device)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=tc["bf16"]):
-            y, _ = model(x, keep)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc["bf16"]):
+            y, _ = net(x, keep)
         y = y.float()
         loss = mse = F.mse_loss(y, x)
         rec = {}
@@ -355,9 +412,14 @@ def main(argv: list[str] | None = None) -> None:
             rec[perc_key] = round(perc.item(), 4)
         adv_on = disc is not None and step >= lc["adv_start"]
         if adv_on:
+            disc.requires_grad_(False)  # the generator's step leaves the critic's gradients alone
             g_adv = -disc(y).mean()  # hinge generator loss
             if lc["adaptive_adv"] and (step - lc["adv_start"]) % lc["adapt_every"] == 0:
                 adv_scale = adaptive_weight(loss, g_adv, last_layer)
+                if world > 1:  # one scale for all ranks: the mean of theirs
+                    s = torch.tensor([adv_scale], dtype=torch.float64, device=device)
+                    dist.all_reduce(s)
+                    adv_scale = float(s.item()) / world
             loss = loss + lc["adversarial"] * adv_scale * g_adv
             rec["g_adv"] = round(g_adv.item(), 4)
             rec["adv_scale"] = round(adv_scale, 4)
@@ -366,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
         gn = torch.nn.utils.clip_grad_norm_(params, tc["clip"])
         opt.step()
         if disc is not None and step >= disc_start:
-            real, fake = disc(x), disc(y.detach())
+            disc.requires_grad_(True)
+            real, fake = critic(torch.cat([x, y.detach()])).split(x.shape[0])  # one pass: one DDP sync
             d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -378,16 +441,30 @@ def main(argv: list[str] | None = None) -> None:
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
         step += 1
-        seen += x.shape[0]
-        if step % tc["log_every"] == 0:
+        seen += x.shape[0] * world
+        if step % tc["log_every"] == 0 and lead:
             rec = {"step": step, "loss": round(loss.item(), 5), "mse": round(mse.item(), 5), **rec,
                    "grad_norm": round(gn.item(), 3), "lr": lr, "tiles_per_s": round(seen / (time.time() - t0), 2)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % tc["ckpt_every"] == 0 or step == tc["steps"]:
+            agree = {}
+            if world > 1:  # DDP keeps every rank's weights equal: check it where it matters
+                digests = [None] * world
+                dist.all_gather_object(digests, weights_digest(model) + weights_digest(ema))
+                agree = {"world": world, "ranks_agree": len(set(digests)) == 1}
+            stop = bool(args.stop_after and time.time() - t0 > args.stop_after)
+            if world > 1:  # rank 0's clock decides for all
+                flag = torch.tensor([float(stop)], device=device)
+                dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if not lead:
+                if stop:
+                    break
+                continue
             rec = {"step": step, "eval": "held-out train crops",
                    **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key),
-                   "wall_s": round(time.time() - t0, 1)}
+                   "wall_s": round(time.time() - t0, 1), **agree}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), file=sys.stderr)
@@ -399,9 +476,13 @@ def main(argv: list[str] | None = None) -> None:
             if snapshot is not None:
                 save_snapshot(snapshot, ema, disc, step, cfg, run / "log.jsonl",
                               DECODER_PREFIXES if lc["freeze_encoder"] else ())
-            if args.stop_after and time.time() - t0 > args.stop_after:
+            if stop:
                 break
-    log.close()
+    if log is not None:
+        log.close()
+    if world > 1:
+        dist.barrier()  # no rank leaves while rank 0 still writes the last checkpoint
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
