@@ -26,12 +26,13 @@ from ..entropy.models import EntropyModel, PositionTables
 from .errors import ModelNotFound
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "odp-small-v2"
+DEFAULT_MODEL = "odp-small-v3"
 # sha256 of each shipped weights file: a damaged or swapped file under a shipped name is refused
 # (a new model exported into WEIGHTS_DIR loads unchecked until its hash is pinned here).
 SHIPPED_SHA256 = {
     "odp-small-v1": "3c971564bc2e13374a4d58293253c36b0d64a9816ce40e96579eabefe94eddc3",
     "odp-small-v2": "004b87806af2bb815a672acfa026130569205a13266f6a8c226036bcf7f90f4a",
+    "odp-small-v3": "a7d96ccf0cc1514696033c363100c82e569e17a535644d9a659a1410566542a1",
 }
 CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
 CONTEXT_SHA256 = {

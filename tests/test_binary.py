@@ -79,6 +79,13 @@ def test_errors_are_one_line(binary, tmp_path):
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "magic" in r.stderr
 
 
+def test_oldest_model_is_left_out_and_said(binary, tmp_path):
+    """The binary carries the two newest models (odp.spec): a file of odp-small-v1 gets one line naming it."""
+    r = subprocess.run([str(binary), "decode", str(PHOTO.parent / "astronaut-odp-small-v1.odp"), "-o", str(tmp_path / "x.png")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "odp-small-v1" in r.stderr and "not installed" in r.stderr
+
+
 def test_binary_is_small_and_torch_free(binary):
     """The network runs on ONNX Runtime in the binary: no torch inside, and the folder stays small
     (695 MB with CPU torch; issue 26 asks for at most 175 MB)."""
