@@ -11,6 +11,7 @@ The public API (docs/api.md):
     odp.encode_batch(images)                            # tiles of many images batched through the network
     odp.Encoding(image).within(bytes=2000)              # encode once, then cut to any budget
     odp.encode_file / decode_file / truncate_file       # paths in, outputs written atomically
+    odp.transcode(paths, "out/", cluster="local")       # many files on a Ray cluster (the odp[ray] extra)
     odp.register_pillow()                               # Image.open / save of .odp files
     odp.EncodeOptions(...)                              # the validated options every entry point uses
 
@@ -40,13 +41,14 @@ MIME_TYPE = "image/x-odp"
 EXTENSION = ".odp"
 
 __all__ = ["encode", "decode", "truncate", "info", "Info", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch",
-           "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "register_pillow", "EncodeOptions",
-           "FormatError", "ModelNotFound", "OptionError", "OdpWarning", "MIME_TYPE", "EXTENSION",
+           "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "transcode", "register_pillow", "EncodeOptions",
+           "FormatError", "ModelNotFound", "OptionError", "InputError", "OdpWarning", "open_image", "MIME_TYPE", "EXTENSION",
            "IMAGE_SUFFIXES", "__version__"]
 
 _LAZY = {"FormatError": ("odp.codec.errors", "FormatError"),
          "ModelNotFound": ("odp.codec.errors", "ModelNotFound"),
          "OptionError": ("odp.codec.errors", "OptionError"),
+         "InputError": ("odp.codec.errors", "InputError"),
          "OdpWarning": ("odp.codec.errors", "OdpWarning"),
          "EncodeOptions": ("odp.codec.options", "EncodeOptions"),
          "IMAGE_SUFFIXES": ("odp.codec.imaging", "IMAGE_SUFFIXES")}
@@ -423,6 +425,29 @@ def truncate_file(src: str | os.PathLike, dst: str | os.PathLike, tokens: int | 
     """Write a shorter valid copy of an .odp file to `dst` (see truncate); returns dst."""
     data = truncate(Path(src).read_bytes(), tokens=tokens, bytes=bytes)
     return _write_atomic(dst, overwrite, lambda f: f.write(data))
+
+
+def transcode(sources: Iterable[str | os.PathLike] | Any, out: str | os.PathLike, options: EncodeOptions | None = None,
+              decode: bool = False, cluster: str = "local", force: bool = False, **kwargs: Any):
+    """Encode (or `decode`) many files into the folder `out` on a Ray cluster (`pip install "odp[ray]"`),
+    the files `odp encode`/`odp decode` would write, each atomically; returns a summary (counts, bytes,
+    MP/s, each failure's line). `sources`: paths, or a Ray Dataset with a "path" column (and "bytes").
+    `cluster`: "local" (Ray on this machine), "auto" (the running cluster) or an address. An input
+    whose output is already there and valid is skipped (a rerun continues), unless `force`.
+    Further keywords (threads, actors, files_per_batch, max_pixels, progress, on_failure): see
+    odp.codec.distributed.transcode."""
+    from .codec import distributed
+
+    return distributed.transcode(sources, out, options=options, decode=decode, cluster=cluster, force=force, **kwargs)
+
+
+def open_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """An input image file's bytes decoded whole, as `odp encode` reads its inputs: the pixel limit
+    (`max_pixels`, else $ODP_MAX_PIXELS or 2**28) checked from the header before any pixel is decoded,
+    and odp.InputError, one line naming `name`, for anything that is not a readable image."""
+    from .codec.imaging import open_image as read
+
+    return read(data, name, pixel_limit(max_pixels))
 
 
 def register_pillow() -> None:

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,18 +99,13 @@ class TileBar:
             self.bar.close()
 
 
-MAX_INPUT_BYTES = 2 << 30  # refuse to slurp endless streams such as /dev/zero
-
-
 def read_input(path: str) -> bytes:
+    from ..formats.files import read_bounded
+
     if path == STDIO:
-        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-    else:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INPUT_BYTES + 1)
-    if len(data) > MAX_INPUT_BYTES:
-        raise ValueError(f"input is larger than {MAX_INPUT_BYTES >> 30} GiB")
-    return data
+        return read_bounded(sys.stdin.buffer)
+    with open(path, "rb") as f:
+        return read_bounded(f)
 
 
 def check_output(path: str, force: bool) -> None:
@@ -179,6 +173,10 @@ quiet_option = click.option("--quiet", is_flag=True, help="No warnings or progre
 max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=None,
                                  help="Refuse images of more pixels (decompression-bomb guard; "
                                       "default $ODP_MAX_PIXELS or 2^28).")
+cluster_option = click.option("--cluster", metavar="ADDRESS",
+                              help="Run on Ray (the odp[ray] extra): 'local' starts Ray on this machine, 'auto' "
+                                   "joins the running cluster ($RAY_ADDRESS), or a cluster's address. Outputs go "
+                                   "to the -o folder; a rerun skips inputs whose output is already there and valid.")
 
 
 @contextmanager
@@ -200,63 +198,14 @@ def pillow_limit(max_pixels: int | None):
         Image.MAX_IMAGE_PIXELS = old
 
 
-@contextmanager
-def library_stderr():
-    """Capture what C libraries (libtiff above all) write straight to file descriptor 2 while Pillow
-    reads, so that a damaged file still gives one line; yields a function giving the lines so far."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        def said() -> list[str]:
-            tmp.seek(0)
-            return [x.strip() for x in tmp.read().decode("utf-8", "replace").splitlines() if x.strip()]
-
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield said
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def read_image(src: str, limit: int | None):
-    """Open and decode an input image in one line of error at most: the pixel limit checked from its
-    header first, a damaged file named by its format with the reason its decoder gave."""
-    from PIL import Image, UnidentifiedImageError
+    """An input image read whole, or one UserError line naming it (odp.open_image words it)."""
+    import odp
 
-    from ..codec.errors import printable
-
-    raw = read_input(src)
-    with library_stderr() as said:
-        try:
-            im = Image.open(io.BytesIO(raw))
-        except UnidentifiedImageError:
-            raise UserError(f"{src}: not an image Pillow can read") from None
-        except Exception as e:  # a header Pillow recognises but cannot parse
-            raise UserError(f"{src}: damaged image file: {printable(_reason(e, said()))}") from None
-        if limit is not None and im.width * im.height > limit:
-            raise UserError(f"{src}: image of {im.width}x{im.height} pixels exceeds the limit of {limit} pixels")
-        try:
-            im.load()
-        except MemoryError:
-            raise UserError(f"{src}: out of memory") from None
-        except Exception as e:
-            raise UserError(f"{src}: damaged {im.format or 'image'} file: {printable(_reason(e, said()))}") from None
-    return im
-
-
-def _reason(e: Exception, said: list[str]) -> str:
-    """The decoder's own words: Pillow's message, or what libtiff/libjpeg printed when Pillow says only
-    'decoder error -2'; never a Python exception name."""
-    from ..codec.errors import one_line
-
-    errors = [x for x in said if "warning" not in x.lower()]
-    text = str(e).splitlines()[0] if str(e) else ""
-    if errors and (not text or "decoder error" in text):
-        return errors[-1]
-    if isinstance(e, (OSError, ValueError, SyntaxError)) and text:
-        return one_line(e)
-    return "image file is truncated or malformed"
+    try:
+        return odp.open_image(read_input(src), src, limit)
+    except odp.InputError as e:
+        raise UserError(str(e)) from None
 
 
 def _metadata(value: str) -> tuple[str, ...]:
@@ -307,8 +256,9 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
                    "that reaches it (higher PSNR and MS-SSIM at small sizes, but blurrier to LPIPS-VGG and DISTS).")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
+@cluster_option
 def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,
-           scale, verbose, max_pixels):
+           scale, verbose, max_pixels, cluster):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
     import odp
 
@@ -327,6 +277,8 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
         raise UserError(f"{output}: with several inputs, -o must be an existing folder{stray}")
     with user_errors("model"):
         odp.model_info()  # the shipped model is installed and whole, before any work
+    if cluster:
+        return _on_cluster(inputs, output, options, False, cluster, force, quiet, max_pixels)
     with pillow_limit(max_pixels) as limit:
         failed = _encode_all(inputs, output, many, force, quiet, verbose, options, limit)
     if failed:
@@ -334,6 +286,14 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
 
 
 GROUP_PIXELS = 1_500_000  # with several inputs, images are encoded in groups of about this many pixels
+
+
+def _claim(claimed: dict[str, str], src: str, dst: str) -> str:
+    """dst, unless an earlier input already has it as its output (then a UserError naming both)."""
+    if dst != STDIO and dst in claimed:
+        raise UserError(f"{src}: its output {dst} is already the output of {claimed[dst]}")
+    claimed[dst] = src
+    return dst
 
 
 def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> int:
@@ -346,10 +306,7 @@ def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> 
     jobs = []  # (input, output) of the inputs that pass every check that needs no work
     for src in inputs:
         try:
-            dst = _out_path(src, output, many, ".odp")
-            if dst != STDIO and dst in claimed:
-                raise UserError(f"{src}: its output {dst} is already the output of {claimed[dst]}")
-            claimed[dst] = src
+            dst = _claim(claimed, src, _out_path(src, output, many, ".odp"))
             check_input(src)
             check_output(dst, force)
             jobs.append((src, dst))
@@ -433,8 +390,9 @@ def _one_failed(e: UserError, many: bool, bar) -> int:
 
 
 @main.command()
-@click.argument("input")
-@click.option("-o", "--output", help="Output image (format from the extension; default IN.png). '-' is PNG on stdout.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", help="Output image (format from the extension; default IN.png). '-' is PNG on "
+                                     "stdout. With several inputs, an output folder (PNG files).")
 @click.option("-t", "--tokens", type=click.IntRange(1),
               help="Decode only the first N tokens per tile (on average, for a file whose tiles differ).")
 @device_option
@@ -443,13 +401,38 @@ def _one_failed(e: UserError, many: bool, bar) -> int:
 @click.option("--strict", is_flag=True, help="Exit 1 unless the file is whole (default: a file cut short or "
                                             "with a damaged layer decodes from the layers before, with a warning).")
 @max_pixels_option
-def decode(input, output, tokens, device, force, quiet, strict, max_pixels):
-    """Decode an .odp file to PNG or any format Pillow writes."""
+@cluster_option
+def decode(inputs, output, tokens, device, force, quiet, strict, max_pixels, cluster):
+    """Decode .odp files to PNG or any format Pillow writes."""
+    many = len(inputs) > 1
+    if many and output == STDIO:
+        raise click.UsageError("several inputs cannot all go to stdout")
+    if (many or cluster) and output and not Path(output).is_dir():
+        raise UserError(f"{output}: with several inputs or --cluster, -o must be an existing folder")
+    if cluster:
+        if tokens or strict:
+            raise click.UsageError("--cluster decodes whole files: --tokens and --strict are for local decoding")
+        return _on_cluster(inputs, output, None, True, cluster, force, quiet, max_pixels)
+    failed = 0
+    claimed: dict[str, str] = {}
+    for src in inputs:
+        try:
+            dst = _claim(claimed, src, _out_path(src, output, many, ".png"))
+            _decode_one(src, dst, tokens, device, force, quiet, strict, max_pixels)
+        except UserError as e:
+            if not many:
+                raise
+            failed += 1
+            click.echo(f"odp: error: {e.message}", err=True)
+    if failed:
+        raise UserError(f"{failed} of {len(inputs)} inputs failed")
+
+
+def _decode_one(src, dst, tokens, device, force, quiet, strict, max_pixels) -> None:
     from PIL import Image
 
     import odp
 
-    dst = _out_path(input, output, False, ".png")
     fmt = "PNG"
     if dst != STDIO:
         ext = Path(dst).suffix.lower()
@@ -458,18 +441,39 @@ def decode(input, output, tokens, device, force, quiet, strict, max_pixels):
         if fmt not in Image.SAVE:
             raise UserError(f"{dst}: Pillow cannot write '{ext}' images")
         check_output(dst, force)
-    with user_errors(input), warnings.catch_warnings(record=True) as caught:
+    with user_errors(src), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tiles = TileBar(Path(input).name, quiet)
+        tiles = TileBar(Path(src).name, quiet)
         try:
-            im = odp.decode(read_input(input), tokens=tokens, device=device, max_pixels=max_pixels, progress=tiles,
+            im = odp.decode(read_input(src), tokens=tokens, device=device, max_pixels=max_pixels, progress=tiles,
                             strict=strict)
         finally:
             tiles.close()
-    _show_warnings(caught, input, quiet)
+    _show_warnings(caught, src, quiet)
     extra = {k: v for k, v in (("icc_profile", im.info.get("icc_profile")), ("exif", im.info.get("exif"))) if v}
     with user_errors(dst):
         write_output(dst, None, force, save=lambda f: im.save(f, format=fmt, **extra))
+
+
+def _on_cluster(inputs, output, options, decode, cluster, force, quiet, max_pixels) -> None:
+    """Encode or decode the inputs on Ray (codec/distributed.py): a line per failed input as it comes,
+    a summary line at the end, exit 1 if any failed."""
+    import odp
+
+    if not output or output == STDIO:
+        raise click.UsageError("--cluster needs -o FOLDER")
+    try:
+        summary = odp.transcode(inputs, output, options=options, decode=decode, cluster=cluster, force=force,
+                                max_pixels=max_pixels, progress=not quiet and sys.stderr.isatty(),
+                                on_failure=lambda line: click.echo(f"odp: error: {line}", err=True))
+    except ModuleNotFoundError as e:  # the Ray extra is missing: the message says how to install it
+        raise UserError(str(e)) from None
+    except ConnectionError as e:
+        raise UserError(f"--cluster {cluster}: {e}") from None
+    if not quiet:
+        click.echo(f"odp: {summary.line('decoded' if decode else 'encoded')}", err=True)
+    if summary.failed:
+        raise UserError(f"{len(summary.failed)} of {len(inputs)} inputs failed")
 
 
 @main.command()

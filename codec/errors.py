@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..formats.container import FormatError
 
-__all__ = ["FormatError", "ModelNotFound", "OptionError", "OdpWarning", "one_line", "printable"]
+__all__ = ["FormatError", "ModelNotFound", "OptionError", "InputError", "OdpWarning", "one_line", "printable"]
 
 
 class ModelNotFound(LookupError):
@@ -21,6 +21,11 @@ class OptionError(ValueError):
     def __init__(self, message: str, option: str = ""):
         super().__init__(message)
         self.option = option
+
+
+class InputError(ValueError):
+    """An input image that cannot be read: not an image, damaged, or over the pixel limit (the message
+    names the input and says which, in one line)."""
 
 
 class OdpWarning(UserWarning):

@@ -5,14 +5,18 @@ No torch: the encoder, the bench and the TUI all start from `prepare`.
 from __future__ import annotations
 
 import io
+import os
+import sys
+import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from ..formats import container
-from .errors import OdpWarning
+from .errors import InputError, OdpWarning, one_line, printable
 
 METADATA = ("icc", "exif")
 # the image files that folder-wide commands (bench, training, the TUI) pick up
@@ -161,3 +165,58 @@ def check_pixels(width: int, height: int, max_pixels: int | None = container.FRO
     limit = container.pixel_limit(max_pixels)
     if limit is not None and width * height > limit:
         raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {limit} pixels")
+
+
+@contextmanager
+def _library_stderr():
+    """Capture what C libraries (libtiff above all) write straight to file descriptor 2 while Pillow
+    reads, so that a damaged file still gives one line; yields a function giving the lines so far."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        def said() -> list[str]:
+            tmp.seek(0)
+            return [x.strip() for x in tmp.read().decode("utf-8", "replace").splitlines() if x.strip()]
+
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def open_image(raw: bytes, name: str, limit: int | None) -> Image.Image:
+    """An input image file's bytes decoded whole, or an InputError of one line naming it: the pixel
+    limit checked from its header before any pixel is decoded, a damaged file named by its format
+    with the reason its decoder gave. (Pillow's own bomb guard is the caller's to lift.)"""
+    from PIL import UnidentifiedImageError
+
+    with _library_stderr() as said:
+        try:
+            im = Image.open(io.BytesIO(raw))
+        except UnidentifiedImageError:
+            raise InputError(f"{name}: not an image Pillow can read") from None
+        except Exception as e:  # a header Pillow recognises but cannot parse
+            raise InputError(f"{name}: damaged image file: {printable(_reason(e, said()))}") from None
+        if limit is not None and im.width * im.height > limit:
+            raise InputError(f"{name}: image of {im.width}x{im.height} pixels exceeds the limit of {limit} pixels")
+        try:
+            im.load()
+        except MemoryError:
+            raise InputError(f"{name}: out of memory") from None
+        except Exception as e:
+            raise InputError(f"{name}: damaged {im.format or 'image'} file: {printable(_reason(e, said()))}") from None
+    return im
+
+
+def _reason(e: Exception, said: list[str]) -> str:
+    """The decoder's own words: Pillow's message, or what libtiff/libjpeg printed when Pillow says only
+    'decoder error -2'; never a Python exception name."""
+    errors = [x for x in said if "warning" not in x.lower()]
+    text = str(e).splitlines()[0] if str(e) else ""
+    if errors and (not text or "decoder error" in text):
+        return errors[-1]
+    if isinstance(e, (OSError, ValueError, SyntaxError)) and text:
+        return one_line(e)
+    return "image file is truncated or malformed"

@@ -1,4 +1,5 @@
-"""Writing output files safely: never half-written, never over an existing file unasked.
+"""Reading inputs and writing outputs safely: inputs bounded in size; outputs never half-written,
+never over an existing file unasked.
 
 Every writer (the `odp` command, the library's file helpers, `odp tui`) goes through
 here: the bytes go to a temporary file beside the target, are flushed to disk, and
@@ -12,6 +13,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+
+MAX_INPUT_BYTES = 2 << 30  # an input read whole: endless streams such as /dev/zero are refused
+
+
+def read_bounded(f: BinaryIO) -> bytes:
+    """A binary stream's bytes, at most MAX_INPUT_BYTES (ValueError past that)."""
+    data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise ValueError(f"input is larger than {MAX_INPUT_BYTES >> 30} GiB")
+    return data
 
 
 @contextmanager

@@ -427,6 +427,25 @@ def test_several_inputs_into_a_folder(tmp_path, small_photo):
                        contains="must be an existing folder")
 
 
+def test_several_files_decode_into_a_folder_and_a_bad_one_is_told(tmp_path, small_photo):
+    for n in ("a", "b"):
+        small_photo.save(tmp_path / f"{n}.png")
+        assert_ok(odp("encode", tmp_path / f"{n}.png", "-o", tmp_path / f"{n}.odp", "-t", "4", "--quiet"))
+    (tmp_path / "c.odp").write_bytes(b"not an odp file")
+    (tmp_path / "out").mkdir()
+    r = odp("decode", tmp_path / "a.odp", tmp_path / "c.odp", tmp_path / "b.odp", "-o", tmp_path / "out", "--quiet")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("odp: error:")]
+    assert len(errors) == 2 and "c.odp" in errors[0] and "1 of 3 inputs failed" in errors[1]
+    for n in ("a", "b"):
+        assert Image.open(tmp_path / "out" / f"{n}.png").size == small_photo.size
+    assert not (tmp_path / "out" / "c.png").exists()
+    assert_clean_error(odp("decode", tmp_path / "a.odp", tmp_path / "b.odp", "-o", tmp_path / "x.png"),
+                       contains="must be an existing folder")
+    r = odp("decode", tmp_path / "a.odp", "--cluster", "local")  # a usage error: exit 2, before Ray starts
+    assert r.exit_code == 2 and "--cluster needs -o FOLDER" in r.stderr
+
+
 def test_batch_with_a_bad_input_continues(tmp_path, small_photo):
     small_photo.save(tmp_path / "good1.png")
     (tmp_path / "bad.png").write_bytes(b"this is not a picture")
