@@ -40,7 +40,7 @@ __version__ = "0.1.0"
 MIME_TYPE = "image/x-odp"
 EXTENSION = ".odp"
 
-__all__ = ["encode", "decode", "truncate", "info", "Info", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch",
+__all__ = ["encode", "decode", "truncate", "cut_points", "info", "Info", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch",
            "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "transcode", "register_pillow", "EncodeOptions",
            "FormatError", "ModelNotFound", "OptionError", "InputError", "OdpWarning", "open_image", "MIME_TYPE", "EXTENSION",
            "IMAGE_SUFFIXES", "__version__"]
@@ -338,6 +338,14 @@ def info(data: bytes) -> Info:
                 payload * 8 / n if n else 0.0, h.model_name, h.model_id.hex(), h.entropy_model, len(h.icc),
                 len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version, h.width, h.height,
                 min(counts), max(counts), tuple(x.level for x in c.layers), h.gray)
+
+
+def cut_points(data: bytes) -> list[tuple[int, float]]:
+    """(bytes, mean tokens per tile) of each file `truncate` keeps whole layers for, smallest first:
+    the sizes a cut reaches without re-coding anything (a cut between two is re-coded, and also valid)."""
+    from .codec import stream
+
+    return stream.cut_points(_data(data, "cut_points"))
 
 
 def verify(data: bytes, whole: bool = True) -> None:

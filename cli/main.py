@@ -505,7 +505,9 @@ def truncate(input, output, tokens, max_bytes, force, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verify", is_flag=True, help="Exit 1 unless the file is whole: every checksum good, no layer "
                                              "missing, and every layer exactly the coding of its tokens.")
-def info(input, as_json, verify):
+@click.option("--cuts", is_flag=True, help="List the cut points: the size and tokens per tile of the file "
+                                           "`odp truncate` keeps each whole layer for (nothing is re-coded).")
+def info(input, as_json, verify, cuts):
     """Show what an .odp file holds: size, model, tokens, bits per token (from its header; --verify decodes
     every layer). Never runs (or loads) the network."""
     import odp
@@ -518,6 +520,7 @@ def info(input, as_json, verify):
             odp.verify(data)
         i = odp.info(data)
         model = odp.model_of(data)
+        points = odp.cut_points(data) if cuts else []
     d = {
         "file_bytes": i.file_bytes, "version": i.version, "width": i.width, "height": i.height,
         "coded_width": i.coded_width, "coded_height": i.coded_height, "tile": i.tile,
@@ -533,6 +536,9 @@ def info(input, as_json, verify):
     }
     if verify:
         d["verified"] = True
+    if cuts:
+        d["cuts"] = [{"bytes": n, "bpp": round(n * 8 / (i.width * i.height), 5), "tokens_per_tile": round(t, 2)}
+                     for n, t in points]
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -554,6 +560,10 @@ def info(input, as_json, verify):
         click.echo(f"  metadata: ICC {i.icc_profile_bytes} bytes, EXIF {i.exif_bytes} bytes")
     if verify:
         click.echo(f"  verified: header checksum and {i.layers} token checks good, every layer codes its tokens exactly")
+    if cuts:
+        click.echo("  cuts:     bytes     bpp  tokens/tile  (odp truncate --bytes N keeps these whole)")
+        for c in d["cuts"]:
+            click.echo(f"          {c['bytes']:7d}  {c['bpp']:.4f}  {c['tokens_per_tile']:11.1f}")
 
 
 @main.command()

@@ -170,6 +170,18 @@ def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
         raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")
 
 
+def cut_points(data: bytes) -> list[tuple[int, float]]:
+    """(file bytes, mean tokens per tile) of the file `truncate` makes at the end of each whole layer,
+    smallest first: the cuts that keep layers as they are, computed from the container alone (nothing
+    is decoded). A version-1 file's cuts are those of its version-2 conversion."""
+    c = container.read(data)
+    h = replace(c.header, model_id=c.header.model_id[:container.MODEL_ID_BYTES], model_name="",
+                version=container.VERSION)
+    layers = [replace(x, check=x.check or 0) for x in c.layers]  # a v1 chunk gains a 2-byte check
+    return [(len(container.write(Container(without_idle_caps(h, x.level), layers[:i + 1]))),
+             sum(h.counts(x.level)) / h.tiles) for i, x in enumerate(layers)]
+
+
 def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None, level: int | None = None) -> bytes:
     """A smaller valid file: at `tokens` per tile (on average, for an adaptive file), or the largest
     that fits `max_bytes`. Whole layers are kept byte for byte; only a partial last layer is re-coded,

@@ -91,6 +91,19 @@ def test_truncate_and_info(small_odp, model):
         i.tokens = 3  # frozen
 
 
+def test_cut_points_are_the_sizes_truncate_keeps_whole(adaptive_odp):
+    """Each cut point is the file truncate makes there, byte count and tokens alike, found from the
+    container alone; a version-1 file's are those of its version-2 conversion."""
+    v1 = (Path(__file__).parent / "data" / "astronaut-odp-small-v1.odp").read_bytes()
+    for data in (adaptive_odp, v1):
+        points = odp.cut_points(data)
+        assert len(points) == odp.info(data).layers and points == sorted(points)
+        for n, tokens in points:
+            cut = odp.truncate(data, bytes=n)
+            assert len(cut) == n and odp.info(cut).mean_tokens == pytest.approx(tokens)
+    assert points[-1][0] <= len(v1) + 2 * len(points)  # v1 chunks gain a 2-byte token check each
+
+
 def test_info_and_decode_of_a_file_cut_short(small_odp):
     cut = small_odp[: len(small_odp) - 30]
     i = odp.info(cut)

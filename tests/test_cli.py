@@ -446,6 +446,17 @@ def test_several_files_decode_into_a_folder_and_a_bad_one_is_told(tmp_path, smal
     assert r.exit_code == 2 and "--cluster needs -o FOLDER" in r.stderr
 
 
+def test_info_lists_the_cut_points(tmp_path, adaptive_odp):
+    import odp as api  # `odp` here is the command
+
+    (tmp_path / "a.odp").write_bytes(adaptive_odp)
+    d = json.loads(odp("info", tmp_path / "a.odp", "--json", "--cuts").stdout)
+    assert [(c["bytes"], c["tokens_per_tile"]) for c in d["cuts"]] == [(n, round(t, 2)) for n, t in api.cut_points(adaptive_odp)]
+    assert d["cuts"][-1]["bytes"] == len(adaptive_odp) and len(d["cuts"]) == d["layers"]
+    text = odp("info", tmp_path / "a.odp", "--cuts").stdout
+    assert f"{len(adaptive_odp):7d}" in text and "cuts:" in text
+
+
 def test_batch_with_a_bad_input_continues(tmp_path, small_photo):
     small_photo.save(tmp_path / "good1.png")
     (tmp_path / "bad.png").write_bytes(b"this is not a picture")
