@@ -230,24 +230,26 @@ def transcode(sources: Iterable[str | os.PathLike] | Any, out: str | os.PathLike
     ds = sources if isinstance(sources, ray.data.Dataset) else None
     paths = [str(r["path"]) for r in ds.select_columns(["path"]).iter_rows()] if ds is not None else [str(s) for s in sources]
     claimed: dict[Path, str] = {}
+    todo = []  # the inputs to transcode: each output name's first
     for src in paths:  # two inputs with one output name: the second fails, as in the local command
         dst = output_path(src, out, decode)
         if dst in claimed:
             line = f"{src}: its output {dst} is already the output of {claimed[dst]}"
             summary.failed.append(line)
             fail(line)
-        claimed.setdefault(dst, src)
+            continue
+        claimed[dst] = src
+        todo.append(src)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     threads = threads or (max(1, int(resources.get("CPU", 1)) // gpus) if gpus else 1)
-    todo = [src for src in paths if claimed[output_path(src, out, decode)] == src]
     # a dataset reads its files in tasks of 1 CPU: actors taking every CPU would leave them none
     spare = 0 if ds is None or gpus else 1
     actors = max(1, min(len(todo), actors or (gpus or int(resources.get("CPU", 1)) // threads - spare)))
     if ds is None:  # a few blocks per actor, so that every actor gets work
         ds = ray.data.from_items([{"path": src} for src in todo], override_num_blocks=min(len(todo), 4 * actors) or 1)
-    else:
-        first = set(todo)
+    elif len(todo) < len(paths):  # drop the rows whose output name another path has (a path listed twice
+        first = set(todo)           # stays: the driver reported it, and its second row finds the output made)
         ds = ds.filter(lambda row: str(row["path"]) in first)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     results = ds.map_batches(
