@@ -9,6 +9,7 @@ The public API (docs/api.md):
     odp.verify(data)                                    # odp.FormatError unless the file is whole
     odp.model_of(data)                                  # -> odp.ModelInfo of the installed model it needs
     odp.encode_batch(images)                            # tiles of many images batched through the network
+    odp.encode_groups((key, image) pairs)               # the same for a stream of many, group by group
     odp.Encoding(image).within(bytes=2000)              # encode once, then cut to any budget
     odp.encode_file / decode_file / truncate_file       # paths in, outputs written atomically
     odp.transcode(paths, "out/", cluster="local")       # many files on a Ray cluster (the odp[ray] extra)
@@ -40,7 +41,7 @@ __version__ = "0.1.0"
 MIME_TYPE = "image/x-odp"
 EXTENSION = ".odp"
 
-__all__ = ["encode", "decode", "truncate", "cut_points", "info", "Info", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch",
+__all__ = ["encode", "decode", "truncate", "cut_points", "info", "Info", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch", "encode_groups",
            "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "transcode", "register_pillow", "EncodeOptions",
            "FormatError", "ModelNotFound", "OptionError", "InputError", "OdpWarning", "open_image", "MIME_TYPE", "EXTENSION",
            "IMAGE_SUFFIXES", "__version__"]
@@ -213,6 +214,17 @@ def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: 
         options = EncodeOptions(tokens=tokens, bytes=bytes, device=device, batch=batch, adaptive=adaptive)
     ims = [_to_pil(im) for im in images]
     return coding.encode_many(ims, options)
+
+
+def encode_groups(items: Iterable[tuple[Any, ImageLike]], options: EncodeOptions | None = None):
+    """Many images, read lazily as (key, image) pairs, encoded in groups of about 1.5 MP through one
+    encode_batch each: yields each group as a list of (key, PIL image, file or None). None where the
+    group's batch failed or warned: encode that image alone with encode(), so the error or warning
+    names it. The many-files path of `odp encode` and odp.transcode; memory stays one group's."""
+    from .codec import coding
+    from .codec.options import EncodeOptions
+
+    yield from coding.encode_groups(((k, _to_pil(im)) for k, im in items), options or EncodeOptions())
 
 
 class Encoding:

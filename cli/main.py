@@ -285,9 +285,6 @@ def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metada
         raise UserError(f"{failed} of {len(inputs)} inputs failed")
 
 
-GROUP_PIXELS = 1_500_000  # with several inputs, images are encoded in groups of about this many pixels
-
-
 def _claim(claimed: dict[str, str], src: str, dst: str) -> str:
     """dst, unless an earlier input already has it as its output (then a UserError naming both)."""
     if dst != STDIO and dst in claimed:
@@ -297,7 +294,7 @@ def _claim(claimed: dict[str, str], src: str, dst: str) -> str:
 
 
 def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> int:
-    """Encode the inputs, several at once (_encode_group); with several, report a bad one and go on.
+    """Encode the inputs, several at once (odp.encode_groups); with several, report a bad one and go on.
     Returns how many failed."""
     from tqdm import tqdm
 
@@ -316,68 +313,58 @@ def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> 
             failed += 1  # said now, before hours of work on the others
             click.echo(f"odp: error: {e.message}", err=True)
     bar = tqdm(total=len(jobs), unit="image", disable=quiet or not many or not sys.stderr.isatty(), file=sys.stderr)
-    batch_ok = many and options.target is None  # a quality target searches each image's cuts alone
-    group: list[tuple[str, str, object]] = []  # (input, output, image) read, waiting for their group to fill
-    for n, (src, dst) in enumerate(jobs):
-        try:
-            check_output(dst, force)  # again: an earlier input's output may have taken the name
-            with user_errors(src), warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                im = read_image(src, limit)
-            _show_warnings(caught, src, quiet)
-            group.append((src, dst, im))
-        except UserError as e:
-            failed += _one_failed(e, many, bar)
-            bar.update()
-        pixels = sum(im.width * im.height for _, _, im in group)
-        if group and (not batch_ok or pixels >= GROUP_PIXELS or n == len(jobs) - 1):
-            failed += _encode_group(group, many, force, quiet, verbose, options, bar)
-            group = []
+
+    def read_all():
+        nonlocal failed
+        for src, dst in jobs:
+            try:
+                check_output(dst, force)  # again: an earlier input's output may have taken the name
+                with user_errors(src), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    im = read_image(src, limit)
+                _show_warnings(caught, src, quiet)
+                yield (src, dst), im
+            except UserError as e:
+                failed += _one_failed(e, many, bar)
+                bar.update()
+
+    import odp
+
+    for group in odp.encode_groups(read_all(), options):
+        for (src, dst), im, data in group:
+            failed += _write_encoded(src, dst, im, data, many, force, quiet, verbose, options, bar)
     return failed
 
 
-def _encode_group(group, many, force, quiet, verbose, options, bar) -> int:
-    """Encode inputs already read: several at once through odp.encode_batch (their tiles batched
-    through the network), or one by one where that says nothing per input (an error or a warning is
-    then found again by encoding each alone, so it names its input). Returns how many failed."""
+def _write_encoded(src, dst, im, data, many, force, quiet, verbose, options, bar) -> int:
+    """Write one input's file (`data`, or encoded here alone when its group could not say which input
+    an error or warning belongs to). Returns 1 if it failed, else 0."""
     import odp
 
-    files = None
-    if len(group) > 1:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                files = odp.encode_batch([im for _, _, im in group], options=options)
-            files = None if caught else files
-        except Exception:  # noqa: BLE001  (told per input below, by the same work done alone)
-            files = None
     failed = 0
-    for i, (src, dst, im) in enumerate(group):
-        try:
-            if files is not None:
-                data = files[i]
-            else:
-                with user_errors(src), warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    tiles = TileBar(Path(src).name, quiet)
-                    try:
-                        data = odp.encode(im, options=options, progress=tiles)
-                    finally:
-                        tiles.close()
-                _show_warnings(caught, src, quiet)
-            check_output(dst, force)
-            with user_errors(dst):
-                write_output(dst, data, force)
-            if verbose:
-                w, h = im.size
-                info = odp.info(data)
-                scaled = (info.coded_width, info.coded_height) != (info.width, info.height)
-                ratio = f"1/{w / info.coded_width:.3g}" if info.coded_width < w else f"{info.coded_width / w:.3g}x"
-                at = f" (coded at {ratio}: {info.coded_width}x{info.coded_height})" if scaled else ""
-                click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp{at}", err=True)
-        except UserError as e:
-            failed += _one_failed(e, many, bar)
-        bar.update()
+    try:
+        if data is None:
+            with user_errors(src), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tiles = TileBar(Path(src).name, quiet)
+                try:
+                    data = odp.encode(im, options=options, progress=tiles)
+                finally:
+                    tiles.close()
+            _show_warnings(caught, src, quiet)
+        check_output(dst, force)
+        with user_errors(dst):
+            write_output(dst, data, force)
+        if verbose:
+            w, h = im.size
+            info = odp.info(data)
+            scaled = (info.coded_width, info.coded_height) != (info.width, info.height)
+            ratio = f"1/{w / info.coded_width:.3g}" if info.coded_width < w else f"{info.coded_width / w:.3g}x"
+            at = f" (coded at {ratio}: {info.coded_width}x{info.coded_height})" if scaled else ""
+            click.echo(f"{src} -> {dst}: {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp{at}", err=True)
+    except UserError as e:
+        failed = _one_failed(e, many, bar)
+    bar.update()
     return failed
 
 

@@ -120,6 +120,39 @@ def encode_many(ims: list[Image.Image], options: EncodeOptions = EncodeOptions()
             for i, p in enumerate(prepared)]
 
 
+GROUP_PIXELS = 1_500_000  # encode_groups: images encoded together up to about this many pixels
+
+
+def encode_groups(items, options: EncodeOptions = EncodeOptions()):
+    """(key, image) pairs, read lazily, in groups of about GROUP_PIXELS, each group through one
+    encode_many: yields each group as a list of (key, image, file). The file is None where the group's
+    batch failed or warned: the caller encodes that image alone, so the error or warning names it.
+    With a quality target every image is its own group (its search is per image)."""
+    group: list = []
+    pixels = 0
+    for key, im in items:
+        group.append((key, im))
+        pixels += im.width * im.height
+        if pixels >= GROUP_PIXELS or options.target is not None:
+            yield _encoded_together(group, options)
+            group, pixels = [], 0
+    if group:
+        yield _encoded_together(group, options)
+
+
+def _encoded_together(group: list, options: EncodeOptions) -> list:
+    files = None
+    if len(group) > 1:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                files = encode_many([im for _, im in group], options)
+            files = None if caught else files
+        except Exception:  # noqa: BLE001  (the caller finds it again, per image, by encoding it alone)
+            files = None
+    return [(key, im, None if files is None else files[i]) for i, (key, im) in enumerate(group)]
+
+
 def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", batch: int | None = None,
                   max_pixels: int | None = container.FROM_ENV, progress=None,
                   strict: bool = False) -> tuple[np.ndarray, container.Header]:

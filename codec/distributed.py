@@ -23,7 +23,6 @@ from typing import Any
 from .errors import InputError, OdpWarning, one_line
 from .options import EncodeOptions
 
-GROUP_PIXELS = 1_500_000  # images encoded together, as the local command groups them (cli/main.py)
 
 
 @dataclass
@@ -109,6 +108,8 @@ class Transcoder:
         odp.model_info()  # the model is installed and whole before the first batch
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        import odp
+
         rows = {k: [] for k in ("src", "dst", "status", "error", "bytes_in", "bytes_out", "pixels")}
         paths = [str(p) for p in batch["path"]]
         raws = list(batch["bytes"]) if "bytes" in batch else [None] * len(paths)
@@ -130,42 +131,21 @@ class Transcoder:
                     work.append((src, dst, len(raw), open_image(raw, src, self.limit)))
             except Exception as e:  # noqa: BLE001  (each input fails alone, in one line)
                 self._row(rows, src, dst, "failed", error=_message(src, e))
-        group: list = []
-        for i, item in enumerate(work):
-            group.append(item)
-            pixels = sum(im.width * im.height for *_, im in group)
-            if pixels >= GROUP_PIXELS or i == len(work) - 1 or self.options.target is not None:
-                self._encode_group(rows, group)
-                group = []
+        for group in odp.encode_groups((((src, dst, n_in), im) for src, dst, n_in, im in work), self.options):
+            for (src, dst, n_in), im, data in group:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", OdpWarning)  # an encode warning is not a failure
+                        data = data if data is not None else odp.encode(im, options=self.options)
+                    _write(dst, self.force, lambda f, d=data: f.write(d))
+                    self._row(rows, src, dst, "done", bytes_in=n_in, bytes_out=len(data), pixels=im.width * im.height)
+                except Exception as e:  # noqa: BLE001  (each input fails alone, in one line)
+                    self._row(rows, src, dst, "failed", error=_message(src, e))
         return rows
 
     def _row(self, rows, src, dst, status, error="", bytes_in=0, bytes_out=0, pixels=0) -> None:
         for k, v in zip(rows, (src, str(dst), status, error, bytes_in, bytes_out, pixels)):
             rows[k].append(v)
-
-    def _encode_group(self, rows, group) -> None:
-        """Several images through one odp.encode_batch; if that fails or warns, each alone (so that the
-        error or warning names its input), as the local command does."""
-        import odp
-
-        files = None
-        if len(group) > 1 and self.options.target is None:
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    files = odp.encode_batch([im for *_, im in group], options=self.options)
-                files = None if caught else files
-            except Exception:  # noqa: BLE001  (told per input below)
-                files = None
-        for i, (src, dst, n_in, im) in enumerate(group):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", OdpWarning)  # an encode warning is not a failure
-                    data = files[i] if files is not None else odp.encode(im, options=self.options)
-                _write(dst, self.force, lambda f, d=data: f.write(d))
-                self._row(rows, src, dst, "done", bytes_in=n_in, bytes_out=len(data), pixels=im.width * im.height)
-            except Exception as e:  # noqa: BLE001
-                self._row(rows, src, dst, "failed", error=_message(src, e))
 
     def _decode_one(self, rows, src, dst, raw) -> None:
         import odp

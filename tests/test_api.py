@@ -168,6 +168,24 @@ def test_encode_batch_equals_one_by_one(astronaut, coffee, small_photo, encoded)
     assert cut == [odp.truncate(encoded["coffee"], tokens=16), odp.truncate(encoded["astronaut"], tokens=16)]
 
 
+def test_encode_groups_batches_a_stream_and_leaves_a_failing_group_to_each_alone(astronaut, coffee, encoded,
+                                                                                    monkeypatch):
+    from odp.codec import coding
+
+    opts = odp.EncodeOptions(device="cpu", adaptive=False)
+    groups = list(odp.encode_groups(iter([("a", astronaut), ("c", coffee)]), opts))
+    assert [[(k, f) for k, _, f in g] for g in groups] == [[("a", encoded["astronaut"]), ("c", encoded["coffee"])]]
+    monkeypatch.setattr(coding, "GROUP_PIXELS", 1)  # every image fills a group alone: nothing batched
+    alone = list(odp.encode_groups([("a", astronaut), ("c", coffee)], opts))
+    assert [[k for k, _, f in g if f is None] for g in alone] == [["a"], ["c"]]
+    monkeypatch.setattr(coding, "GROUP_PIXELS", 10**9)
+    wide = np.zeros((16, 8000, 3), np.uint8)  # 32 tiles: 60 bytes cannot hold 1 token each at full size
+    opts = odp.EncodeOptions(device="cpu", bytes=60, scale=1)
+    failed = list(odp.encode_groups([("a", astronaut), ("wide", wide)], opts))
+    assert [(k, f) for k, _, f in failed[0]] == [("a", None), ("wide", None)]  # the batch failed: each alone
+    assert len(odp.encode(astronaut, options=opts)) <= 60
+
+
 def test_file_helpers_write_atomically(tmp_path, small_photo):
     src = tmp_path / "in.png"
     small_photo.save(src)
