@@ -28,6 +28,7 @@ class ModelConfig:
     heads: int = 4
     levels: tuple[int, ...] = (8, 8, 8, 8)       # FSQ levels -> 8**4 = 4096 codes
     head_channels: tuple[int, ...] = (128, 64, 32, 16)  # conv head, one stage per 2x
+    conditioned: bool = False  # a refinement stage: both halves also see the picture so far (below)
 
     @property
     def grid(self) -> int:
@@ -190,12 +191,24 @@ class Tokenizer(nn.Module):
         self.dec_blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(w)
         self.head = UpHead(w, cfg.head_channels, cfg.patch)
+        if cfg.conditioned:  # the picture so far, patch-embedded into the encoder's patches and the decoder's queries
+            self.enc_cond = nn.Conv2d(3, w, cfg.patch, stride=cfg.patch)
+            self.dec_cond = nn.Conv2d(3, w, cfg.patch, stride=cfg.patch)
+
+    def start_as_identity(self) -> None:
+        """A refinement stage made from a trained tokenizer starts by returning the picture so far:
+        its conditioning paths and its head's last layers at zero, so every token can only add."""
+        for m in (self.enc_cond, self.dec_cond, self.head.coarse, self.head.detail[-1]):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
 
     # -- encoder ---------------------------------------------------------
-    def encode_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tiles -> (quantised code values (B, K, D), ids (B, K))."""
+    def encode_values(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiles -> (quantised code values (B, K, D), ids (B, K)); `cond`: the picture so far (refinement)."""
         b, n = x.shape[0], self.cfg.grid ** 2
         p = self.patch_embed(x).flatten(2).transpose(1, 2) + self.enc_patch_pos
+        if self.cfg.conditioned:
+            p = p + self.enc_cond(cond).flatten(2).transpose(1, 2)
         h = torch.cat([p, self.enc_latents + p[:, self.anchor]], 1)
         for blk in self.enc_blocks:
             h = blk(h)
@@ -203,15 +216,17 @@ class Tokenizer(nn.Module):
         return self.fsq(z)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode_values(x)[1]
+    def encode(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode_values(x, cond)[1]
 
     # -- decoder ---------------------------------------------------------
-    def decode_values(self, values: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_values(self, values: torch.Tensor, keep: torch.Tensor | None = None,
+                      cond: torch.Tensor | None = None) -> torch.Tensor:
         """Code values (B, k, D) of positions 0..k-1 -> tiles (B, 3, T, T).
 
         keep (B,) optionally keeps only the first keep[i] tokens of row i (tail drop);
         dropped tokens are masked out of attention, equivalent to passing fewer tokens.
+        A refinement stage adds what it decodes to `cond`, the picture so far.
         """
         b, k = values.shape[:2]
         n, g = self.cfg.grid ** 2, self.cfg.grid
@@ -222,17 +237,20 @@ class Tokenizer(nn.Module):
             code = code * kept[..., None].to(code.dtype)
             mask = torch.cat([torch.ones_like(kept[:, :1]).expand(b, n), kept], 1)[:, None, None, :]
         queries = self.dec_queries.expand(b, -1, -1).to(code.dtype).index_add(1, self.anchor[:k], code)
+        if self.cfg.conditioned:
+            queries = queries + self.dec_cond(cond).flatten(2).transpose(1, 2).to(code.dtype)
         h = torch.cat([queries, code + self.dec_latent_pos[:, :k]], 1)
         for blk in self.dec_blocks:
             h = blk(h, mask)
         h = self.dec_norm(h[:, :n]).transpose(1, 2).reshape(b, -1, g, g)
-        return self.head(h)
+        return self.head(h) + cond if self.cfg.conditioned else self.head(h)
 
     @torch.no_grad()
-    def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, k) with 1 <= k <= K -> tiles in [-1, 1]."""
-        return self.decode_values(self.fsq.ids_to_values(ids)).clamp(-1, 1)
+    def decode(self, ids: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, k) with 1 <= k <= K (0 <= k for a refinement stage) -> tiles in [-1, 1]."""
+        return self.decode_values(self.fsq.ids_to_values(ids), cond=cond).clamp(-1, 1)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        values, ids = self.encode_values(x)
-        return self.decode_values(values, keep), ids
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        values, ids = self.encode_values(x, cond)
+        return self.decode_values(values, keep, cond), ids

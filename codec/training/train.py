@@ -13,6 +13,11 @@ discriminator switched on at `adv_start` with a small weight; `freeze_encoder = 
 fine-tunes only the decoder, so the tokens of existing files keep their meaning.
 `init = "odp-small-v1"` starts a new run from shipped weights.
 
+A refinement stage (config `[refine]`, `conditioned = true` in `[model]`): a second tokenizer that
+codes the image enlarged `scale` times, each tile seeing the frozen `base` model's picture of it
+(decoded from a random number of its tokens, enlarged the same way); it starts from `init` as the
+identity (Tokenizer.start_as_identity) and learns what to add, tail drop reaching 0 tokens.
+
 The same command runs under `torchrun --nproc-per-node N` (and across machines with torchrun's
 --nnodes/--rdzv options): DistributedDataParallel over gloo on CPUs or NCCL on GPUs, each rank
 drawing its crops from its own share of the photos, `batch` split evenly between the ranks (so the
@@ -245,17 +250,47 @@ def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, layer: torch.Tensor) -
     return float((g_rec / (g_adv + 1e-4)).clamp(0, 1e4))
 
 
+class Refinement:
+    """The inputs of a refinement stage: each source tile's picture by the frozen base model,
+    enlarged `scale` times with the tile, then one of the scale x scale tiles of both (the grid the
+    stage's tiles fall on when the whole image is enlarged)."""
+
+    def __init__(self, rc: dict, tile: int, device):
+        from ..weights import load as load_shipped
+
+        self.base = load_shipped(rc["base"]).tokenizer.to(device).eval().requires_grad_(False)
+        self.scale, self.tile = int(rc["scale"]), tile
+        self.lo, self.hi = rc["base_keep"]
+
+    @torch.no_grad()
+    def pairs(self, x: torch.Tensor, rng: np.random.Generator, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source tiles (B, 3, T, T) -> (target tiles, picture-so-far tiles), both (B, 3, T, T);
+        `full`: the base keeps all its tokens and the cells go round in order (the monitor)."""
+        b, k = x.shape[0], self.base.cfg.tokens
+        keep = torch.full((b,), k) if full else torch.from_numpy(rng.integers(self.lo, self.hi + 1, b))
+        values, _ = self.base.encode_values(x)
+        so_far = self.base.decode_values(values, keep.to(x.device)).clamp(-1, 1)
+        cells = np.arange(b) % self.scale ** 2 if full else rng.integers(0, self.scale ** 2, b)
+        out = []
+        for a in (x, so_far):
+            big = F.interpolate(a, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+            out.append(torch.stack([big[i, :, (c // self.scale) * self.tile:(c // self.scale + 1) * self.tile,
+                                        (c % self.scale) * self.tile:(c % self.scale + 1) * self.tile]
+                                    for i, c in enumerate(cells)]))
+        return out[0], out[1]
+
+
 @torch.no_grad()
 def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=None, judges: dict | None = None,
-             perc_key: str = "lpips_vgg") -> dict:
+             perc_key: str = "lpips_vgg", cond: torch.Tensor | None = None) -> dict:
     """PSNR (and LPIPS-VGG when a perceptual loss is on, and each judge metric, e.g. DISTS, that is
     only ever measured) at several prefix lengths, and how much of the codebook the held-out tiles
     use (FSQ has no codebook vectors to die, but a collapsed code distribution shows here)."""
     model.eval()
-    values, ids = model.encode_values(tiles)
+    values, ids = model.encode_values(tiles, cond)
     out = {}
     for k in ks:
-        y = model.decode_values(values[:, :k])
+        y = model.decode_values(values[:, :k], cond=cond)
         out[f"psnr@{k}"] = round(psnr(y, tiles), 3)
         a, b = (y.clamp(-1, 1) + 1) / 2, (tiles + 1) / 2
         if lpips_vgg is not None:
@@ -324,7 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     if tc.get("init") and not resumable:
         from ..weights import load as load_shipped
 
-        model.load_state_dict(load_shipped(tc["init"]).tokenizer.state_dict())
+        model.load_state_dict(load_shipped(tc["init"]).tokenizer.state_dict(), strict=not mc.conditioned)
+        if mc.conditioned:
+            model.start_as_identity()
         if lead:
             print(f"initialised from shipped weights {tc['init']}", file=sys.stderr)
     ema = Tokenizer(mc).to(device).requires_grad_(False)
@@ -385,6 +422,10 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"model": args.monitor_only, "eval": "held-out train crops",
                               **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key)}))
         return
+    refine = Refinement(cfg["refine"], mc.tile, device) if mc.conditioned else None
+    monitor_cond = None
+    if refine is not None and lead:
+        monitor, monitor_cond = refine.pairs(monitor, None, full=True)
     disc_start = lc["adv_start"] if lc["disc_start"] is None else lc["disc_start"]
     last_layer = model.head.detail[-1].weight
     adv_scale = 1.0
@@ -398,10 +439,12 @@ def main(argv: list[str] | None = None) -> None:
             lr *= (step - rewarm_from + 1) / lc["resume_warmup"]
         for g in opt.param_groups:
             g["lr"] = lr
-        x = sampler.batch(batch).to(device)
-        keep = torch.randint(1, mc.tokens + 1, (x.shape[0],), device=device)
+        x, cond = sampler.batch(batch).to(device), None
+        if refine is not None:
+            x, cond = refine.pairs(x, crop_rng)
+        keep = torch.randint(0 if refine else 1, mc.tokens + 1, (x.shape[0],), device=device)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc["bf16"]):
-            y, _ = net(x, keep)
+            y, _ = net(x, keep, cond)
         y = y.float()
         loss = mse = F.mse_loss(y, x)
         rec = {}
@@ -463,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
                     break
                 continue
             rec = {"step": step, "eval": "held-out train crops",
-                   **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key),
+                   **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key, monitor_cond),
                    "wall_s": round(time.time() - t0, 1), **agree}
             log.write(json.dumps(rec) + "\n")
             log.flush()
