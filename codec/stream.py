@@ -87,9 +87,18 @@ def min_first_layer_bytes(tiles: int, entropy) -> int:
     return max(0, int(entropy.first_token_bits() * tiles * 0.98 / 8) - 8)
 
 
+def single_stage(c: Container) -> Container:
+    """`c`, unless it has refinement stages (format version 3), which no shipped model writes or reads
+    yet: then a one-line FormatError naming the version."""
+    if c.header.stages_after:
+        raise FormatError(f"this file has {c.header.stages_after} refinement stage(s) after the first (format "
+                          f"version {container.STAGED_VERSION}); this ODP decodes single-stage files (version 2) only")
+    return c
+
+
 def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV) -> tuple[Container, Entry, object]:
     """Parse bytes and find the model and entropy model they need; warn when the payload is cut short."""
-    c = container.read(data, max_pixels)
+    c = single_stage(container.read(data, max_pixels))
     h = c.header
     model = registry.find_by_hash(h.model_id, h.model_name)
     if model.tile != h.tile or model.tokens != h.tokens:
@@ -174,7 +183,7 @@ def cut_points(data: bytes) -> list[tuple[int, float]]:
     """(file bytes, mean tokens per tile) of the file `truncate` makes at the end of each whole layer,
     smallest first: the cuts that keep layers as they are, computed from the container alone (nothing
     is decoded). A version-1 file's cuts are those of its version-2 conversion."""
-    c = container.read(data)
+    c = single_stage(container.read(data))
     h = replace(c.header, model_id=c.header.model_id[:container.MODEL_ID_BYTES], model_name="",
                 version=container.VERSION)
     layers = [replace(x, check=x.check or 0) for x in c.layers]  # a v1 chunk gains a 2-byte check
@@ -187,7 +196,7 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
     that fits `max_bytes`. Whole layers are kept byte for byte; only a partial last layer is re-coded,
     by the entropy coder alone (no neural network runs). A version-1 file comes out as version 2.
     Only the layers the result can hold are entropy-decoded (the context model is slow)."""
-    c = container.read(data)
+    c = single_stage(container.read(data))
     if level is not None:
         need = max(1, min(level, c.level))
     elif tokens is not None:

@@ -15,6 +15,12 @@ tile t keeps min(K, ceil(w_t * L / 255)) tokens at level L, w_t its allocation w
 is cutting layers off the end; layer lengths live in the checked header, so a file
 shorter than they say was cut short and is read as its complete layers.
 
+Version 3 is version 2 with refinement stages after the first stage's layers: the first stage's
+header ends with how many follow, and each brings its own short header (kind, coded size, model,
+allocation, layer table; CRC-checked) and layers. A stage refines the picture of the stages before
+it, so a cut anywhere still decodes: in a stage's layers, to that stage at its complete layers; in
+its header, to the stages before. A file without later stages is always written as version 2.
+
 Version 1 files (8-byte magic, u32 lengths, CRC per chunk; every tile the same) are read
 into the same structures, as layers without token checks; they are never written.
 """
@@ -27,7 +33,11 @@ from dataclasses import dataclass, field
 
 MAGIC = b"\x89ODP"                  # both versions start so; v1 goes on with "\r\n\x1a\n"
 MAGIC_V1 = b"\x89ODP\r\n\x1a\n"
-VERSION = 2
+VERSION = 2                 # a file of one stage
+STAGED_VERSION = 3          # a file with refinement stages after the first
+MAX_STAGES = 4              # stages in a file, the first included
+STAGE_KINDS = {1: "refine"}  # a later stage's kind: 1 codes what the stages before missed, its model
+                             # seeing their picture enlarged to its coded size (docs/format.md)
 MIME_TYPE = "image/x-odp"
 ZIP_MAGIC = b"PK\x03\x04"          # OpenDocument presentations share the .odp extension
 
@@ -88,6 +98,8 @@ class Header:
     model_name: str = ""      # version-1 files name their model too
     version: int = VERSION
     gray: bool = False        # the source was greyscale: decoders return one channel (the mean of R, G, B)
+    kind: int = 0             # 0: the first stage; a later stage's STAGE_KINDS code
+    stages_after: int = 0     # the first stage of a version-3 file: how many stages follow its layers
 
     @property
     def cols(self) -> int:
@@ -173,8 +185,10 @@ class Layer:
 class Container:
     header: Header
     layers: list[Layer] = field(default_factory=list)
-    complete: bool = True     # False when the file ended inside the payload
+    complete: bool = True     # False when the file ended inside the payload (of any stage)
     declared_level: int = 0   # level of the last layer the header lists (even when cut short)
+    stages: list["Container"] = field(default_factory=list)  # later stages that arrived with a layer
+                              # or more, in order; each its own header (kind >= 1), layers and levels
 
     @property
     def level(self) -> int:
@@ -231,38 +245,66 @@ def check_layers(h: Header, levels: list[int], lengths: list[int]) -> None:
         prev = level
 
 
-def pack_header(h: Header, layers: list[Layer]) -> bytes:
-    """Version byte, length, fields and CRC: everything before the first layer's bytes."""
-    h.validate(max_pixels=None)
-    if h.version != VERSION:
-        raise FormatError(f"only version {VERSION} files are written")
-    check_layers(h, [x.level for x in layers], [len(x.data) for x in layers])
+def _model_fields(h: Header) -> list[bytes]:
     code = {v: k for k, v in ENTROPY_MODELS.items()}.get(h.entropy_model)
     if code is None:
         raise FormatError(f"entropy model {h.entropy_model!r} has no code in this format version")
-    flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
-             | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0) | (FLAG_GRAY if h.gray else 0))
-    f = [bytes([flags]), _varint(h.width), _varint(h.height), bytes([h.tile.bit_length() - 1]), _varint(h.tokens),
-         h.model_id, bytes([code])]
-    f += [_varint(len(h.icc)), h.icc] if h.icc else []
-    f += [_varint(len(h.exif)), h.exif] if h.exif else []
-    f += [h.weights, h.caps]
-    f += [_varint(h.display_size[0]), _varint(h.display_size[1])] if h.scaled else []
-    f += [_varint(len(layers))]
-    prev = 0
+    return [_varint(h.width), _varint(h.height), bytes([h.tile.bit_length() - 1]), _varint(h.tokens),
+            h.model_id, bytes([code])]
+
+
+def _layer_table(layers: list[Layer]) -> list[bytes]:
+    f, prev = [_varint(len(layers))], 0
     for x in layers:
         if x.check is None:
             raise FormatError("every version-2 layer needs its token check")
         f += [_varint(x.level - prev), _varint(len(x.data) // 4), struct.pack("<H", x.check)]
         prev = x.level
+    return f
+
+
+def pack_header(h: Header, layers: list[Layer], stages_after: int = 0) -> bytes:
+    """Version byte, length, fields and CRC: everything before the first layer's bytes (version 3,
+    ending with `stages_after`, when later stages follow the layers)."""
+    h.validate(max_pixels=None)
+    if h.version not in (VERSION, STAGED_VERSION) or h.kind:
+        raise FormatError(f"only versions {VERSION} and {STAGED_VERSION} are written, from a first stage")
+    if not 0 <= stages_after < MAX_STAGES:
+        raise FormatError(f"a file holds at most {MAX_STAGES} stages")
+    check_layers(h, [x.level for x in layers], [len(x.data) for x in layers])
+    flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
+             | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0) | (FLAG_GRAY if h.gray else 0))
+    f = [bytes([flags]), *_model_fields(h)]
+    f += [_varint(len(h.icc)), h.icc] if h.icc else []
+    f += [_varint(len(h.exif)), h.exif] if h.exif else []
+    f += [h.weights, h.caps]
+    f += [_varint(h.display_size[0]), _varint(h.display_size[1])] if h.scaled else []
+    f += _layer_table(layers)
+    f += [_varint(stages_after)] if stages_after else []
     fields = b"".join(f)
-    head = bytes([VERSION]) + _varint(len(fields)) + fields
+    head = bytes([STAGED_VERSION if stages_after else VERSION]) + _varint(len(fields)) + fields
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def pack_stage_header(h: Header, layers: list[Layer]) -> bytes:
+    """A later stage's header: length, fields (kind, flags, coded size, model, allocation, layer
+    table) and the CRC of both; its display size is the image's, from the first stage."""
+    h.validate(max_pixels=None)
+    if h.kind not in STAGE_KINDS:
+        raise FormatError(f"stage kind {h.kind} is unknown")
+    check_layers(h, [x.level for x in layers], [len(x.data) for x in layers])
+    flags = (FLAG_WEIGHTS if h.weights else 0) | (FLAG_CAPS if h.caps else 0)
+    fields = b"".join([bytes([h.kind, flags]), *_model_fields(h), h.weights, h.caps, *_layer_table(layers)])
+    head = _varint(len(fields)) + fields
     return head + struct.pack("<I", zlib.crc32(head))
 
 
 def write(c: Container) -> bytes:
-    """Serialise a container as version 2."""
-    return MAGIC + pack_header(c.header, c.layers) + b"".join(x.data for x in c.layers)
+    """Serialise a container: version 2, or version 3 when it has later stages."""
+    out = [MAGIC, pack_header(c.header, c.layers, len(c.stages))] + [x.data for x in c.layers]
+    for stage in c.stages:
+        out += [pack_stage_header(stage.header, stage.layers)] + [x.data for x in stage.layers]
+    return b"".join(out)
 
 
 # --------------------------------------------------------------------------- reading
@@ -317,7 +359,8 @@ class _Reader:
 
 def is_odp(prefix: bytes) -> bool:
     """Whether bytes start like an .odp file of a version this reader knows."""
-    return prefix[:len(MAGIC_V1)] == MAGIC_V1 or prefix[:len(MAGIC) + 1] == MAGIC + bytes([VERSION])
+    return (prefix[:len(MAGIC_V1)] == MAGIC_V1
+            or prefix[:len(MAGIC) + 1] in (MAGIC + bytes([VERSION]), MAGIC + bytes([STAGED_VERSION])))
 
 
 def header_size(prefix: bytes) -> int | None:
@@ -341,7 +384,7 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     if not is_odp(data):
         if data.startswith(MAGIC) and len(data) > len(MAGIC):
             raise FormatError(f"ODP format version {data[4]} is not supported "
-                              f"(this reader knows versions 1 and {VERSION})")
+                              f"(this reader knows versions 1 to {STAGED_VERSION})")
         if data.startswith(ZIP_MAGIC):
             raise FormatError("not an ODP image: a zip file, such as an OpenDocument presentation (also .odp)")
         raise FormatError("not an ODP file (wrong magic bytes)")
@@ -356,17 +399,10 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     flags = f.u8()
     if flags & ~FLAGS:
         raise FormatError(f"header has unknown flags {flags:#04x}")
-    w, hgt = f.varint(MAX_SIDE, "a width"), f.varint(MAX_SIDE, "a height")
-    log_tile = f.u8()
-    if not 4 <= log_tile <= 12:
-        raise FormatError(f"tile size 2^{log_tile} is outside 16..4096")
-    tokens = f.varint(MAX_TOKENS, "tokens per tile")
-    model_id, code = f.take(MODEL_ID_BYTES), f.u8()
-    if code not in ENTROPY_MODELS:
-        raise FormatError(f"entropy model code {code} is unknown to this reader")
+    w, hgt, tile, tokens, model_id, entropy_model = _read_model_fields(f)
     icc = f.take(f.varint(MAX_METADATA, "an ICC profile size")) if flags & FLAG_ICC else b""
     exif = f.take(f.varint(MAX_METADATA, "an EXIF block size")) if flags & FLAG_EXIF else b""
-    h = Header(w, hgt, 1 << log_tile, tokens, model_id, ENTROPY_MODELS[code], icc=icc, exif=exif,
+    h = Header(w, hgt, tile, tokens, model_id, entropy_model, icc=icc, exif=exif,
                gray=bool(flags & FLAG_GRAY))
     h.validate(max_pixels)
     if flags & FLAG_WEIGHTS:
@@ -376,14 +412,75 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     if flags & FLAG_DISPLAY:
         h.display_width, h.display_height = f.varint(MAX_SIDE, "a display width"), f.varint(MAX_SIDE, "a display height")
     h.validate(max_pixels)
+    layers = _read_layer_table(f)
+    if data[len(MAGIC)] == STAGED_VERSION:
+        h.version, h.stages_after = STAGED_VERSION, f.varint(MAX_STAGES - 1, "a stage count")
+        if not h.stages_after:
+            raise FormatError("a version-3 file declares no stage after the first")
+    if f.pos != len(fields):
+        raise FormatError("header has trailing bytes")
+    check_layers(h, [x[0] for x in layers], [x[1] for x in layers])
+    return h, layers, r.pos
+
+
+def _read_model_fields(f: _Reader) -> tuple[int, int, int, int, bytes, str]:
+    """(width, height, tile, tokens, model id, entropy model): what _model_fields wrote."""
+    w, hgt = f.varint(MAX_SIDE, "a width"), f.varint(MAX_SIDE, "a height")
+    log_tile = f.u8()
+    if not 4 <= log_tile <= 12:
+        raise FormatError(f"tile size 2^{log_tile} is outside 16..4096")
+    tokens = f.varint(MAX_TOKENS, "tokens per tile")
+    model_id, code = f.take(MODEL_ID_BYTES), f.u8()
+    if code not in ENTROPY_MODELS:
+        raise FormatError(f"entropy model code {code} is unknown to this reader")
+    return w, hgt, 1 << log_tile, tokens, model_id, ENTROPY_MODELS[code]
+
+
+def _read_layer_table(f: _Reader) -> list[tuple[int, int, int]]:
     count = f.varint(MAX_LEVEL, "a layer count")
     layers, level = [], 0
     for _ in range(count):
         level += f.varint(MAX_LEVEL, "a level step")
         length = 4 * f.varint(MAX_LAYER // 4, "a layer length")
         layers.append((level, length, struct.unpack("<H", f.take(2))[0]))
+    return layers
+
+
+def _read_stage_header(data: bytes, pos: int, first: Header,
+                       max_pixels) -> tuple[Header, list[tuple[int, int, int]], int] | None:
+    """A later stage's header at `pos` -> (header, layer table, offset of its first layer), or None
+    when the file ends before the header does (a download cut there: the stage did not arrive)."""
+    r = _Reader(data, "stage header", pos)
+    try:
+        n = r.varint(MAX_HEADER, "a stage header length")
+    except FormatError:
+        if len(data) - pos < 5:  # the length itself is cut short
+            return None
+        raise
+    if len(data) - r.pos < n + 4:
+        return None
+    fields = r.take(n)
+    if r.u32() != zlib.crc32(data[pos:r.pos - 4]):
+        raise FormatError("stage header checksum mismatch: the file is corrupt")
+    f = _Reader(fields, "stage header")
+    kind, flags = f.u8(), f.u8()
+    if kind not in STAGE_KINDS:
+        raise FormatError(f"stage kind {kind} is unknown to this reader")
+    if flags & ~(FLAG_WEIGHTS | FLAG_CAPS):
+        raise FormatError(f"stage header has unknown flags {flags:#04x}")
+    w, hgt, tile, tokens, model_id, entropy_model = _read_model_fields(f)
+    dw, dh = first.display_size
+    h = Header(w, hgt, tile, tokens, model_id, entropy_model, display_width=dw,
+               display_height=dh, version=STAGED_VERSION, gray=first.gray, kind=kind)
+    h.validate(max_pixels)
+    if flags & FLAG_WEIGHTS:
+        h.weights = f.take(h.tiles)
+    if flags & FLAG_CAPS:
+        h.caps = f.take(h.tiles)
+    h.validate(max_pixels)
+    layers = _read_layer_table(f)
     if f.pos != len(fields):
-        raise FormatError("header has trailing bytes")
+        raise FormatError("stage header has trailing bytes")
     check_layers(h, [x[0] for x in layers], [x[1] for x in layers])
     return h, layers, r.pos
 
@@ -399,7 +496,7 @@ def _read_v1(data: bytes, max_pixels) -> tuple[Header, list[tuple[int, int, int 
     f = _Reader(head, "header")
     version, _flags, w, hgt, tile, tokens, kept, g, whash = f.unpack(_V1_FIXED)
     if version != 1:
-        raise FormatError(f"ODP format version {version} is not supported (this reader knows versions 1 and {VERSION})")
+        raise FormatError(f"ODP format version {version} is not supported (this reader knows versions 1 to {STAGED_VERSION})")
     model_name, entropy_model = f.string(), f.string()
     icc, exif = f.blob(MAX_METADATA), f.blob(MAX_METADATA)
     h = Header(w, hgt, tile, tokens, whash, entropy_model, icc=icc, exif=exif, model_name=model_name, version=1)
@@ -415,21 +512,40 @@ def _read_v1(data: bytes, max_pixels) -> tuple[Header, list[tuple[int, int, int 
     return h, [(lv, n + 4, None) for lv, n in zip(levels, lengths)], r.pos  # +4: each chunk's CRC
 
 
-def read(data: bytes, max_pixels: int | None = FROM_ENV) -> Container:
-    """Parse a whole file. Corrupt layers raise; a cut-short payload is kept as far as it goes."""
-    h, table, pos = read_header(data, max_pixels)
+def _read_layers(data: bytes, h: Header, table, pos: int) -> tuple[Container, int]:
+    """The layers of one stage from `pos` -> (its container, offset after them); complete=False when
+    the file ends inside them (those that arrived whole are kept)."""
     r = _Reader(data, "payload", pos)
     layers: list[Layer] = []
     declared = table[-1][0] if table else 0
     for i, (level, n, check) in enumerate(table):
         if len(data) - r.pos < n:
-            return Container(h, layers, complete=False, declared_level=declared)
+            return Container(h, layers, complete=False, declared_level=declared), len(data)
         chunk = r.take(n)
         if check is None:  # v1: bytes then their CRC
             chunk, crc = chunk[:-4], struct.unpack("<I", chunk[-4:])[0]
             if crc != zlib.crc32(chunk):
                 raise FormatError(f"payload chunk {i} checksum mismatch: the file is corrupt")
         layers.append(Layer(level, chunk, check))
-    if r.pos != len(data):
-        raise FormatError(f"{len(data) - r.pos} unexpected bytes after the last layer")
-    return Container(h, layers, declared_level=declared)
+    return Container(h, layers, declared_level=declared), r.pos
+
+
+def read(data: bytes, max_pixels: int | None = FROM_ENV) -> Container:
+    """Parse a whole file. Corrupt layers raise; a cut-short payload is kept as far as it goes (a
+    later stage with no complete layer is left out, and the file is marked incomplete)."""
+    h, table, pos = read_header(data, max_pixels)
+    c, pos = _read_layers(data, h, table, pos)
+    for _ in range(h.stages_after if c.complete else 0):
+        got = _read_stage_header(data, pos, h, max_pixels)
+        if got is None:
+            c.complete = False
+            return c
+        stage, pos = _read_layers(data, *got)
+        if stage.layers:
+            c.stages.append(stage)
+        if not stage.complete:
+            c.complete = False
+            return c
+    if pos != len(data):
+        raise FormatError(f"{len(data) - pos} unexpected bytes after the last layer")
+    return c

@@ -587,7 +587,7 @@ def corruptions(data: bytes) -> dict[str, bytes]:
         "short header": data[: magic + 10],
         "header only": data[:first_layer],
         "header crc": helpers.flip(data, magic + 3),
-        "future version": data[:magic] + bytes([container.VERSION + 1]) + data[magic + 1:],
+        "future version": data[:magic] + bytes([container.STAGED_VERSION + 1]) + data[magic + 1:],
         "first layer": helpers.flip(data, high_byte(spans[0])),
         "middle layer": helpers.flip(data, high_byte(spans[len(spans) // 2])),
         "foreign model": helpers.reheader(data, model_id=b"\x42" * container.MODEL_ID_BYTES),
@@ -603,7 +603,7 @@ def corruptions(data: bytes) -> dict[str, bytes]:
 CORRUPTIONS = ["wrong magic", "empty", "short magic", "short header", "header only", "header crc", "future version",
                "first layer", "middle layer", "foreign model", "huge size", "huge header length", "huge layer length",
                "trailing bytes"]
-EXPECTED = {"header only": "cut short", "header crc": "checksum", "future version": "version 3 is not supported",
+EXPECTED = {"header only": "cut short", "header crc": "checksum", "future version": "version 4 is not supported",
             "first layer": "payload layer 0 does not decode", "middle layer": "does not decode",
             "foreign model": "42424242",
             "huge size": "exceeds the limit", "huge header length": "over the limit",
@@ -816,3 +816,24 @@ def test_junk_layers_with_a_valid_header_are_one_line(tmp_path, small_odp):
         assert_clean_error(odp(*cmd), contains="does not decode")
     assert_ok(odp("info", bad))  # plain info reads the header alone: what the file says it holds
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.odp"]
+
+
+def test_a_file_with_refinement_stages_is_refused_in_one_line_naming_its_version(tmp_path, small_odp):
+    """Format version 3 adds refinement stages after the first stage's layers (docs/format.md); no
+    shipped model makes them yet, so decode, truncate and info --cuts refuse such a file plainly."""
+    from dataclasses import replace as with_fields
+
+    import helpers
+    from odp.formats.container import Container
+
+    c = container.read(small_odp)
+    w, h = c.header.display_size
+    stage = with_fields(c.header, width=2 * w, height=2 * h, display_width=w, display_height=h, kind=1,
+                        weights=b"", caps=b"", version=container.STAGED_VERSION)
+    c.stages.append(Container(stage, helpers.layers_for([1, 2])))
+    staged = tmp_path / "staged.odp"
+    staged.write_bytes(container.write(c))
+    for args in (["decode", staged, "-o", tmp_path / "out.png"], ["truncate", staged, "-o", tmp_path / "t.odp", "--tokens", "4"],
+                 ["info", "--cuts", staged]):
+        assert_clean_error(odp(*args), contains="format version 3")
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "t.odp").exists()

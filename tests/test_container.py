@@ -4,6 +4,7 @@ No neural network runs here (the real files come from session fixtures)."""
 from __future__ import annotations
 
 import struct
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -252,11 +253,11 @@ def test_container_levels_and_counts():
     ({"icc": b"x" * (MAX_METADATA + 1)}, "ICC profile"),
     ({"exif": b"x" * (MAX_METADATA + 1)}, "EXIF block"),
     ({"entropy_model": "ctx-v9"}, "has no code"),
-    ({"version": 1, "model_id": bytes(32)}, "only version 2"),
+    ({"version": 1, "model_id": bytes(32)}, "only versions 2 and 3"),
 ])
 def test_writer_refuses_bad_headers(changes, message):
     h = helpers.some_header(**changes)
-    if message not in ("has no code", "only version 2"):
+    if message not in ("has no code", "only versions 2 and 3"):
         with pytest.raises(FormatError, match=message):
             h.validate()
     with pytest.raises(FormatError, match=message):
@@ -342,15 +343,15 @@ def test_wrong_magic():
     refused(b"PK\x03\x04" + bytes(40), "a zip file, such as an OpenDocument presentation")
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 16, 255])
+@pytest.mark.parametrize("version", [0, 1, 4, 16, 255])
 def test_unsupported_version(version):
     data = some_file()
     msg = refused(data[:4] + bytes([version]) + data[5:], "is not supported")
-    assert msg.startswith("ODP format version ") and "versions 1 and 2" in msg
+    assert msg.startswith("ODP format version ") and "versions 1 to 3" in msg
     assert not container.is_odp(data[:4] + bytes([version]))
 
 
-@pytest.mark.parametrize("version", [3, 16, 255])
+@pytest.mark.parametrize("version", [4, 16, 255])
 def test_unsupported_version_is_named_in_decimal(version):
     data = some_file()
     refused(data[:4] + bytes([version]) + data[5:], f"version {version} is not supported")
@@ -498,8 +499,8 @@ def test_header_size_and_is_odp():
         assert container.is_odp(data[:16])
         assert container.header_size(data[:16]) == container.read_header(data)[2]
     assert container.header_size(v1[:16]) == len(MAGIC_V1) + 4 + len(helpers.v1_head(v1)) + 4
-    assert container.is_odp(MAGIC + b"\x02") and container.is_odp(MAGIC_V1)
-    for other in (b"", MAGIC, MAGIC + b"\x03", MAGIC_V1[:7], b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"):
+    assert container.is_odp(MAGIC + b"\x02") and container.is_odp(MAGIC + b"\x03") and container.is_odp(MAGIC_V1)
+    for other in (b"", MAGIC, MAGIC + b"\x04", MAGIC_V1[:7], b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"):
         assert not container.is_odp(other) and container.header_size(other) is None
     with pytest.raises(FormatError, match="over the limit"):
         container.header_size(MAGIC_V1 + struct.pack("<I", MAX_HEADER + 1))
@@ -655,7 +656,7 @@ def v1_with(**fields) -> bytes:
 
 @pytest.mark.parametrize("fields, message", [
     ({}, None),
-    ({"version": 3}, "version 3 is not supported"),
+    ({"version": 4}, "version 4 is not supported"),
     ({"width": 0}, "image size"),
     ({"width": 70000}, "image size"),
     ({"tile": 100}, "tile size"),
@@ -682,5 +683,82 @@ def test_version_1_name_that_is_not_utf8():
 
 def test_version_1_is_read_never_written():
     c = container.read(helpers.v1_file())
-    with pytest.raises(FormatError, match="only version 2 files are written"):
+    with pytest.raises(FormatError, match="only versions 2 and 3 are written"):
+        container.write(c)
+
+
+# --------------------------------------------------------------------------- version 3: later stages
+
+
+def staged_file(stages: int = 2) -> tuple[Container, bytes]:
+    """A first stage (300x200, display size its own) and `stages` refinement stages coded at 2x."""
+    first = Container(helpers.some_header(), helpers.layers_for([1, 2, 4]))
+    for i in range(stages):
+        h = helpers.some_header(width=600, height=400, kind=1, display_width=300, display_height=200,
+                                weights=bytes([255, 100] * 2 + [7, 9]), version=container.STAGED_VERSION)
+        first.stages.append(Container(h, helpers.layers_for([3, 5 + i], words=2)))
+    return first, container.write(first)
+
+
+def test_a_file_with_later_stages_is_version_3_and_reads_back():
+    c, data = staged_file()
+    assert data[4] == container.STAGED_VERSION
+    back = container.read(data)
+    assert back.complete and back.header.stages_after == 2 and len(back.stages) == 2
+    assert [x.data for x in back.layers] == [x.data for x in c.layers]
+    for got, made in zip(back.stages, c.stages):
+        assert got.header.kind == 1 and (got.header.width, got.header.height) == (600, 200 * 2)
+        assert got.header.display_size == (300, 200) and got.header.weights == made.header.weights
+        assert [(x.level, x.data, x.check) for x in got.layers] == [(x.level, x.data, x.check) for x in made.layers]
+    assert container.write(back) == data
+    assert container.write(Container(c.header, c.layers))[4] == container.VERSION  # no stage: version 2, as before
+
+
+def test_every_cut_of_a_staged_file_reads_as_far_as_it_arrived():
+    """A download cut anywhere after the first layer reads: the first stage's whole layers, then each
+    later stage whose header and at least one layer arrived; never more as the cut gets shorter."""
+    _, data = staged_file()
+    first_layer_end = helpers.layer_spans(data)[0][1]
+    prev = None
+    for n in range(len(data), first_layer_end - 1, -1):
+        c = container.read(data[:n])
+        got = (len(c.layers), [len(s.layers) for s in c.stages])
+        assert c.complete == (n == len(data))
+        if prev is not None:
+            assert got[0] <= prev[0] and len(got[1]) <= len(prev[1])
+        prev = got
+    assert prev == (1, [])
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("stage crc", "stage header checksum mismatch"),
+    ("kind", "stage kind 9 is unknown"),
+    ("trailing", "unexpected bytes after the last layer"),
+    ("no stages", "declares no stage after the first"),
+])
+def test_damaged_staged_files_are_refused(damage, message):
+    c, data = staged_file(1)
+    stage_at = len(container.MAGIC) + len(container.pack_header(c.header, c.layers, 1)) + sum(len(x.data) for x in c.layers)
+    if damage == "stage crc":
+        data = helpers.flip(data, stage_at + 3)
+    elif damage == "kind":
+        head = container.pack_stage_header(c.stages[0].header, c.stages[0].layers)
+        n = head[0]  # a one-byte length: the fields follow it
+        fields = bytes([9]) + head[2:1 + n]
+        fixed = head[:1] + fields
+        data = data[:stage_at] + fixed + struct.pack("<I", zlib.crc32(fixed)) + data[stage_at + len(head):]
+    elif damage == "trailing":
+        data += b"\0\0\0\0"
+    else:  # a version-3 first stage whose count of later stages is 0
+        fields = helpers.fields_of(container.write(Container(c.header, c.layers))) + b"\0"
+        data = helpers.assemble(fields, [x.data for x in c.layers], version=container.STAGED_VERSION)
+    refused(data, message)
+
+
+def test_the_writer_refuses_too_many_stages_and_unknown_kinds():
+    with pytest.raises(FormatError, match="at most 4 stages"):
+        staged_file(container.MAX_STAGES)  # 1 + 4
+    c, _ = staged_file(1)
+    c.stages[0].header.kind = 5
+    with pytest.raises(FormatError, match="stage kind 5 is unknown"):
         container.write(c)
