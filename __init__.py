@@ -98,6 +98,8 @@ class Info:
     tokens_max: int = 0
     truncation_points: tuple[int, ...] = ()  # allocation level at the end of each complete layer
     gray: bool = False        # a greyscale image: odp.decode returns an "L" image
+    stages: int = 1           # stages that arrived: 1, or more in a format-version-3 file (the other
+                              # fields describe its first stage)
 
 
 @dataclass(frozen=True)
@@ -349,7 +351,7 @@ def info(data: bytes) -> Info:
                 h.tokens, c.complete, len(raw), payload, len(raw) * 8 / (width * height),
                 payload * 8 / n if n else 0.0, h.model_name, h.model_id.hex(), h.entropy_model, len(h.icc),
                 len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version, h.width, h.height,
-                min(counts), max(counts), tuple(x.level for x in c.layers), h.gray)
+                min(counts), max(counts), tuple(x.level for x in c.layers), h.gray, 1 + len(c.stages))
 
 
 def cut_points(data: bytes) -> list[tuple[int, float]]:
@@ -393,10 +395,11 @@ def pixel_limit(max_pixels: int | None = None) -> int | None:
 def model_of(data: bytes) -> ModelInfo:
     """The installed model a file needs, found by the weights hash in its header (odp.ModelNotFound
     names it when missing; odp.FormatError when the file does not fit it). Warns (odp.OdpWarning)
-    when the file was cut short. No network is loaded."""
+    when the file was cut short. No network is loaded. Of a file with refinement stages: its first
+    stage's model."""
     from .codec import stream
 
-    c, entry, _ = stream.open_container(_data(data, "model_of"))
+    c, entry, _ = stream.open_container(_data(data, "model_of"), first_stage=True)
     return ModelInfo(entry.name, entry.sha256.hex(), entry.tokens, entry.codebook_size, c.header.entropy_model)
 
 

@@ -519,7 +519,7 @@ def info(input, as_json, verify, cuts):
         "payload_bytes": i.payload_bytes, "bpp": round(i.bpp, 5),
         "bits_per_token": round(i.bits_per_token, 3),
         "raw_bits_per_token": round(math.log2(model.codebook_size), 3),
-        "icc_profile_bytes": i.icc_profile_bytes, "exif_bytes": i.exif_bytes, "gray": i.gray,
+        "icc_profile_bytes": i.icc_profile_bytes, "exif_bytes": i.exif_bytes, "gray": i.gray, "stages": i.stages,
     }
     if verify:
         d["verified"] = True
@@ -535,7 +535,7 @@ def info(input, as_json, verify, cuts):
     coded = f" (coded at {i.coded_width}x{i.coded_height})" if scaled else ""
     click.echo(f"{input}: ODP {'greyscale ' if i.gray else ''}image {i.width}x{i.height}{coded}, "
                f"{i.cols}x{i.rows} tiles of {i.tile}px "
-               f"(format v{i.version})")
+               f"(format v{i.version}{f', first of {i.stages} stages' if i.stages > 1 else ''})")
     click.echo(f"  tokens:   {i.mean_tokens:.1f} of {i.model_tokens} per tile{spread}"
                f"{'' if i.complete else ' (file cut short)'}")
     click.echo(f"  size:     {i.file_bytes} bytes, {d['bpp']} bpp")

@@ -96,9 +96,13 @@ def single_stage(c: Container) -> Container:
     return c
 
 
-def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV) -> tuple[Container, Entry, object]:
-    """Parse bytes and find the model and entropy model they need; warn when the payload is cut short."""
-    c = single_stage(container.read(data, max_pixels))
+def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV,
+                   first_stage: bool = False) -> tuple[Container, Entry, object]:
+    """Parse bytes and find the model and entropy model they need; warn when the payload is cut short.
+    A file with refinement stages is refused unless only its `first_stage` is asked about."""
+    c = container.read(data, max_pixels)
+    if not first_stage:
+        single_stage(c)
     h = c.header
     model = registry.find_by_hash(h.model_id, h.model_name)
     if model.tile != h.tile or model.tokens != h.tokens:

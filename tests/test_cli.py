@@ -837,3 +837,7 @@ def test_a_file_with_refinement_stages_is_refused_in_one_line_naming_its_version
                  ["info", "--cuts", staged]):
         assert_clean_error(odp(*args), contains="format version 3")
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "t.odp").exists()
+    r = odp("info", staged)  # the header alone describes it
+    assert_ok(r)
+    assert "(format v3, first of 2 stages)" in r.output
+    assert json.loads(odp("info", "--json", staged).output)["stages"] == 2
