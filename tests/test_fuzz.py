@@ -62,13 +62,19 @@ def only_cut_short_warnings():
 def seeds(astronaut, model) -> list[bytes]:
     """Version 2: 2 tiles at 32 tokens (uniform: the adaptive encoder runs the network at nine token counts,
     too slow here), the same tokens packed with allocation weights and with ICC/EXIF, a file cut inside
-    its last layer; and the version-1 file."""
+    its last layer; the version-1 file; and a version-3 file (the uniform one with a made-up refinement
+    stage: the container reads it, the codec refuses it)."""
     uniform = helpers.encode(astronaut, tokens=32, model=model, device="cpu", adaptive=False)
     c, _, toks, _ = stream.read_tokens(uniform)
     h = c.header
     adaptive = stream.pack(toks, h.width, h.height, model, weights=b"\xff\x80", level=32)
     meta = stream.pack(toks, h.width, h.height, model, icc=bytes(range(40)), exif=b"Exif\0\0MM", level=8)
-    return [uniform, adaptive, meta, uniform[:-5], helpers.v1_file()]
+    from dataclasses import replace
+
+    stage = replace(h, width=2 * h.width, height=2 * h.height, display_width=h.width, display_height=h.height,
+                    kind=1, version=container.STAGED_VERSION)
+    staged = container.write(Container(h, c.layers, stages=[Container(stage, helpers.layers_for([4, 9, 30], 3))]))
+    return [uniform, adaptive, meta, uniform[:-5], helpers.v1_file(), staged]
 
 
 FIELDS = {
@@ -178,8 +184,10 @@ def test_fuzz_container_read(seeds, data):
     h.validate()
     levels = [x.level for x in c.layers]
     assert levels == sorted(set(levels)) and all(0 < lv <= h.full_level for lv in levels)
-    assert c.complete == (c.level == c.declared_level) and c.kept <= h.tokens
+    assert (c.level == c.declared_level) >= c.complete and c.kept <= h.tokens
+    assert c.complete or c.level < c.declared_level or h.stages_after  # cut short: in the first stage or after it
     assert all((x.check is None) == (h.version == 1) and x.data for x in c.layers)
+    assert len(c.stages) <= h.stages_after and all(s.layers and s.header.kind == 1 for s in c.stages)
 
 
 @fuzz(150)
@@ -277,7 +285,8 @@ def test_fuzz_cli_decode(seeds, fuzz_dir, data):
 
 
 def test_seeds_are_what_they_claim(seeds):
-    uniform, adaptive, meta, cut, v1 = (container.read(s) for s in seeds)
+    uniform, adaptive, meta, cut, v1, staged = (container.read(s) for s in seeds)
+    assert staged.header.version == 3 and len(staged.stages) == 1 and staged.layers == uniform.layers
     assert uniform.header.version == adaptive.header.version == 2 and v1.header.version == 1
     assert not uniform.header.adaptive and adaptive.header.adaptive and uniform.kept == 32
     assert meta.header.icc and meta.header.exif
