@@ -173,3 +173,15 @@ def test_package_names_and_repeatable_output(tmp_path, photo):
     rows = [r.split("\t") for r in (out / "SOURCES.tsv").read_text().splitlines()]
     assert rows[0] == list(data.COLUMNS)
     assert rows[2][-2:] == ["dropped", "few colours (12 < 2000)"]
+
+
+def test_repository_paths_and_out_inside_repo_refused(tmp_path):
+    """The default eval folder is the shared one beside the repository, and no --out inside the
+    repository is accepted (training data never lands in it)."""
+    assert (data.REPO / "pyproject.toml").is_file()
+    assert data.EVAL_DIR == data.REPO.parent / "shared" / "data" / "eval"
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    for inside in (data.REPO / "runs" / "data", data.REPO / "tests" / "data" / "x"):
+        with pytest.raises(data.DataError, match="inside the repository"):
+            data.prepare(inside, [], [], evals)

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--tokens", required=True)
     r.add_argument("--run", required=True)
     r.add_argument("--name", default="ctx16-v1")
-    r.add_argument("--out", default=str(Path(__file__).parents[1] / "entropy" / "weights"))
+    r.add_argument("--out", default=str(Path(__file__).parents[2] / "entropy" / "weights"))
     r.add_argument("--val", help="tokens (from `tokens`) of other photos to report bits/token on each epoch")
     r.add_argument("--lags", type=int, default=16)
     r.add_argument("--dim", type=int, default=64)

@@ -31,7 +31,7 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}  # SVG/XML are drawings or m
 MIN_SHORT_SIDE = 512    # smaller images are thumbnails/previews, useless at training scales
 MIN_COLOURS = 2000      # unique colours in a 256x256 nearest-neighbour thumbnail
 NEAR_BITS = 10          # max differing bits (of 256) between difference hashes of one picture
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # codec/training/data.py -> the repository root
 EVAL_DIR = REPO.parent / "shared" / "data" / "eval"
 COLUMNS = ("file", "package", "version", "licence", "copyright", "original_path",
            "sha256", "width", "height", "status", "reason")
