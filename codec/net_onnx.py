@@ -50,11 +50,14 @@ class OnnxNetwork:
     def __init__(self, entry: Entry):
         self.entry = entry
 
-    def _run(self, part: str, name: str, x: np.ndarray) -> np.ndarray:
-        return _session(graph_path(self.entry, part)).run(None, {name: x})[0]
+    def _run(self, part: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return _session(graph_path(self.entry, part)).run(None, feeds)[0]
 
-    def encode(self, tiles: np.ndarray) -> np.ndarray:
-        return self._run("encoder", "tiles", np.ascontiguousarray(tiles, np.uint8))
+    def _cond(self, cond: np.ndarray | None) -> dict[str, np.ndarray]:
+        return {} if cond is None else {"cond": np.ascontiguousarray(cond, np.uint8)}
 
-    def decode(self, ids: np.ndarray) -> np.ndarray:
-        return self._run("decoder", "ids", np.ascontiguousarray(ids, np.int64))
+    def encode(self, tiles: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        return self._run("encoder", {"tiles": np.ascontiguousarray(tiles, np.uint8), **self._cond(cond)})
+
+    def decode(self, ids: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        return self._run("decoder", {"ids": np.ascontiguousarray(ids, np.int64), **self._cond(cond)})

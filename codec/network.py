@@ -26,11 +26,12 @@ class Network(Protocol):
     backend: str    # "onnx" or "torch"
     device: str     # "cpu" or "cuda"
 
-    def encode(self, tiles: np.ndarray) -> np.ndarray:
-        """uint8 tiles (B, T, T, 3) -> token ids (B, K) int32."""
+    def encode(self, tiles: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        """uint8 tiles (B, T, T, 3) -> token ids (B, K) int32. `cond`: a refinement stage's picture so
+        far, uint8 tiles of the same shape (only for a conditioned model, which needs it)."""
 
-    def decode(self, ids: np.ndarray) -> np.ndarray:
-        """token ids (B, k), 1 <= k <= K -> uint8 tiles (B, T, T, 3)."""
+    def decode(self, ids: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        """token ids (B, k), 1 <= k <= K -> uint8 tiles (B, T, T, 3) (`cond` as for encode)."""
 
 
 def has_torch() -> bool:

@@ -3,7 +3,9 @@
     python -m odp.codec.training.onnx --model odp-small-v2
 
 Writes `<model>.encoder.onnx` (uint8 tiles (B, T, T, 3) -> int32 token ids (B, K)) and
-`<model>.decoder.onnx` (int64 ids (B, k), any 1 <= k <= K -> uint8 tiles) next to the weights. The
+`<model>.decoder.onnx` (int64 ids (B, k), any 1 <= k <= K -> uint8 tiles) next to the weights; a
+refinement stage's graphs (a conditioned tokenizer) take a second input, `cond`: uint8 tiles of the
+picture so far, the same shape as the tiles. The
 graphs hold no weights: each weight is an external tensor named after its key in the model's
 safetensors file, which codec/net_onnx.py reads and hands to ONNX Runtime. The safetensors file stays
 the one copy of the weights (its sha256 names the model in every file), and a graph is ~100 KB.
@@ -24,16 +26,24 @@ from ..weights import Model, load
 WEIGHT_PREFIX = "model."  # the safetensors key of tokenizer weight `k` is WEIGHT_PREFIX + k
 
 
+def _unit(tiles: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, T, 3) -> float (B, 3, T, T) in [-1, 1]: the pixel convention of engine.py."""
+    return tiles.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _pixels(y: torch.Tensor) -> torch.Tensor:
+    return torch.round((y.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 class EncoderGraph(nn.Module):
-    """uint8 tiles (B, T, T, 3) -> token ids (B, K) int32: the pixel convention of engine.py inside."""
+    """uint8 tiles (B, T, T, 3) -> token ids (B, K) int32."""
 
     def __init__(self, tokenizer):
         super().__init__()
         self.tok = tokenizer
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        x = tiles.permute(0, 3, 1, 2).float() / 127.5 - 1
-        return self.tok.encode_values(x)[1].to(torch.int32)
+        return self.tok.encode_values(_unit(tiles))[1].to(torch.int32)
 
 
 class DecoderGraph(nn.Module):
@@ -44,8 +54,21 @@ class DecoderGraph(nn.Module):
         self.tok = tokenizer
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        y = self.tok.decode_values(self.tok.fsq.ids_to_values(ids)).clamp(-1, 1)
-        return torch.round((y + 1) * 127.5).to(torch.uint8).permute(0, 2, 3, 1)
+        return _pixels(self.tok.decode_values(self.tok.fsq.ids_to_values(ids)))
+
+
+class CondEncoderGraph(EncoderGraph):
+    """A refinement stage's encoder: tiles and the picture so far (uint8, same shape) -> ids."""
+
+    def forward(self, tiles: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.tok.encode_values(_unit(tiles), _unit(cond))[1].to(torch.int32)
+
+
+class CondDecoderGraph(DecoderGraph):
+    """A refinement stage's decoder: ids and the picture so far -> that picture plus what they add."""
+
+    def forward(self, ids: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return _pixels(self.tok.decode_values(self.tok.fsq.ids_to_values(ids), cond=_unit(cond)))
 
 
 def safetensors_offsets(path: Path) -> dict[str, tuple[str, int, int]]:
@@ -57,12 +80,13 @@ def safetensors_offsets(path: Path) -> dict[str, tuple[str, int, int]]:
             for k, v in header.items() if k != "__metadata__"}
 
 
-def graph(module: nn.Module, name: str, example: torch.Tensor, dynamic: dict, weights: Path) -> onnx.ModelProto:
-    """The ONNX graph of `module` (one input, `name`) whose tokenizer weights are read from the model's
+def graph(module: nn.Module, inputs: dict[str, tuple[torch.Tensor, dict]], weights: Path) -> onnx.ModelProto:
+    """The ONNX graph of `module` (inputs: name -> (example, dynamic dims)) whose tokenizer weights are read from the model's
     safetensors file `weights` (fp16 in place, cast to fp32 when the session starts), without the
     exporter's per-node debugging text."""
     with torch.no_grad():
-        proto = torch.onnx.export(module.eval(), (example,), input_names=[name], dynamic_shapes={name: dynamic},
+        proto = torch.onnx.export(module.eval(), tuple(x for x, _ in inputs.values()), input_names=list(inputs),
+                                  dynamic_shapes={name: dims for name, (_, dims) in inputs.items()},
                                   dynamo=True, optimize=False, external_data=False).model_proto
     offsets = safetensors_offsets(weights)
     casts = []
@@ -97,13 +121,17 @@ def export(model: Model, out: Path) -> list[Path]:
     tile, tokens = model.tile, model.tokens
     batch = torch.export.Dim("batch", min=1, max=4096)
     count = torch.export.Dim("count", min=1, max=tokens)
+    tiles = torch.zeros(2, tile, tile, 3, dtype=torch.uint8)
+    ids = torch.zeros(2, tokens - 1, dtype=torch.int64)
+    # a separate example tensor: the exporter would take one tensor passed twice for one input
+    cond = {"cond": (torch.zeros_like(tiles), {0: batch})} if tok.cfg.conditioned else {}
+    enc, dec = (CondEncoderGraph, CondDecoderGraph) if tok.cfg.conditioned else (EncoderGraph, DecoderGraph)
     paths = []
-    for part, module, name, example, dynamic in (
-            ("encoder", EncoderGraph(tok), "tiles", torch.zeros(2, tile, tile, 3, dtype=torch.uint8), {0: batch}),
-            ("decoder", DecoderGraph(tok), "ids", torch.zeros(2, tokens - 1, dtype=torch.int64), {0: batch, 1: count})):
+    for part, module, inputs in (("encoder", enc(tok), {"tiles": (tiles, {0: batch}), **cond}),
+                                 ("decoder", dec(tok), {"ids": (ids, {0: batch, 1: count}), **cond})):
         path = out / f"{model.name}.{part}.onnx"
         tmp = path.with_suffix(".tmp")
-        onnx.save(graph(module, name, example, dynamic, model.entry.path), str(tmp))
+        onnx.save(graph(module, inputs, model.entry.path), str(tmp))
         tmp.replace(path)
         paths.append(path)
     return paths
