@@ -330,6 +330,7 @@ def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None,  
     if sum(x is not None for x in (tokens, budget, layers)) != 1:
         raise OptionError("give exactly one of tokens, bytes or layers")
     data = _data(data, "truncate")
+    _not_staged(data)
     if layers is not None:
         points = info(data).truncation_points
         return stream.truncate(data, level=points[min(layers, len(points)) - 1] if points else 1)
@@ -359,7 +360,18 @@ def cut_points(data: bytes) -> list[tuple[int, float]]:
     the sizes a cut reaches without re-coding anything (a cut between two is re-coded, and also valid)."""
     from .codec import stream
 
-    return stream.cut_points(_data(data, "cut_points"))
+    data = _data(data, "cut_points")
+    _not_staged(data)
+    return stream.cut_points(data)
+
+
+def _not_staged(data: bytes) -> None:
+    """Refuse a file with refinement stages (format version 3) in one line: the stream layer cuts them,
+    but until a shipped model writes and decodes them, the public API offers nothing it cannot decode."""
+    from .codec import stream
+    from .formats import container
+
+    stream.single_stage(container.read(data))
 
 
 def verify(data: bytes, whole: bool = True) -> None:

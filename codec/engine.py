@@ -37,12 +37,14 @@ class Engine:
         if self.progress is not None:
             self.progress(what, done, total)
 
-    def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> tokens (tiles, K) int32, tile by tile in batches."""
+    def encode(self, pixels: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 -> tokens (tiles, K) int32, tile by tile in batches. `cond`: for a refinement
+        stage's model, the picture so far at the same size (its tiles go with the image's)."""
         cols, rows = tiling.grid(pixels.shape[1], pixels.shape[0], self.tile)
+        conds = tiling.iter_tile_batches(cond, self.tile, self.batch) if cond is not None else None
         out, done = [], 0
         for tiles in tiling.iter_tile_batches(pixels, self.tile, self.batch):
-            out.append(self.net.encode(tiles))
+            out.append(self.net.encode(tiles) if conds is None else self.net.encode(tiles, next(conds)))
             done += len(tiles)
             self._report("encoding", done, cols * rows)
         return np.concatenate(out)
@@ -65,18 +67,22 @@ class Engine:
         counts = [tiling.grid(px.shape[1], px.shape[0], self.tile) for px in pixel_list]
         return np.split(np.concatenate(out), np.cumsum([c * r for c, r in counts])[:-1])
 
-    def decode(self, tokens: np.ndarray, width: int, height: int, counts: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, tokens: np.ndarray, width: int, height: int, counts: np.ndarray | None = None,
+               cond: np.ndarray | None = None) -> np.ndarray:
         """tokens (tiles, k), of which tile t uses its first counts[t] (default all k) -> (H, W, 3) uint8.
+        `cond`: for a refinement stage's model, the picture so far, (H, W, 3) uint8.
 
         Tiles with equal counts go through the network together, given exactly their tokens."""
         counts = np.full(len(tokens), tokens.shape[1]) if counts is None else np.asarray(counts)
+        cond_tiles = None if cond is None else np.concatenate(list(tiling.iter_tile_batches(cond, self.tile, 64)))
         canvas = np.empty((height, width, 3), np.uint8)
         done = 0
         for k in np.unique(counts):
             rows = np.flatnonzero(counts == k)
             for i in range(0, len(rows), self.batch):
                 sel = rows[i:i + self.batch]
-                tiles = self.net.decode(tokens[sel, :k])
+                tiles = (self.net.decode(tokens[sel, :k]) if cond_tiles is None
+                         else self.net.decode(tokens[sel, :k], cond_tiles[sel]))
                 for j, t in enumerate(sel):
                     tiling.place_tiles(canvas, tiles[j:j + 1], int(t), self.tile)
                 done += len(sel)

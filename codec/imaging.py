@@ -153,6 +153,34 @@ def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels, "RGB").resize(size, Image.LANCZOS))
 
 
+def _cubic_taps(n: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (n * scale, 4) and weights of bicubic enlargement along one axis: Keys' kernel
+    with a = -0.75, half-pixel centres, indices clamped at the edges (PyTorch's `bicubic`,
+    align_corners=False)."""
+    a = -0.75
+    src = (np.arange(n * scale) + 0.5) / scale - 0.5
+    base = np.floor(src)
+    t = src - base
+    d = np.stack([t + 1, t, 1 - t, 2 - t], axis=1)                 # distance to each of the 4 taps
+    near = ((a + 2) * d - (a + 3)) * d * d + 1                      # |d| <= 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a                 # 1 < |d| < 2
+    w = np.where(d <= 1, near, far)
+    idx = np.clip(base[:, None].astype(np.int64) + np.arange(-1, 3)[None, :], 0, n - 1)
+    return idx, w
+
+
+def enlarge_bicubic(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (scale H, scale W, 3) uint8, enlarged as a refinement stage's model was
+    trained to see the picture so far (torch's bicubic on the same values, within one level)."""
+    h, w = pixels.shape[:2]
+    ri, rw = _cubic_taps(h, scale)
+    ci, cw = _cubic_taps(w, scale)
+    x = pixels.astype(np.float32)
+    rows = np.einsum("hk,hkwc->hwc", rw.astype(np.float32), x[ri])            # (sH, W, 3)
+    out = np.einsum("wk,hwkc->hwc", cw.astype(np.float32), rows[:, ci])        # (sH, sW, 3)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def scaled_size(width: int, height: int, scale: int) -> tuple[int, int]:
     """The size an image is coded at: 1/scale of each side, rounded, but never less than the format's
     1/16 (container.MAX_ENLARGE) allows."""

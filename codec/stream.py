@@ -7,7 +7,7 @@ No torch and no network: everything here is the container (formats/), the entrop
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -149,6 +149,15 @@ def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None =
     h = c.header
     if level is None:
         level = c.level if tokens is None else level_for_tokens(h, max(1, tokens), c.level)
+    toks, counts = _decode_layers(c, entropy, level, strict, intact, "payload layer")
+    return c, model, toks, counts
+
+
+def _decode_layers(c: Container, entropy, level: int, strict: bool, intact: bool,
+                   what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens of one stage's layers up to `level` -> (tokens (tiles, K), counts per tile); a damaged
+    layer past the first cuts `c` there (see read_tokens)."""
+    h = c.header
     level = min(c.level, level)
     toks = np.zeros((h.tiles, h.tokens), np.int32)
     before = np.array(h.counts(0))
@@ -158,49 +167,134 @@ def read_tokens(data: bytes, tokens: int | None = None, max_pixels: int | None =
             coder.decode_layer(layer.data, toks, before, after, entropy, layer.check, strict)
         except coder.EntropyError as e:
             if i == 0 or intact:
-                raise FormatError(f"payload layer {i} does not decode (the file is corrupt): {e}") from None
+                raise FormatError(f"{what} {i} does not decode (the file is corrupt): {e}") from None
             n = len(c.layers)
             tile, pos, _ = coder.layer_order(before, after)
             toks[tile, pos] = 0  # what the damaged layer decoded is not kept
             c.layers, c.complete = c.layers[:i], False
             level = min(level, c.level)
-            warnings.warn(f"payload layer {i} of {n} is damaged: decoding the {i} layers before it "
+            warnings.warn(f"{what} {i} of {n} is damaged: decoding the {i} layers before it "
                           f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
             break
         before = after
         if layer.level >= level:
             break
-    return c, model, toks, np.array(h.counts(level))
+    return toks, np.array(h.counts(level))
+
+
+@dataclass
+class StageTokens:
+    """One stage of a file as decoded tokens: the first stage, or a refinement stage after it."""
+
+    container: Container     # the stage's header (its coded size, model, allocation) and its whole layers
+    model: Entry
+    tokens: np.ndarray       # (tiles, K) token ids; positions past `counts` are 0
+    counts: np.ndarray       # tokens each tile has
+
+
+def _stage_model(h: Header) -> tuple[Entry, object]:
+    """The installed model and entropy model a refinement stage's header names (FormatError if none)."""
+    model = registry.find_by_hash(h.model_id)
+    if model.tile != h.tile or model.tokens != h.tokens:
+        raise FormatError(f"stage header does not match model '{model.name}' (tile layout differs)")
+    try:
+        return model, model.entropy(h.entropy_model)
+    except ModelNotFound as e:
+        raise FormatError(str(e)) from None
+
+
+def read_stages(data: bytes, max_pixels: int | None = container.FROM_ENV, strict: bool = False,
+                intact: bool = False) -> list[StageTokens]:
+    """Entropy-decode every stage that arrived: the first stage whole, then each refinement stage up to
+    its last whole layer (a file cut inside a stage ends there). A damaged layer ends the file as in
+    read_tokens; the stages after it are dropped. No network runs."""
+    c, model, entropy = open_container(data, max_pixels, first_stage=True)
+    later, c.stages = c.stages, []
+    n_first = len(c.layers)
+    out = [StageTokens(c, model, *_decode_layers(c, entropy, c.level, strict, intact, "payload layer"))]
+    if len(c.layers) < n_first:  # damaged: a refinement needs the whole picture before it
+        return out
+    for i, stage in enumerate(later, 1):
+        m, e = _stage_model(stage.header)
+        least = min_first_layer_bytes(stage.header.tiles, e)
+        if len(stage.layers[0].data) < least:
+            raise FormatError(f"stage {i}'s first layer of {len(stage.layers[0].data)} bytes is too short for "
+                              f"{stage.header.tiles} tiles (at least {least}): the file is corrupt")
+        n = len(stage.layers)
+        out.append(StageTokens(stage, m, *_decode_layers(stage, e, stage.level, strict, intact, f"stage {i} layer")))
+        if len(stage.layers) < n:
+            c.complete = False
+            break
+    return out
 
 
 def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
-    """FormatError unless the file is whole: header CRC good, every layer present, decoding to tokens
-    that pass their checks, and exactly the range coding of those tokens. No network runs."""
+    """FormatError unless the file is whole: header CRC good, every layer of every stage present,
+    decoding to tokens that pass their checks, and exactly the range coding of those tokens. No network
+    runs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OdpWarning)
-        c, _, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True, intact=True)
+        if container.read(data, max_pixels).header.stages_after:
+            stages = read_stages(data, max_pixels=max_pixels, strict=True, intact=True)
+            c = stages[0].container
+        else:
+            c, _, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True, intact=True)
     if not c.complete:
-        raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")
+        raise FormatError(f"file is cut short: only {len(c.layers) + sum(len(x.layers) for x in c.stages)} "
+                          "layers are whole")
+
+
+def add_stage(data: bytes, tokens: np.ndarray, width: int, height: int, model: Entry, weights: bytes = b"",
+              caps: bytes = b"", level: int | None = None, entropy=None) -> bytes:
+    """A whole version-2 or -3 file with a refinement stage appended (format version 3): `tokens` of
+    the stage's tiles at its coded size width x height (the image enlarged), layered at layer_levels,
+    coded with `entropy` (default: the model's best). A cut anywhere in it still decodes."""
+    c = container.read(data)
+    if c.header.version == 1 or not c.complete:
+        raise ValueError("a refinement stage follows a whole file of format version 2 or 3")
+    if len(c.stages) + 2 > container.MAX_STAGES:
+        raise ValueError(f"a file holds at most {container.MAX_STAGES} stages")
+    entropy = entropy or model.best_entropy
+    first = c.header
+    h = Header(width, height, model.tile, model.tokens, model.sha256[:container.MODEL_ID_BYTES], entropy.id,
+               weights, caps, display_width=first.display_size[0], display_height=first.display_size[1],
+               version=container.STAGED_VERSION, gray=first.gray, kind=1)
+    levels = layer_levels(h, level or h.full_level)
+    c.stages.append(Container(without_idle_caps(h, levels[-1]), build_layers(tokens, h, levels, entropy)))
+    return container.write(c)
 
 
 def cut_points(data: bytes) -> list[tuple[int, float]]:
     """(file bytes, mean tokens per tile) of the file `truncate` makes at the end of each whole layer,
     smallest first: the cuts that keep layers as they are, computed from the container alone (nothing
-    is decoded). A version-1 file's cuts are those of its version-2 conversion."""
-    c = single_stage(container.read(data))
+    is decoded). A version-1 file's cuts are those of its version-2 conversion. Past the first stage,
+    the tokens are those of the stage the cut falls in, per tile of that stage."""
+    c = container.read(data)
     h = replace(c.header, model_id=c.header.model_id[:container.MODEL_ID_BYTES], model_name="",
                 version=container.VERSION)
     layers = [replace(x, check=x.check or 0) for x in c.layers]  # a v1 chunk gains a 2-byte check
-    return [(len(container.write(Container(without_idle_caps(h, x.level), layers[:i + 1]))),
-             sum(h.counts(x.level)) / h.tiles) for i, x in enumerate(layers)]
+    out = [(len(container.write(Container(without_idle_caps(h, x.level), layers[:i + 1]))),
+            sum(h.counts(x.level)) / h.tiles) for i, x in enumerate(layers)]
+    for j, stage in enumerate(c.stages):
+        sh = stage.header
+        for i, x in enumerate(stage.layers):
+            cut = Container(h, layers, stages=c.stages[:j] + [Container(without_idle_caps(sh, x.level),
+                                                                         stage.layers[:i + 1])])
+            out.append((len(container.write(cut)), sum(sh.counts(x.level)) / sh.tiles))
+    return out
 
 
 def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = None, level: int | None = None) -> bytes:
     """A smaller valid file: at `tokens` per tile (on average, for an adaptive file), or the largest
     that fits `max_bytes`. Whole layers are kept byte for byte; only a partial last layer is re-coded,
     by the entropy coder alone (no neural network runs). A version-1 file comes out as version 2.
-    Only the layers the result can hold are entropy-decoded (the context model is slow)."""
-    c = single_stage(container.read(data))
+    Only the layers the result can hold are entropy-decoded (the context model is slow).
+    Of a file with refinement stages: `tokens` and `level` cut its first stage (the stages after it
+    are dropped); `max_bytes` keeps the first stage whole where the budget holds it, and then as many
+    of the refinement stages' layers as fit."""
+    c = container.read(data)
+    if c.stages:
+        return _truncate_staged(data, c, tokens, max_bytes, level)
     if level is not None:
         need = max(1, min(level, c.level))
     elif tokens is not None:
@@ -253,3 +347,41 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
         else:
             hi = mid - 1
     return at_level(lo)
+
+
+def _truncate_staged(data: bytes, c: Container, tokens: int | None, max_bytes: int | None,
+                     level: int | None) -> bytes:
+    """truncate() of a file with refinement stages (see there)."""
+    first = Container(c.header, c.layers, declared_level=c.declared_level)
+    alone = container.write(first)  # the first stage as a version-2 file of its own
+    if tokens is not None or level is not None or (max_bytes is not None and max_bytes < len(alone)):
+        return truncate(alone, tokens=tokens, max_bytes=max_bytes, level=level)
+    if max_bytes is None or len(data) <= max_bytes:
+        return container.write(c)
+    stages, kept = read_stages(data)[1:], []
+    for st in stages:  # the whole stages that fit, then the most of the next one's layers
+        h, entropy = st.container.header, st.model.entropy(st.container.header.entropy_model)
+
+        def with_level(lv: int) -> bytes:
+            whole = [x for x in st.container.layers if x.level <= lv]
+            start = whole[-1].level if whole else 0
+            adds = sum(h.counts(lv)) > sum(h.counts(start))
+            extra = build_layers(st.tokens, h, [lv], entropy, start) if adds else []
+            stage = Container(without_idle_caps(h, lv), whole + extra)
+            return container.write(Container(c.header, c.layers, stages=kept + [stage]))
+
+        top = st.container.level
+        if len(with_level(top)) <= max_bytes:
+            kept.append(Container(without_idle_caps(h, top), st.container.layers))
+            continue
+        fit = [x.level for x in st.container.layers if len(with_level(x.level)) <= max_bytes]  # cuts: no coding
+        lo = fit[-1] if fit else 0  # 0: the stage left out
+        hi = min([x.level for x in st.container.layers if x.level > lo] + [top])
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(with_level(mid)) <= max_bytes:
+                lo = mid
+            else:
+                hi = mid - 1
+        return with_level(lo) if lo else container.write(Container(c.header, c.layers, stages=kept))
+    return container.write(Container(c.header, c.layers, stages=kept))

@@ -91,6 +91,30 @@ def big_photo(photos) -> Image.Image:
     return big
 
 
+@pytest.fixture(scope="session")
+def refine_model(tmp_path_factory) -> weights.Model:
+    """The refinement stage in training (its committed snapshot: trained weights, not shipped yet) as a
+    weights file with its ONNX graphs, in a temporary folder."""
+    import tomllib
+
+    from safetensors.torch import load_file
+
+    from odp.codec import registry
+    from odp.codec.model import ModelConfig, Tokenizer
+    from odp.codec.training import onnx as export_onnx
+
+    root = Path(__file__).parents[1] / "codec" / "training"
+    cfg = tomllib.loads((root / "configs" / "odp-refine-x2.toml").read_text())
+    tok = Tokenizer(ModelConfig.from_dict(cfg["model"]))
+    state = load_file(str(root / "snapshots" / "odp-refine-x2" / "snapshot.safetensors"))
+    tok.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("ema.")})
+    path = tmp_path_factory.mktemp("refine") / "refine-test.safetensors"
+    weights.save_weights(path, "refine-test", tok.eval(), registry.find().tables)
+    model = weights.load_path(path)
+    export_onnx.export(model, path.parent)
+    return model
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

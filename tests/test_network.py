@@ -99,30 +99,11 @@ def test_threads_from_the_environment(monkeypatch):
     assert net_onnx.threads() == 0
 
 
-def test_refinement_stage_runs_on_both_backends(tmp_path, tiles):
-    """A conditioned tokenizer (the refinement stage in training, its committed snapshot) exported with
-    its ONNX graphs: both backends take the picture so far as `cond`, and agree as the base model does."""
-    pytest.importorskip("onnx")
-    import tomllib
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from odp.codec.model import ModelConfig, Tokenizer
-    from odp.codec.training import onnx as export_onnx
-    from odp.codec.weights import load_path, save_weights
-
-    root = Path(__file__).parents[1] / "codec" / "training"
-    cfg = tomllib.loads((root / "configs" / "odp-refine-x2.toml").read_text())
-    tok = Tokenizer(ModelConfig.from_dict(cfg["model"]))
-    state = load_file(str(root / "snapshots" / "odp-refine-x2" / "snapshot.safetensors"))
-    tok.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("ema.")})
-    path = tmp_path / "refine-test.safetensors"
-    save_weights(path, "refine-test", tok.eval(), registry.find().tables)
-    model = load_path(path)
-    export_onnx.export(model, tmp_path)
-    onnx_net = network.open_network(model.entry, "cpu", "onnx")
-    torch_net = network.open_network(model.entry, "cpu", "torch")
+def test_refinement_stage_runs_on_both_backends(refine_model, tiles):
+    """A conditioned tokenizer (the refinement stage in training) with its ONNX graphs: both backends
+    take the picture so far as `cond`, and agree as the base model's do."""
+    onnx_net = network.open_network(refine_model.entry, "cpu", "onnx")
+    torch_net = network.open_network(refine_model.entry, "cpu", "torch")
     cond = np.ascontiguousarray(tiles[::-1])  # some other picture so far, to be refined towards `tiles`
     a, b = onnx_net.encode(tiles, cond), torch_net.encode(tiles, cond)
     assert a.shape == b.shape == (6, 256) and (a == b).mean() > 0.999

@@ -165,3 +165,20 @@ def test_decoded_photo_has_no_visible_tile_seams(encoded):
 
     assert seam_ratio(np.asarray(coding.decode(encoded["astronaut"]))) < 1.2
     assert seam_ratio(np.asarray(coding.decode(encoded["astronaut"], tokens=16))) < 2.5
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_enlarge_bicubic_is_torch_bicubic(scale, adaptive_photo):
+    """A refinement stage sees the picture so far enlarged as in training (torch's bicubic, half-pixel
+    centres): the torch-free enlargement gives the same pixels within one level, edges included."""
+    import torch
+    import torch.nn.functional as F
+
+    pixels = np.asarray(adaptive_photo)[100:260, 300:501]  # odd width: edge handling on both sides
+    ours = imaging.enlarge_bicubic(pixels, scale)
+    x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    y = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+    ref = ((y[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert ours.shape == ref.shape == (160 * scale, 201 * scale, 3)
+    diff = np.abs(ours.astype(int) - ref)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-2  # float rounding at .5 only

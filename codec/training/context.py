@@ -77,6 +77,48 @@ def extract(data: list[str], out: Path) -> None:
     save_file(found, str(out), metadata={"tokenizer_sha256": model.sha256.hex()})
 
 
+def extract_refinement(config: Path, snapshot: Path, data: list[str], out: Path, side: int = 512) -> None:
+    """Tokens (tiles, K) of a refinement stage (config's [refine], weights of `snapshot`) on every
+    training photo's centre crop (at most side x side, the run's held-out photos left out): the crop
+    coded whole by the base model, its picture enlarged with the crop as the codec does
+    (codec/refinement.py). One tensor per photo, metadata: the snapshot's step."""
+    import tempfile
+    import tomllib
+
+    from safetensors.torch import load_file
+
+    from .. import refinement, registry
+    from ..model import ModelConfig, Tokenizer
+    from .train import split_photos
+
+    cfg = tomllib.loads(config.read_text())
+    rc = cfg["refine"]
+    base = Engine(weights.load(rc["base"]), "cpu", 4)
+    tok = Tokenizer(ModelConfig.from_dict(cfg["model"]))
+    state = load_file(str(snapshot / "snapshot.safetensors"))
+    tok.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("ema.")})
+    step = json.loads((snapshot / "state.json").read_text())["step"]
+    held = {p.name for p in split_photos(cfg["train"])[1]}
+    found = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "refine.safetensors"
+        weights.save_weights(path, "refine", tok.eval(), registry.find(rc["base"]).tables)
+        engine = Engine(weights.load_path(path), "cpu", 4)
+        files = [f for f in list_photos(data) if f.name not in held]
+        for i, f in enumerate(files):
+            im = np.asarray(Image.open(f).convert("RGB"))
+            h, w = im.shape[:2]
+            ch, cw = min(h, side), min(w, side)
+            crop = np.ascontiguousarray(im[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw])
+            shown = base.decode(base.encode(crop), cw, ch)
+            found[f.name] = refinement.encode_stage(engine, crop, shown, int(rc["scale"])).astype(np.int16)
+            print(f"\r  {i + 1}/{len(files)} photos", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    from safetensors.numpy import save_file
+
+    save_file(found, str(out), metadata={"refinement_step": str(step)})
+
+
 def load_tokens(path: str) -> tuple[dict[str, np.ndarray], bytes]:
     from safetensors import safe_open
     from safetensors.numpy import load_file
@@ -206,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("tokens", help="tokenize training photos")
     t.add_argument("--data", nargs="+", required=True)
     t.add_argument("--out", required=True)
+    t.add_argument("--refine", type=Path, help="a refinement stage's training config: its tokens instead")
+    t.add_argument("--snapshot", type=Path, help="with --refine: the snapshot folder of its weights")
     r = sub.add_parser("train", help="fit, quantise and write the context model")
     r.add_argument("--tokens", required=True)
     r.add_argument("--run", required=True)
@@ -221,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--lr", type=float, default=2e-3)
     r.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    if args.cmd == "tokens":
+    if args.cmd == "tokens" and args.refine:
+        extract_refinement(args.refine, args.snapshot, args.data, Path(args.out))
+    elif args.cmd == "tokens":
         extract(args.data, Path(args.out))
     else:
         train(args)

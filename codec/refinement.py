@@ -1,0 +1,40 @@
+"""Refinement stages: a better picture than the first stage's, from a conditioned model's tokens.
+
+Encoder and decoder take the same steps, so the stage's network sees the same picture so far on
+both sides: the picture the stages before it show (at the display size), enlarged to the stage's
+coded size, a whole multiple of it, by imaging.enlarge_bicubic (as the model was trained). The
+encoder gives the network the image enlarged the same way with it; the decoder gives it the stage's
+tokens with it, and reduces what it decodes to the display size (Lanczos), as a file coded larger is.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..formats.container import FormatError
+from .engine import Engine
+from .imaging import enlarge_bicubic, resize
+from .stream import StageTokens
+
+
+def stage_scale(display: tuple[int, int], coded: tuple[int, int]) -> int:
+    """How many times each side of the display size a stage is coded at (FormatError unless whole)."""
+    (w, h), (cw, ch) = display, coded
+    if cw % w or ch % h or cw // w != ch // h or cw // w < 1:
+        raise FormatError(f"a refinement stage coded at {cw}x{ch} is not a whole multiple of the picture "
+                          f"before it ({w}x{h})")
+    return cw // w
+
+
+def encode_stage(engine: Engine, pixels: np.ndarray, shown: np.ndarray, scale: int) -> np.ndarray:
+    """The stage's tokens (tiles, K) of the image `pixels` (display size, uint8) coded at `scale` times
+    each side, given `shown`, the picture the stages before show (same size)."""
+    return engine.encode(enlarge_bicubic(pixels, scale), cond=enlarge_bicubic(shown, scale))
+
+
+def decode_stage(engine: Engine, stage: StageTokens, shown: np.ndarray) -> np.ndarray:
+    """The picture after `stage` (display size, uint8), from its tokens and `shown`, the picture the
+    stages before it show."""
+    h = stage.container.header
+    scale = stage_scale((shown.shape[1], shown.shape[0]), (h.width, h.height))
+    big = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=enlarge_bicubic(shown, scale))
+    return resize(big, (shown.shape[1], shown.shape[0]))
