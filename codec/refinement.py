@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats.container import FormatError
+from . import stream
 from .engine import Engine
 from .imaging import enlarge_bicubic, resize
+from .ratecontrol import picture
 from .stream import StageTokens
 
 
@@ -38,3 +40,34 @@ def decode_stage(engine: Engine, stage: StageTokens, shown: np.ndarray) -> np.nd
     scale = stage_scale((shown.shape[1], shown.shape[0]), (h.width, h.height))
     big = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=enlarge_bicubic(shown, scale))
     return resize(big, (shown.shape[1], shown.shape[0]))
+
+
+def shown(data: bytes, device: str = "cpu", engines: dict | None = None) -> np.ndarray:
+    """The picture a file shows (display size, uint8 RGB; a greyscale file's channel repeated): its first
+    stage, then each refinement stage that arrived. `engines`: Engines by model name, reused and filled."""
+    engines = {} if engines is None else engines
+
+    def engine_of(entry) -> Engine:
+        if entry.name not in engines:
+            engines[entry.name] = Engine(entry, device)
+        return engines[entry.name]
+
+    stages = stream.read_stages(data)
+    first = stages[0]
+    pic = picture(first.tokens, first.container.header, first.container.level, engine_of(first.model))
+    for i, stage in enumerate(stages[1:], 1):
+        if not stage.model.config.get("conditioned"):
+            raise FormatError(f"stage {i} names model '{stage.model.name}', which is no refinement model")
+        pic = decode_stage(engine_of(stage.model), stage, pic)
+    return pic
+
+
+def refine(data: bytes, pixels: np.ndarray, engine: Engine, scale: int = 2, level: int | None = None,
+           entropy=None) -> bytes:
+    """A whole file of the image `pixels` (display size) with one more refinement stage: `engine`'s
+    conditioned model codes the image at `scale` times each side, given the picture the file shows
+    (all of it, or its first `level` per tile as stream.add_stage says)."""
+    so_far = shown(data, engine.device, {engine.entry.name: engine})
+    h, w = so_far.shape[:2]
+    return stream.add_stage(data, encode_stage(engine, pixels, so_far, scale), w * scale, h * scale, engine.entry,
+                            level=level, entropy=entropy)

@@ -111,30 +111,29 @@ def test_a_refinement_stage_improves_the_picture_at_every_cut(refine_model, adap
     stage's picture enlarged, the image coded 2x with it, the stage appended, then decoded from the file
     at its cuts: the picture gets better than the first stage's as the stage's layers arrive, and never
     worse from one cut to the next by more than noise."""
+    from PIL import Image
+
     from odp.codec import refinement, registry
+    from odp.codec.coding import encode
     from odp.codec.engine import Engine
+    from odp.codec.options import EncodeOptions
     from odp.codec.quality import psnr
-    from odp.codec.ratecontrol import picture
 
     installed = registry.installed
     monkeypatch.setattr(registry, "installed", lambda: installed() + [refine_model.entry.path])
     pixels = np.asarray(adaptive_photo)[128:384, 256:640]  # 384 x 256: 6 tiles of the stage at 2x
-    from odp.codec.coding import encode
-    from odp.codec.options import EncodeOptions
-    from PIL import Image
-
     first = encode(Image.fromarray(pixels), EncodeOptions(device="cpu", scale=1), engine=Engine(model.entry, "cpu"))
-    base = Engine(model.entry, "cpu")
-    c, _, toks, counts = stream.read_tokens(first)
-    shown = picture(toks, c.header, c.level, base)
-    engine = Engine(refine_model.entry, "cpu")
-    tokens = refinement.encode_stage(engine, pixels, shown, 2)
-    data = stream.add_stage(first, tokens, 768, 512, refine_model.entry, level=128)
-    q0, last, qs = psnr(shown, pixels), 0.0, []
+    engines = {}
+    data = refinement.refine(first, pixels, Engine(refine_model.entry, "cpu"), level=128)
+    assert len(stream.read_stages(data)) == 2
+    q0, last, qs = psnr(refinement.shown(first, engines=engines), pixels), 0.0, []
     for n, _ in stream.cut_points(data)[len(stream.cut_points(first)):]:
-        stages = stream.read_stages(stream.truncate(data, max_bytes=n))
-        q = psnr(refinement.decode_stage(engine, stages[1], shown), pixels)
+        q = psnr(refinement.shown(stream.truncate(data, max_bytes=n), engines=engines), pixels)
         assert q > q0 - 0.05 and q > last - 0.1  # its first tokens add little, none takes much away
         last = q
         qs.append(q)
     assert last > q0 + 0.5, (q0, qs)  # 18.71 against 17.78 dB when written (step-1000 snapshot)
+    # a stage naming a model that is no refinement model is refused in one line
+    plain = stream.add_stage(first, stream.read_stages(data)[1].tokens, 768, 512, model.entry, level=4)
+    with pytest.raises(FormatError, match="no refinement model"):
+        refinement.shown(plain)

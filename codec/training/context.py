@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...entropy import context
-from ...entropy.models import TOTAL
+from ...entropy.models import TOTAL, PositionTables
 from .. import weights
 from ..engine import Engine
+from .export import count
 from .train import list_photos
 
+SHIPPED_DIR = Path(__file__).parents[2] / "entropy" / "weights"
 LOGIT_UNIT = 32      # integer logits count 1/32 nat
 EXP_BITS = 20        # exp table: round(2**20 * exp(-i / 32)), at least 1
 
@@ -183,8 +185,11 @@ def train(args) -> None:
     names = sorted(d)
     held = set(names[::5])
     model = weights.load()
-    if tok_sha != model.sha256:
+    refine = not tok_sha  # a refinement stage's tokens (tokens --refine): measured here, bound to no weights yet
+    if not refine and tok_sha != model.sha256:
         sys.exit("train_context: error: the tokens were made by other tokenizer weights than the shipped ones")
+    if refine and Path(args.out).resolve() == SHIPPED_DIR.resolve():
+        sys.exit("train_context: error: a refinement stage's context model is measured, not shipped: give --out")
     V, K = model.config.codebook_size, model.config.tokens
     tr = samples([d[n] for n in names if n not in held], args.lags, V)
     te = samples([d[n] for n in names if n in held], args.lags, V)
@@ -238,6 +243,14 @@ def train(args) -> None:
                "heldout_bits_integer": round(integer_bits(ctx_model, *te), 4),
                "heldout_bits_position_tables": round(model.tables.bits(held_tokens) / held_tokens.size, 4),
                "bytes": out.stat().st_size, "seconds": round(time.time() - t0)}
+    if refine:  # what the codec would pay without this model: the first stage's context model, fitted tables
+        shipped = model.entry.context
+        train_tokens = np.concatenate([d[n] for n in names if n not in held]).astype(np.int64)
+        fitted = min(PositionTables.from_counts(count(train_tokens, V), prior_weight=w).bits(held_tokens)
+                     for w in (64, 256, 1024, 4096, 16384))
+        summary.update({
+                        "heldout_bits_first_stage_context": round(integer_bits(shipped, *te), 4),
+                        "heldout_bits_fitted_position_tables": round(fitted / held_tokens.size, 4)})
     print(json.dumps(summary), file=log, flush=True)
     print(json.dumps(summary))
 
@@ -254,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--tokens", required=True)
     r.add_argument("--run", required=True)
     r.add_argument("--name", default="ctx16-v1")
-    r.add_argument("--out", default=str(Path(__file__).parents[2] / "entropy" / "weights"))
+    r.add_argument("--out", default=str(SHIPPED_DIR))
     r.add_argument("--val", help="tokens (from `tokens`) of other photos to report bits/token on each epoch")
     r.add_argument("--lags", type=int, default=16)
     r.add_argument("--dim", type=int, default=64)
