@@ -26,7 +26,7 @@ PREDICTED_CAP_FLOOR = 128  # predicted caps fall at or above this count, where a
 
 
 def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
-               measure: bool = False) -> tuple[bytes, bytes]:
+               measure: bool = False, cond: np.ndarray | None = None) -> tuple[bytes, bytes]:
     """Per-tile allocation weights and token caps (header fields; b"" when every tile is alike).
 
     Each tile's squared error at the token counts of ALLOCATION_GRID is predicted from its pixels and
@@ -40,21 +40,23 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
     count of its least error (refined between grid points near the top): the model's last tokens
     can make a tile worse, and without caps the busiest tiles would reach them first. A lone tile
     needs no weights but still gets its cap: its file ends there (the cap itself, idle, is not
-    written), so the whole file is never worse than a cut of it.
+    written), so the whole file is never worse than a cut of it. `cond`: a refinement stage's picture
+    so far (the size of `pixels`), which its errors are measured with.
     """
     tiles_n, k_max = toks.shape
     grid = np.array(sorted({k for k in ALLOCATION_GRID if k < k_max} | {k_max}))
     bits = token_bits(toks, entropy)
     predictor = getattr(engine.entry, "allocation", None)
-    if not measure and tiles_n > 1 and fits(predictor, k_max):
+    cond_tiles = None if cond is None else np.concatenate(list(tiling.iter_tile_batches(cond, engine.tile, 64)))
+    if not measure and cond is None and tiles_n > 1 and fits(predictor, k_max):
         counts = np.array(PREDICTED_COUNTS)
         predicted = predicted_errors(predictor, pixels, engine.tile, bits)
         err = predicted[:, np.searchsorted(counts, grid)]
         cap_counts = predictor["cap_counts"]  # where the model's tiles do end (allocfit.fit): a tail only
         caps = cap_counts[np.argmin(predicted[:, np.searchsorted(counts, cap_counts)], 1)]
     else:
-        err = np.stack([engine.tile_errors(toks, pixels, np.arange(tiles_n), k) for k in grid], 1)
-        caps = _caps(toks, pixels, engine, grid, err)
+        err = np.stack([engine.tile_errors(toks, pixels, np.arange(tiles_n), k, cond_tiles) for k in grid], 1)
+        caps = _caps(toks, pixels, engine, grid, err, cond_tiles)
     if tiles_n == 1:
         weights = np.full(1, 255, np.uint8)
     else:
@@ -64,7 +66,7 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
             b"" if (cap_bytes == 255).all() else cap_bytes.tobytes())
 
 
-def _caps(toks, pixels, engine: Engine, grid, err) -> np.ndarray:
+def _caps(toks, pixels, engine: Engine, grid, err, cond_tiles=None) -> np.ndarray:
     """Token count of least error per tile: the best grid count, then the midpoints beside it
     (for counts from 128 up, where tokens are many and a cap saves bytes)."""
     best = np.argmin(err, 1)
@@ -77,7 +79,7 @@ def _caps(toks, pixels, engine: Engine, grid, err) -> np.ndarray:
             if 0 <= a and b < len(grid) and grid[a] + 1 < grid[b]:
                 probes.setdefault(int((grid[a] + grid[b]) // 2), []).append(t)
     for k, tiles in sorted(probes.items()):
-        e = engine.tile_errors(toks, pixels, np.array(tiles), k)
+        e = engine.tile_errors(toks, pixels, np.array(tiles), k, cond_tiles)
         better = e < least[tiles]
         caps[np.array(tiles)[better]], least[np.array(tiles)[better]] = k, e[better]
     return caps

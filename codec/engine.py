@@ -90,13 +90,16 @@ class Engine:
         tiling.deblock(canvas, self.tile)
         return canvas
 
-    def tile_errors(self, tokens: np.ndarray, pixels: np.ndarray, tiles: np.ndarray, k: int) -> np.ndarray:
-        """Squared error (summed over pixels) of each of `tiles` decoded from its first k tokens."""
+    def tile_errors(self, tokens: np.ndarray, pixels: np.ndarray, tiles: np.ndarray, k: int,
+                    cond_tiles: np.ndarray | None = None) -> np.ndarray:
+        """Squared error (summed over pixels) of each of `tiles` decoded from its first k tokens
+        (`cond_tiles`: a refinement stage's picture so far, every tile's, in tile order)."""
         h, w = pixels.shape[:2]
         out = np.empty(len(tiles))
         for i in range(0, len(tiles), self.batch):
             sel = tiles[i:i + self.batch]
-            y = self.net.decode(tokens[sel, :k]).astype(np.float64)
+            y = (self.net.decode(tokens[sel, :k]) if cond_tiles is None
+                 else self.net.decode(tokens[sel, :k], cond_tiles[sel])).astype(np.float64)
             for j, t in enumerate(sel):
                 r, c = divmod(int(t), -(-w // self.tile))
                 y0, x0 = r * self.tile, c * self.tile

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..formats.container import FormatError
 from . import stream
+from .allocation import allocation
 from .engine import Engine
 from .imaging import enlarge_bicubic, resize
 from .ratecontrol import picture
@@ -63,11 +64,18 @@ def shown(data: bytes, device: str = "cpu", engines: dict | None = None) -> np.n
 
 
 def refine(data: bytes, pixels: np.ndarray, engine: Engine, scale: int = 2, level: int | None = None,
-           entropy=None) -> bytes:
+           entropy=None, adaptive: bool = False) -> bytes:
     """A whole file of the image `pixels` (display size) with one more refinement stage: `engine`'s
     conditioned model codes the image at `scale` times each side, given the picture the file shows
-    (all of it, or its first `level` per tile as stream.add_stage says)."""
+    (all of it, or its first `level` per tile as stream.add_stage says). `adaptive`: its tiles get
+    tokens by need, measured by decoding each at a few counts (allocation.py); else all alike, the
+    default: on the 768x512 test photo both give the same PSNR at every cut within 0.05 dB (step-1000
+    snapshot), and measuring costs six decodes of every tile."""
     so_far = shown(data, engine.device, {engine.entry.name: engine})
     h, w = so_far.shape[:2]
-    return stream.add_stage(data, encode_stage(engine, pixels, so_far, scale), w * scale, h * scale, engine.entry,
-                            level=level, entropy=entropy)
+    big, cond = enlarge_bicubic(pixels, scale), enlarge_bicubic(so_far, scale)
+    tokens = engine.encode(big, cond=cond)
+    entropy = entropy or engine.entry.best_entropy
+    weights, caps = allocation(tokens, big, engine, entropy, measure=True, cond=cond) if adaptive else (b"", b"")
+    return stream.add_stage(data, tokens, w * scale, h * scale, engine.entry, weights, caps, level=level,
+                            entropy=entropy)

@@ -124,7 +124,7 @@ def test_a_refinement_stage_improves_the_picture_at_every_cut(refine_model, adap
     pixels = np.asarray(adaptive_photo)[128:384, 256:640]  # 384 x 256: 6 tiles of the stage at 2x
     first = encode(Image.fromarray(pixels), EncodeOptions(device="cpu", scale=1), engine=Engine(model.entry, "cpu"))
     engines = {}
-    data = refinement.refine(first, pixels, Engine(refine_model.entry, "cpu"), level=128)
+    data = refinement.refine(first, pixels, Engine(refine_model.entry, "cpu"), level=128, adaptive=False)
     assert len(stream.read_stages(data)) == 2
     q0, last, qs = psnr(refinement.shown(first, engines=engines), pixels), 0.0, []
     for n, _ in stream.cut_points(data)[len(stream.cut_points(first)):]:
@@ -133,6 +133,12 @@ def test_a_refinement_stage_improves_the_picture_at_every_cut(refine_model, adap
         last = q
         qs.append(q)
     assert last > q0 + 0.5, (q0, qs)  # 18.71 against 17.78 dB when written (step-1000 snapshot)
+    # tokens by need: the stage's header carries its tiles' weights, and the file is as valid
+    adaptive = refinement.refine(first, pixels, Engine(refine_model.entry, "cpu"), adaptive=True)
+    stage = stream.read_stages(adaptive)[1].container.header
+    assert stage.adaptive and len(stage.weights or stage.caps) == 6
+    stream.verify(adaptive)
+    assert psnr(refinement.shown(adaptive, engines=engines), pixels) > q0 + 0.5
     # a stage naming a model that is no refinement model is refused in one line
     plain = stream.add_stage(first, stream.read_stages(data)[1].tokens, 768, 512, model.entry, level=4)
     with pytest.raises(FormatError, match="no refinement model"):
