@@ -47,7 +47,7 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
     grid = np.array(sorted({k for k in ALLOCATION_GRID if k < k_max} | {k_max}))
     bits = token_bits(toks, entropy)
     predictor = getattr(engine.entry, "allocation", None)
-    cond_tiles = None if cond is None else np.concatenate(list(tiling.iter_tile_batches(cond, engine.tile, 64)))
+    cond_tiles = None if cond is None else tiling.all_tiles(cond, engine.tile)
     if not measure and cond is None and tiles_n > 1 and fits(predictor, k_max):
         counts = np.array(PREDICTED_COUNTS)
         predicted = predicted_errors(predictor, pixels, engine.tile, bits)

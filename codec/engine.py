@@ -74,7 +74,7 @@ class Engine:
 
         Tiles with equal counts go through the network together, given exactly their tokens."""
         counts = np.full(len(tokens), tokens.shape[1]) if counts is None else np.asarray(counts)
-        cond_tiles = None if cond is None else np.concatenate(list(tiling.iter_tile_batches(cond, self.tile, 64)))
+        cond_tiles = None if cond is None else tiling.all_tiles(cond, self.tile)
         canvas = np.empty((height, width, 3), np.uint8)
         done = 0
         for k in np.unique(counts):

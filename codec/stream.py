@@ -234,11 +234,7 @@ def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
     runs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OdpWarning)
-        if container.read(data, max_pixels).header.stages_after:
-            stages = read_stages(data, max_pixels=max_pixels, strict=True, intact=True)
-            c = stages[0].container
-        else:
-            c, _, _, _ = read_tokens(data, max_pixels=max_pixels, strict=True, intact=True)
+        c = read_stages(data, max_pixels=max_pixels, strict=True, intact=True)[0].container
     if not c.complete:
         raise FormatError(f"file is cut short: only {len(c.layers) + sum(len(x.layers) for x in c.stages)} "
                           "layers are whole")

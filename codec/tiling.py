@@ -35,6 +35,11 @@ def iter_tile_batches(image: np.ndarray, tile: int, batch: int) -> Iterator[np.n
         yield out
 
 
+def all_tiles(image: np.ndarray, tile: int) -> np.ndarray:
+    """Every tile of an image at once, (N, tile, tile, 3) uint8 in tile order (iter_tile_batches)."""
+    return np.concatenate(list(iter_tile_batches(image, tile, 64)))
+
+
 def place_tiles(canvas: np.ndarray, tiles: np.ndarray, first: int, tile: int) -> None:
     """Write decoded tiles (B, tile, tile, 3), starting at tile index `first`, into canvas."""
     h, w = canvas.shape[:2]

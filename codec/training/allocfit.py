@@ -48,7 +48,7 @@ def collect(model_name: str, config: Path, tiles: int, seed: int, out: Path) -> 
         n = np.prod(tiling.grid(w, h, engine.tile))
         sel = np.sort(rng.choice(n, size=min(4, n), replace=False))
         toks = np.zeros((n, entry.tokens), np.int32)
-        every = np.concatenate(list(tiling.iter_tile_batches(pixels, engine.tile, 64)))
+        every = tiling.all_tiles(pixels, engine.tile)
         toks[sel] = engine.net.encode(every[sel])
         err = np.stack([engine.tile_errors(toks, pixels, sel, k) for k in PREDICTED_COUNTS], 1)
         bits = np.zeros(toks.shape)

@@ -57,7 +57,7 @@ def enlarge(pixels: np.ndarray, scale: int) -> torch.Tensor:
 def tiles_of(x: torch.Tensor, tile: int) -> torch.Tensor:
     """(1, 3, H, W) -> (n, 3, tile, tile) in tiling's order, edge tiles reflect-padded."""
     a = ((x[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    t = np.concatenate(list(tiling.iter_tile_batches(a, tile, 64)))
+    t = tiling.all_tiles(a, tile)
     return torch.from_numpy(t).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
