@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 MIME_TYPE = "image/x-odp"
 EXTENSION = ".odp"
 
-__all__ = ["encode", "decode", "truncate", "cut_points", "info", "Info", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch", "encode_groups",
+__all__ = ["encode", "decode", "truncate", "cut_points", "info", "Info", "StageInfo", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch", "encode_groups",
            "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "transcode", "register_pillow", "EncodeOptions",
            "FormatError", "ModelNotFound", "OptionError", "InputError", "OdpWarning", "open_image", "MIME_TYPE", "EXTENSION",
            "IMAGE_SUFFIXES", "__version__"]
@@ -100,6 +100,22 @@ class Info:
     gray: bool = False        # a greyscale image: odp.decode returns an "L" image
     stages: int = 1           # stages that arrived: 1, or more in a format-version-3 file (the other
                               # fields describe its first stage)
+    refinements: tuple[StageInfo, ...] = ()  # the refinement stages that arrived, in order
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """A refinement stage of a format-version-3 file (odp.info(data).refinements)."""
+
+    coded_width: int        # the size its tokens code: a whole multiple of the picture's
+    coded_height: int
+    tiles: int
+    mean_tokens: float      # tokens per tile on average that arrived whole
+    model_tokens: int       # tokens per tile its model makes
+    layers: int             # complete layers
+    payload_bytes: int
+    weights_sha256: str     # hex, its first 8 digits: the refinement model's weights
+    entropy_model: str
 
 
 @dataclass(frozen=True)
@@ -167,10 +183,12 @@ def _to_pil(image: Any) -> Image.Image:
 def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None, device: str = "auto",  # noqa: A002
            metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
            msssim: float | None = None, adaptive: bool = True, scale: int | str = "auto",
-           bpp: float | None = None, options: EncodeOptions | None = None, progress=None) -> bytes:
-    """Encode an image to .odp bytes: all tokens, the first `tokens` per tile, the largest file within
-    `bytes` (or `bpp`), a `quality` 1..100 (a budget from 0.002 to 0.08 bpp, as `odp encode --quality`),
-    or the smallest file whose decoded image reaches `psnr` (dB) or `msssim`; give at most one of these.
+           bpp: float | None = None, refine: bool = True, options: EncodeOptions | None = None,
+           progress=None) -> bytes:
+    """Encode an image to .odp bytes: all tokens, the first `tokens` per tile (of the first stage), the
+    largest file within `bytes` (or `bpp`), a `quality` 1..100 (a budget from 0.002 to 0.3 bpp, as
+    `odp encode --quality`), or the smallest file whose decoded image reaches `psnr` (dB) or `msssim`;
+    give at most one of these.
 
     `image`: a PIL image (any mode; alpha is flattened onto white), a numpy uint8 array H×W×3 (RGB),
     H×W×4 (RGBA) or H×W (grey), or a torch tensor 3×H×W / 1×H×W / H×W, float in [0, 1] or uint8.
@@ -178,6 +196,9 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     `metadata`: what to carry from a PIL image ("icc", "exif"); by default none (colours converted to sRGB).
     `adaptive`: tiles get tokens by need (`tokens` is then a mean); False gives every tile the same
     number, encoding several times faster.
+    `refine`: go on past the first stage's whole file (about 0.035 bpp) into the model's refinement
+    stage, up to about 0.25 bpp: one file from thumbnail to photo (format version 3; the default).
+    False: the first stage alone, encoded faster.
     `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded; "auto" (the
     default): full size unless `bytes` cannot hold 1 token per tile; "psnr": the coding scale of
     highest PSNR within `bytes`/`quality`, or the smallest file reaching `psnr`/`msssim` (docs/api.md).
@@ -190,7 +211,7 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     from .codec.options import EncodeOptions
 
     keywords = EncodeOptions(tokens=tokens, bytes=bytes, bpp=bpp, quality=quality, psnr=psnr, msssim=msssim,
-                             scale=scale, adaptive=adaptive, metadata=metadata, device=device)
+                             scale=scale, adaptive=adaptive, refine=refine, metadata=metadata, device=device)
     if options is not None and keywords != EncodeOptions():
         from .codec.errors import OptionError
 
@@ -199,7 +220,7 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
 
 
 def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: int | None = None,  # noqa: A002
-                 device: str = "auto", batch: int | None = None, adaptive: bool = True,
+                 device: str = "auto", batch: int | None = None, adaptive: bool = True, refine: bool = True,
                  options: EncodeOptions | None = None) -> list[bytes]:
     """Encode many images as encode() would each, their tiles batched together through the network.
 
@@ -213,7 +234,8 @@ def encode_batch(images: Iterable[ImageLike], tokens: int | None = None, bytes: 
     from .codec.options import EncodeOptions
 
     if options is None:
-        options = EncodeOptions(tokens=tokens, bytes=bytes, device=device, batch=batch, adaptive=adaptive)
+        options = EncodeOptions(tokens=tokens, bytes=bytes, device=device, batch=batch, adaptive=adaptive,
+                                refine=refine)
     ims = [_to_pil(im) for im in images]
     return coding.encode_many(ims, options)
 
@@ -240,17 +262,19 @@ class Encoding:
     """
 
     def __init__(self, image: ImageLike, adaptive: bool = True, device: str = "auto",
-                 metadata: tuple[str, ...] = ()) -> None:
-        from .codec import coding, ratecontrol
+                 metadata: tuple[str, ...] = (), refine: bool = True) -> None:
+        from .codec import coding, ratecontrol, refinement
         from .codec.imaging import check_pixels, prepare
         from .codec.options import EncodeOptions
 
         im = _to_pil(image)
-        self.options = EncodeOptions(adaptive=adaptive, device=device, metadata=metadata)
+        self.options = EncodeOptions(adaptive=adaptive, device=device, metadata=metadata, refine=refine)
         check_pixels(im.width, im.height, self.options.max_pixels)
         self.engine = coding.engine_for(self.options)
         self.prepared = prepare(im, self.options.metadata)
-        self._ladder = ratecontrol.ScaleLadder(self.prepared, self.engine, adaptive)
+        refiner = refinement.refinement_engine(self.engine) if refine else None
+        self._ladder = ratecontrol.ScaleLadder(self.prepared, self.engine, adaptive, refiner=refiner,
+                                               max_pixels=self.options.max_pixels)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -269,7 +293,9 @@ class Encoding:
 
     @property
     def whole(self) -> bytes:
-        return self._ladder.full.data
+        """Every token: of both stages where the model has a refinement stage (`refine`)."""
+        refined = self._ladder.refined
+        return self._ladder.full.data if refined is None else refined.data
 
     @property
     def scales_encoded(self) -> list[int]:
@@ -277,15 +303,19 @@ class Encoding:
         return [c.scale for c in self._ladder.encoded]
 
     def with_tokens(self, tokens: int) -> bytes:
-        return truncate(self.whole, tokens=tokens)
+        """The first stage cut at `tokens` per tile."""
+        return truncate(self._ladder.full.data, tokens=tokens)
 
     def within(self, bytes: int) -> bytes:  # noqa: A002
-        """The largest file within `bytes`, at full size or, when that cannot fit, a smaller coding scale.
-        Past the whole full-size file this returns that file, where `encode(bytes=)` codes the image
-        larger (a cut of one encode is what this class is for)."""
+        """The largest file within `bytes`: a cut of the whole file, or a smaller coding scale's when not
+        even the first layer of it fits. Without a refinement stage, past the whole full-size file this
+        returns that file, where `encode(bytes=)` codes the image larger (a cut of one encode is what
+        this class is for)."""
         from .codec import ratecontrol
 
-        return ratecontrol.first_within(self._ladder, _count(bytes, "bytes"))[0]
+        budget = _count(bytes, "bytes")
+        data, coded = ratecontrol.first_within(self._ladder, budget)
+        return ratecontrol.refined_within(self._ladder, data, coded, budget)
 
 
 def is_odp(prefix: bytes) -> bool:
@@ -330,8 +360,10 @@ def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None,  
     if sum(x is not None for x in (tokens, budget, layers)) != 1:
         raise OptionError("give exactly one of tokens, bytes or layers")
     data = _data(data, "truncate")
-    _not_staged(data)
     if layers is not None:
+        if info(data).stages > 1:  # counted across the stages: the layers of cut_points
+            points = stream.cut_points(data)
+            return stream.truncate(data, max_bytes=points[min(layers, len(points)) - 1][0])
         points = info(data).truncation_points
         return stream.truncate(data, level=points[min(layers, len(points)) - 1] if points else 1)
     return stream.truncate(data, tokens=tokens, max_bytes=budget)
@@ -352,7 +384,10 @@ def info(data: bytes) -> Info:
                 h.tokens, c.complete, len(raw), payload, len(raw) * 8 / (width * height),
                 payload * 8 / n if n else 0.0, h.model_name, h.model_id.hex(), h.entropy_model, len(h.icc),
                 len(h.exif), c.mean_tokens, h.adaptive, len(c.layers), h.version, h.width, h.height,
-                min(counts), max(counts), tuple(x.level for x in c.layers), h.gray, 1 + len(c.stages))
+                min(counts), max(counts), tuple(x.level for x in c.layers), h.gray, 1 + len(c.stages),
+                tuple(StageInfo(s.header.width, s.header.height, s.header.tiles, s.mean_tokens, s.header.tokens,
+                                len(s.layers), s.payload_bytes, s.header.model_id.hex(), s.header.entropy_model)
+                      for s in c.stages))
 
 
 def cut_points(data: bytes) -> list[tuple[int, float]]:
@@ -360,18 +395,7 @@ def cut_points(data: bytes) -> list[tuple[int, float]]:
     the sizes a cut reaches without re-coding anything (a cut between two is re-coded, and also valid)."""
     from .codec import stream
 
-    data = _data(data, "cut_points")
-    _not_staged(data)
-    return stream.cut_points(data)
-
-
-def _not_staged(data: bytes) -> None:
-    """Refuse a file with refinement stages (format version 3) in one line: the stream layer cuts them,
-    but until a shipped model writes and decodes them, the public API offers nothing it cannot decode."""
-    from .codec import stream
-    from .formats import container
-
-    stream.single_stage(container.read(data))
+    return stream.cut_points(_data(data, "cut_points"))
 
 
 def verify(data: bytes, whole: bool = True) -> None:
@@ -384,7 +408,7 @@ def verify(data: bytes, whole: bool = True) -> None:
     if whole:
         stream.verify(_data(data, "verify"))
     else:
-        stream.read_tokens(_data(data, "verify"), intact=True)
+        stream.read_stages(_data(data, "verify"), intact=True)
 
 
 def model_info(name: str | None = None) -> ModelInfo:

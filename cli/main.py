@@ -234,7 +234,7 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @click.option("-b", "--bytes", "max_bytes", type=click.IntRange(1), help="Largest file that fits this many bytes.")
 @click.option("--bpp", type=float, help="Largest file within this many bits per pixel.")
 @click.option("-q", "--quality", type=float,
-              help="1..100, like cwebp's -q: a budget of 0.002 bpp (1) to 0.08 bpp (100) on a log scale "
+              help="1..100, like cwebp's -q: a budget of 0.002 bpp (1) to 0.3 bpp (100) on a log scale "
                    "(at least 1 token per tile).")
 @click.option("--psnr", type=float, help="Smallest file whose decoded image reaches this PSNR (dB).")
 @click.option("--msssim", type=float, help="Smallest file whose decoded image reaches this MS-SSIM (0..1).")
@@ -246,25 +246,30 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
                    "converted to sRGB; metadata can outweigh a small image.")
 @click.option("--uniform", is_flag=True, help="Give every tile the same number of tokens: encodes several "
                                              "times faster, files slightly worse (default: tiles get tokens by need).")
+@click.option("--first-stage", "first_stage", is_flag=True,
+              help="Stop at the first stage's whole file (about 0.035 bpp): encodes faster. By default the "
+                   "file goes on into the refinement stage, up to about 0.25 bpp, and any cut of it is valid.")
 @click.option("--scale", default="auto", show_default=True,
               help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. "
                    "1/2, 1/3, 1/4: code it 2, 3, 4 times larger (finer detail, more bytes), reduced back. "
                    "auto: full size, unless --bytes/--bpp cannot hold 1 token per tile (then the largest "
-                   "of 1/2, 1/3, 1/4 that fits), or the budget or target asks for more than the whole "
-                   "full-size file (then 2x, 3x or 4x, whichever decodes best). psnr: with a byte budget "
-                   "try 1, 2, 3 and 4 and keep the highest PSNR, with --psnr/--msssim the smallest file "
+                   "of 1/2, 1/3, 1/4 that fits); past the whole full-size file, the refinement stage (with "
+                   "--first-stage, or a target beyond both stages: 2x, 3x or 4x, whichever decodes best). "
+                   "psnr: with a byte budget try 1, 2, 3 and 4 (and the refinement stage) and keep the "
+                   "highest PSNR, with --psnr/--msssim the smallest file "
                    "that reaches it (higher PSNR and MS-SSIM at small sizes, but blurrier to LPIPS-VGG and DISTS).")
 @click.option("-v", "--verbose", is_flag=True, help="Report size and bits per pixel of each file.")
 @max_pixels_option
 @cluster_option
 def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,
-           scale, verbose, max_pixels, cluster):
+           first_stage, scale, verbose, max_pixels, cluster):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
     import odp
 
     try:  # every option is checked here, once, before any image is read
         options = odp.EncodeOptions(tokens=tokens, bytes=max_bytes, bpp=bpp, quality=quality, psnr=psnr,
-                                    msssim=msssim, scale=scale, adaptive=not uniform, metadata=_metadata(metadata),
+                                    msssim=msssim, scale=scale, adaptive=not uniform, refine=not first_stage,
+                                    metadata=_metadata(metadata),
                                     device=device, max_pixels=max_pixels if max_pixels is not None else -1)
     except (odp.OptionError, TypeError) as e:
         flag = {"bytes": "--bytes", "max_pixels": "--max-pixels"}.get(getattr(e, "option", ""), f"--{getattr(e, 'option', '')}")
@@ -520,12 +525,17 @@ def info(input, as_json, verify, cuts):
         "bits_per_token": round(i.bits_per_token, 3),
         "raw_bits_per_token": round(math.log2(model.codebook_size), 3),
         "icc_profile_bytes": i.icc_profile_bytes, "exif_bytes": i.exif_bytes, "gray": i.gray, "stages": i.stages,
+        "refinements": [{"coded_width": r.coded_width, "coded_height": r.coded_height, "tiles": r.tiles,
+                         "tokens_per_tile": round(r.mean_tokens, 2), "model_tokens_per_tile": r.model_tokens,
+                         "layers": r.layers, "payload_bytes": r.payload_bytes, "weights_sha256": r.weights_sha256,
+                         "entropy_model": r.entropy_model} for r in i.refinements],
     }
     if verify:
         d["verified"] = True
     if cuts:
-        d["cuts"] = [{"bytes": n, "bpp": round(n * 8 / (i.width * i.height), 5), "tokens_per_tile": round(t, 2)}
-                     for n, t in points]
+        stage_of = [1] * i.layers + [k for k, r in enumerate(i.refinements, 2) for _ in range(r.layers)]
+        d["cuts"] = [{"bytes": n, "bpp": round(n * 8 / (i.width * i.height), 5), "tokens_per_tile": round(t, 2),
+                      "stage": stage} for (n, t), stage in zip(points, stage_of)]
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -543,14 +553,18 @@ def info(input, as_json, verify, cuts):
                f"raw ids: {d['raw_bits_per_token']})")
     click.echo(f"  model:    {printable(model.name)} sha256 {model.weights_sha256[:16]}")
     click.echo(f"  layers:   {i.layers} (each a point where the file can be cut as it is)")
+    for k, r in enumerate(i.refinements, 2):
+        click.echo(f"  stage {k}:  refinement coded at {r.coded_width}x{r.coded_height}, {r.tiles} tiles, "
+                   f"{r.mean_tokens:.1f} of {r.model_tokens} tokens per tile, {r.layers} layers, "
+                   f"{r.payload_bytes} payload bytes (weights {r.weights_sha256[:16]}, {printable(r.entropy_model)})")
     if i.icc_profile_bytes or i.exif_bytes:
         click.echo(f"  metadata: ICC {i.icc_profile_bytes} bytes, EXIF {i.exif_bytes} bytes")
     if verify:
         click.echo(f"  verified: header checksum and {i.layers} token checks good, every layer codes its tokens exactly")
     if cuts:
-        click.echo("  cuts:     bytes     bpp  tokens/tile  (odp truncate --bytes N keeps these whole)")
+        click.echo("  cuts:     bytes     bpp  tokens/tile  stage  (odp truncate --bytes N keeps these whole)")
         for c in d["cuts"]:
-            click.echo(f"          {c['bytes']:7d}  {c['bpp']:.4f}  {c['tokens_per_tile']:11.1f}")
+            click.echo(f"          {c['bytes']:7d}  {c['bpp']:.4f}  {c['tokens_per_tile']:11.1f}  {c['stage']:5d}")
 
 
 @main.command()

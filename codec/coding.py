@@ -12,14 +12,14 @@ from PIL import Image
 
 from ..formats import container
 from ..formats.container import FormatError
-from . import registry, stream
+from . import refinement, registry, stream
 from .engine import Engine
 from .errors import OdpWarning, OptionError
 from .imaging import check_pixels, gray_of, prepare, resize, scaled_size
 from .options import EncodeOptions
 from .quality import MS_SSIM_MIN_SIDE
-from .ratecontrol import (ScaleLadder, best_within, encode_at, enlarged_reaching, enlarged_within, least_bytes,
-                          level_reaching, scales_for, within)
+from .ratecontrol import (ScaleLadder, best_refined_within, best_within, encode_at, enlarged_reaching, least_bytes,
+                          level_reaching, refined_reaching, refined_within, scales_for, within)
 
 
 def engine_for(options: EncodeOptions, model=None, progress=None) -> Engine:
@@ -54,36 +54,45 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
     if tokens is not None and tokens > engine.entry.tokens:
         warnings.warn(f"the model makes {engine.entry.tokens} tokens per tile: keeping all of them", OdpWarning)
     max_bytes = options.budget(width, height)
-    sized = max_bytes is not None or target is not None  # one size goal other than tokens
-    ladder = ScaleLadder(p, engine, options.adaptive, full_tokens)
+    full_size = isinstance(scale, str) or scale == 1  # the refinement stage follows a full-size first stage
+    refiner = refinement.refinement_engine(engine) if options.refine and full_size and tokens is None else None
+    ladder = ScaleLadder(p, engine, options.adaptive, full_tokens, refiner, options.max_pixels)
     if not isinstance(scale, str):
-        codeds = [encode_at(p, scale, engine, options.adaptive, full_tokens if scale == 1 else None)]
+        codeds = [ladder.full if scale == 1 else encode_at(p, scale, engine, options.adaptive)]
     else:
-        codeds = list(ladder) if scale == "psnr" and sized else [ladder.full]
+        codeds = list(ladder) if scale == "psnr" and (max_bytes is not None or target is not None) else [ladder.full]
     coded = codeds[0]
     data = coded.data
     if tokens is not None:
         data = stream.truncate(data, tokens=tokens)
+    if max_bytes is None and target is None and ladder.refined is not None:
+        data = ladder.refined.data  # every token of both stages: the whole range in one file
     if max_bytes is not None:
         if options.quality is not None:  # a quality never gives less than 1 token per tile of the smallest file
             max_bytes = max(max_bytes, min(len(stream.truncate(c.data, tokens=1)) for c in codeds))
         if scale == "auto":  # smaller sizes are encoded only if full size cannot fit, larger if it leaves bytes
-            data, coded = within(ladder, max_bytes)
+            data = within(ladder, max_bytes)
         else:
             data, coded = best_within(codeds, max_bytes, p.pixels, engine)
             if scale == "psnr":
-                data, coded = enlarged_within(ladder, data, coded, max_bytes)
+                data = best_refined_within(ladder, data, coded, max_bytes)
+            else:
+                data = refined_within(ladder, data, coded, max_bytes)
     if target is not None:
         reached = []
         for c in codeds:
             level = level_reaching(c, c.data, p.pixels, target, engine)
             if level is not None:
                 reached.append(stream.truncate(c.data, level=level))
+        if not reached:  # out of reach of the first stage: the refinement stage's cuts
+            staged = refined_reaching(ladder, target)
+            reached += [staged] if staged is not None else []
         if not reached and isinstance(scale, str):  # out of reach at full size: try coding it larger
             larger = enlarged_reaching(ladder, target)
             reached += [larger] if larger is not None else []
         if not reached:
             warnings.warn(f"{target[0]} {target[1]} is out of reach: keeping every token", OdpWarning)
+            data = ladder.refined.data if ladder.refined is not None else data
         data = min(reached, key=len) if reached else data
     return data
 
@@ -159,6 +168,11 @@ def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", 
     """.odp bytes -> ((H, W, 3) uint8 at the display size, header), using at most `tokens` per tile on average.
     A file cut short or with a damaged layer decodes from the layers before (with an OdpWarning), unless
     `strict`: then it is a FormatError."""
+    c = container.read(data, max_pixels)
+    if c.stages and tokens is not None:  # tokens per tile count the first stage's: its cut, stages dropped
+        data, c = stream.truncate(data, tokens=tokens), None
+    elif c.stages:
+        return refinement.shown(data, device, None, batch, progress, max_pixels, strict), c.header
     c, entry, toks, counts = stream.read_tokens(data, tokens, max_pixels, intact=strict)
     if strict and not c.complete:
         raise FormatError(f"file is cut short: only {len(c.layers)} layers are whole")

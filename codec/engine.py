@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import tiling
+from .imaging import gray_of, resize
 from .network import open_network, pick_device  # noqa: F401  (pick_device re-exported)
 
 
@@ -107,3 +108,11 @@ class Engine:
                 out[i + j] = ((y[j, :y1 - y0, :x1 - x0] - pixels[y0:y1, x0:x1]) ** 2).sum()
             self._report("scoring", i + len(sel), len(tiles))
         return out
+
+    def picture(self, tokens: np.ndarray, header, level: int) -> np.ndarray:
+        """What a decoder shows of a first stage's `tokens` cut at `level` (its container header says
+        how), as (H, W, 3) uint8 at the display size: a greyscale file's one channel repeated, so
+        quality targets measure the picture the user gets."""
+        h = header
+        pixels = resize(self.decode(tokens, h.width, h.height, np.array(h.counts(level))), h.display_size)
+        return np.repeat(gray_of(pixels)[..., None], 3, axis=2) if h.gray else pixels

@@ -14,7 +14,7 @@ from .imaging import METADATA
 
 DEVICES = ("auto", "cpu", "cuda")
 SCALE_CHOICES = ("auto", "psnr")  # besides a number: full size unless it cannot fit / the best PSNR
-QUALITY_BPP = (0.002, 0.08)  # quality 1 and 100: the ends of a log scale of bits per pixel
+QUALITY_BPP = (0.002, 0.3)  # quality 1 and 100: the ends of a log scale of bits per pixel
 SIZE_GOALS = ("tokens", "bytes", "bpp", "quality", "psnr", "msssim")
 
 
@@ -53,7 +53,7 @@ def _positive(value, name: str) -> float | None:
 @dataclass(frozen=True)
 class EncodeOptions:
     """How to encode. At most one size goal: `tokens` per tile (on average), the largest file within
-    `bytes` or `bpp`, a `quality` 1..100 (a budget from 0.002 to 0.08 bpp), or the smallest file
+    `bytes` or `bpp`, a `quality` 1..100 (a budget from 0.002 to 0.3 bpp), or the smallest file
     whose decoded image reaches `psnr` (dB) or `msssim`; none keeps every token.
 
     `scale`: code at 1/scale of each side (1..16, enlarged back on decoding; or "1/2", "1/3", "1/4":
@@ -61,6 +61,10 @@ class EncodeOptions:
     enlarged where a budget or target asks for more than the full-size file holds) or "psnr" (the
     scale of highest PSNR).
     `adaptive`: tiles get tokens by need (False: every tile alike, several times faster).
+    `refine`: where the model has a refinement stage and the image is coded at full size, the file
+    goes on past the first stage's whole file into that stage (format version 3): one file from a
+    thumbnail's bytes to the photo's, every cut valid. False: the first stage alone (a file of at
+    most about 0.05 bpp, encoded faster).
     `metadata`: what to carry ("icc", "exif"); by default none (colours converted to sRGB).
     `device`: where the network runs ("auto": CUDA when torch sees a GPU). `batch`: tiles per
     network call. `max_pixels`: refuse larger images (default $ODP_MAX_PIXELS or 2**28).
@@ -74,6 +78,7 @@ class EncodeOptions:
     msssim: float | None = None
     scale: int | float | str = "auto"
     adaptive: bool = True
+    refine: bool = True
     metadata: tuple[str, ...] = ()
     device: str = "auto"
     batch: int | None = None
@@ -99,8 +104,9 @@ class EncodeOptions:
         if len(goals) > 1:
             raise OptionError(f"give at most one of {', '.join(SIZE_GOALS)} (got {' and '.join(goals)})")
         set_(self, "scale", _scale("auto" if self.scale is None else self.scale))
-        if not isinstance(self.adaptive, bool):
-            raise TypeError(f"adaptive must be True or False, not {type(self.adaptive).__name__}")
+        for name in ("adaptive", "refine"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, not {type(getattr(self, name)).__name__}")
         metadata = (self.metadata,) if isinstance(self.metadata, str) else tuple(self.metadata)
         unknown = set(metadata) - set(METADATA)
         if unknown:

@@ -15,10 +15,11 @@ from . import tiling
 from .allocation import allocation
 from .engine import Engine
 from .errors import OptionError
-from .imaging import Prepared, gray_of, resize, scaled_size
+from .imaging import Prepared, resize, scaled_size
 from .options import ENLARGING_SCALES
 from .quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr
-from .stream import container, min_first_layer_bytes, pack, truncate
+from .refinement import REFINE_MAX_PIXELS, refine, shown, stage_picture
+from .stream import container, cut_last_stage, min_first_layer_bytes, pack, truncate
 
 SCALES = (1, 2, 3, 4)  # coding scales the encoder may try (docs/api.md, "Coding scale")
 # Coded pixels up to which the encoder tries coding larger on its own (ENLARGING_SCALES): a budget
@@ -55,14 +56,7 @@ def encode_at(p: Prepared, scale: int, engine: Engine, adaptive: bool = True,
 def render(coded: Coded, data: bytes, engine: Engine) -> np.ndarray:
     """The decoded pixels of `data`, a truncation of coded.data, from the tokens (no entropy decoding)."""
     c = container.read(data)
-    return picture(coded.tokens, c.header, c.level, engine)
-
-
-def picture(tokens: np.ndarray, h: container.Header, level: int, engine: Engine) -> np.ndarray:
-    """What a decoder shows of `tokens` cut at `level`, as (H, W, 3) uint8 at the display size: a
-    greyscale file's one channel repeated, so quality targets measure the picture the user gets."""
-    pixels = resize(engine.decode(tokens, h.width, h.height, np.array(h.counts(level))), h.display_size)
-    return np.repeat(gray_of(pixels)[..., None], 3, axis=2) if h.gray else pixels
+    return engine.picture(coded.tokens, c.header, c.level)
 
 
 def scales_for(width: int, height: int, tile: int, scales=SCALES) -> list[int]:
@@ -92,16 +86,46 @@ def least_bytes(width: int, height: int, entry, scales) -> int:
     return least
 
 
+@dataclass
+class Refined:
+    """The full-size file with a refinement stage after it: the whole range of one file."""
+    data: bytes              # the whole file (format version 3)
+    tokens: np.ndarray       # the stage's tokens
+    so_far: np.ndarray       # the picture of the first stage (display size), which the stage refines
+    engine: Engine           # the refinement model's
+
+
 class ScaleLadder:
     """One image coded at full size, then at each smaller scale of scales_for, each encoded only when
-    first asked for: what `scale="auto"` walks down until a budget fits, and `scale="psnr"` compares."""
+    first asked for: what `scale="auto"` walks down until a budget fits, and `scale="psnr"` compares.
+    With a `refiner` (the refinement model's Engine), the full-size file can go on into a refinement
+    stage, also encoded only when first asked for (`refined`)."""
 
-    def __init__(self, p: Prepared, engine: Engine, adaptive: bool = True, full_tokens: np.ndarray | None = None):
+    def __init__(self, p: Prepared, engine: Engine, adaptive: bool = True, full_tokens: np.ndarray | None = None,
+                 refiner: Engine | None = None, max_pixels: int | None = container.FROM_ENV):
         self.p, self.engine, self.adaptive = p, engine, adaptive
         self.scales = scales_for(p.pixels.shape[1], p.pixels.shape[0], engine.tile)
         self.encoded: list[Coded] = []
         self.full_tokens = full_tokens  # the full-size tokens, when made beforehand
         self.larger: dict[float, Coded] = {}  # coded at ENLARGING_SCALES, once a goal asked for them
+        height, width = p.pixels.shape[:2]
+        if refiner is not None:
+            stage_pixels = width * height * refiner.entry.scale ** 2
+            limit = container.pixel_limit(max_pixels)
+            if stage_pixels > REFINE_MAX_PIXELS or (limit is not None and stage_pixels > limit):
+                refiner = None  # too large a stage for this photo: its file stays single-stage
+        self.refiner = refiner
+        self._refined: Refined | None = None
+
+    @property
+    def refined(self) -> Refined | None:
+        """The full-size file with the refinement stage after it (None without a refiner)."""
+        if self._refined is None and self.refiner is not None:
+            full = self.full
+            so_far = render(full, full.data, self.engine)
+            data, tokens = refine(full.data, self.p.pixels, self.refiner, so_far=so_far)
+            self._refined = Refined(data, tokens, so_far, self.refiner)
+        return self._refined
 
     def enlarged(self, scale: float) -> Coded:
         if scale not in self.larger:
@@ -153,11 +177,8 @@ def best_within(codeds: list[Coded], max_bytes: int, reference: np.ndarray, engi
     return cuts[scores.index(max(scores))]
 
 
-def level_reaching(coded: Coded, data: bytes, pixels: np.ndarray, target: tuple[str, float],
-                   engine: Engine) -> int | None:
-    """The lowest allocation level of `data` (a cut of coded.data) whose decoded image (enlarged to the
-    display size) reaches `target` against `pixels`, found by bisection (quality rises with the
-    level on average; every candidate is decoded and measured). None when even all of `data` falls short."""
+def _scorer(target: tuple[str, float], pixels: np.ndarray):
+    """A function of a decoded picture: whether it reaches `target` against `pixels`."""
     name, value = target
     if name not in TARGET_METRICS:
         raise OptionError(f"unknown target metric {name!r}: choose from {', '.join(TARGET_METRICS)}")
@@ -165,13 +186,12 @@ def level_reaching(coded: Coded, data: bytes, pixels: np.ndarray, target: tuple[
     height, width = pixels.shape[:2]
     if name == "ms-ssim" and min(height, width) < MS_SSIM_MIN_SIDE:
         raise OptionError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels a side")
-    f = container.read(data)
-    h = f.header
+    return lambda decoded: score(pixels, decoded) >= value
 
-    def reaches(level: int) -> bool:
-        return score(pixels, picture(coded.tokens, h, level, engine)) >= value
 
-    lo, hi = 1, f.level
+def _lowest(reaches, lo: int, hi: int) -> int | None:
+    """The lowest level in lo..hi that reaches, by bisection (quality rises with the level on
+    average; every candidate is decoded and measured); None when not even `hi` does."""
     if not reaches(hi):
         return None
     while lo < hi:
@@ -181,6 +201,35 @@ def level_reaching(coded: Coded, data: bytes, pixels: np.ndarray, target: tuple[
         else:
             lo = mid + 1
     return lo
+
+
+def level_reaching(coded: Coded, data: bytes, pixels: np.ndarray, target: tuple[str, float],
+                   engine: Engine) -> int | None:
+    """The lowest allocation level of `data` (a cut of coded.data) whose decoded image (enlarged to the
+    display size) reaches `target` against `pixels`. None when even all of `data` falls short."""
+    ok = _scorer(target, pixels)
+    f = container.read(data)
+    return _lowest(lambda level: ok(engine.picture(coded.tokens, f.header, level)), 1, f.level)
+
+
+def refined_reaching(ladder: ScaleLadder, target: tuple[str, float]) -> bytes | None:
+    """The smallest cut of the refinement stage whose picture reaches `target`, or None (no stage, or
+    not even all of it does)."""
+    r = ladder.refined
+    if r is None:
+        return None
+    ok = _scorer(target, ladder.p.pixels)
+    stage = container.read(r.data).stages[-1]
+    level = _lowest(lambda lv: ok(stage_picture(r.engine, r.tokens, stage.header, lv, r.so_far)), 1, stage.level)
+    return None if level is None else cut_last_stage(r.data, level)
+
+
+def refined_within(ladder: ScaleLadder, data: bytes, coded: Coded, max_bytes: int) -> bytes:
+    """When the whole full-size file (`data`) fits max_bytes with bytes to spare, the file with the
+    refinement stage cut to max_bytes; any other file as it is."""
+    if coded.scale != 1 or data != coded.data or len(data) >= max_bytes or ladder.refined is None:
+        return data
+    return truncate(ladder.refined.data, max_bytes=max_bytes)
 
 
 def enlargements(p: Prepared):
@@ -227,7 +276,22 @@ def enlarged_reaching(ladder: ScaleLadder, target: tuple[str, float]) -> bytes |
     return None
 
 
-def within(ladder: ScaleLadder, max_bytes: int) -> tuple[bytes, Coded]:
+def within(ladder: ScaleLadder, max_bytes: int) -> bytes:
     """The default file within max_bytes: the full-size file's cut; a smaller scale's when that cannot
-    fit; a larger scale's cut when the whole full-size file leaves bytes it spends better."""
-    return enlarged_within(ladder, *first_within(ladder, max_bytes), max_bytes)
+    fit; when the whole full-size file leaves bytes, the refinement stage's cut, or without a
+    refinement model a larger scale's cut where it spends them better."""
+    data, coded = first_within(ladder, max_bytes)
+    if ladder.refiner is not None:
+        return refined_within(ladder, data, coded, max_bytes)
+    return enlarged_within(ladder, data, coded, max_bytes)[0]
+
+
+def best_refined_within(ladder: ScaleLadder, data: bytes, coded: Coded, max_bytes: int) -> bytes:
+    """`scale="psnr"`: of the larger scales' cut (enlarged_within) and the refinement stage's cut
+    within max_bytes, the one of higher PSNR."""
+    data, coded = enlarged_within(ladder, data, coded, max_bytes)
+    staged = refined_within(ladder, ladder.full.data, ladder.full, max_bytes)
+    if staged == ladder.full.data or staged == data:
+        return data
+    engines = {ladder.refiner.entry.name: ladder.refiner, ladder.engine.entry.name: ladder.engine}
+    return max((data, staged), key=lambda d: psnr(ladder.p.pixels, shown(d, ladder.engine.device, engines)))

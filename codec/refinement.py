@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..formats.container import FormatError
-from . import stream
+from ..formats import container
+from ..formats.container import FROM_ENV, FormatError
+from . import registry, stream
 from .allocation import allocation
 from .engine import Engine
-from .imaging import enlarge_bicubic, resize
-from .ratecontrol import picture
+from .imaging import enlarge_bicubic, gray_of, resize
 from .stream import StageTokens
 
 
@@ -43,39 +43,68 @@ def decode_stage(engine: Engine, stage: StageTokens, shown: np.ndarray) -> np.nd
     return resize(big, (shown.shape[1], shown.shape[0]))
 
 
-def shown(data: bytes, device: str = "cpu", engines: dict | None = None) -> np.ndarray:
+# Coded pixels up to which the encoder adds a refinement stage (a 16-MP photo at 2x): beyond, the
+# stage's tiles would multiply the encoding time and memory of a large photo; its file stays single-stage.
+REFINE_MAX_PIXELS = 64_000_000
+
+
+def shown(data: bytes, device: str = "cpu", engines: dict | None = None, batch: int | None = None,
+          progress=None, max_pixels: int | None = FROM_ENV, strict: bool = False) -> np.ndarray:
     """The picture a file shows (display size, uint8 RGB; a greyscale file's channel repeated): its first
-    stage, then each refinement stage that arrived. `engines`: Engines by model name, reused and filled."""
+    stage, then each refinement stage that arrived. `engines`: Engines by model name, reused and filled.
+    A file cut short decodes from its whole layers (stream.read_stages warns), unless `strict`."""
     engines = {} if engines is None else engines
 
     def engine_of(entry) -> Engine:
         if entry.name not in engines:
-            engines[entry.name] = Engine(entry, device)
+            engines[entry.name] = Engine(entry, device, batch, progress)
         return engines[entry.name]
 
-    stages = stream.read_stages(data)
+    for i, stage in enumerate(container.read(data, max_pixels).stages, 1):  # before any decoding
+        model = registry.find_by_hash(stage.header.model_id)
+        if not model.config.get("conditioned"):
+            raise FormatError(f"stage {i} names model '{model.name}', which is no refinement model")
+    stages = stream.read_stages(data, max_pixels, intact=strict)
     first = stages[0]
-    pic = picture(first.tokens, first.container.header, first.container.level, engine_of(first.model))
-    for i, stage in enumerate(stages[1:], 1):
-        if not stage.model.config.get("conditioned"):
-            raise FormatError(f"stage {i} names model '{stage.model.name}', which is no refinement model")
+    if strict and not first.container.complete:
+        raise FormatError("file is cut short: not every layer is whole")
+    pic = engine_of(first.model).picture(first.tokens, first.container.header, first.container.level)
+    for stage in stages[1:]:
         pic = decode_stage(engine_of(stage.model), stage, pic)
     return pic
 
 
-def refine(data: bytes, pixels: np.ndarray, engine: Engine, scale: int = 2, level: int | None = None,
-           entropy=None, adaptive: bool = False) -> bytes:
-    """A whole file of the image `pixels` (display size) with one more refinement stage: `engine`'s
-    conditioned model codes the image at `scale` times each side, given the picture the file shows
-    (all of it, or its first `level` per tile as stream.add_stage says). `adaptive`: its tiles get
-    tokens by need, measured by decoding each at a few counts (allocation.py); else all alike, the
-    default: on the 768x512 test photo both give the same PSNR at every cut within 0.05 dB (step-1000
-    snapshot), and measuring costs six decodes of every tile."""
-    so_far = shown(data, engine.device, {engine.entry.name: engine})
+def refinement_engine(engine: Engine) -> Engine | None:
+    """The Engine of the installed refinement model for `engine`'s pictures (same device, batch and
+    progress), or None when there is none."""
+    entry = registry.refinement_for(engine.entry)
+    return None if entry is None else Engine(entry, engine.device, engine.batch, engine.progress)
+
+
+def refine(data: bytes, pixels: np.ndarray, engine: Engine, scale: int | None = None, so_far: np.ndarray | None = None,
+           level: int | None = None, entropy=None, adaptive: bool = False) -> tuple[bytes, np.ndarray]:
+    """(whole file, stage tokens): the file of the image `pixels` (display size) with one more
+    refinement stage: `engine`'s conditioned model codes the image at `scale` (default: the model's)
+    times each side, given the picture the file shows (`so_far`, if known; all of it, or its first
+    `level` per tile as stream.add_stage says). `adaptive`: its tiles get tokens by need, measured by
+    decoding each at a few counts (allocation.py); else all alike, the default: on the 768x512 test
+    photo both give the same PSNR at every cut within 0.05 dB (step-1000 snapshot), and measuring
+    costs six decodes of every tile."""
+    scale = scale or engine.entry.scale
+    if so_far is None:
+        so_far = shown(data, engine.device, {engine.entry.name: engine})
     h, w = so_far.shape[:2]
     big, cond = enlarge_bicubic(pixels, scale), enlarge_bicubic(so_far, scale)
     tokens = engine.encode(big, cond=cond)
     entropy = entropy or engine.entry.best_entropy
     weights, caps = allocation(tokens, big, engine, entropy, measure=True, cond=cond) if adaptive else (b"", b"")
     return stream.add_stage(data, tokens, w * scale, h * scale, engine.entry, weights, caps, level=level,
-                            entropy=entropy)
+                            entropy=entropy), tokens
+
+
+def stage_picture(engine: Engine, tokens: np.ndarray, header, level: int, so_far: np.ndarray) -> np.ndarray:
+    """What the decoder shows of a stage's `tokens` cut at `level`, given the picture before it (the
+    encoder's view: no entropy decoding)."""
+    stage = StageTokens(container.Container(header, []), engine.entry, tokens, np.array(header.counts(level)))
+    pic = decode_stage(engine, stage, so_far)
+    return np.repeat(gray_of(pic)[..., None], 3, axis=2) if header.gray else pic

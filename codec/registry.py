@@ -33,10 +33,12 @@ SHIPPED_SHA256 = {
     "odp-small-v1": "3c971564bc2e13374a4d58293253c36b0d64a9816ce40e96579eabefe94eddc3",
     "odp-small-v2": "004b87806af2bb815a672acfa026130569205a13266f6a8c226036bcf7f90f4a",
     "odp-small-v3": "a7d96ccf0cc1514696033c363100c82e569e17a535644d9a659a1410566542a1",
+    "odp-refine-x2-v1": "306c3cc62346c608afc7d80064c1b9a47d56d7759971571d112aff6e543f37d4",  # the refinement stage of odp-small-v3's files
 }
 CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
 CONTEXT_SHA256 = {
     "ctx16-v1": "322f3effa82c5f1be0343253839e75ec5f74360d8fecfc7a118cd8cb1e78c721",
+    "ctx16-refine-v1": "7b21716fc47b51aa4b198cff6a1143a36d44e79fba6bfbacdc6d7f02296b4fea",
 }
 
 
@@ -52,6 +54,8 @@ class Entry:
     entropy_model: str                       # the id of `tables` (what version-1 files record)
     context: ContextModel | None = None      # the shipped context model for this tokenizer, if any
     allocation: dict | None = None           # the encoder's allocation predictor (codec/allocation.py), if any
+    refines: bytes = b""                     # a refinement stage's model: sha256 of the model it refines
+    scale: int = 1                           # ... and how many times each side of its picture it codes
 
     @property
     def tile(self) -> int:
@@ -136,7 +140,13 @@ def entry_at(path: Path) -> Entry:
             context = _context_for(bytes.fromhex(meta["tokens_of"]))
         except ValueError:
             raise ModelNotFound(f"weights file {path.name} names a malformed tokens_of hash") from None
-    return Entry(name, digest, path, config, tables, entropy_model, context, _allocation_for(path))
+    try:
+        refines, scale = bytes.fromhex(meta.get("refines", "")), int(meta.get("scale", "1"))
+    except ValueError:
+        raise ModelNotFound(f"weights file {path.name} names a malformed refined model or scale") from None
+    if refines and not (config.get("conditioned") and 2 <= scale <= 4):
+        raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code")
+    return Entry(name, digest, path, config, tables, entropy_model, context, _allocation_for(path), refines, scale)
 
 
 def _context_for(tokenizer_sha256: bytes) -> ContextModel | None:
@@ -192,6 +202,16 @@ def path_by_hash(sha256: bytes, name_hint: str = "") -> Path:
             return path
     named = f"model '{name_hint}'" if name_hint else "a model"
     raise ModelNotFound(f"this file needs {named} with weights {sha256.hex()[:16]}, which is not installed")
+
+
+def refinement_for(entry: Entry) -> Entry | None:
+    """The installed refinement stage's model for `entry`'s pictures (the encoder appends its stage
+    to `entry`'s files), or None."""
+    for path in installed():
+        other = entry_at(path)
+        if other.refines and other.refines == entry.sha256:
+            return other
+    return None
 
 
 def find(name: str = DEFAULT_MODEL) -> Entry:

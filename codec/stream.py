@@ -327,22 +327,31 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
 
     if max_bytes is None:
         return at_level(need)
-    lo, hi = 1, need
-    whole_fit = [x.level for x in layers if len(at_level(x.level)) <= max_bytes]  # cuts: no coding
-    if whole_fit:  # search only past the last whole layer that fits, up to the next one's level
-        lo = whole_fit[-1]
-        hi = min([x.level for x in layers if x.level > lo] + [need])
+    lo = highest_fitting(layers, need, lambda lv: len(at_level(lv)), max_bytes, least=1)
+    if lo is None:
+        raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {len(at_level(1))})")
+    return at_level(lo)
+
+
+def highest_fitting(layers: list[Layer], top: int, size_at, max_bytes: int, least: int) -> int | None:
+    """The highest level from `least` to `top` whose file (size_at(level) bytes, growing with the level)
+    fits max_bytes; None when not even `least` fits. The ends of whole layers are tried first (cuts,
+    nothing re-coded), then a binary search up to the next layer's level (a re-coded partial layer)."""
+    fit = [x.level for x in layers if x.level <= top and size_at(x.level) <= max_bytes]
+    if fit:
+        lo = fit[-1]
+    elif size_at(least) <= max_bytes:
+        lo = least
     else:
-        smallest = len(at_level(lo))
-        if smallest > max_bytes:
-            raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {smallest})")
-    while lo < hi:  # file size grows with the level: binary search for the highest level that fits
+        return None
+    hi = min([x.level for x in layers if x.level > lo] + [top])
+    while lo < hi:
         mid = (lo + hi + 1) // 2
-        if len(at_level(mid)) <= max_bytes:
+        if size_at(mid) <= max_bytes:
             lo = mid
         else:
             hi = mid - 1
-    return at_level(lo)
+    return lo
 
 
 def _truncate_staged(data: bytes, c: Container, tokens: int | None, max_bytes: int | None,
@@ -356,28 +365,35 @@ def _truncate_staged(data: bytes, c: Container, tokens: int | None, max_bytes: i
         return container.write(c)
     stages, kept = read_stages(data)[1:], []
     for st in stages:  # the whole stages that fit, then the most of the next one's layers
-        h, entropy = st.container.header, st.model.entropy(st.container.header.entropy_model)
-
-        def with_level(lv: int) -> bytes:
-            whole = [x for x in st.container.layers if x.level <= lv]
-            start = whole[-1].level if whole else 0
-            adds = sum(h.counts(lv)) > sum(h.counts(start))
-            extra = build_layers(st.tokens, h, [lv], entropy, start) if adds else []
-            stage = Container(without_idle_caps(h, lv), whole + extra)
-            return container.write(Container(c.header, c.layers, stages=kept + [stage]))
-
         top = st.container.level
-        if len(with_level(top)) <= max_bytes:
-            kept.append(Container(without_idle_caps(h, top), st.container.layers))
+        if len(_with_stage_at(c, kept, st, top)) <= max_bytes:
+            kept.append(Container(without_idle_caps(st.container.header, top), st.container.layers))
             continue
-        fit = [x.level for x in st.container.layers if len(with_level(x.level)) <= max_bytes]  # cuts: no coding
-        lo = fit[-1] if fit else 0  # 0: the stage left out
-        hi = min([x.level for x in st.container.layers if x.level > lo] + [top])
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if len(with_level(mid)) <= max_bytes:
-                lo = mid
-            else:
-                hi = mid - 1
-        return with_level(lo) if lo else container.write(Container(c.header, c.layers, stages=kept))
+        lv = highest_fitting(st.container.layers, top, lambda lv: len(_with_stage_at(c, kept, st, lv)), max_bytes,
+                             least=0)
+        return _with_stage_at(c, kept, st, lv)
     return container.write(Container(c.header, c.layers, stages=kept))
+
+
+def cut_last_stage(data: bytes, level: int) -> bytes:
+    """A file with refinement stages, its last stage cut at `level` (0: left out); no network runs."""
+    c = container.read(data)
+    if not c.stages:
+        raise ValueError("this file has no refinement stage to cut")
+    stages = read_stages(data)
+    kept = [x.container for x in stages[1:-1]]
+    return _with_stage_at(c, kept, stages[-1], max(0, min(level, stages[-1].container.level)))
+
+
+def _with_stage_at(c: Container, kept: list[Container], st: StageTokens, level: int) -> bytes:
+    """The file of `c`'s first stage, the stages `kept`, then `st` cut at `level` (0: without it):
+    its whole layers byte for byte, a partial last one re-coded."""
+    if level == 0:
+        return container.write(Container(c.header, c.layers, stages=kept))
+    h = st.container.header
+    whole = [x for x in st.container.layers if x.level <= level]
+    start = whole[-1].level if whole else 0
+    adds = sum(h.counts(level)) > sum(h.counts(start))  # a level between two weights' steps may add none
+    extra = build_layers(st.tokens, h, [level], st.model.entropy(h.entropy_model), start) if adds else []
+    stage = Container(without_idle_caps(h, level), whole + extra)
+    return container.write(Container(c.header, c.layers, stages=kept + [stage]))

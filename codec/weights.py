@@ -47,15 +47,19 @@ class Model:
 
 
 def save_weights(path: Path, name: str, tokenizer: Tokenizer, tables: PositionTables,
-                 tokens_of: bytes | None = None) -> bytes:
+                 tokens_of: bytes | None = None, refines: bytes | None = None, extra: dict | None = None) -> bytes:
     """Write a shippable weights file (fp16 tensors) and return its sha256. `tokens_of`: the sha256
     of the weights whose encoder this one shares (a decoder-only fine-tune), so their context
-    model applies."""
+    model applies. `refines`: for a refinement stage's model, the sha256 of the model whose pictures
+    it refines (the encoder adds this stage to that model's files). `extra`: more metadata (strings)."""
     tensors = {f"model.{k}": v.detach().to(torch.float16).contiguous() for k, v in tokenizer.state_dict().items()}
     tensors["entropy.freqs"] = torch.from_numpy(tables.freqs.astype("int32"))
     meta = {"name": name, "config": json.dumps(tokenizer.cfg.to_dict()), "entropy_model": tables.id}
     if tokens_of is not None:
         meta["tokens_of"] = tokens_of.hex()
+    if refines is not None:
+        meta["refines"] = refines.hex()
+    meta.update(extra or {})
     save_file(tensors, str(path), metadata=meta)
     path.chmod(0o644)
     return file_sha256(path)

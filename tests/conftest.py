@@ -80,6 +80,12 @@ def small_odp(small_photo, model) -> bytes:
 
 
 @pytest.fixture(scope="session")
+def small_staged(small_photo, model) -> bytes:
+    """What `odp encode` makes by default of small_photo: the first stage, then the refinement stage."""
+    return helpers.encode(small_photo, model=model, device="cpu", refine=True)
+
+
+@pytest.fixture(scope="session")
 def big_photo(photos) -> Image.Image:
     """4000x3000 real-photo content: the two test photos upscaled and mirrored into a 2x2 mosaic."""
     a, c = photos["astronaut"], photos["coffee"]
@@ -92,27 +98,11 @@ def big_photo(photos) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def refine_model(tmp_path_factory) -> weights.Model:
-    """The refinement stage in training (its committed snapshot: trained weights, not shipped yet) as a
-    weights file with its ONNX graphs, in a temporary folder."""
-    import tomllib
-
-    from safetensors.torch import load_file
-
+def refine_model() -> weights.Model:
+    """The shipped refinement stage of the default model's files."""
     from odp.codec import registry
-    from odp.codec.model import ModelConfig, Tokenizer
-    from odp.codec.training import onnx as export_onnx
 
-    root = Path(__file__).parents[1] / "codec" / "training"
-    cfg = tomllib.loads((root / "configs" / "odp-refine-x2.toml").read_text())
-    tok = Tokenizer(ModelConfig.from_dict(cfg["model"]))
-    state = load_file(str(root / "snapshots" / "odp-refine-x2" / "snapshot.safetensors"))
-    tok.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("ema.")})
-    path = tmp_path_factory.mktemp("refine") / "refine-test.safetensors"
-    weights.save_weights(path, "refine-test", tok.eval(), registry.find().tables)
-    model = weights.load_path(path)
-    export_onnx.export(model, path.parent)
-    return model
+    return weights.for_entry(registry.refinement_for(registry.find()))
 
 
 @pytest.fixture

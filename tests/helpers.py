@@ -234,14 +234,15 @@ def layers_for(levels: list[int], words: int = 1) -> list[Layer]:
 def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = None, model=None, device: str = "auto",
            batch: int | None = None, metadata: tuple[str, ...] = (), target: tuple[str, float] | None = None,
            quality: float | None = None, max_pixels: int | None = container.FROM_ENV, adaptive: bool = True,
-           scale: int | str = "auto") -> bytes:
+           scale: int | str = "auto", refine: bool = False) -> bytes:
     """codec.coding.encode with its options as keywords (a `target` is ("psnr" | "ms-ssim", value)),
-    and a chosen model: the shape most tests want."""
+    and a chosen model: the shape most tests want. The first stage alone unless `refine`: most tests
+    are about it, and the refinement stage has tests of its own (test_stages, test_refined)."""
     from odp.codec import coding
     from odp.codec.options import EncodeOptions
 
     name, value = target or (None, None)
     options = EncodeOptions(tokens=tokens, bytes=max_bytes, quality=quality, psnr=value if name == "psnr" else None,
                             msssim=value if name == "ms-ssim" else None, scale=scale, adaptive=adaptive,
-                            metadata=metadata, device=device, batch=batch, max_pixels=max_pixels)
+                            metadata=metadata, device=device, batch=batch, max_pixels=max_pixels, refine=refine)
     return coding.encode(im, options, model)

@@ -25,17 +25,19 @@ def test_import_is_cheap():
 
 
 def test_encode_matches_pipeline_and_decodes(small_photo, small_odp):
-    data = odp.encode(small_photo, device="cpu")
+    data = odp.encode(small_photo, device="cpu", refine=False)
     assert data == small_odp
+    staged = odp.encode(small_photo, device="cpu")  # the default goes on into the refinement stage
+    assert staged == helpers.encode(small_photo, device="cpu", refine=True) and odp.info(staged).stages == 2
     assert odp.decode(data, device="cpu").tobytes() == coding.decode(small_odp, device="cpu").tobytes()
 
 
 def test_array_and_tensor_inputs_give_the_same_file(small_photo, small_odp):
     a = np.asarray(small_photo)
     t = torch.from_numpy(a.copy()).permute(2, 0, 1)
-    assert odp.encode(a, device="cpu") == small_odp
-    assert odp.encode(t, device="cpu") == small_odp
-    assert odp.encode(t.float() / 255, device="cpu") == small_odp
+    assert odp.encode(a, device="cpu", refine=False) == small_odp
+    assert odp.encode(t, device="cpu", refine=False) == small_odp
+    assert odp.encode(t.float() / 255, device="cpu", refine=False) == small_odp
     grey = np.asarray(small_photo.convert("L"))
     assert odp.encode(grey, device="cpu") == odp.encode(small_photo.convert("L"), device="cpu")
     assert odp.encode(torch.from_numpy(grey.copy()), device="cpu") == odp.encode(grey, device="cpu")
@@ -150,7 +152,7 @@ def test_adaptive_files_count_tokens_on_average(adaptive_odp):
 
 
 def test_encode_adaptive_switch(astronaut, encoded):
-    assert odp.encode(astronaut, adaptive=False, device="cpu") == encoded["astronaut"]
+    assert odp.encode(astronaut, adaptive=False, device="cpu", refine=False) == encoded["astronaut"]
     a = odp.encode(astronaut, tokens=20, device="cpu")  # by need: the two tiles get different counts
     c = container.read(a)
     assert c.header.adaptive and len(set(c.header.counts(c.level))) == 2 and c.mean_tokens <= 20
@@ -158,7 +160,8 @@ def test_encode_adaptive_switch(astronaut, encoded):
 
 
 def test_encode_batch_equals_one_by_one(astronaut, coffee, small_photo, encoded):
-    files = odp.encode_batch([astronaut, coffee, np.asarray(small_photo)], device="cpu", batch=4, adaptive=False)
+    files = odp.encode_batch([astronaut, coffee, np.asarray(small_photo)], device="cpu", batch=4, adaptive=False,
+                             refine=False)
     assert files[0] == encoded["astronaut"] and files[1] == encoded["coffee"]
     by_need = odp.encode_batch([coffee, astronaut], device="cpu", batch=3)  # encode()'s default: adaptive
     assert by_need == [odp.encode(coffee, device="cpu"), odp.encode(astronaut, device="cpu")]
@@ -172,7 +175,7 @@ def test_encode_groups_batches_a_stream_and_leaves_a_failing_group_to_each_alone
                                                                                     monkeypatch):
     from odp.codec import coding
 
-    opts = odp.EncodeOptions(device="cpu", adaptive=False)
+    opts = odp.EncodeOptions(device="cpu", adaptive=False, refine=False)
     groups = list(odp.encode_groups(iter([("a", astronaut), ("c", coffee)]), opts))
     assert [[(k, f) for k, _, f in g] for g in groups] == [[("a", encoded["astronaut"]), ("c", encoded["coffee"])]]
     monkeypatch.setattr(coding, "GROUP_PIXELS", 1)  # every image fills a group alone: nothing batched
@@ -223,7 +226,7 @@ def test_rate_control_options_match_the_pipeline(astronaut):
 
 
 def test_options_object_gives_the_same_file(small_photo, small_odp):
-    assert odp.encode(small_photo, options=odp.EncodeOptions()) == small_odp
+    assert odp.encode(small_photo, options=odp.EncodeOptions(refine=False)) == small_odp
     assert odp.encode(small_photo, tokens=8) == odp.encode(small_photo, options=odp.EncodeOptions(tokens=8))
 
 

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageCms
 
 import helpers
+import odp as odp_api
 from odp import __version__
 from odp.cli.main import main
 from odp.codec import coding, stream
@@ -73,17 +75,17 @@ def test_version_and_help():
         assert_ok(odp(*args))
 
 
-def test_encode_decode(png, tmp_path, small_odp, small_photo):
+def test_encode_decode(png, tmp_path, small_staged, small_photo):
     r = odp("encode", png)
     assert_ok(r)
     out = tmp_path / "a.odp"
-    assert out.read_bytes() == small_odp  # the CLI and the library make the same file
+    assert out.read_bytes() == small_staged  # the CLI and the library make the same file
     assert r.stderr == ""
     r = odp("decode", out, "-o", tmp_path / "back.png")
     assert_ok(r)
     im = Image.open(tmp_path / "back.png")
     assert im.format == "PNG" and im.size == small_photo.size and im.mode == "RGB"
-    assert im.tobytes() == coding.decode(small_odp, device="cpu").tobytes()
+    assert im.tobytes() == coding.decode(small_staged, device="cpu").tobytes()
 
 
 def test_device_auto(png, tmp_path, small_photo):
@@ -331,7 +333,7 @@ def test_no_overwrite_without_force(png, odp_file, tmp_path):
     odp_file.write_bytes(b"precious")
     assert_clean_error(odp("encode", png), contains="already exists")
     assert odp_file.read_bytes() == b"precious"
-    assert_ok(odp("encode", png, "--force"))
+    assert_ok(odp("encode", png, "--force", "--first-stage"))
     assert odp_file.read_bytes() == before
 
     target = tmp_path / "a.png"  # decode a.odp -> a.png, which is the input photo
@@ -507,7 +509,7 @@ def test_a_group_error_or_warning_names_its_input(tmp_path, small_photo):
 
 
 def test_stdin_and_stdout(png, small_odp, small_photo):
-    r = odp("encode", "-", input=png.read_bytes())
+    r = odp("encode", "-", "--first-stage", input=png.read_bytes())
     assert_ok(r)
     assert r.stdout_bytes == small_odp
     r = odp("encode", png, "-o", "-", "-t", "8")
@@ -818,9 +820,9 @@ def test_junk_layers_with_a_valid_header_are_one_line(tmp_path, small_odp):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.odp"]
 
 
-def test_a_file_with_refinement_stages_is_refused_in_one_line_naming_its_version(tmp_path, small_odp):
-    """Format version 3 adds refinement stages after the first stage's layers (docs/format.md); no
-    shipped model makes them yet, so decode, truncate and info --cuts refuse such a file plainly."""
+def test_a_stage_naming_no_refinement_model_is_refused_in_one_line_where_pixels_are_wanted(tmp_path, small_odp):
+    """A version-3 stage whose header names the first stage's own model (no refinement model): decoding
+    refuses it plainly; truncating and listing its cuts need no network and work."""
     from dataclasses import replace as with_fields
 
     import helpers
@@ -833,11 +835,39 @@ def test_a_file_with_refinement_stages_is_refused_in_one_line_naming_its_version
     c.stages.append(Container(stage, helpers.layers_for([1, 2])))
     staged = tmp_path / "staged.odp"
     staged.write_bytes(container.write(c))
-    for args in (["decode", staged, "-o", tmp_path / "out.png"], ["truncate", staged, "-o", tmp_path / "t.odp", "--tokens", "4"],
-                 ["info", "--cuts", staged]):
-        assert_clean_error(odp(*args), contains="format version 3")
-    assert not (tmp_path / "out.png").exists() and not (tmp_path / "t.odp").exists()
-    r = odp("info", staged)  # the header alone describes it
+    assert_clean_error(odp("decode", staged, "-o", tmp_path / "out.png"), contains="no refinement model")
+    assert not (tmp_path / "out.png").exists()
+    assert_ok(odp("truncate", staged, "-o", tmp_path / "t.odp", "--tokens", "4"))
+    assert container.read((tmp_path / "t.odp").read_bytes()).header.version == container.VERSION
+    r = odp("info", "--cuts", staged)
     assert_ok(r)
-    assert "(format v3, first of 2 stages)" in r.output
-    assert json.loads(odp("info", "--json", staged).output)["stages"] == 2
+    assert "(format v3, first of 2 stages)" in r.output and "stage 2:" in r.output
+    d = json.loads(odp("info", "--json", "--cuts", staged).output)
+    assert d["stages"] == 2 and [x["stage"] for x in d["cuts"]][-1] == 2
+
+
+def test_the_default_file_runs_from_thumbnail_to_photo_and_every_command_reads_it(tmp_path, photos):
+    """`odp encode` makes one file through the first stage into the refinement stage (format version
+    3): decode, truncate and info --cuts work on it, a cut inside the stage decodes to a picture
+    between the first stage's and the whole file's, and --first-stage makes the first stage alone."""
+    from odp.codec.quality import psnr
+
+    src = tmp_path / "src.png"
+    photos["astronaut"].save(src)
+    assert_ok(odp("encode", src, "-o", tmp_path / "a.odp"))
+    assert_ok(odp("encode", src, "-o", tmp_path / "first.odp", "--first-stage"))
+    whole, first = (tmp_path / "a.odp").read_bytes(), (tmp_path / "first.odp").read_bytes()
+    assert whole[4] == container.STAGED_VERSION and first[4] == container.VERSION and len(whole) > 2 * len(first)
+    assert odp_api.truncate(whole, tokens=256) == first
+    d = json.loads(odp("info", "--json", "--cuts", tmp_path / "a.odp").output)
+    assert d["stages"] == 2 and d["refinements"][0]["coded_width"] == 2 * d["width"]
+    stage_cuts = [c["bytes"] for c in d["cuts"] if c["stage"] == 2]
+    middle = stage_cuts[len(stage_cuts) // 2]
+    assert_ok(odp("truncate", tmp_path / "a.odp", "-o", tmp_path / "cut.odp", "--bytes", str(middle)))
+    assert len((tmp_path / "cut.odp").read_bytes()) == middle
+    ref = np.asarray(photos["astronaut"])
+    scores = []
+    for name in ("first", "cut", "a"):
+        assert_ok(odp("decode", tmp_path / f"{name}.odp", "-o", tmp_path / f"{name}.png"))
+        scores.append(psnr(ref, np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))))
+    assert scores[0] < scores[1] < scores[2]

@@ -51,8 +51,13 @@ def test_opens_version_1_and_adaptive_files(adaptive_odp, v1_model):
 
 
 def test_save_with_tokens_and_bytes(tmp_path, small_photo, small_odp):
-    small_photo.save(tmp_path / "a.odp")
+    small_photo.save(tmp_path / "a.odp", refine=False)
     assert (tmp_path / "a.odp").read_bytes() == small_odp
+    small_photo.save(tmp_path / "staged.odp")  # the default: on into the refinement stage
+    assert odp.info((tmp_path / "staged.odp").read_bytes()).stages == 2
+    with Image.open(tmp_path / "staged.odp") as im:
+        assert im.size == small_photo.size
+        assert im.tobytes() == odp.decode((tmp_path / "staged.odp").read_bytes(), device="cpu").tobytes()
     small_photo.save(tmp_path / "b.odp", tokens=24, device="cpu")
     assert odp.info((tmp_path / "b.odp").read_bytes()).tokens == 24
     buf = io.BytesIO()
@@ -66,7 +71,7 @@ def test_save_with_quality_and_adaptive(tmp_path, adaptive_photo, encoded, astro
     """save() takes odp.encode's quality= and adaptive= too."""
     adaptive_photo.save(tmp_path / "q.odp", quality=30, device="cpu")
     assert (tmp_path / "q.odp").read_bytes() == odp.encode(adaptive_photo, quality=30, device="cpu")
-    astronaut.save(tmp_path / "u.odp", adaptive=False)
+    astronaut.save(tmp_path / "u.odp", adaptive=False, refine=False)
     assert (tmp_path / "u.odp").read_bytes() == encoded["astronaut"]
 
 

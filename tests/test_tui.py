@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip("textual")
 pytest.importorskip("textual_image")
 
+import odp as odp_api  # noqa: E402
 from odp.codec import coding, stream  # noqa: E402
 from odp.codec.evaluation import perceptual  # noqa: E402
 from odp.formats import container  # noqa: E402
@@ -219,35 +220,46 @@ def test_classic_panes_show_downscaled_files_at_odps_sizes(opened):
 
 
 def test_budget_is_every_panes_and_the_header_shows_real_bytes(opened):
-    """ODP's whole file keeps fewer than 256 tokens per tile: `-` at 256 steps down from what it keeps
-    (a new picture), and a typed budget past the whole file shows that file, said so in the header."""
+    """Tokens count the first stage, whose whole file keeps fewer than 256 per tile: `-` at 256 steps down
+    from what it keeps (a new picture); `]` at the top goes on by bytes into the refinement stage; a
+    typed budget past the whole file shows that file, said so in the header."""
     async def run():
         app = app_for(opened, tokens=256)
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
             whole, odp = opened.full, app.panes["odp"].shown
             kept = opened.max_tokens
-            assert kept < 256 and odp.data == whole and odp.tokens == kept and odp.whole
-            assert f"ODP {kept} tokens" in status(app) and f"ODP {len(whole):,} B (whole file)" in status(app)
+            first = odp.data
+            assert kept < 256 and odp.tokens == kept and not odp.whole
+            assert first == odp_api.truncate(whole, tokens=256) and len(first) < len(whole)
+            assert f"ODP {kept} tokens" in status(app) and f"ODP {len(first):,} B" in status(app)
 
             await pilot.press("minus")
             await settle(pilot)
             smaller = app.panes["odp"].shown
             assert smaller.tokens == app.tokens == (kept - 1) // 8 * 8 and not smaller.whole
-            assert len(smaller.data) < len(whole) and (smaller.pixels != odp.pixels).any()  # a new picture
+            assert len(smaller.data) < len(first) and (smaller.pixels != odp.pixels).any()  # a new picture
             assert f"ODP {smaller.tokens} tokens" in status(app) and "whole file" not in status(app)
             assert app.budget == smaller.nbytes
             check_panes(app)
 
-            await pilot.press("b", *"5000", "enter")
+            await pilot.press("right_square_bracket")  # twice the tokens: back to the first stage's top
+            await settle(pilot)
+            assert app.panes["odp"].shown.data == first
+            await pilot.press("right_square_bracket")  # at the top: twice the bytes, into the refinement stage
             await settle(pilot)
             check_panes(app)
-            assert app.budget == 5000 and "budget 5,000 B" in status(app)
-            assert app.panes["odp"].shown.data == whole  # the largest cut within 5000 B: all of it
+            refined = app.panes["odp"].shown
+            assert app.budget == 2 * len(first) and len(first) < refined.nbytes <= 2 * len(first)
+            assert odp_api.info(refined.data).stages == 2 and "refining" in refined.label
+            assert (refined.pixels != odp.pixels).any()
+
+            await pilot.press("b", *str(len(whole) + 100), "enter")
+            await settle(pilot)
+            check_panes(app)
+            assert app.budget == len(whole) + 100 and f"budget {len(whole) + 100:,} B" in status(app)
+            assert app.panes["odp"].shown.data == whole  # the largest cut within the budget: all of it
             assert f"ODP {len(whole):,} B (whole file)" in status(app)
-            for key, name in (("jpeg", "JPEG"), ("webp", "WebP"), ("avif", "AVIF"), ("hull", "hull")):
-                s = app.panes[key].shown
-                assert len(whole) < s.nbytes <= 5000 and f"{name} {s.nbytes:,} B" in status(app)
     asyncio.run(run())
 
 

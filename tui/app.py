@@ -553,12 +553,28 @@ class OdpTui(App):
         return self.odp_tokens or self.tokens  # what ODP shows: more than its whole file keeps gives that file
 
     def action_step(self, direction: int) -> None:
-        """Eight tokens per tile up or down."""
+        """Eight tokens per tile up or down; past the first stage's whole file, a quarter more or less bytes."""
+        if self.past_first_stage(direction):
+            return self.set_bytes(self.budget * (1.25 if direction > 0 else 0.8))
         k = self.now_tokens()
         self.set_tokens((k // 8 + 1) * 8 if direction > 0 else max(1, (k - 1) // 8 * 8))
 
     def action_double(self, factor: float) -> None:
+        if self.past_first_stage(factor - 1):
+            return self.set_bytes(self.budget * factor)
         self.set_tokens(max(1, int(self.now_tokens() * factor)))
+
+    def past_first_stage(self, direction: float) -> bool:
+        """Whether a step goes by bytes: a photo's budget already typed or stepped in bytes, or a step up
+        from the first stage's whole file (the refinement stage after it has no tokens of its own to count)."""
+        if self.is_file() or self.budget is None:
+            return False
+        at_top = self.now_tokens() >= getattr(self.item, "max_tokens", MAX_TOKENS)
+        return self.max_bytes is not None or (direction > 0 and at_top)
+
+    def set_bytes(self, budget: float) -> None:
+        self.max_bytes = max(1, int(budget))
+        self.recompute()
 
     def action_budget(self) -> None:
         def apply(value: int | None) -> None:

@@ -101,9 +101,9 @@ class Photo:
         return self.results[key]
 
     def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
-        """ODP at `tokens` per tile (a cut of the full-size file), or what `odp encode --bytes` makes
-        for `max_bytes`: the full-size file's cut, or a smaller coding scale's when that cannot fit (a
-        budget past the whole file shows that file: odp.Encoding cuts one encode)."""
+        """ODP at `tokens` per tile (a cut of the first stage), or what `odp encode --bytes` makes for
+        `max_bytes`: the whole file's cut (into its refinement stage past the first stage's), or a
+        smaller coding scale's when that cannot fit (odp.Encoding cuts one encode)."""
         self.full = self.encoding.whole
         self.max_tokens = round(odp.info(self.full).mean_tokens)  # tokens past it give the same file
         try:
@@ -117,12 +117,13 @@ class Photo:
         else:
             at = f" at {round(info.coded_width / info.width)}x" if info.coded_width > info.width else ""
         whole = data == self.full
+        refined = "".join(f" + {r.mean_tokens:.0f} refining" for r in info.refinements)
 
         def make() -> Shown:
             im = odp.decode(data, device=self.device).convert("RGB")  # a greyscale file decodes to L
-            label = f"ODP {k} tokens" + at + (" (whole file)" if whole else "")
+            label = f"ODP {k} tokens" + at + refined + (" (whole file)" if whole else "")
             return Shown(label, np.asarray(im), len(data), data, k, whole=whole)
-        return self._cached(("odp", info.coded_width, info.truncation_points[-1]), make)
+        return self._cached(("odp", info.coded_width, len(data)), make)
 
     def variant(self, codec: str, scale: int) -> classic.Variant:
         if (codec, scale) not in self.variants:

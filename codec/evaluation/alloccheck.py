@@ -22,7 +22,6 @@ from .. import registry
 from ..allocation import allocation
 from ..engine import Engine
 from ..quality import psnr
-from ..ratecontrol import picture
 from ..stream import container, pack, truncate
 from .bench import bd_rate
 
@@ -47,7 +46,7 @@ def curves(path: Path, engine: Engine) -> dict:
             except ValueError:  # the budget is below this file's first layer
                 continue
             c = container.read(data)
-            points[bpp] = (len(data) * 8 / (w * h), psnr(picture(toks, c.header, c.level, engine), pixels))
+            points[bpp] = (len(data) * 8 / (w * h), psnr(engine.picture(toks, c.header, c.level), pixels))
         out[method] = points
     r1, q1 = zip(*sorted(set(out["measured"].values())))
     r2, q2 = zip(*sorted(set(out["predicted"].values())))

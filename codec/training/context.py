@@ -83,7 +83,8 @@ def extract_refinement(config: Path, snapshot: Path, data: list[str], out: Path,
     """Tokens (tiles, K) of a refinement stage (config's [refine], weights of `snapshot`) on every
     training photo's centre crop (at most side x side, the run's held-out photos left out): the crop
     coded whole by the base model, its picture enlarged with the crop as the codec does
-    (codec/refinement.py). One tensor per photo, metadata: the snapshot's step."""
+    (codec/refinement.py). One tensor per photo, metadata: the snapshot's step and sha256 (export.py
+    fits the shipped model's tables to them, and `train --tokenizer` binds a context model with them)."""
     import tempfile
     import tomllib
 
@@ -100,6 +101,7 @@ def extract_refinement(config: Path, snapshot: Path, data: list[str], out: Path,
     state = load_file(str(snapshot / "snapshot.safetensors"))
     tok.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("ema.")})
     step = json.loads((snapshot / "state.json").read_text())["step"]
+    snapshot_sha = registry.file_sha256(snapshot / "snapshot.safetensors").hex()
     held = {p.name for p in split_photos(cfg["train"])[1]}
     found = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,16 +120,38 @@ def extract_refinement(config: Path, snapshot: Path, data: list[str], out: Path,
     print(file=sys.stderr)
     from safetensors.numpy import save_file
 
-    save_file(found, str(out), metadata={"refinement_step": str(step)})
+    save_file(found, str(out), metadata={"refinement_step": str(step), "snapshot_sha256": snapshot_sha})
 
 
-def load_tokens(path: str) -> tuple[dict[str, np.ndarray], bytes]:
+def load_tokens(path: str) -> tuple[dict[str, np.ndarray], dict]:
+    """The tokens of a `tokens` run and its metadata."""
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
     with safe_open(path, framework="np") as f:
-        sha = bytes.fromhex((f.metadata() or {}).get("tokenizer_sha256", ""))
-    return load_file(path), sha
+        meta = f.metadata() or {}
+    return load_file(path), meta
+
+
+def tokenizer_for(meta: dict, name: str | None) -> tuple[weights.Model, bytes]:
+    """The model whose tokens these are, and the sha256 to bind a context model to (b"" for a
+    refinement stage's tokens without --tokenizer: measured, bound to nothing). A refinement
+    model's weights record the snapshot they were exported from (export.py): it must be the
+    snapshot that made the tokens."""
+    from safetensors import safe_open
+
+    model = weights.load(name) if name else weights.load()
+    if "snapshot_sha256" in meta:
+        if not name:
+            return model, b""
+        with safe_open(str(model.entry.path), framework="np") as f:
+            made_by = (f.metadata() or {}).get("snapshot_sha256")
+        if made_by != meta["snapshot_sha256"]:
+            sys.exit(f"train_context: error: the tokens come from another snapshot than {name}'s weights")
+        return model, model.sha256
+    if bytes.fromhex(meta.get("tokenizer_sha256", "")) != model.sha256:
+        sys.exit("train_context: error: the tokens were made by other tokenizer weights than the shipped ones")
+    return model, model.sha256
 
 
 def samples(groups: list[np.ndarray], lags: int, alphabet: int):
@@ -181,15 +205,14 @@ def integer_bits(model: context.ContextModel, ctx: torch.Tensor, pos: torch.Tens
 def train(args) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    d, tok_sha = load_tokens(args.tokens)
+    d, meta = load_tokens(args.tokens)
     names = sorted(d)
     held = set(names[::5])
-    model = weights.load()
-    refine = not tok_sha  # a refinement stage's tokens (tokens --refine): measured here, bound to no weights yet
-    if not refine and tok_sha != model.sha256:
-        sys.exit("train_context: error: the tokens were made by other tokenizer weights than the shipped ones")
-    if refine and Path(args.out).resolve() == SHIPPED_DIR.resolve():
-        sys.exit("train_context: error: a refinement stage's context model is measured, not shipped: give --out")
+    model, tok_sha = tokenizer_for(meta, args.tokenizer)
+    refine = "snapshot_sha256" in meta  # a refinement stage's tokens (tokens --refine)
+    if not tok_sha and Path(args.out).resolve() == SHIPPED_DIR.resolve():
+        sys.exit("train_context: error: a context model for a refinement stage's tokens is shipped only bound to "
+                 "its exported weights: give --tokenizer NAME (or --out elsewhere to measure it)")
     V, K = model.config.codebook_size, model.config.tokens
     tr = samples([d[n] for n in names if n not in held], args.lags, V)
     te = samples([d[n] for n in names if n in held], args.lags, V)
@@ -244,7 +267,7 @@ def train(args) -> None:
                "heldout_bits_position_tables": round(model.tables.bits(held_tokens) / held_tokens.size, 4),
                "bytes": out.stat().st_size, "seconds": round(time.time() - t0)}
     if refine:  # what the codec would pay without this model: the first stage's context model, fitted tables
-        shipped = model.entry.context
+        shipped = weights.load().entry.context
         train_tokens = np.concatenate([d[n] for n in names if n not in held]).astype(np.int64)
         fitted = min(PositionTables.from_counts(count(train_tokens, V), prior_weight=w).bits(held_tokens)
                      for w in (64, 256, 1024, 4096, 16384))
@@ -267,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--tokens", required=True)
     r.add_argument("--run", required=True)
     r.add_argument("--name", default="ctx16-v1")
+    r.add_argument("--tokenizer", help="the installed model the tokens belong to (default: the default model); "
+                                       "a refinement model exported from the snapshot that made them")
     r.add_argument("--out", default=str(SHIPPED_DIR))
     r.add_argument("--val", help="tokens (from `tokens`) of other photos to report bits/token on each epoch")
     r.add_argument("--lags", type=int, default=16)

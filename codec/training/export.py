@@ -1,6 +1,7 @@
 """Turn a training run into shippable weights: EMA tokenizer + per-position entropy tables.
 
     python -m odp.codec.training.export --run runs/small --name odp-small-v1 --tiles 3000
+    python -m odp.codec.training.export --refine CONFIG --snapshot DIR --tokens FILE --name odp-refine-x2-v1
 
 Token statistics come from random crops of the training photos (same sampler as
 training); the smoothing strength is picked by code length on the held-out training
@@ -25,7 +26,7 @@ from safetensors.torch import load_file
 from ...entropy.models import PositionTables
 from ..model import ModelConfig, Tokenizer
 from ..registry import path_of
-from ..weights import WEIGHTS_DIR, load, save_weights
+from ..weights import WEIGHTS_DIR, load, load_path, save_weights
 from .train import DECODER_PREFIXES, CropSampler, split_photos
 
 
@@ -46,13 +47,75 @@ def count(tokens: np.ndarray, alphabet: int) -> np.ndarray:
     return counts
 
 
+def fitted_tables(train: np.ndarray, held: np.ndarray, alphabet: int) -> tuple[PositionTables, int, float]:
+    """Per-position tables from training tokens, the smoothing picked by bits/token on held-out ones
+    -> (tables, prior weight, bits/token)."""
+    counts = count(train, alphabet)
+    best = None
+    for w in (64, 256, 1024, 4096, 16384):
+        tables = PositionTables.from_counts(counts, prior_weight=w)
+        bpt = tables.bits(held) / held.size
+        print(f"  prior weight {w}: {bpt:.3f} bits/token on held-out tokens", file=sys.stderr)
+        if best is None or bpt < best[2]:
+            best = (tables, w, bpt)
+    return best
+
+
+def export_refinement(config: Path, snapshot: Path, tokens: Path, name: str, out: Path) -> dict:
+    """A refinement stage's snapshot -> shippable weights (EMA, fp16) with per-position tables fitted
+    to its tokens (`context tokens --refine` of the same snapshot; every 5th photo held out, as the
+    context model's training does), bound to the model it refines, and its ONNX graphs."""
+    import tomllib
+
+    from safetensors.numpy import load_file as load_np
+
+    from .. import registry
+    from . import onnx as export_onnx
+
+    cfg = tomllib.loads(config.read_text())
+    snap_sha = registry.file_sha256(snapshot / "snapshot.safetensors").hex()
+    with safe_open(str(tokens), framework="np") as f:
+        made_by = (f.metadata() or {}).get("snapshot_sha256")
+    if made_by != snap_sha:
+        sys.exit(f"export: {tokens} was not made from {snapshot} (run context tokens --refine on it)")
+    tok = Tokenizer(ModelConfig.from_dict(cfg["model"]))
+    state = load_file(str(snapshot / "snapshot.safetensors"))
+    tok.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("ema.")})
+    tok.eval()
+    found = load_np(str(tokens))
+    names = sorted(found)
+    held = set(names[::5])
+    train = np.concatenate([found[n] for n in names if n not in held]).astype(np.int64)
+    held_tokens = np.concatenate([found[n] for n in names if n in held]).astype(np.int64)
+    tables, w, bpt = fitted_tables(train, held_tokens, tok.cfg.codebook_size)
+    base = registry.find(cfg["refine"]["base"])
+    step = json.loads((snapshot / "state.json").read_text())["step"]
+    path = Path(out) / f"{name}.safetensors"
+    digest = save_weights(path, name, tok, tables, refines=base.sha256,
+                          extra={"snapshot_sha256": snap_sha, "scale": str(cfg["refine"]["scale"]),
+                                 "step": str(step)})
+    graphs = export_onnx.export(load_path(path), Path(out))
+    return {"name": name, "sha256": digest.hex(), "step": step, "refines": base.name, "prior_weight": w,
+            "heldout_bits_per_token": round(bpt, 4), "graphs": [g.name for g in graphs]}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", help="a training run's folder (its checkpoint)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--tiles", type=int, default=3000, help="training crops to estimate the tables from")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--refine", type=Path, help="a refinement stage's config: export its --snapshot instead")
+    ap.add_argument("--snapshot", type=Path, help="with --refine: the snapshot folder")
+    ap.add_argument("--tokens", type=Path, help="with --refine: its tokens (context tokens --refine)")
     args = ap.parse_args(argv)
+    if args.refine:
+        if not (args.snapshot and args.tokens):
+            ap.error("--refine needs --snapshot and --tokens")
+        print(json.dumps(export_refinement(args.refine, args.snapshot, args.tokens, args.name, Path(args.out))))
+        return
+    if not args.run:
+        ap.error("give --run (or --refine)")
 
     run = Path(args.run)
     state = json.loads((run / "state.json").read_text())
@@ -86,16 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     train_files, held = split_photos(tc)
     train_tokens = collect_tokens(tok, CropSampler(train_files, tc["areas_mp"], mc.tile, seed=99), args.tiles)
     held_tokens = collect_tokens(tok, CropSampler(held, tc["areas_mp"], mc.tile, seed=98), max(64, args.tiles // 10))
-    counts = count(train_tokens, mc.codebook_size)
-
-    best = None
-    for w in (64, 256, 1024, 4096, 16384):
-        tables = PositionTables.from_counts(counts, prior_weight=w)
-        bpt = tables.bits(held_tokens) / held_tokens.size
-        print(f"  prior weight {w}: {bpt:.3f} bits/token on held-out crops", file=sys.stderr)
-        if best is None or bpt < best[0]:
-            best = (bpt, w, tables)
-    bpt, w, tables = best
+    tables, w, bpt = fitted_tables(train_tokens, held_tokens, mc.codebook_size)
     path = Path(args.out) / f"{args.name}.safetensors"
     digest = save_weights(path, args.name, tok, tables)
     summary = {"name": args.name, "sha256": digest.hex(), "step": state["step"], "table_tiles": args.tiles,
