@@ -75,7 +75,7 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
         else:
             data, coded = best_within(codeds, max_bytes, p.pixels, engine)
             if scale == "psnr":
-                data = best_refined_within(ladder, data, coded, max_bytes)
+                data = best_refined_within(ladder, data, coded, max_bytes)[0]
             else:
                 data = refined_within(ladder, data, coded, max_bytes)
     if target is not None:

@@ -286,12 +286,14 @@ def within(ladder: ScaleLadder, max_bytes: int) -> bytes:
     return enlarged_within(ladder, data, coded, max_bytes)[0]
 
 
-def best_refined_within(ladder: ScaleLadder, data: bytes, coded: Coded, max_bytes: int) -> bytes:
+def best_refined_within(ladder: ScaleLadder, data: bytes, coded: Coded, max_bytes: int) -> tuple[bytes, Coded]:
     """`scale="psnr"`: of the larger scales' cut (enlarged_within) and the refinement stage's cut
-    within max_bytes, the one of higher PSNR."""
+    within max_bytes, the one of higher PSNR, and the coded file it is a cut of (the full-size one for
+    the refinement stage's)."""
     data, coded = enlarged_within(ladder, data, coded, max_bytes)
     staged = refined_within(ladder, ladder.full.data, ladder.full, max_bytes)
     if staged == ladder.full.data or staged == data:
-        return data
+        return data, coded
     engines = {ladder.refiner.entry.name: ladder.refiner, ladder.engine.entry.name: ladder.engine}
-    return max((data, staged), key=lambda d: psnr(ladder.p.pixels, shown(d, ladder.engine.device, engines)))
+    score = [psnr(ladder.p.pixels, shown(d, ladder.engine.device, engines)) for d in (data, staged)]
+    return (data, coded) if score[0] >= score[1] else (staged, ladder.full)

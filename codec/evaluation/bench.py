@@ -2,7 +2,7 @@
 
 For every image and every byte budget, each codec gets its best file of no more bytes:
 ODP as `odp encode --bytes` makes it (one full encode, truncated; coded at 1/2, 1/3 or 1/4
-only where the full size cannot fit; "odp scale by psnr" as `--scale psnr` makes it, the coding
+only where the full size cannot fit; past the first stage's whole file, its refinement stage cut; "odp scale by psnr" as `--scale psnr` makes it, the coding
 scale of highest PSNR; "odp uniform" the full-size file without adaptive allocation), a classic codec by the
 highest quality that fits, at full size and after downscaling by 2, 4 and 8 (the
 "downscale trick"). The "classic hull" is, per metric, the best of all classic
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ...formats import container
-from .. import coding, net_onnx, network, ratecontrol, registry, stream, tiling
+from .. import coding, net_onnx, network, ratecontrol, refinement, registry, stream, tiling
 from ..allocation import ALLOCATION_GRID, ENCODER_VERSION
 from ..engine import Engine, pick_device
 from ..imaging import IMAGE_SUFFIXES, Prepared
@@ -86,11 +86,13 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
                             data, coded = ratecontrol.best_within(codeds, budget_bytes(b, w, h), pixels, engine)
                         else:
                             data, coded = ratecontrol.first_within(codeds, budget_bytes(b, w, h))
-                        if codec != "odp-uniform":  # bytes to spare past the whole file: coded larger, as encode does
-                            data, coded = ratecontrol.enlarged_within(ladder, data, coded, budget_bytes(b, w, h))
+                        if codec == "odp":  # bytes to spare past the whole first stage: its refinement stage, as encode does
+                            data = ratecontrol.refined_within(ladder, data, coded, budget_bytes(b, w, h))
+                        elif codec == "odp-psnr-scale":
+                            data, coded = ratecontrol.best_refined_within(ladder, data, coded, budget_bytes(b, w, h))
                     except ValueError:  # not even one token per tile fits
                         continue
-                    key = (codec, coded.scale, container.read(data).level)
+                    key = (codec, coded.scale, len(data))  # a cut's size names it, whatever stage it ends in
                     if key not in points:
                         if data not in scored:
                             scored[data] = score(coding.decode_pixels(data, device=device)[0])
@@ -136,7 +138,7 @@ def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict
     t1 = time.perf_counter()
     uniform = ratecontrol.encode_at(bare, 1, engine, adaptive=False)
     t2 = time.perf_counter()
-    ladder = ratecontrol.ScaleLadder(bare, engine)
+    ladder = ratecontrol.ScaleLadder(bare, engine, refiner=refinement.refinement_engine(engine))
     full = ladder.full
     t3 = time.perf_counter()
     smaller = list(ladder)[1:]
@@ -417,7 +419,8 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
     h, w = pixels.shape[:2]
     codecs = classic.available_codecs()
     classic_run = any(p["codec"] in codecs for p in pts)
-    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), Engine(model, device))
+    engine = Engine(model, device)
+    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), engine, refiner=refinement.refinement_engine(engine))
     rows = []
     for b in budgets:
         o = at_budget(pts, b, "odp", metric)
@@ -428,7 +431,7 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
                 cells.append((np.full_like(pixels, 255), what))
                 continue
             if p["codec"] == "odp":  # the same file again: what `odp encode --bytes` makes for this budget
-                data, _ = ratecontrol.first_within(ladder, budget_bytes(b, w, h))
+                data = ratecontrol.within(ladder, budget_bytes(b, w, h))
                 img = coding.decode_pixels(data, device=device)[0]
             else:
                 v = classic.Variant(codecs[p["codec"]], p["scale"], classic.shrink(pixels, p["scale"]))
@@ -662,7 +665,8 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
             "only what a new model or codec version changes.", "",
             "Each codec gets its best file of no more bytes than the budget (bpp = file bytes × 8 / pixels, "
             "headers included). ODP: the file `odp encode --bytes` makes (one encode, truncated to the budget; "
-            "coded at 1/2, 1/3 or 1/4 of each side only where the full size cannot fit); `odp scale by psnr`: "
+            "coded at 1/2, 1/3 or 1/4 of each side only where the full size cannot fit; past the first stage's whole file, "
+            "its refinement stage cut to the budget); `odp scale by psnr`: "
             "`--scale psnr`, the coding scale (full, 1/2, 1/3, 1/4) whose cut has the highest PSNR; "
             "`odp uniform`: the full-size file without adaptive allocation. Classic codecs: the highest quality that fits "
             "(JPEG optimised, WebP method 6, AVIF speed 0, JPEG XL effort 9); `+downscale`: the best of full size "
