@@ -560,7 +560,8 @@ def info(input, as_json, verify, cuts):
     if i.icc_profile_bytes or i.exif_bytes:
         click.echo(f"  metadata: ICC {i.icc_profile_bytes} bytes, EXIF {i.exif_bytes} bytes")
     if verify:
-        click.echo(f"  verified: header checksum and {i.layers} token checks good, every layer codes its tokens exactly")
+        checks = i.layers + sum(r.layers for r in i.refinements)
+        click.echo(f"  verified: header checksums and {checks} token checks good, every layer codes its tokens exactly")
     if cuts:
         click.echo("  cuts:     bytes     bpp  tokens/tile  stage  (odp truncate --bytes N keeps these whole)")
         for c in d["cuts"]:

@@ -118,8 +118,14 @@ def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV,
     if not c.complete:
         if not c.layers:
             raise FormatError("file is cut short before its first complete layer of tokens")
-        warnings.warn(f"file is cut short: decoding the {len(c.layers)} layers that arrived whole "
-                      f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
+        if c.stages and first_stage:  # cut inside a refinement stage: say what arrived of each
+            stages = "".join(f", refinement stage {i}: {len(x.layers)} layers ({x.mean_tokens:.1f} tokens per tile)"
+                             for i, x in enumerate(c.stages, 2))
+            warnings.warn(f"file is cut short: decoding the layers that arrived whole (first stage: "
+                          f"{len(c.layers)} layers{stages})", OdpWarning)
+        else:
+            warnings.warn(f"file is cut short: decoding the {len(c.layers)} layers that arrived whole "
+                          f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
     return c, model, entropy
 
 
