@@ -263,7 +263,7 @@ class Encoding:
 
     def __init__(self, image: ImageLike, adaptive: bool = True, device: str = "auto",
                  metadata: tuple[str, ...] = (), refine: bool = True) -> None:
-        from .codec import coding, ratecontrol, refinement
+        from .codec import coding, ratecontrol
         from .codec.imaging import check_pixels, prepare
         from .codec.options import EncodeOptions
 
@@ -272,8 +272,7 @@ class Encoding:
         check_pixels(im.width, im.height, self.options.max_pixels)
         self.engine = coding.engine_for(self.options)
         self.prepared = prepare(im, self.options.metadata)
-        refiner = refinement.refinement_engine(self.engine) if refine else None
-        self._ladder = ratecontrol.ScaleLadder(self.prepared, self.engine, adaptive, refiner=refiner,
+        self._ladder = ratecontrol.ScaleLadder(self.prepared, self.engine, adaptive, refine=refine,
                                                max_pixels=self.options.max_pixels)
 
     @property

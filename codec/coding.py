@@ -55,8 +55,8 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
         warnings.warn(f"the model makes {engine.entry.tokens} tokens per tile: keeping all of them", OdpWarning)
     max_bytes = options.budget(width, height)
     full_size = isinstance(scale, str) or scale == 1  # the refinement stage follows a full-size first stage
-    refiner = refinement.refinement_engine(engine) if options.refine and full_size and tokens is None else None
-    ladder = ScaleLadder(p, engine, options.adaptive, full_tokens, refiner, options.max_pixels)
+    refine = options.refine and full_size and tokens is None
+    ladder = ScaleLadder(p, engine, options.adaptive, full_tokens, refine, options.max_pixels)
     if not isinstance(scale, str):
         codeds = [ladder.full if scale == 1 else encode_at(p, scale, engine, options.adaptive)]
     else:

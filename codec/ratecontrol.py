@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..entropy.coder import KnownTokens
-from . import tiling
+from . import registry, tiling
 from .allocation import allocation
 from .engine import Engine
 from .errors import OptionError
@@ -98,33 +98,35 @@ class Refined:
 class ScaleLadder:
     """One image coded at full size, then at each smaller scale of scales_for, each encoded only when
     first asked for: what `scale="auto"` walks down until a budget fits, and `scale="psnr"` compares.
-    With a `refiner` (the refinement model's Engine), the full-size file can go on into a refinement
-    stage, also encoded only when first asked for (`refined`)."""
+    With `refine`, the full-size file can go on into the model's refinement stage (registry.refinement_for),
+    whose network is opened and run only when first asked for (`refined`)."""
 
     def __init__(self, p: Prepared, engine: Engine, adaptive: bool = True, full_tokens: np.ndarray | None = None,
-                 refiner: Engine | None = None, max_pixels: int | None = container.FROM_ENV):
+                 refine: bool = False, max_pixels: int | None = container.FROM_ENV):
         self.p, self.engine, self.adaptive = p, engine, adaptive
         self.scales = scales_for(p.pixels.shape[1], p.pixels.shape[0], engine.tile)
         self.encoded: list[Coded] = []
         self.full_tokens = full_tokens  # the full-size tokens, when made beforehand
         self.larger: dict[float, Coded] = {}  # coded at ENLARGING_SCALES, once a goal asked for them
         height, width = p.pixels.shape[:2]
-        if refiner is not None:
-            stage_pixels = width * height * refiner.entry.scale ** 2
-            limit = container.pixel_limit(max_pixels)
+        stage = registry.refinement_for(engine.entry) if refine else None
+        if stage is not None:
+            stage_pixels, limit = width * height * stage.scale ** 2, container.pixel_limit(max_pixels)
             if stage_pixels > REFINE_MAX_PIXELS or (limit is not None and stage_pixels > limit):
-                refiner = None  # too large a stage for this photo: its file stays single-stage
-        self.refiner = refiner
+                stage = None  # too large a stage for this photo: its file stays single-stage
+        self.stage_model = stage  # the refinement model's registry Entry, or None
         self._refined: Refined | None = None
 
     @property
     def refined(self) -> Refined | None:
-        """The full-size file with the refinement stage after it (None without a refiner)."""
-        if self._refined is None and self.refiner is not None:
+        """The full-size file with the refinement stage after it (None without a refinement model)."""
+        if self._refined is None and self.stage_model is not None:
+            e = self.engine
+            refiner = Engine(self.stage_model, e.device, e.batch, e.progress)
             full = self.full
-            so_far = render(full, full.data, self.engine)
-            data, tokens = refine(full.data, self.p.pixels, self.refiner, so_far=so_far)
-            self._refined = Refined(data, tokens, so_far, self.refiner)
+            so_far = render(full, full.data, e)
+            data, tokens = refine(full.data, self.p.pixels, refiner, so_far=so_far)
+            self._refined = Refined(data, tokens, so_far, refiner)
         return self._refined
 
     def enlarged(self, scale: float) -> Coded:
@@ -281,7 +283,7 @@ def within(ladder: ScaleLadder, max_bytes: int) -> bytes:
     fit; when the whole full-size file leaves bytes, the refinement stage's cut, or without a
     refinement model a larger scale's cut where it spends them better."""
     data, coded = first_within(ladder, max_bytes)
-    if ladder.refiner is not None:
+    if ladder.stage_model is not None:
         return refined_within(ladder, data, coded, max_bytes)
     return enlarged_within(ladder, data, coded, max_bytes)[0]
 
@@ -294,6 +296,7 @@ def best_refined_within(ladder: ScaleLadder, data: bytes, coded: Coded, max_byte
     staged = refined_within(ladder, ladder.full.data, ladder.full, max_bytes)
     if staged == ladder.full.data or staged == data:
         return data, coded
-    engines = {ladder.refiner.entry.name: ladder.refiner, ladder.engine.entry.name: ladder.engine}
+    refiner = ladder.refined.engine
+    engines = {refiner.entry.name: refiner, ladder.engine.entry.name: ladder.engine}
     score = [psnr(ladder.p.pixels, shown(d, ladder.engine.device, engines)) for d in (data, staged)]
     return (data, coded) if score[0] >= score[1] else (staged, ladder.full)

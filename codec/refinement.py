@@ -74,13 +74,6 @@ def shown(data: bytes, device: str = "cpu", engines: dict | None = None, batch: 
     return pic
 
 
-def refinement_engine(engine: Engine) -> Engine | None:
-    """The Engine of the installed refinement model for `engine`'s pictures (same device, batch and
-    progress), or None when there is none."""
-    entry = registry.refinement_for(engine.entry)
-    return None if entry is None else Engine(entry, engine.device, engine.batch, engine.progress)
-
-
 def refine(data: bytes, pixels: np.ndarray, engine: Engine, scale: int | None = None, so_far: np.ndarray | None = None,
            level: int | None = None, entropy=None, adaptive: bool = False) -> tuple[bytes, np.ndarray]:
     """(whole file, stage tokens): the file of the image `pixels` (display size) with one more

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ...formats import container
-from .. import coding, net_onnx, network, ratecontrol, refinement, registry, stream, tiling
+from .. import coding, net_onnx, network, ratecontrol, registry, stream, tiling
 from ..allocation import ALLOCATION_GRID, ENCODER_VERSION
 from ..engine import Engine, pick_device
 from ..imaging import IMAGE_SUFFIXES, Prepared
@@ -138,7 +138,7 @@ def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict
     t1 = time.perf_counter()
     uniform = ratecontrol.encode_at(bare, 1, engine, adaptive=False)
     t2 = time.perf_counter()
-    ladder = ratecontrol.ScaleLadder(bare, engine, refiner=refinement.refinement_engine(engine))
+    ladder = ratecontrol.ScaleLadder(bare, engine, refine=True)
     full = ladder.full
     t3 = time.perf_counter()
     smaller = list(ladder)[1:]
@@ -420,7 +420,7 @@ def side_by_side(path: Path, pts: list[dict], budgets, metric: str, model, devic
     codecs = classic.available_codecs()
     classic_run = any(p["codec"] in codecs for p in pts)
     engine = Engine(model, device)
-    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), engine, refiner=refinement.refinement_engine(engine))
+    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), engine, refine=True)
     rows = []
     for b in budgets:
         o = at_budget(pts, b, "odp", metric)

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import coding, ratecontrol, refinement
-from ..engine import Engine
+from .. import coding, ratecontrol
 from ..imaging import Prepared
 from ..refinement import stage_picture
 from ..stream import container, truncate
@@ -75,7 +74,7 @@ def measure(path: Path, budgets, metric_names, codecs: dict) -> dict:
     score = metrics.Scorer(pixels, metric_names)
     engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
     t0 = time.perf_counter()
-    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), engine, refiner=refinement.refinement_engine(engine))
+    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), engine, refine=True)
     whole = ladder.refined.data if ladder.refined is not None else ladder.full.data
     seconds = time.perf_counter() - t0
     odp, first_bytes = {}, len(ladder.full.data)
