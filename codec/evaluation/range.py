@@ -7,7 +7,7 @@ stage); every budget is that file cut by `odp truncate --bytes` (no network), an
 what `odp decode` shows. The classic hull at each budget: the best JPEG / WebP / AVIF (/ JPEG XL)
 file of no more bytes, at full size or downscaled and enlarged back, per metric (the bench's rule):
 from `odp bench`'s cache where it measured that budget (scales 1, 2, 4, 8), else measured here at
-FRESH_SCALES. PSNR and MS-SSIM for both; with --deep, LPIPS and DISTS too (slow on a CPU).
+full size and 1/2 (FRESH_SCALES). PSNR and MS-SSIM for both; with --deep, LPIPS and DISTS too (slow on a CPU).
 Resumable: one JSON file per photo in --out. Prints the mean per budget and the win rates.
 """
 from __future__ import annotations
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                 "(how many in parentheses); a win is ODP better than the hull on that photo. "
                 "\"ODP before\": the mean PSNR of the file the encoder made before the refinement stage "
                 "(encoder version 6, `odp bench`'s cache: past the first stage, the photo coded 2x to 4x larger) "
-                "against this one's, on the photos both have.\n\n")
+                "vs this one's, on the photos both have.\n\n")
         args.report.write_text(head + table + "\n")
 
 
