@@ -80,7 +80,8 @@ def test_errors_are_one_line(binary, tmp_path):
 
 
 def test_oldest_model_is_left_out_and_said(binary, tmp_path):
-    """The binary carries the two newest models (odp.spec): a file of odp-small-v1 gets one line naming it."""
+    """The binary carries the default model and its refinement stage (odp.spec): a file of an older model
+    (odp-small-v1 here; v2 likewise) gets one line naming it."""
     r = subprocess.run([str(binary), "decode", str(PHOTO.parent / "astronaut-odp-small-v1.odp"), "-o", str(tmp_path / "x.png")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "odp-small-v1" in r.stderr and "not installed" in r.stderr
