@@ -360,10 +360,11 @@ def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None,  
         raise OptionError("give exactly one of tokens, bytes or layers")
     data = _data(data, "truncate")
     if layers is not None:
-        if info(data).stages > 1:  # counted across the stages: the layers of cut_points
+        described = info(data)
+        if described.stages > 1:  # counted across the stages: the layers of cut_points
             points = stream.cut_points(data)
             return stream.truncate(data, max_bytes=points[min(layers, len(points)) - 1][0])
-        points = info(data).truncation_points
+        points = described.truncation_points
         return stream.truncate(data, level=points[min(layers, len(points)) - 1] if points else 1)
     return stream.truncate(data, tokens=tokens, max_bytes=budget)
 

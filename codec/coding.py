@@ -170,7 +170,7 @@ def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", 
     `strict`: then it is a FormatError."""
     c = container.read(data, max_pixels)
     if c.stages and tokens is not None:  # tokens per tile count the first stage's: its cut, stages dropped
-        data, c = stream.truncate(data, tokens=tokens), None
+        data = stream.truncate(data, tokens=tokens)
     elif c.stages:
         return refinement.shown(data, device, None, batch, progress, max_pixels, strict), c.header
     c, entry, toks, counts = stream.read_tokens(data, tokens, max_pixels, intact=strict)
