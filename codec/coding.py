@@ -92,7 +92,8 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
             reached += [larger] if larger is not None else []
         if not reached:
             warnings.warn(f"{target[0]} {target[1]} is out of reach: keeping every token", OdpWarning)
-            data = ladder.refined.data if ladder.refined is not None else data
+            every = ladder.extended or ladder.refined
+            data = every.data if every is not None else data
         data = min(reached, key=len) if reached else data
     return data
 

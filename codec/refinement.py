@@ -46,6 +46,10 @@ def decode_stage(engine: Engine, stage: StageTokens, shown: np.ndarray) -> np.nd
 # Coded pixels up to which the encoder adds a refinement stage (a 16-MP photo at 2x): beyond, the
 # stage's tiles would multiply the encoding time and memory of a large photo; its file stays single-stage.
 REFINE_MAX_PIXELS = 64_000_000
+# A budget or target past the refinement stage's whole file (about 0.2 bpp) is spent on a further stage:
+# the refinement model again, at this many times each side of the picture, given the refined picture.
+# At 4x it adds more per byte than at 2x or 3x (held-out training photos, docs/model.md).
+EXTEND_SCALE = 4
 
 
 def shown(data: bytes, device: str = "cpu", engines: dict | None = None, batch: int | None = None,

@@ -361,34 +361,60 @@ def highest_fitting(layers: list[Layer], top: int, size_at, max_bytes: int, leas
 
 
 def _truncate_staged(data: bytes, c: Container, tokens: int | None, max_bytes: int | None,
-                     level: int | None) -> bytes:
-    """truncate() of a file with refinement stages (see there)."""
+                     level: int | None, last_tokens: np.ndarray | None = None) -> bytes:
+    """truncate() of a file with refinement stages (see there). The stages that fit whole are kept byte
+    for byte without decoding; only the one the budget cuts is entropy-decoded, up to the layer it
+    needs (`last_tokens`: the last stage's tokens, when the caller holds them)."""
     first = Container(c.header, c.layers, declared_level=c.declared_level)
     alone = container.write(first)  # the first stage as a version-2 file of its own
     if tokens is not None or level is not None or (max_bytes is not None and max_bytes < len(alone)):
         return truncate(alone, tokens=tokens, max_bytes=max_bytes, level=level)
     if max_bytes is None or len(data) <= max_bytes:
         return container.write(c)
-    stages, kept = read_stages(data)[1:], []
-    for st in stages:  # the whole stages that fit, then the most of the next one's layers
-        top = st.container.level
-        if len(_with_stage_at(c, kept, st, top)) <= max_bytes:
-            kept.append(Container(without_idle_caps(st.container.header, top), st.container.layers))
+    kept: list[Container] = []
+    for i, stage in enumerate(c.stages, 1):
+        model, entropy = _stage_model(stage.header)
+        at = StageTokens(stage, model, None, None)  # whole layers' ends need no tokens
+        top = stage.level
+        if len(_with_stage_at(c, kept, at, top)) <= max_bytes:
+            kept.append(Container(without_idle_caps(stage.header, top), stage.layers))
             continue
-        lv = highest_fitting(st.container.layers, top, lambda lv: len(_with_stage_at(c, kept, st, lv)), max_bytes,
-                             least=0)
-        return _with_stage_at(c, kept, st, lv)
+        fit = [x.level for x in stage.layers if len(_with_stage_at(c, kept, at, x.level)) <= max_bytes]
+        lo = fit[-1] if fit else 0
+        hi = min([x.level for x in stage.layers if x.level > lo] + [top])
+        if lo < hi:  # a partial layer may fit too: its tokens are re-coded
+            toks = last_tokens if last_tokens is not None and i == len(c.stages) else \
+                _decode_layers(stage, entropy, hi, False, False, f"stage {i + 1} layer")[0]
+            at = StageTokens(stage, model, toks, None)
+            hi = min(hi, stage.level)  # a damaged layer ends the stage
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if len(_with_stage_at(c, kept, at, mid)) <= max_bytes:
+                    lo = mid
+                else:
+                    hi = mid - 1
+        return _with_stage_at(c, kept, at, lo)
     return container.write(Container(c.header, c.layers, stages=kept))
 
 
-def cut_last_stage(data: bytes, level: int) -> bytes:
-    """A file with refinement stages, its last stage cut at `level` (0: left out); no network runs."""
+def stage_cut_within(data: bytes, max_bytes: int, last_tokens: np.ndarray) -> bytes:
+    """truncate(data, max_bytes=) of a whole file with refinement stages whose last stage's tokens the
+    encoder holds: nothing is entropy-decoded."""
+    return _truncate_staged(data, container.read(data), None, max_bytes, None, last_tokens)
+
+
+def cut_last_stage(data: bytes, level: int, tokens: np.ndarray | None = None) -> bytes:
+    """A file with refinement stages, its last stage cut at `level` (0: left out); no network runs.
+    `tokens`: that stage's tokens, when the caller holds them (else entropy-decoded up to `level`)."""
     c = container.read(data)
     if not c.stages:
         raise ValueError("this file has no refinement stage to cut")
-    stages = read_stages(data)
-    kept = [x.container for x in stages[1:-1]]
-    return _with_stage_at(c, kept, stages[-1], max(0, min(level, stages[-1].container.level)))
+    last = c.stages[-1]
+    model, entropy = _stage_model(last.header)
+    level = max(0, min(level, last.level))
+    if tokens is None:
+        tokens = _decode_layers(last, entropy, level, False, False, f"stage {len(c.stages) + 1} layer")[0]
+    return _with_stage_at(c, c.stages[:-1], StageTokens(last, model, tokens, None), min(level, last.level))
 
 
 def _with_stage_at(c: Container, kept: list[Container], st: StageTokens, level: int) -> bytes:

@@ -50,7 +50,8 @@ def test_the_picture_improves_through_the_refinement_stage(encoding, first_stage
 
 def test_quality_spans_the_range_in_distinct_sizes(encoding, first_stage):
     """--quality 1..100 is a budget of 0.002..0.3 bpp: on this photo the qualities past the first stage's
-    whole file reach into the refinement stage, and every step below the whole file is a larger file."""
+    whole file reach into the refinement stage, those past its whole file into the further stage, and
+    every step is a larger file."""
     w, h = encoding.size
     whole = encoding.whole
     sizes = []
@@ -58,11 +59,31 @@ def test_quality_spans_the_range_in_distinct_sizes(encoding, first_stage):
         budget = int(quality_to_bpp(q) * w * h / 8)
         data = encoding.within(budget)
         assert len(data) <= budget or q == 1
-        sizes.append((len(data), budget))
-    below = [n for n, budget in sizes if budget < len(whole)]
-    assert below == sorted(set(below)) and len(below) > 20  # strictly growing
-    assert any(n > len(first_stage) * 2 for n in below)  # well into the refinement stage
-    assert all(n == len(whole) for n, budget in sizes if budget >= len(whole))
+        sizes.append((len(data), budget, odp.info(data).stages))
+    grown = [n for n, _, _ in sizes]
+    assert grown == sorted(set(grown)) and len(grown) == 34  # strictly growing
+    assert any(len(first_stage) * 2 < n < len(whole) for n in grown)  # well into the refinement stage
+    past = [(n, stages) for n, budget, stages in sizes if budget > len(whole) * 1.1]
+    assert past and all(n > len(whole) and stages == 3 for n, stages in past)  # into the further stage
+
+
+def test_the_further_stage_keeps_improving_past_the_refinement_stage(encoding):
+    """A budget past the default file's whole (about 0.2 bpp) is spent on a third stage, the refinement
+    model at 4x each side: its cuts decode, improve on the refined picture, and show no seams."""
+    whole, ref = encoding.whole, encoding.pixels
+    w, h = encoding.size
+    q_whole = psnr(ref, shown(whole))
+    last = q_whole
+    for bpp in (0.3, 0.45):
+        data = encoding.within(int(bpp * w * h / 8))
+        info = odp.info(data)
+        assert info.stages == 3 and info.refinements[1].coded_width == 4 * w
+        assert odp.truncate(data, bytes=len(whole)) == whole  # the default file is a cut of it
+        q = psnr(ref, shown(data))
+        assert q > last, (bpp, q, last)
+        last = q
+    picture = shown(data)
+    assert seam_ratio(picture, 64) < 1.2 and seam_ratio(picture, 128) < 1.2
 
 
 def test_a_psnr_target_past_the_first_stage_is_a_cut_of_the_refinement_stage(adaptive_photo, encoding, first_stage):
@@ -72,4 +93,14 @@ def test_a_psnr_target_past_the_first_stage_is_a_cut_of_the_refinement_stage(ada
         warnings.simplefilter("error", odp.OdpWarning)  # reachable: no "out of reach" warning
         data = odp.encode(adaptive_photo, psnr=goal, device="cpu")
     assert odp.info(data).stages == 2 and len(first_stage) < len(data) < len(encoding.whole)
+    assert psnr(ref, shown(data)) >= goal
+
+
+def test_a_psnr_target_past_the_default_file_is_a_cut_of_the_further_stage(adaptive_photo, encoding):
+    ref = encoding.pixels
+    goal = psnr(ref, shown(encoding.whole)) + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", odp.OdpWarning)
+        data = odp.encode(adaptive_photo, psnr=goal, device="cpu")
+    assert odp.info(data).stages == 3 and len(data) > len(encoding.whole)
     assert psnr(ref, shown(data)) >= goal
