@@ -248,13 +248,14 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
                                              "times faster, files slightly worse (default: tiles get tokens by need).")
 @click.option("--first-stage", "first_stage", is_flag=True,
               help="Stop at the first stage's whole file (about 0.035 bpp): encodes faster. By default the "
-                   "file goes on into the refinement stage, up to about 0.25 bpp, and any cut of it is valid.")
+                   "file goes on into the refinement stage, up to about 0.2 bpp (a budget or target beyond: "
+                   "a third stage at 4x, up to about 0.5 bpp, slower), and any cut of it is valid.")
 @click.option("--scale", default="auto", show_default=True,
               help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. "
                    "1/2, 1/3, 1/4: code it 2, 3, 4 times larger (finer detail, more bytes), reduced back. "
                    "auto: full size, unless --bytes/--bpp cannot hold 1 token per tile (then the largest "
-                   "of 1/2, 1/3, 1/4 that fits); past the whole full-size file, the refinement stage (with "
-                   "--first-stage, or a target beyond both stages: 2x, 3x or 4x, whichever decodes best). "
+                   "of 1/2, 1/3, 1/4 that fits); past the whole full-size file, the refinement stages (with "
+                   "--first-stage, or a target beyond all stages: 2x, 3x or 4x, whichever decodes best). "
                    "psnr: with a byte budget try 1, 2, 3 and 4 (and the refinement stage) and keep the "
                    "highest PSNR, with --psnr/--msssim the smallest file "
                    "that reaches it (higher PSNR and MS-SSIM at small sizes, but blurrier to LPIPS-VGG and DISTS).")
