@@ -86,13 +86,14 @@ def measure(path: Path, budgets, metric_names, codecs: dict, extend: bool = Fals
     for b in budgets + ("whole",):
         cut = whole if b == "whole" else truncate(whole, max_bytes=budget_bytes(b, w, h))
         odp[str(b)] = {"bytes": len(cut), "bpp": len(cut) * 8 / (w * h), **score(picture_of(cut, ladder))}
-    hull, variants = {}, {}
+    hull, each, variants = {}, {}, {}  # each: the best file of each classic codec (any scale), per metric
     for b in budgets:
         cached = cached_hull(path, b, metric_names, codecs)
         if cached is not None:
             hull[str(b)] = cached
             continue
         best: dict[str, float] = {}
+        each[str(b)] = {}
         for name, codec in codecs.items():
             for scale in FRESH_SCALES:
                 if (name, scale) not in variants:  # one per codec and scale: its sizes serve every budget
@@ -102,12 +103,14 @@ def measure(path: Path, budgets, metric_names, codecs: dict, extend: bool = Fals
                 if q is None:
                     continue
                 s = score(classic.decode(v.data(q), w, h))
+                mine = each[str(b)].setdefault(name, {})
                 for m, x in s.items():
                     better = max if m in ("psnr", "ms-ssim") else min
                     best[m] = x if m not in best else better(best[m], x)
+                    mine[m] = x if m not in mine else better(mine[m], x)
         hull[str(b)] = best
     return {"image": str(path), "width": w, "height": h, "first_stage_bytes": first_bytes,
-            "encode_seconds": seconds, "odp": odp, "hull": hull}
+            "encode_seconds": seconds, "odp": odp, "hull": hull, "codecs": each}
 
 
 def before(image: str, budget: float) -> dict | None:

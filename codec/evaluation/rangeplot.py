@@ -1,0 +1,102 @@
+"""Plots of ODP's whole range against the classic hull and each classic codec, from range.py's results.
+
+    python -m odp.codec.evaluation.rangeplot docs/results/range docs/results/range-extended \
+        --out docs/results/plots
+
+One PNG per metric (range-psnr.png, range-ms-ssim.png): the mean score against bits per pixel of
+ODP's cuts (the default file, then, from the second folder, the file with its third stage), of the
+classic hull and of each classic codec's best file (any downscale), over the photos every folder
+measured. A point is drawn only where every one of those photos has a file within the budget (the
+bench's rule), so each curve averages the same photos. Per-codec scores come from the photo's JSON
+where range.py measured that budget itself, else from `odp bench`'s cache.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .range import BENCH_CACHE
+from .settings import BUDGETS as BENCH_BUDGETS
+
+HIGHER = {"psnr": True, "ms-ssim": True}
+
+
+def load(folder: Path) -> dict[str, dict]:
+    """range.py's results in `folder`, by image path."""
+    return {d["image"]: d for d in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))}
+
+
+def cached_codec(image: str, codec: str, budget: float, metric: str) -> float | None:
+    """`codec`'s best score within `budget` (any scale) in `odp bench`'s cache, or None."""
+    if budget not in BENCH_BUDGETS:
+        return None
+    stem = hashlib.sha256(Path(image).read_bytes()).hexdigest()[:16]
+    found = sorted(BENCH_CACHE.glob(f"{stem}-{codec}-*.json"))
+    if len(found) != 1:
+        return None
+    scores = [p[metric] for p in json.loads(found[0].read_text())["points"] if budget in p["budgets"]]
+    if not scores:
+        return None
+    return max(scores) if HIGHER[metric] else min(scores)
+
+
+def curves(runs: list[dict[str, dict]], metric: str) -> dict[str, list[tuple[float, float]]]:
+    """label -> [(bpp, mean score)] over the photos every run measured."""
+    images = sorted(set.intersection(*(set(r) for r in runs)))
+    out: dict[str, dict[float, float]] = {}
+    for run in runs:
+        budgets = sorted({float(b) for d in run.values() for b in d["hull"]})
+        for b in budgets:
+            docs = [run[i] for i in images]
+            key = str(b)
+            if all(key in d["odp"] for d in docs):
+                out.setdefault("odp", {})[b] = float(np.mean([d["odp"][key][metric] for d in docs]))
+            if all(metric in d["hull"].get(key, {}) for d in docs):
+                out.setdefault("classic hull", {})[b] = float(np.mean([d["hull"][key][metric] for d in docs]))
+            for codec in ("jpeg", "webp", "avif", "jxl"):
+                vals = [d.get("codecs", {}).get(key, {}).get(codec, {}).get(metric) for d in docs]
+                vals = [v if v is not None else cached_codec(d["image"], codec, b, metric) for v, d in zip(vals, docs)]
+                if all(v is not None for v in vals):
+                    out.setdefault(codec, {})[b] = float(np.mean(vals))
+    return {label: sorted(points.items()) for label, points in out.items()}, len(images)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", type=Path, nargs="+", help="range.py --out folders")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [load(f) for f in args.folders]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for metric in ("psnr", "ms-ssim"):
+        found, n = curves(runs, metric)
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+        for label, points in found.items():
+            style = "-o" if label in ("odp", "classic hull") else "--."
+            ax.plot([b for b, _ in points], [v for _, v in points], style, label=label,
+                    linewidth=2.2 if label == "odp" else 1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("budget (bits per pixel, log scale)")
+        ax.set_ylabel(f"{metric}  (higher is better)")
+        ax.set_title(f"{metric}: ODP's cuts of one file vs the best classic file, mean over {n} images",
+                     fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = args.out / f"range-{metric}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        print(path, {label: [(b, round(v, 4)) for b, v in pts] for label, pts in found.items()})
+
+
+if __name__ == "__main__":
+    main()
