@@ -40,3 +40,12 @@ def test_the_plot_averages_the_same_photos(measured, tmp_path):
     rangeplot.main([str(folder), "--out", str(tmp_path)])
     assert (tmp_path / "range-psnr.png").stat().st_size > 10_000
     assert np.isfinite(found["classic hull"][0][1])
+
+
+def test_the_report_embeds_the_plots_and_the_table(measured, tmp_path):
+    folder, _ = measured
+    report = tmp_path / "range.md"
+    rangeplot.main([str(folder), "--out", str(tmp_path / "plots"), "--report", str(report)])
+    text = report.read_text()
+    assert "![range-psnr](plots/range-psnr.png)" in text
+    assert "| 0.4 |" in text and "Whole file: mean" in text
