@@ -310,3 +310,14 @@ def test_ms_ssim_is_pytorch_msssims(pixels):
         expected = float(reference(*(torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float() for x in (a, b)),
                                    data_range=255.0))
         assert metrics.ms_ssim(a, b) == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_report_links_the_whole_range_page_where_there_is_one(tmp_path):
+    out = tmp_path / "results"
+    (out / "plots").mkdir(parents=True)
+    report = tmp_path / "results.md"
+    assert bench.range_section(report, out) == []
+    (tmp_path / "range.md").write_text("# range")
+    (out / "plots" / "range-psnr.png").write_bytes(b"")
+    section = "\n".join(bench.range_section(report, out))
+    assert "[range.md](range.md)" in section and "![range-psnr](results/plots/range-psnr.png)" in section

@@ -651,6 +651,19 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     return md
 
 
+def range_section(report: Path, out: Path) -> list[str]:
+    """A link to the whole-range page beside the report (rangeplot.py --report) and its plots, where they exist."""
+    page = report.parent / "range.md"
+    plots = sorted((out / "plots").glob("range-*.png"))
+    if not page.is_file():
+        return []
+    rel = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
+    return (["## The whole range of one file", "",
+             f"One default file cut to each budget (and past it, the file with its third stage) against the "
+             f"classic hull and each codec: [{rel(page)}]({rel(page)}).", ""]
+            + [f"![{p.stem}]({rel(p)})" for p in plots] + [""])
+
+
 def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[Path], shown: Path, side) -> None:
     """The results page: how it was made, the tables, the plots and the side-by-side picture."""
     rel = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
@@ -677,6 +690,7 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
     page += ["", f"## Side by side: `{shown}` at {' and '.join(map(str, side))} bpp", "",
              "original | ODP | best classic variant at no more bytes (by LPIPS-Alex)", "",
              f"![side by side]({rel(out / 'side_by_side.png')})", ""]
+    page += range_section(report, out)
     if (out / "processes.md").is_file():  # whole-process times (codec/evaluation/processes.py), kept across runs
         page += ["## Whole-process times", "", (out / "processes.md").read_text().strip(), ""]
     tmp = report.with_suffix(".tmp")
