@@ -107,8 +107,8 @@ def tiny_context(alphabet=256, positions=64, lags=8, dim=16, hidden=64) -> tuple
 
 def limit_context(alphabet=64, positions=16, lags=4, dim=8, hidden=16) -> tuple[dict, dict]:
     """Random integers about as large as ContextModel accepts (sums near 2**51): the output weights share
-    a large common part, so logits differ by a sliver of their size and any inexact product (float32,
-    or a looser bound in _check_exact) would show in the tables."""
+    a large common part, so logits differ by a sliver of their size and any inexact product (float32
+    without limbs, or a looser bound in ContextModel's checks) would show in the tables."""
     rng = np.random.default_rng(9)
     common = rng.choice([-1, 1], hidden) * 2**9
     tensors = {"emb": rng.integers(-2**20, 2**20, (alphabet + 1, dim)),
