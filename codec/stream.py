@@ -379,20 +379,23 @@ def _truncate_staged(data: bytes, c: Container, tokens: int | None, max_bytes: i
         if len(_with_stage_at(c, kept, at, top)) <= max_bytes:
             kept.append(Container(without_idle_caps(stage.header, top), stage.layers))
             continue
-        fit = [x.level for x in stage.layers if len(_with_stage_at(c, kept, at, x.level)) <= max_bytes]
-        lo = fit[-1] if fit else 0
-        hi = min([x.level for x in stage.layers if x.level > lo] + [top])
-        if lo < hi:  # a partial layer may fit too: its tokens are re-coded
-            toks = last_tokens if last_tokens is not None and i == len(c.stages) else \
-                _decode_layers(stage, entropy, hi, False, False, f"stage {i + 1} layer")[0]
-            at = StageTokens(stage, model, toks, None)
-            hi = min(hi, stage.level)  # a damaged layer ends the stage
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if len(_with_stage_at(c, kept, at, mid)) <= max_bytes:
-                    lo = mid
-                else:
-                    hi = mid - 1
+        toks = last_tokens if last_tokens is not None and i == len(c.stages) else None
+        decoded = stage.level if toks is not None else 0
+        at = StageTokens(stage, model, toks, None)
+
+        def size_at(level: int) -> float:
+            """Bytes of the file with this stage cut at `level`; its tokens are decoded the first time a
+            partial layer is asked for (whole layers' ends need none)."""
+            nonlocal at, decoded
+            if level > decoded and all(x.level != level for x in stage.layers):
+                toks = _decode_layers(stage, entropy, level, False, False, f"stage {i + 1} layer")[0]
+                decoded = min([x.level for x in stage.layers if x.level >= level] + [stage.level])
+                at = StageTokens(stage, model, toks, None)
+            if level > stage.level:  # a damaged layer ends the stage
+                return float("inf")
+            return len(_with_stage_at(c, kept, at, level))
+
+        lo = highest_fitting(stage.layers, top, size_at, max_bytes, least=0)
         return _with_stage_at(c, kept, at, lo)
     return container.write(Container(c.header, c.layers, stages=kept))
 
