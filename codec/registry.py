@@ -206,8 +206,9 @@ def path_by_hash(sha256: bytes, name_hint: str = "") -> Path:
 
 def refinement_for(entry: Entry) -> Entry | None:
     """The installed refinement stage's model for `entry`'s pictures (the encoder appends its stage
-    to `entry`'s files), or None."""
-    for path in installed():
+    to `entry`'s files), or None. Of several, the newest (last by name: `-v2` after `-v1`); the
+    others stay installed to decode the files they made."""
+    for path in reversed(installed()):
         other = entry_at(path)
         if other.refines and other.refines == entry.sha256:
             return other

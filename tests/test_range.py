@@ -49,3 +49,11 @@ def test_the_report_embeds_the_plots_and_the_table(measured, tmp_path):
     text = report.read_text()
     assert "![range-psnr](plots/range-psnr.png)" in text
     assert "| 0.4 |" in text and "Whole file: mean" in text
+
+
+def test_a_known_hull_is_reused_and_odp_measured_afresh(measured, monkeypatch):
+    folder, doc = measured
+    monkeypatch.setattr(range_eval.classic, "Variant", None)  # no classic codec may run
+    again = range_eval.measure(folder / "coffee.png", (0.2, 0.4), ("psnr", "ms-ssim"), {}, extend=True, known=doc)
+    assert again["hull"] == doc["hull"] and again["codecs"] == doc["codecs"]
+    assert again["odp"] == doc["odp"]  # the same model: the same files and pictures
