@@ -33,12 +33,14 @@ SHIPPED_SHA256 = {
     "odp-small-v1": "3c971564bc2e13374a4d58293253c36b0d64a9816ce40e96579eabefe94eddc3",
     "odp-small-v2": "004b87806af2bb815a672acfa026130569205a13266f6a8c226036bcf7f90f4a",
     "odp-small-v3": "a7d96ccf0cc1514696033c363100c82e569e17a535644d9a659a1410566542a1",
-    "odp-refine-x2-v1": "306c3cc62346c608afc7d80064c1b9a47d56d7759971571d112aff6e543f37d4",  # the refinement stage of odp-small-v3's files
+    "odp-refine-x2-v1": "306c3cc62346c608afc7d80064c1b9a47d56d7759971571d112aff6e543f37d4",  # odp-small-v3's refinement stage until v2
+    "odp-refine-x2-v2": "d012b5f88313297741adf6de24e5e4005467ebee0ec4579f8b8d253f13caaf3a",  # the refinement stage of odp-small-v3's files
 }
 CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
 CONTEXT_SHA256 = {
     "ctx16-v1": "322f3effa82c5f1be0343253839e75ec5f74360d8fecfc7a118cd8cb1e78c721",
     "ctx16-refine-v1": "7b21716fc47b51aa4b198cff6a1143a36d44e79fba6bfbacdc6d7f02296b4fea",
+    "ctx16-refine-v2": "c26560079222d011e2ab7ce2b8dd77f346abb90d9a068eb37732ef87bac83d64",
 }
 
 

@@ -6,11 +6,12 @@ layer with a per-position bias, softmax over the codebook) trained in floating p
 biases, a shipped integer exp table. Inference uses only integers, so encoder and decoder
 compute the same frequency tables on every machine:
 
-- the two matrix products run in float32 BLAS on integers split into limbs
-  (a = sum(limb_i * 2**(b*i))) narrow enough that every partial sum of each limb's product stays
-  below 2**24: each is exact whatever the summation order, thread count or SIMD, and the limbs
-  recombine exactly in float64. float32 halves the weight bytes read per product, which bounds
-  decoding (a few rows at a time): `odp info --verify` 1.25 s -> 0.85 s, measured;
+- the two matrix products run in float64 BLAS on integer values whose every partial sum stays
+  below 2**53, so each is exact whatever the summation order, thread count or SIMD. For a few rows
+  at a time (decoding: one per tile), where reading the weights bounds the time, they run in
+  float32 instead, on integers split into limbs (a = sum(limb_i * 2**(b*i))) narrow enough that
+  every partial sum of each limb's product stays below 2**24: exact the same way, recombined in
+  float64, half the bytes read (`odp info --verify` of a two-stage file: 1.25 s -> 0.85 s, measured);
 - everything else (requantisation, softmax, normalisation to 2**24) is int64 arithmetic.
 
 No torch at run time: numpy only.
@@ -23,6 +24,7 @@ from .models import PRECISION_BITS, TOTAL
 
 CHUNK_ROWS = 256  # rows computed at once: a whole layer's (n, V) int64 temporaries, in place, chunk by chunk (2x faster, measured)
 FEW_ROWS = 64  # below this many symbols at once, BLAS threads cost more than they save (measured, docs/format.md)
+LIMB_ROWS = 32  # below this many rows, float32 limbs beat one float64 product (measured: 2x at 6 rows, even at ~40)
 _blas = None
 
 
@@ -97,11 +99,13 @@ class ContextModel:
         for name in ("emb", "w1", "pos_bias", "w2"):
             if tensors[name].dtype.kind not in "iu":
                 raise ValueError(f"context model {self.id}: {name} is not integer")
+        self.emb = emb
         # transposed while still 8-bit, then widened: the cheap order (the products are faster on
         # contiguous matrices than on transposed views, measured)
-        self.w1t = np.ascontiguousarray(tensors["w1"].T).astype(np.float32)  # (lags * D, H)
+        self.w1t = np.ascontiguousarray(tensors["w1"].T).astype(np.float64)  # (lags * D, H)
         self.pos_bias = tensors["pos_bias"].astype(np.float64)  # (K, H): position and layer-1 bias
-        self.w2t = np.ascontiguousarray(tensors["w2"].T).astype(np.float32)  # (H, V)
+        self.w2t = np.ascontiguousarray(tensors["w2"].T).astype(np.float64)  # (H, V)
+        self.w1t32, self.w2t32 = self.w1t.astype(np.float32), self.w2t.astype(np.float32)
         self.b2 = tensors["b2"].astype(np.int64)           # (V,) in final logit units << shift2
         self.b2_round = self.b2 + (1 << (self.shift2 - 1))  # the bias with the rounding of >> shift2
         self.exp_lut = tensors["exp_lut"].astype(np.int64)  # exp(-i / unit) * 2**20, >= 1
@@ -133,12 +137,17 @@ class ContextModel:
         if n > CHUNK_ROWS:  # (n, V) int64 temporaries of a whole layer would not stay in cache
             return np.concatenate([self._frequencies(ctx[i:i + CHUNK_ROWS], positions[i:i + CHUNK_ROWS])
                                    for i in range(0, n, CHUNK_ROWS)])
-        h = _product([e[ctx].reshape(n, -1) for e in self.emb_limbs], self.w1t, self.bits1)
+        few = n < LIMB_ROWS
+        if few:
+            h = _product([e[ctx].reshape(n, -1) for e in self.emb_limbs], self.w1t32, self.bits1)
+        else:
+            h = self.emb[ctx].reshape(n, -1) @ self.w1t                 # exact integers in float64
         h += self.pos_bias[positions]
         np.maximum(h, 0, out=h)
         h *= 2.0 ** -self.shift1                                      # exact (a power of two)
         np.floor(h, out=h)
-        logit = _product(_limbs(h, self.bits2, self.count2), self.w2t, self.bits2).astype(np.int64)
+        z = _product(_limbs(h, self.bits2, self.count2), self.w2t32, self.bits2) if few else h @ self.w2t
+        logit = z.astype(np.int64)                                    # exact integers
         logit *= self.mult
         logit += self.b2_round
         logit >>= self.shift2

@@ -42,7 +42,7 @@ MIME_TYPE = "image/x-odp"
 ZIP_MAGIC = b"PK\x03\x04"          # OpenDocument presentations share the .odp extension
 
 # Entropy models by their byte in a version-2 header (docs/format.md keeps this table).
-ENTROPY_MODELS = {1: "pos-freq-v1", 2: "ctx16-v1", 3: "ctx16-refine-v1"}
+ENTROPY_MODELS = {1: "pos-freq-v1", 2: "ctx16-v1", 3: "ctx16-refine-v1", 4: "ctx16-refine-v2"}
 
 MAX_SIDE = 65535            # pixels per side the format can describe
 MAX_HEADER = 16 << 20       # header bytes (dominated by ICC/EXIF)
@@ -432,7 +432,7 @@ def _read_model_fields(f: _Reader) -> tuple[int, int, int, int, bytes, str]:
     tokens = f.varint(MAX_TOKENS, "tokens per tile")
     model_id, code = f.take(MODEL_ID_BYTES), f.u8()
     if code not in ENTROPY_MODELS:
-        raise FormatError(f"entropy model code {code} is unknown to this reader")
+        raise FormatError(f"entropy model code {code} is unknown to this reader: the file needs a newer ODP")
     return w, hgt, 1 << log_tile, tokens, model_id, ENTROPY_MODELS[code]
 
 

@@ -217,9 +217,13 @@ def test_context_frequencies_batch_equals_one_row_at_a_time(context):
 
 
 def test_context_frequencies_equal_integer_reference(context):
+    """Both ways of computing: many rows (float64 products) and a few (float32 products on limbs)."""
     m, tensors, meta, _ = context
     ctx, pos = random_contexts(m, 400, seed=2)
-    np.testing.assert_array_equal(m.frequencies(ctx, pos), reference_frequencies(tensors, meta, ctx, pos))
+    reference = reference_frequencies(tensors, meta, ctx, pos)
+    np.testing.assert_array_equal(m.frequencies(ctx, pos), reference)
+    few = np.concatenate([m.frequencies(ctx[i:i + 6], pos[i:i + 6]) for i in range(0, 400, 6)])
+    np.testing.assert_array_equal(few, reference)
 
 
 HASH_TABLES = """

@@ -162,6 +162,9 @@ def part_key(part: str, budgets, metric_names, codecs, model) -> str:
     deps = {"version": CACHE_VERSION, "budgets": budgets, "metrics": metric_names}
     if part == "odp":
         deps["model_sha256"] = model.sha256.hex()
+        refinement = registry.refinement_for(model)  # its stage is part of the encoder's files
+        if refinement is not None:
+            deps["refinement_sha256"] = refinement.sha256.hex()
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
         deps["format"] = [container.VERSION, model.best_entropy.id, list(ALLOCATION_GRID), ENCODER_VERSION,
                           list(stream.LEVELS), list(ratecontrol.SCALES), ODP_CONTENDERS]
