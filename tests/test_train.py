@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import DATA
 import torch
+from safetensors.torch import load_file
 
 from odp.codec import weights
 from odp.codec.evaluation import perceptual
@@ -218,6 +219,30 @@ def test_a_refinement_stage_starts_as_the_identity_and_trains(tmp_path):
     assert [r["step"] for r in recs if "loss" in r] == [1, 2]
     ev = [r for r in recs if "eval" in r][-1]
     assert {"psnr@0", "psnr@16", "psnr@256"} <= set(ev) and ev["psnr@0"] > 15  # @0: the first stage's picture
+
+
+def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path):
+    """Starting from a shipped refinement stage (its decoder fine-tuned, encoder frozen) keeps the trained
+    conditioning: the encoder, its conditioning path included, stays the shipped one bit for bit, so the
+    tokens and the context model keep their meaning. (It once restarted the stage as the identity.)"""
+    cfg = tomllib.loads((Path(__file__).parents[1] / "codec/training/configs/odp-refine-x2-perc.toml").read_text())
+    photos = tmp_path / "big"
+    photos.mkdir()
+    for i, box in enumerate([(0, 0, 512, 512), (256, 0, 768, 512), (0, 0, 768, 384)]):
+        Image.open(DATA / "photo_768x512.png").crop(box).save(photos / f"p{i}.png")
+    cfg["train"] |= {"data": [str(photos)], "holdout_every": 3, "areas_mp": [0.2], "batch": 1,
+                     "steps": 1, "ckpt_every": 1, "log_every": 1, "monitor_tiles": 2, "monitor_ks": [256],
+                     "bf16": False}
+    cfg["loss"] = {"freeze_encoder": True}
+    (tmp_path / "perc.toml").write_text(toml_dumps(cfg))
+    run = tmp_path / "run"
+    train.main(["--config", str(tmp_path / "perc.toml"), "--run", str(run), "--threads", "1"])
+    shipped = weights.load(cfg["train"]["init"]).tokenizer.state_dict()
+    ckpt = load_file(str(run / "ckpt.safetensors"))
+    encoder = [k for k in shipped if not k.startswith(train.DECODER_PREFIXES)]
+    assert any(k.startswith("enc_cond") for k in encoder)
+    assert all(torch.equal(ckpt[f"model.{k}"], shipped[k]) for k in encoder)
+    assert torch.count_nonzero(ckpt["model.dec_cond.weight"]) > 0  # the trained stage, not a fresh identity
 
 
 def toml_dumps(cfg: dict) -> str:

@@ -359,8 +359,10 @@ def main(argv: list[str] | None = None) -> None:
     if tc.get("init") and not resumable:
         from ..weights import load as load_shipped
 
-        model.load_state_dict(load_shipped(tc["init"]).tokenizer.state_dict(), strict=not mc.conditioned)
-        if mc.conditioned:
+        start = load_shipped(tc["init"]).tokenizer
+        new_stage = mc.conditioned and not start.cfg.conditioned  # a first-stage model made a refinement stage
+        model.load_state_dict(start.state_dict(), strict=not new_stage)
+        if new_stage:  # a trained refinement stage (e.g. for a decoder fine-tune) keeps its conditioning
             model.start_as_identity()
         if lead:
             print(f"initialised from shipped weights {tc['init']}", file=sys.stderr)
