@@ -257,3 +257,20 @@ def toml_dumps(cfg: dict) -> str:
         return repr(v)
     return "\n".join(f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in table.items())
                      for name, table in cfg.items())
+
+
+def test_heldout_compares_stage_decoders_on_the_same_cuts():
+    """heldout.staged_pictures: one default file (first stage, then the shipped stage) and each stage
+    decoder's picture of its cuts; inside the first stage both show the same picture."""
+    from odp.codec.training import heldout
+
+    stage = weights.load("odp-refine-x2-v2")
+    snap = Path(train.__file__).parent / "snapshots" / "odp-refine-x2"
+    engines = {"shipped": heldout.Engine(stage, "cpu"), "snapshot": heldout.Engine(heldout.fine_tuned(stage, snap), "cpu")}
+    pixels = np.asarray(Image.open(DATA / "photo_768x512.png").convert("RGB").resize((384, 256)))
+    at = heldout.staged_pictures(pixels, stage, engines)
+    small, pics = at(200)
+    assert np.array_equal(pics["shipped"], pics["snapshot"])
+    large, pics = at(int(0.15 * 384 * 256 / 8))
+    assert len(small) <= 200 < len(large) <= 0.15 * 384 * 256 / 8
+    assert pics["shipped"].shape == pixels.shape and not np.array_equal(pics["shipped"], pics["snapshot"])

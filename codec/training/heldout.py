@@ -8,6 +8,10 @@ most `--area` MP, are encoded once with the `init` model; a decoder-only fine-tu
 tokens, so each cut of that file (the largest within each budget) is the same bytes for both, and
 only the decoders differ. Prints the mean PSNR, LPIPS-Alex and DISTS of each at each budget: what
 decides whether the snapshot ships.
+
+For a refinement stage's run (a config with `[refine]`, `init` the shipped stage), each photo is
+encoded as `odp encode` does (first stage, then the shipped refinement stage) and each cut's stage is
+drawn by the shipped stage's decoder and by the snapshot's (default budgets 0.05-0.2 bpp).
 """
 from __future__ import annotations
 
@@ -23,12 +27,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ..coding import encode
+from .. import ratecontrol, registry
 from ..engine import Engine
+from ..imaging import Prepared
 from ..evaluation import perceptual
 from ..options import EncodeOptions
 from ..quality import psnr
 from ..ratecontrol import Coded, render
-from ..stream import read_tokens, truncate
+from ..refinement import stage_picture
+from ..stream import container, read_tokens, truncate
 from ..weights import Model, load
 from .train import split_photos
 
@@ -45,15 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--snapshot", type=Path, required=True)
-    ap.add_argument("--budgets", default="0.005,0.01,0.02,0.03")
+    ap.add_argument("--budgets", help="bits per pixel, comma-separated (default 0.005-0.03; 0.05-0.2 for a stage)")
     ap.add_argument("--area", type=float, default=0.4, help="largest photo size in MP (a Kodak photo is 0.39)")
     args = ap.parse_args(argv)
-    tc = tomllib.loads(Path(args.config).read_text())["train"]
+    cfg = tomllib.loads(Path(args.config).read_text())
+    tc, staged = cfg["train"], "refine" in cfg
     torch.set_num_threads(1)
     base = load(tc["init"])
     engines = {tc["init"]: Engine(base, "cpu"), "snapshot": Engine(fine_tuned(base, args.snapshot), "cpu")}
     alex, dists = perceptual.get("alex"), perceptual.get("dists")
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets = [float(b) for b in (args.budgets or ("0.05,0.1,0.15,0.2" if staged else "0.005,0.01,0.02,0.03")).split(",")]
     scores: dict = {}
     _, held = split_photos(tc)
     for path in held:
@@ -61,15 +69,13 @@ def main(argv: list[str] | None = None) -> None:
         s = min(1.0, math.sqrt(args.area * 1e6 / (im.width * im.height)))
         im = im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS) if s < 1 else im
         ref = np.asarray(im)
-        whole = encode(im, EncodeOptions(device="cpu"), engine=engines[tc["init"]])
+        pictures = staged_pictures(ref, base, engines) if staged else first_stage_pictures(im, engines, tc["init"])
         for b in budgets:
             try:
-                data = truncate(whole, max_bytes=int(b * im.width * im.height / 8))
+                data, drawn = pictures(int(b * im.width * im.height / 8))
             except ValueError:
                 continue
-            toks = read_tokens(data)[2]
-            for name, engine in engines.items():
-                out = render(Coded(1, whole, toks), data, engine)
+            for name, out in drawn.items():
                 x, y = (torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255 for a in (out, ref))
                 r = scores.setdefault((b, name), {"psnr": [], "lpips-alex": [], "dists": [], "bpp": []})
                 r["psnr"].append(psnr(ref, out))
@@ -79,6 +85,36 @@ def main(argv: list[str] | None = None) -> None:
     for (b, name), r in scores.items():
         print(json.dumps({"budget_bpp": b, "decoder": name, "images": len(r["psnr"]),
                           **{k: round(float(np.mean(v)), 4) for k, v in r.items()}}))
+
+
+def first_stage_pictures(im: Image.Image, engines: dict, init: str):
+    """max_bytes -> (the shipped file's cut, each decoder's picture of it)."""
+    whole = encode(im, EncodeOptions(device="cpu"), engine=engines[init])
+
+    def at(max_bytes: int):
+        data = truncate(whole, max_bytes=max_bytes)
+        toks = read_tokens(data)[2]
+        return data, {name: render(Coded(1, whole, toks), data, e) for name, e in engines.items()}
+    return at
+
+
+def staged_pictures(pixels: np.ndarray, stage: Model, engines: dict):
+    """max_bytes -> (the default file's cut, each stage decoder's picture of it): the file is made by
+    the first stage's shipped model and the shipped stage `stage`, as `odp encode` does."""
+    first = Engine(registry.find_by_hash(stage.entry.refines), "cpu")
+    ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), first, refine=True)
+    r = ladder.refined
+    if r is None or r.engine.entry.sha256 != stage.sha256:
+        raise SystemExit(f"the encoder's refinement stage is not {stage.name}: compare against the installed one")
+
+    def at(max_bytes: int):
+        data = truncate(r.data, max_bytes=max_bytes)
+        c = container.read(data)
+        if not c.stages:  # a cut inside the first stage: the stage decoders do not differ there
+            return data, dict.fromkeys(engines, ladder.engine.picture(ladder.full.tokens, c.header, c.level))
+        h = c.stages[-1]
+        return data, {name: stage_picture(e, r.tokens, h.header, h.level, r.so_far) for name, e in engines.items()}
+    return at
 
 
 if __name__ == "__main__":
