@@ -218,6 +218,29 @@ def test_bench_resumes_from_its_cache_part_by_part(bench_run):
     assert sorted(map(key, after)) == sorted(map(key, before))  # the same files again: encoding is deterministic
 
 
+def test_bench_measures_only_the_budgets_its_cache_lacks(bench_run, tmp_path):
+    """More budgets later (0.3 bpp past the old top): the cached parts keep their files and measure only
+    the new budget, and the points are those of a run that asked for every budget at once."""
+    _, out = bench_run
+    folder = json.loads((out / "points.json").read_text())["settings"]["folder"]
+    grown = tmp_path / "grown"
+    shutil.copytree(out / "cache", grown / "cache")
+    names = sorted(p.name for p in (grown / "cache").glob("*.json"))
+    args = ["--metrics", "psnr,ms-ssim", "--codecs", "jpeg,webp", "--speed-images", "0", "--quiet"]
+    r = CliRunner().invoke(main, ["bench", folder, "--out", str(grown), "--budgets", "0.05,0.2,0.3", *args])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (grown / "cache").glob("*.json")) == names
+    assert all(json.loads(p.read_text())["budgets"] == [0.05, 0.2, 0.3] for p in (grown / "cache").glob("*.json"))
+    r = CliRunner().invoke(main, ["bench", folder, "--out", str(tmp_path / "fresh"), "--budgets", "0.05,0.2,0.3", *args])
+    assert r.exit_code == 0, r.output
+    key = lambda p: (p["image"], p["codec"], p["scale"], p["setting"], sorted(p["budgets"]))  # noqa: E731
+    points = lambda o: sorted(map(key, json.loads((o / "points.json").read_text())["points"]))  # noqa: E731
+    assert points(grown) == points(tmp_path / "fresh")
+    assert any(0.3 in p[4] for p in points(grown))
+    r = CliRunner().invoke(main, ["bench", folder, "--out", str(grown), "--budgets", "0.2", *args])  # a subset: all cached
+    assert r.exit_code == 0 and {b for p in points(grown) for b in p[4]} == {0.2}
+
+
 def test_bench_odp_alone(bench_run):
     """--codecs none: ODP against its own uniform allocation only, from the same cache (nothing re-measured)."""
     _, out = bench_run

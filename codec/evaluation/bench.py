@@ -39,7 +39,7 @@ from ..options import EncodeOptions
 from . import classic, metrics
 from .settings import BUDGETS, SCALES
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: budgets out of the key, listed in the part's cache
 ODP_CONTENDERS = ["odp", "odp-psnr-scale", "odp-uniform"]  # the ODP files measured (odp_files); in the cache key
 
 
@@ -110,16 +110,36 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
         yield part, {"points": list(points.values()), "seconds": time.time() - t0, "stats": stats}
 
 
-def measure_image(path: Path, parts: list[str], files: dict[str, Path], budgets, metric_names, codec_names,
+def measure_image(path: Path, missing: dict[str, tuple], files: dict[str, Path], metric_names, codec_names,
                   device: str, model=None) -> None:
-    """Measure the missing parts of one image and cache each as soon as it is done (atomically:
-    an interrupted run leaves no half-written part). Runs in a worker process with --jobs."""
+    """Measure the budgets each part of one image lacks (`missing`: part -> budgets), merge them into
+    what its cache holds, and cache each part as soon as it is done (atomically: an interrupted run
+    leaves no half-written part). Runs in a worker process with --jobs."""
     model = model or registry.find()
     codecs = {k: v for k, v in classic.available_codecs().items() if k in codec_names}
-    for part, doc in measure_parts(path, parts, budgets, metric_names, codecs, model, device):
-        tmp = files[part].with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, files[part])
+    for budgets in sorted(set(missing.values())):
+        parts = [part for part, b in missing.items() if b == budgets]
+        for part, doc in measure_parts(path, parts, budgets, metric_names, codecs, model, device):
+            old = json.loads(files[part].read_text()) if files[part].exists() else None
+            tmp = files[part].with_suffix(".tmp")
+            tmp.write_text(json.dumps(merged(old, doc, budgets)))
+            os.replace(tmp, files[part])
+
+
+def merged(old: dict | None, new: dict, budgets) -> dict:
+    """A part's cache with more budgets: `new` measured `budgets`, which `old` (or nothing) lacked. A
+    file chosen at several budgets is one point listing them all."""
+    if old is None:
+        return {**new, "budgets": sorted(budgets)}
+    ident = lambda p: (p["codec"], p["scale"], p["setting"])  # noqa: E731
+    points = {ident(p): {**p, "budgets": list(p["budgets"])} for p in old["points"]}
+    for p in new["points"]:
+        if ident(p) in points:
+            points[ident(p)]["budgets"] += p["budgets"]
+        else:
+            points[ident(p)] = p
+    return {"points": list(points.values()), "seconds": old["seconds"] + new["seconds"],
+            "stats": old.get("stats") or new["stats"], "budgets": sorted({*old["budgets"], *budgets})}
 
 
 def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict, ratecontrol.ScaleLadder]:
@@ -155,11 +175,13 @@ def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict
     return fulls, stats, ladder
 
 
-def part_key(part: str, budgets, metric_names, codecs, model) -> str:
-    """What a cached part depends on: budgets and metrics, and the model or the codec's settings."""
+def part_key(part: str, metric_names, codecs, model) -> str:
+    """What a cached part depends on: the metrics, and the model or the codec's settings. Not the
+    budgets: each budget's files are chosen alone, so a part's cache records the budgets it measured
+    and a run with more budgets measures only those it lacks."""
     import PIL
 
-    deps = {"version": CACHE_VERSION, "budgets": budgets, "metrics": metric_names}
+    deps = {"version": CACHE_VERSION, "metrics": metric_names}
     if part == "odp":
         deps["model_sha256"] = model.sha256.hex()
         refinement = registry.refinement_for(model)  # its stage is part of the encoder's files
@@ -573,21 +595,26 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
                 "codecs": {k: {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1]}
                            for k, c in codecs.items()}}
     parts = ["odp", *codecs]
-    keys = {part: part_key(part, budgets, metric_names, codecs, model) for part in parts}
+    keys = {part: part_key(part, metric_names, codecs, model) for part in parts}
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     files = {}
     for path in images:  # keyed by content: the cache follows a photo that moves, and can be committed
         stem = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         files[path] = {part: cache / f"{stem}-{part}-{keys[part]}.json" for part in parts}
-    todo = [(path, [part for part in parts if not files[path][part].exists()]) for path in images]
+
+    def lacking(f: Path) -> tuple:
+        have = set(json.loads(f.read_text())["budgets"]) if f.exists() else set()
+        return tuple(b for b in budgets if b not in have)
+    todo = [(path, {part: lacking(files[path][part]) for part in parts}) for path in images]
+    todo = [(path, {part: b for part, b in missing.items() if b}) for path, missing in todo]
     todo = [(path, missing) for path, missing in todo if missing]
     jobs = max(1, min(jobs, len(todo)))
     bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="bench", unit="image",
                disable=not progress, file=sys.stderr)
     if jobs == 1:
         for path, missing in todo:
-            measure_image(path, missing, files[path], budgets, metric_names, list(codecs), dev, model)
+            measure_image(path, missing, files[path], metric_names, list(codecs), dev, model)
             bar.update()
     else:  # one process per image at a time; each gets its share of the CPU threads
         import concurrent.futures as cf
@@ -596,7 +623,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                     initializer=_worker_threads, initargs=(threads,)) as pool:
-            futures = [pool.submit(measure_image, path, missing, files[path], budgets, metric_names,
+            futures = [pool.submit(measure_image, path, missing, files[path], metric_names,
                                    list(codecs), dev) for path, missing in todo]
             for f in cf.as_completed(futures):
                 f.result()
@@ -606,7 +633,8 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     for path in images:
         for part in parts:
             doc = json.loads(files[path][part].read_text())
-            points += [{**p, "image": str(path)} for p in doc["points"]]  # the cache may know it by another path
+            points += [{**p, "image": str(path), "budgets": [b for b in p["budgets"] if b in budgets]}
+                       for p in doc["points"] if set(p["budgets"]) & set(budgets)]  # the cache may know it by another path
             measured_s += doc["seconds"]
             if doc.get("stats"):
                 odp_stats.append(doc["stats"])
@@ -678,7 +706,7 @@ def write_report(report: Path, md: str, meta: dict, out: Path, plot_files: list[
             f"Each measured part (an image under ODP or one classic codec) is kept in `{rel(out / 'cache')}`, "
             "keyed by the image's content and everything the part depends on, and committed with this page: "
             "the command resumes where a run stopped (`--jobs N` measures N images at once) and re-measures "
-            "only what a new model or codec version changes.", "",
+            "only what a new model or codec version changes, or the budgets a part has not measured yet.", "",
             "Each codec gets its best file of no more bytes than the budget (bpp = file bytes × 8 / pixels, "
             "headers included). ODP: the file `odp encode --bytes` makes (one encode, truncated to the budget; "
             "coded at 1/2, 1/3 or 1/4 of each side only where the full size cannot fit; past the first stage's whole file, "

@@ -54,15 +54,16 @@ def cached_hull(path: Path, budget: float, metric_names, codecs: dict) -> dict |
     """The hull at `budget` from `odp bench`'s cache of the same photo (docs/results/cache: each
     codec's best file under the budget at each scale, every metric scored), or None where the bench
     did not measure this budget for every codec."""
-    if budget not in BENCH_BUDGETS:
-        return None
     stem = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     best: dict[str, float] = {}
     for name in codecs:
         found = sorted(BENCH_CACHE.glob(f"{stem}-{name}-*.json"))
         if len(found) != 1:
             return None
-        for p in json.loads(found[0].read_text())["points"]:
+        doc = json.loads(found[0].read_text())
+        if budget not in doc.get("budgets", ()):
+            return None
+        for p in doc["points"]:
             if budget not in p["budgets"]:
                 continue
             for m in metric_names:
