@@ -243,6 +243,12 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path):
     assert any(k.startswith("enc_cond") for k in encoder)
     assert all(torch.equal(ckpt[f"model.{k}"], shipped[k]) for k in encoder)
     assert torch.count_nonzero(ckpt["model.dec_cond.weight"]) > 0  # the trained stage, not a fresh identity
+    # exported as a stage of its own: refines the same model at the same scale, shares the context model
+    export.main(["--run", str(run), "--name", "tuned-stage", "--out", str(tmp_path)])
+    base, tuned = weights.load(cfg["train"]["init"]), weights.load_path(tmp_path / "tuned-stage.safetensors")
+    assert (tuned.entry.refines, tuned.entry.scale) == (base.entry.refines, base.entry.scale)
+    assert tuned.context is not None and tuned.context.id == base.context.id
+    assert {p.name for p in tmp_path.glob("tuned-stage.*.onnx")} == {"tuned-stage.encoder.onnx", "tuned-stage.decoder.onnx"}
 
 
 def toml_dumps(cfg: dict) -> str:
