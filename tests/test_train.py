@@ -221,7 +221,7 @@ def test_a_refinement_stage_starts_as_the_identity_and_trains(tmp_path):
     assert {"psnr@0", "psnr@16", "psnr@256"} <= set(ev) and ev["psnr@0"] > 15  # @0: the first stage's picture
 
 
-def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path):
+def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path, capsys):
     """Starting from a shipped refinement stage (its decoder fine-tuned, encoder frozen) keeps the trained
     conditioning: the encoder, its conditioning path included, stays the shipped one bit for bit, so the
     tokens and the context model keep their meaning. (It once restarted the stage as the identity.)"""
@@ -243,6 +243,11 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path):
     assert any(k.startswith("enc_cond") for k in encoder)
     assert all(torch.equal(ckpt[f"model.{k}"], shipped[k]) for k in encoder)
     assert torch.count_nonzero(ckpt["model.dec_cond.weight"]) > 0  # the trained stage, not a fresh identity
+    # the step-0 reference on the same monitor crops: the shipped stage given the picture so far
+    train.main(["--config", str(tmp_path / "perc.toml"), "--run", str(tmp_path / "ref"), "--threads", "1",
+                "--monitor-only", cfg["train"]["init"]])
+    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ref["psnr@256"] > 18 and ref["codes_used"] > 0  # (it once ran the stage without the picture so far)
     # exported as a stage of its own: refines the same model at the same scale, shares the context model
     export.main(["--run", str(run), "--name", "tuned-stage", "--out", str(tmp_path)])
     base, tuned = weights.load(cfg["train"]["init"]), weights.load_path(tmp_path / "tuned-stage.safetensors")

@@ -416,18 +416,18 @@ def main(argv: list[str] | None = None) -> None:
         from ..evaluation.perceptual import get as get_metric
 
         judges = {name: get_metric(name, device) for name in lc["judges"]}
+    refine = Refinement(cfg["refine"], mc.tile, device) if mc.conditioned else None
+    monitor_cond = None
+    if refine is not None and lead:
+        monitor, monitor_cond = refine.pairs(monitor, None, full=True)
     if args.monitor_only:  # the same crops and metrics as the run's monitor, for a step-0 reference
         from ..weights import load as load_shipped
 
         if lead:
             ref = load_shipped(args.monitor_only).tokenizer.to(device)
             print(json.dumps({"model": args.monitor_only, "eval": "held-out train crops",
-                              **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key)}))
+                              **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key, monitor_cond)}))
         return
-    refine = Refinement(cfg["refine"], mc.tile, device) if mc.conditioned else None
-    monitor_cond = None
-    if refine is not None and lead:
-        monitor, monitor_cond = refine.pairs(monitor, None, full=True)
     disc_start = lc["adv_start"] if lc["disc_start"] is None else lc["disc_start"]
     last_layer = model.head.detail[-1].weight
     adv_scale = 1.0
