@@ -6,8 +6,8 @@
 The run's held-out photos (every `holdout_every`-th, never trained on, never the eval set), each at
 most `--area` MP, are encoded once with the `init` model; a decoder-only fine-tune makes the same
 tokens, so each cut of that file (the largest within each budget) is the same bytes for both, and
-only the decoders differ. Prints the mean PSNR, LPIPS-Alex and DISTS of each at each budget: what
-decides whether the snapshot ships.
+only the decoders differ. Prints the mean PSNR, LPIPS-Alex, DISTS and seam ratio (metrics.seam_ratio, at
+the decoders' tile pitch) of each at each budget: what decides whether the snapshot ships.
 
 For a refinement stage's run (a config with `[refine]`, `init` the shipped stage), each photo is
 encoded as `odp encode` does (first stage, then the shipped refinement stage) and each cut's stage is
@@ -31,6 +31,7 @@ from .. import ratecontrol, registry
 from ..engine import Engine
 from ..imaging import Prepared
 from ..evaluation import perceptual
+from ..evaluation.metrics import seam_ratio
 from ..options import EncodeOptions
 from ..quality import psnr
 from ..ratecontrol import Coded, render
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         im = im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS) if s < 1 else im
         ref = np.asarray(im)
         pictures = staged_pictures(ref, base, engines) if staged else first_stage_pictures(im, engines, tc["init"])
+        pitch = base.tile // base.entry.scale  # where the tiles of the decoders compared meet, in the picture
         for b in budgets:
             try:
                 data, drawn = pictures(int(b * im.width * im.height / 8))
@@ -77,14 +79,15 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for name, out in drawn.items():
                 x, y = (torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255 for a in (out, ref))
-                r = scores.setdefault((b, name), {"psnr": [], "lpips-alex": [], "dists": [], "bpp": []})
+                r = scores.setdefault((b, name), {"psnr": [], "lpips-alex": [], "dists": [], "seam": [], "bpp": []})
                 r["psnr"].append(psnr(ref, out))
                 r["lpips-alex"].append(float(alex(x, y)))
                 r["dists"].append(float(dists(x, y)))
+                r["seam"].append(seam_ratio(out, pitch))
                 r["bpp"].append(len(data) * 8 / (im.width * im.height))
     for (b, name), r in scores.items():
         print(json.dumps({"budget_bpp": b, "decoder": name, "images": len(r["psnr"]),
-                          **{k: round(float(np.mean(v)), 4) for k, v in r.items()}}))
+                          **{k: round(float(np.nanmean(v)), 4) for k, v in r.items()}}))
 
 
 def first_stage_pictures(im: Image.Image, engines: dict, init: str):
