@@ -144,10 +144,11 @@ def test_a_refinement_stage_improves_the_picture_at_every_cut(refine_model, adap
         refinement.shown(plain)
 
 
-def test_files_refined_by_the_previous_refinement_model_decode_with_it(refine_model):
-    """A file whose stage odp-refine-x2-v1 made (the default before v2) names those weights and their
-    context model: it verifies, cuts and decodes with them after the default moved on, and its stage
-    improves on its first stage as when it was written."""
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_files_refined_by_an_earlier_refinement_model_decode_with_it(refine_model, version):
+    """A file whose stage odp-refine-x2-v1 (or -v2) made names those weights and their context model: it
+    verifies, cuts and decodes with them whatever the default is now, and its stage improves on its
+    first stage as when it was written."""
     from PIL import Image
 
     from odp.codec import refinement
@@ -155,11 +156,12 @@ def test_files_refined_by_the_previous_refinement_model_decode_with_it(refine_mo
 
     import helpers
 
-    data = (helpers.DATA / "astronaut-refine-x2-v1.odp").read_bytes()
+    data = (helpers.DATA / f"astronaut-refine-x2-{version}.odp").read_bytes()
     photo = np.asarray(Image.open(helpers.DATA / "astronaut-320x240.png").convert("RGB"))
     stage = stream.read_stages(data)[1]
-    assert stage.model.name == "odp-refine-x2-v1" and refine_model.entry.name != "odp-refine-x2-v1"
-    assert stage.container.header.entropy_model == "ctx16-refine-v1"
+    assert stage.model.name == f"odp-refine-x2-{version}"
+    assert version == "v2" or refine_model.entry.name != "odp-refine-x2-v1"
+    assert stage.container.header.entropy_model == f"ctx16-refine-{version}"
     stream.verify(data)
     first = stream.truncate(data, level=10**6)  # the first stage alone, whole
     assert not container.read(first).stages
