@@ -50,18 +50,24 @@ def picture_of(cut: bytes, ladder: ratecontrol.ScaleLadder) -> np.ndarray:
     return stage_picture(r.engine, r.tokens, c.stages[-1].header, c.stages[-1].level, r.so_far)
 
 
-def cached_hull(path: Path, budget: float, metric_names, codecs: dict) -> dict | None:
-    """The hull at `budget` from `odp bench`'s cache of the same photo (docs/results/cache: each
-    codec's best file under the budget at each scale, every metric scored), or None where the bench
-    did not measure this budget for every codec."""
+def cached_part(path: Path, part: str, budget: float) -> dict | None:
+    """`odp bench`'s cached part of this photo (docs/results/cache: a codec's best file under each
+    budget at each scale, every metric scored), or None unless there is exactly one and it measured `budget`."""
     stem = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    found = sorted(BENCH_CACHE.glob(f"{stem}-{part}-*.json"))
+    if len(found) != 1:
+        return None
+    doc = json.loads(found[0].read_text())
+    return doc if budget in doc.get("budgets", ()) else None
+
+
+def cached_hull(path: Path, budget: float, metric_names, codecs: dict) -> dict | None:
+    """The hull at `budget` from `odp bench`'s cache of the same photo, or None where the bench did not
+    measure this budget for every codec."""
     best: dict[str, float] = {}
     for name in codecs:
-        found = sorted(BENCH_CACHE.glob(f"{stem}-{name}-*.json"))
-        if len(found) != 1:
-            return None
-        doc = json.loads(found[0].read_text())
-        if budget not in doc.get("budgets", ()):
+        doc = cached_part(path, name, budget)
+        if doc is None:
             return None
         for p in doc["points"]:
             if budget not in p["budgets"]:

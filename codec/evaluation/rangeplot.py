@@ -14,13 +14,12 @@ with the plots and each folder's table (range.summarise) over the same photos.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .range import BENCH_CACHE, summarise
+from .range import cached_part, summarise
 
 HIGHER = {"psnr": True, "ms-ssim": True}
 
@@ -32,12 +31,8 @@ def load(folder: Path) -> dict[str, dict]:
 
 def cached_codec(image: str, codec: str, budget: float, metric: str) -> float | None:
     """`codec`'s best score within `budget` (any scale) in `odp bench`'s cache, or None."""
-    stem = hashlib.sha256(Path(image).read_bytes()).hexdigest()[:16]
-    found = sorted(BENCH_CACHE.glob(f"{stem}-{codec}-*.json"))
-    if len(found) != 1:
-        return None
-    doc = json.loads(found[0].read_text())
-    scores = [p[metric] for p in doc["points"] if budget in p["budgets"] and budget in doc.get("budgets", ())]
+    doc = cached_part(Path(image), codec, budget)
+    scores = [p[metric] for p in doc["points"] if budget in p["budgets"]] if doc is not None else []
     if not scores:
         return None
     return max(scores) if HIGHER[metric] else min(scores)
