@@ -32,6 +32,7 @@ from ..engine import Engine
 from ..imaging import Prepared
 from ..evaluation import perceptual
 from ..evaluation.metrics import seam_ratio
+from ..evaluation.range import picture_of
 from ..options import EncodeOptions
 from ..quality import psnr
 from ..ratecontrol import Coded, render
@@ -114,7 +115,7 @@ def staged_pictures(pixels: np.ndarray, stage: Model, engines: dict):
         data = truncate(r.data, max_bytes=max_bytes)
         c = container.read(data)
         if not c.stages:  # a cut inside the first stage: the stage decoders do not differ there
-            return data, dict.fromkeys(engines, ladder.engine.picture(ladder.full.tokens, c.header, c.level))
+            return data, dict.fromkeys(engines, picture_of(data, ladder))
         h = c.stages[-1]
         return data, {name: stage_picture(e, r.tokens, h.header, h.level, r.so_far) for name, e in engines.items()}
     return at
