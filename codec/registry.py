@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from ..entropy.context import ContextModel
+from ..entropy.context import ContextModel, DigitContextModel
 from ..entropy.models import EntropyModel, PositionTables
 from .errors import ModelNotFound
 
@@ -41,6 +41,9 @@ CONTEXT_SHA256 = {
     "ctx16-v1": "322f3effa82c5f1be0343253839e75ec5f74360d8fecfc7a118cd8cb1e78c721",
     "ctx16-refine-v1": "7b21716fc47b51aa4b198cff6a1143a36d44e79fba6bfbacdc6d7f02296b4fea",
     "ctx16-refine-v2": "c26560079222d011e2ab7ce2b8dd77f346abb90d9a068eb37732ef87bac83d64",
+    # the digit models (a token as four base-8 digits): what new files use; the ones above still decode theirs
+    "ctx16d-v1": "00270a059b96bacd23a90566bc4ed160e5944b636a6123260e6915c433cb8609",
+    "ctx16d-refine-v2": "92a24b545e39589706b83757fe0b078a92bfac1fdde5e0b8d1b3c4904ce74ed9",
 }
 
 
@@ -54,7 +57,7 @@ class Entry:
     config: dict                             # the network's ModelConfig as a dict (codec/model.py)
     tables: PositionTables
     entropy_model: str                       # the id of `tables` (what version-1 files record)
-    context: ContextModel | None = None      # the shipped context model for this tokenizer, if any
+    contexts: tuple = ()                     # (id, file) of the context models for this tokenizer, oldest first
     allocation: dict | None = None           # the encoder's allocation predictor (codec/allocation.py), if any
     refines: bytes = b""                     # a refinement stage's model: sha256 of the model it refines
     scale: int = 1                           # ... and how many times each side of its picture it codes
@@ -73,12 +76,18 @@ class Entry:
         """Distinct token ids (the product of the FSQ levels)."""
         return int(np.prod(self.config["levels"]))
 
+    @property
+    def context(self) -> ContextModel | DigitContextModel | None:
+        """The newest context model for this tokenizer, if any: what new files are coded with."""
+        return load_context(self.contexts[-1][1]) if self.contexts else None
+
     def entropy(self, id: str) -> EntropyModel:
         """The probability model a file names; ModelNotFound if this model has no such one."""
         if id == self.tables.id:
             return self.tables
-        if self.context is not None and id == self.context.id:
-            return self.context
+        for context_id, path in self.contexts:
+            if id == context_id:
+                return load_context(path)
         raise ModelNotFound(f"this file needs entropy model '{id}', which model '{self.name}' does not have")
 
     @property
@@ -136,10 +145,10 @@ def entry_at(path: Path) -> Entry:
         name, entropy_model = meta["name"], meta["entropy_model"]
     except (KeyError, TypeError, ValueError) as e:
         raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code") from e
-    context = _context_for(digest)
-    if context is None and meta.get("tokens_of"):  # a decoder-only fine-tune: same tokens, same context model
+    contexts = _contexts_for(digest)
+    if not contexts and meta.get("tokens_of"):  # a decoder-only fine-tune: same tokens, same context models
         try:
-            context = _context_for(bytes.fromhex(meta["tokens_of"]))
+            contexts = _contexts_for(bytes.fromhex(meta["tokens_of"]))
         except ValueError:
             raise ModelNotFound(f"weights file {path.name} names a malformed tokens_of hash") from None
     try:
@@ -148,27 +157,42 @@ def entry_at(path: Path) -> Entry:
         raise ModelNotFound(f"weights file {path.name} names a malformed refined model or scale") from None
     if refines and not (config.get("conditioned") and 2 <= scale <= 4):
         raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code")
-    return Entry(name, digest, path, config, tables, entropy_model, context, _allocation_for(path), refines, scale)
+    return Entry(name, digest, path, config, tables, entropy_model, contexts, _allocation_for(path), refines, scale)
 
 
-def _context_for(tokenizer_sha256: bytes) -> ContextModel | None:
-    """The installed context model bound to these tokenizer weights (pinned hash checked), or None."""
-    from safetensors.numpy import load_file
-
-    for path in sorted(CONTEXT_DIR.glob("*.safetensors")):
+def _contexts_for(tokenizer_sha256: bytes) -> tuple[tuple[str, Path], ...]:
+    """(id, file) of the installed context models bound to these tokenizer weights, oldest first: the
+    pinned ones in CONTEXT_SHA256's order, then any unpinned one by name. Only their metadata is read:
+    a file loads the one it names (load_context)."""
+    order = list(CONTEXT_SHA256)
+    found = []
+    for path in sorted(CONTEXT_DIR.glob("*.safetensors"), key=lambda p: (order.index(p.stem) if p.stem in order
+                                                                           else len(order), p.stem)):
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-        if meta.get("tokenizer_sha256") != tokenizer_sha256.hex():
-            continue
-        pinned = CONTEXT_SHA256.get(path.stem)
-        if pinned is not None and file_sha256(path).hex() != pinned:
-            raise ModelNotFound(f"context model {path.name} does not match its pinned sha256 {pinned[:16]} "
-                                f"(damaged or altered): reinstall ODP")
-        try:
-            return ContextModel(meta["id"], load_file(str(path)), meta)
-        except (KeyError, ValueError) as e:
-            raise ModelNotFound(f"context model {path.name} does not fit this version of ODP: {e}") from None
-    return None
+        if meta.get("tokenizer_sha256") == tokenizer_sha256.hex():
+            if "id" not in meta:
+                raise ModelNotFound(f"context model {path.name} does not fit this version of ODP: it has no id")
+            found.append((meta["id"], path))
+    return tuple(found)
+
+
+@lru_cache(maxsize=8)
+def load_context(path: Path) -> ContextModel | DigitContextModel:
+    """An installed context model (pinned hash checked): the one-symbol kind, or the digit kind."""
+    from safetensors.numpy import load_file
+
+    pinned = CONTEXT_SHA256.get(path.stem)
+    if pinned is not None and file_sha256(path).hex() != pinned:
+        raise ModelNotFound(f"context model {path.name} does not match its pinned sha256 {pinned[:16]} "
+                            f"(damaged or altered): reinstall ODP")
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata() or {}
+    kind = DigitContextModel if "digits" in meta else ContextModel
+    try:
+        return kind(meta["id"], load_file(str(path)), meta)
+    except (KeyError, ValueError) as e:
+        raise ModelNotFound(f"context model {path.name} does not fit this version of ODP: {e}") from None
 
 
 def _allocation_for(path: Path) -> dict | None:
@@ -196,9 +220,11 @@ def path_of(name: str = DEFAULT_MODEL) -> Path:
 
 
 def path_by_hash(sha256: bytes, name_hint: str = "") -> Path:
-    """The weights file whose sha256 is, or starts with, these bytes (name_hint is tried first)."""
+    """The weights file whose sha256 is, or starts with, these bytes. Shipped files whose pinned hash
+    fits are tried first, then name_hint, then the others: each try hashes a 20-MB file (about 20 ms),
+    and a file names only a 4-byte prefix."""
     candidates = installed()
-    candidates.sort(key=lambda p: p.stem != name_hint)
+    candidates.sort(key=lambda p: (not SHIPPED_SHA256.get(p.stem, "").startswith(sha256.hex()), p.stem != name_hint))
     for path in candidates:
         if file_sha256(path).startswith(sha256):
             return path

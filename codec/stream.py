@@ -71,8 +71,9 @@ def token_bits(toks: np.ndarray, entropy) -> np.ndarray:
     bits = np.empty(toks.size)
     for i in range(0, toks.size, coder.BLOCK):
         t, p = t_idx[i:i + coder.BLOCK], pos[i:i + coder.BLOCK]
-        f = coder.tables(entropy, toks, t, p)
-        bits[i:i + coder.BLOCK] = 24 - np.log2(f[np.arange(len(t)), toks[t, p]])
+        f = coder.tables(entropy, toks, t, p)                        # (n, digits, radix)
+        d = coder.digits_of(toks[t, p], entropy)
+        bits[i:i + coder.BLOCK] = (24 - np.log2(np.take_along_axis(f, d[:, :, None], 2)[:, :, 0])).sum(1)
     return bits.reshape(toks.shape)
 
 

@@ -2,13 +2,14 @@
 
 A layer brings each tile from `before[t]` to `after[t]` tokens. Inside a layer, symbols
 are coded step-major: step i codes token before[t] + i of every tile t that still has
-one, tiles in order. A token's probabilities depend only on its position and on earlier
-tokens of its own tile, so every layer decodes from the layers before it, and a shorter
-file is a cut of a longer one.
+one, tiles in order; a model that codes a token as several digits (models.EntropyModel)
+codes, within a step, the lowest digit of every such tile, then the next digit, and so on.
+A token's probabilities depend only on its position and on earlier tokens of its own tile,
+so every layer decodes from the layers before it, and a shorter file is a cut of a longer one.
 
-Probability models answer `frequencies(contexts, positions)` with integer tables summing
-to 2**24; the coder gets them as exact binary fractions, and constriction's deterministic
-quantiser (pinned to 0.5.x) does the rest, so both ends see identical models.
+Probability models give integer tables summing to 2**24; the coder gets them as exact
+binary fractions, and constriction's deterministic quantiser (pinned to 0.5.x) does the
+rest, so both ends see identical models.
 """
 from __future__ import annotations
 
@@ -44,8 +45,24 @@ def contexts(model, tokens: np.ndarray, tile: np.ndarray, pos: np.ndarray) -> np
     return np.where(src >= 0, ctx, model.alphabet)
 
 
+def digit_tables(model, tokens: np.ndarray, tile: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """(n, digits, radix) integer tables of every digit of the known tokens[tile, pos], each given the
+    earlier tokens of its tile and the token's lower digits."""
+    prepared = model.prepare(contexts(model, tokens, tile, pos), pos)
+    if model.digits == 1:
+        return model.digit_frequencies(prepared, None, 0)[:, None, :]
+    tok = tokens[tile, pos].astype(np.int64)
+    return np.stack([model.digit_frequencies(prepared, tok % model.radix ** k, k)
+                     for k in range(model.digits)], 1)
+
+
+def digits_of(tok: np.ndarray, model) -> np.ndarray:
+    """(n,) token ids -> (n, digits) base-radix digits, lowest first."""
+    return np.asarray(tok, np.int64)[:, None] // model.radix ** np.arange(model.digits) % model.radix
+
+
 class KnownTokens:
-    """An entropy model over tokens the encoder already holds. Each token's table depends only on the
+    """An entropy model over tokens the encoder already holds. Each token's tables depend only on the
     tokens before it, all known, so the tables are computed once (in blocks) and kept: the allocation's
     code lengths and every layer's coding then share one pass of the context model, the encoder's
     largest cost. Kept as int32 up to KEEP_BYTES; a larger image has them computed at each use."""
@@ -56,27 +73,26 @@ class KnownTokens:
         self.model, self.tokens = model, tokens
         self._rows = None
 
-    def __getattr__(self, name):  # id, lags, alphabet, positions, first_token_bits: the model's
+    def __getattr__(self, name):  # id, lags, digits, radix, alphabet, positions, first_token_bits: the model's
         return getattr(self.model, name)
 
     def rows(self, tile: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        k = self.tokens.shape[1]
-        if self._rows is None and self.tokens.size * self.model.alphabet * 4 <= self.KEEP_BYTES:
+        k, m = self.tokens.shape[1], self.model
+        if self._rows is None and self.tokens.size * m.digits * m.radix * 4 <= self.KEEP_BYTES:
             t_all, p_all = np.divmod(np.arange(self.tokens.size), k)
-            self._rows = np.empty((self.tokens.size, self.model.alphabet), np.int32)  # TOTAL < 2**31
+            self._rows = np.empty((self.tokens.size, m.digits, m.radix), np.int32)  # TOTAL < 2**31
             for i in range(0, self.tokens.size, BLOCK):
-                t, p = t_all[i:i + BLOCK], p_all[i:i + BLOCK]
-                self._rows[i:i + BLOCK] = self.model.frequencies(contexts(self.model, self.tokens, t, p), p)
+                self._rows[i:i + BLOCK] = digit_tables(m, self.tokens, t_all[i:i + BLOCK], p_all[i:i + BLOCK])
         if self._rows is None:
-            return self.model.frequencies(contexts(self.model, self.tokens, tile, pos), pos)
+            return digit_tables(m, self.tokens, tile, pos)
         return self._rows[tile * k + pos]
 
 
 def tables(model, tokens: np.ndarray, tile: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Integer probability rows (n, alphabet) of tokens[tile, pos], each given the earlier tokens of its tile."""
+    """(n, digits, radix) integer tables of tokens[tile, pos] (digit_tables), shared with KnownTokens."""
     if isinstance(model, KnownTokens) and model.tokens is tokens:
         return model.rows(tile, pos)
-    return model.frequencies(contexts(model, tokens, tile, pos), pos)
+    return digit_tables(model, tokens, tile, pos)
 
 
 def token_check(symbols: np.ndarray) -> int:
@@ -86,13 +102,25 @@ def token_check(symbols: np.ndarray) -> int:
 
 def encode_layer(tokens: np.ndarray, before: np.ndarray, after: np.ndarray, model) -> tuple[bytes, int]:
     """Code tokens[t, before[t]:after[t]] of every tile -> (bytes, token check)."""
-    tile, pos, _ = layer_order(before, after)
+    tile, pos, per_step = layer_order(before, after)
     symbols = tokens[tile, pos].astype(np.int32)
     enc = constriction.stream.queue.RangeEncoder()
-    for i in range(0, len(symbols), BLOCK):
-        t, p = tile[i:i + BLOCK], pos[i:i + BLOCK]
-        probs = tables(model, tokens, t, p) / TOTAL  # exact: integers / 2**24
-        enc.encode(symbols[i:i + BLOCK], _FAMILY, probs)
+    ends = np.cumsum(per_step)
+    start = 0
+    while start < len(symbols):  # whole steps at a time, about BLOCK tokens (one step at least)
+        end = int(ends[max(np.searchsorted(ends, start + BLOCK, "right") - 1, np.searchsorted(ends, start, "right"))])
+        t, p = tile[start:end], pos[start:end]
+        f = tables(model, tokens, t, p)                              # (n, digits, radix)
+        if model.digits == 1:
+            enc.encode(symbols[start:end], _FAMILY, f[:, 0] / TOTAL)  # exact: integers / 2**24
+        else:  # step by step, digit by digit, tiles in order
+            step = np.searchsorted(ends, np.arange(start, end), "right")
+            token, digit = np.divmod(np.arange(f.shape[0] * model.digits), model.digits)
+            order = np.lexsort((token, digit, step[token]))
+            d = digits_of(symbols[start:end], model)
+            enc.encode(d[token[order], digit[order]].astype(np.int32), _FAMILY,
+                       f[token[order], digit[order]] / TOTAL)
+        start = end
     return enc.get_compressed().astype("<u4").tobytes(), token_check(symbols)
 
 
@@ -115,10 +143,15 @@ def decode_layer(data: bytes, tokens: np.ndarray, before: np.ndarray, after: np.
         i = 0
         for n in per_step:
             t, p = tile[i:i + n], pos[i:i + n]
-            probs = model.frequencies(contexts(model, tokens, t, p), p) / TOTAL
-            tokens[t, p] = decoded = dec.decode(_FAMILY, probs)
-            if enc is not None:  # re-code with the tables at hand: the same bytes as encode_layer's
-                enc.encode(decoded, _FAMILY, probs)
+            prepared = model.prepare(contexts(model, tokens, t, p), p)
+            token = np.zeros(n, np.int64)
+            for k in range(model.digits):
+                probs = model.digit_frequencies(prepared, token, k) / TOTAL
+                decoded = dec.decode(_FAMILY, probs)
+                if enc is not None:  # re-code with the tables at hand: the same bytes as encode_layer's
+                    enc.encode(decoded, _FAMILY, probs)
+                token += decoded.astype(np.int64) * model.radix ** k
+            tokens[t, p] = token
             i += n
     except (AssertionError, ValueError, RuntimeError) as e:
         raise EntropyError(str(e) or type(e).__name__) from None

@@ -87,43 +87,94 @@ def _product(limbs: list[np.ndarray], wt: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-class ContextModel:
-    """Integer MLP over the previous `lags` tokens of the same tile."""
+class _Hidden:
+    """What both context models share: embeddings of the previous `lags` tokens, one hidden layer with a
+    per-position bias, computed exactly in integers (`_pre_activation`), and the integer softmax."""
 
-    def __init__(self, id: str, tensors: dict[str, np.ndarray], meta: dict[str, str]):
+    def __init__(self, id: str, tensors: dict[str, np.ndarray], meta: dict[str, str], names: tuple[str, ...]):
         self.id = id
         self.lags = int(meta["lags"])
         self.shift1, self.mult, self.shift2 = int(meta["shift1"]), int(meta["mult"]), int(meta["shift2"])
-        emb = tensors["emb"].astype(np.float64)                # (V + 1, D) integers: row V is PAD
-        self.alphabet = emb.shape[0] - 1
-        for name in ("emb", "w1", "pos_bias", "w2"):
+        for name in ("emb", "w1", "pos_bias", "b2", "exp_lut") + names:
+            if name not in tensors:
+                raise ValueError(f"context model {self.id}: no tensor {name}")
             if tensors[name].dtype.kind not in "iu":
                 raise ValueError(f"context model {self.id}: {name} is not integer")
+        emb = tensors["emb"].astype(np.float64)                # (V + 1, D) integers: row V is PAD
+        self.alphabet = emb.shape[0] - 1
         self.emb = emb
         # transposed while still 8-bit, then widened: the cheap order (the products are faster on
         # contiguous matrices than on transposed views, measured)
         self.w1t = np.ascontiguousarray(tensors["w1"].T).astype(np.float64)  # (lags * D, H)
+        self.w1t32 = self.w1t.astype(np.float32)
         self.pos_bias = tensors["pos_bias"].astype(np.float64)  # (K, H): position and layer-1 bias
-        self.w2t = np.ascontiguousarray(tensors["w2"].T).astype(np.float64)  # (H, V)
-        self.w1t32, self.w2t32 = self.w1t.astype(np.float32), self.w2t.astype(np.float32)
-        self.b2 = tensors["b2"].astype(np.int64)           # (V,) in final logit units << shift2
-        self.b2_round = self.b2 + (1 << (self.shift2 - 1))  # the bias with the rounding of >> shift2
         self.exp_lut = tensors["exp_lut"].astype(np.int64)  # exp(-i / unit) * 2**20, >= 1
-        # bounds of every integer on the way, and the limbs that keep each product exact in float32
-        x_max = float(np.abs(emb).max())
-        sum1, sum2 = _row_sum(tensors["w1"]), _row_sum(tensors["w2"])
-        h_max = x_max * sum1 + float(np.abs(self.pos_bias).max())
-        h_scaled = float(np.floor(h_max / 2 ** self.shift1))
-        z_max = h_scaled * sum2
-        (self.bits1, count1), (self.bits2, self.count2) = _limb_layout(x_max, sum1), _limb_layout(h_scaled, sum2)
-        if h_max >= 2.0 ** 52 or z_max >= 2.0 ** 52 or not count1 or not self.count2 \
-                or z_max * self.mult + float(np.abs(self.b2).max()) >= 2.0 ** 62:
+        self.x_max = float(np.abs(emb).max())
+        self.sum1 = _row_sum(tensors["w1"])
+        self.bits1, count1 = _limb_layout(self.x_max, self.sum1)
+        if not count1:
             raise ValueError(f"context model {self.id} has parameters too large for exact integer inference")
         self.emb_limbs = [x.astype(np.float32) for x in _limbs(emb, self.bits1, count1)]
 
     @property
     def positions(self) -> int:
         return self.pos_bias.shape[0]
+
+    def _pre_activation(self, ctx: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The hidden layer before its ReLU: exact integers in float64."""
+        n = len(positions)
+        if n < LIMB_ROWS:
+            h = _product([e[ctx].reshape(n, -1) for e in self.emb_limbs], self.w1t32, self.bits1)
+        else:
+            h = self.emb[ctx].reshape(n, -1) @ self.w1t                 # exact integers in float64
+        h += self.pos_bias[positions]
+        return h
+
+    def _requantised(self, h: np.ndarray) -> np.ndarray:
+        """ReLU, then >> shift1, in place (exact: a power of two, then floor)."""
+        np.maximum(h, 0, out=h)
+        h *= 2.0 ** -self.shift1
+        np.floor(h, out=h)
+        return h
+
+    def _softmax(self, z: np.ndarray, b2_round: np.ndarray) -> np.ndarray:
+        """Exact integer products z (n, A) -> int64 frequency rows summing to TOTAL, each entry >= 1."""
+        logit = z.astype(np.int64)                                    # exact integers
+        logit *= self.mult
+        logit += b2_round
+        logit >>= self.shift2
+        d = np.subtract(logit.max(1, keepdims=True), logit, out=logit)
+        np.minimum(d, len(self.exp_lut) - 1, out=d)
+        q = self.exp_lut[d]
+        total = q.sum(1, keepdims=True)
+        q *= TOTAL - q.shape[1]
+        q //= total
+        q += 1                                                        # every code >= 1, sum <= TOTAL
+        q[np.arange(len(q)), q.argmax(1)] += TOTAL - q.sum(1)
+        return q
+
+
+class ContextModel(_Hidden):
+    """Integer MLP over the previous `lags` tokens of the same tile, one softmax over the whole codebook."""
+
+    digits = 1  # the coder's view (models.EntropyModel): each token is one symbol of the whole alphabet
+
+    def __init__(self, id: str, tensors: dict[str, np.ndarray], meta: dict[str, str]):
+        super().__init__(id, tensors, meta, ("w2",))
+        self.radix = self.alphabet
+        self.w2t = np.ascontiguousarray(tensors["w2"].T).astype(np.float64)  # (H, V)
+        self.w2t32 = self.w2t.astype(np.float32)
+        self.b2 = tensors["b2"].astype(np.int64)           # (V,) in final logit units << shift2
+        self.b2_round = self.b2 + (1 << (self.shift2 - 1))  # the bias with the rounding of >> shift2
+        # bounds of every integer on the way, and the limbs that keep each product exact in float32
+        sum2 = _row_sum(tensors["w2"])
+        h_max = self.x_max * self.sum1 + float(np.abs(self.pos_bias).max())
+        h_scaled = float(np.floor(h_max / 2 ** self.shift1))
+        z_max = h_scaled * sum2
+        self.bits2, self.count2 = _limb_layout(h_scaled, sum2)
+        if h_max >= 2.0 ** 52 or z_max >= 2.0 ** 52 or not self.count2 \
+                or z_max * self.mult + float(np.abs(self.b2).max()) >= 2.0 ** 62:
+            raise ValueError(f"context model {self.id} has parameters too large for exact integer inference")
 
     def frequencies(self, ctx: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Contexts (n, lags) of token ids (the alphabet size where there is none: coder.contexts) at `positions` -> (n, V) int64 rows summing to 2**24."""
@@ -137,31 +188,85 @@ class ContextModel:
         if n > CHUNK_ROWS:  # (n, V) int64 temporaries of a whole layer would not stay in cache
             return np.concatenate([self._frequencies(ctx[i:i + CHUNK_ROWS], positions[i:i + CHUNK_ROWS])
                                    for i in range(0, n, CHUNK_ROWS)])
-        few = n < LIMB_ROWS
-        if few:
-            h = _product([e[ctx].reshape(n, -1) for e in self.emb_limbs], self.w1t32, self.bits1)
-        else:
-            h = self.emb[ctx].reshape(n, -1) @ self.w1t                 # exact integers in float64
-        h += self.pos_bias[positions]
-        np.maximum(h, 0, out=h)
-        h *= 2.0 ** -self.shift1                                      # exact (a power of two)
-        np.floor(h, out=h)
-        z = _product(_limbs(h, self.bits2, self.count2), self.w2t32, self.bits2) if few else h @ self.w2t
-        logit = z.astype(np.int64)                                    # exact integers
-        logit *= self.mult
-        logit += self.b2_round
-        logit >>= self.shift2
-        d = np.subtract(logit.max(1, keepdims=True), logit, out=logit)
-        np.minimum(d, len(self.exp_lut) - 1, out=d)
-        q = self.exp_lut[d]
-        total = q.sum(1, keepdims=True)
-        q *= TOTAL - self.alphabet
-        q //= total
-        q += 1                                                        # every code >= 1, sum <= TOTAL
-        q[np.arange(n), q.argmax(1)] += TOTAL - q.sum(1)
-        return q
+        h = self._requantised(self._pre_activation(ctx, positions))
+        z = _product(_limbs(h, self.bits2, self.count2), self.w2t32, self.bits2) if n < LIMB_ROWS else h @ self.w2t
+        return self._softmax(z, self.b2_round)
+
+    def prepare(self, ctx: np.ndarray, positions: np.ndarray):
+        return ctx, positions
+
+    def digit_frequencies(self, prepared, lower: np.ndarray, k: int) -> np.ndarray:
+        return self.frequencies(*prepared)
 
     def first_token_bits(self) -> float:
         """Fewest bits a tile's first token can cost: bounds how many tiles a few bytes can describe."""
         f = self.frequencies(np.full((1, self.lags), self.alphabet), np.zeros(1, np.int64))
         return float(PRECISION_BITS - np.log2(f.max()))
+
+
+class DigitContextModel(_Hidden):
+    """Integer MLP over the previous `lags` tokens that codes each token as `digits` base-`radix` digits,
+    lowest first (for FSQ codes, one digit per latent channel).
+
+    The hidden layer's pre-activation is computed once per token; digit k's table adds to it an offset
+    learnt for the k lower digits already known, then takes a ReLU and a (hidden x radix) product. Against
+    ContextModel's one softmax over the whole codebook (a hidden x 4096 product and 4096-entry integer
+    softmax per token, most of the decoder's time) this is a few hundred multiply-adds per digit, with
+    the same exactness: integer values, float64 products whose partial sums stay below 2**53.
+    """
+
+    def __init__(self, id: str, tensors: dict[str, np.ndarray], meta: dict[str, str]):
+        super().__init__(id, tensors, meta, ("w2", "prefix_bias"))
+        self.digits, self.radix = int(meta["digits"]), int(meta["radix"])
+        w2, b2, prefix = tensors["w2"], tensors["b2"], tensors["prefix_bias"]
+        hidden = self.pos_bias.shape[1]
+        if self.radix < 2 or self.digits < 1 or self.radix ** self.digits != self.alphabet \
+                or w2.shape != (self.digits, self.radix, hidden) or b2.shape != (self.digits, self.radix) \
+                or prefix.shape != (self.prefix_rows(self.digits), hidden):
+            raise ValueError(f"context model {self.id}: digit tensors do not fit {self.digits} digits of {self.radix}")
+        # digit k's offsets start at row prefix_rows(k): one row per value of the k lower digits
+        self.prefix_bias = prefix.astype(np.float64)
+        self.w2t = np.ascontiguousarray(np.transpose(w2, (0, 2, 1))).astype(np.float64)  # (G, H, R)
+        self.b2_round = b2.astype(np.int64) + (1 << (self.shift2 - 1))
+        h_max = self.x_max * self.sum1 + float(np.abs(self.pos_bias).max()) + float(np.abs(self.prefix_bias).max())
+        z_max = float(np.floor(h_max / 2 ** self.shift1)) * max(_row_sum(w) for w in w2)
+        if h_max >= 2.0 ** 52 or z_max >= 2.0 ** 52 or z_max * self.mult + float(np.abs(b2).max()) >= 2.0 ** 62:
+            raise ValueError(f"context model {self.id} has parameters too large for exact integer inference")
+
+    def prefix_rows(self, k: int) -> int:
+        """Offset rows of the digits before digit k: radix**0 + ... + radix**(k-1)."""
+        return sum(self.radix ** j for j in range(k))
+
+    def prepare(self, ctx: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Contexts (n, lags) at `positions` -> the hidden pre-activations every digit's table starts from."""
+        if len(positions) < FEW_ROWS:
+            with _one_blas_thread():
+                return self._pre_activation(ctx, positions)
+        return self._pre_activation(ctx, positions)
+
+    def digit_frequencies(self, pre: np.ndarray, lower: np.ndarray, k: int) -> np.ndarray:
+        """(n, radix) int64 rows summing to 2**24: digit k of each token, given `pre` (from `prepare`) and
+        `lower`, the value of the token's k lower digits (token % radix**k)."""
+        h = self._requantised(pre + self.prefix_bias[self.prefix_rows(k) + np.asarray(lower, np.int64)])
+        return self._softmax(h @ self.w2t[k], self.b2_round[k])
+
+    def token_bits(self, ctx: np.ndarray, positions: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Ideal code length in bits of each of `tokens` (n,) in its context."""
+        pre = self.prepare(ctx, positions)
+        bits, lower = np.zeros(len(tokens)), np.zeros(len(tokens), np.int64)
+        for k in range(self.digits):
+            d = tokens // self.radix ** k % self.radix
+            f = self.digit_frequencies(pre, lower, k)
+            bits += PRECISION_BITS - np.log2(f[np.arange(len(d)), d])
+            lower += d * self.radix ** k
+        return bits
+
+    def first_token_bits(self) -> float:
+        """Fewest bits a tile's first token can cost: for each digit, its likeliest value after any lower digits."""
+        pre = self.prepare(np.full((1, self.lags), self.alphabet), np.zeros(1, np.int64))
+        bits = 0.0
+        for k in range(self.digits):
+            lower = np.arange(self.radix ** k)
+            f = self.digit_frequencies(np.repeat(pre, len(lower), 0), lower, k)
+            bits += PRECISION_BITS - np.log2(f.max())
+        return float(bits)

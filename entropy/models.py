@@ -4,7 +4,11 @@ A model answers one question: the integer frequency table for token position j.
 Tables are integers that sum to exactly 2**PRECISION_BITS and reach the coder as exact
 binary fractions; constriction's deterministic fixed-point quantiser (pinned to 0.5.x)
 does the rest, so encoder and decoder see identical probabilities on every machine.
-Every model answers `frequencies(contexts, positions)`; these tables ignore the context.
+A model codes each token as `digits` symbols of `radix` values (the token's base-radix digits, lowest
+first): `prepare(contexts, positions)` once per token, then `digit_frequencies(prepared, lower, k)`
+for each digit k given the digits below it. The models here, and entropy/context.py's ContextModel,
+code a token as one symbol (digits = 1, radix = alphabet) and also answer `frequencies(contexts,
+positions)`; these tables ignore the context.
 """
 from __future__ import annotations
 
@@ -20,22 +24,30 @@ TOTAL = 1 << PRECISION_BITS
 class EntropyModel(Protocol):
     """What the coder asks of a probability model (tests/test_entropy.py checks each model against it).
 
-    `frequencies(contexts, positions)` gives, for each of n symbols, an int64 row of `alphabet`
-    positive frequencies summing to TOTAL; `contexts` (n, lags) holds the previous `lags` tokens of
-    the symbol's tile (`alphabet` where there is none, see coder.contexts), so a model that ignores
-    them has lags = 0. `first_token_bits` bounds how many tiles a few bytes can describe.
+    `prepare(contexts, positions)` takes, for each of n tokens, the previous `lags` tokens of its
+    tile (`contexts` (n, lags), `alphabet` where there is none, see coder.contexts; a model that
+    ignores them has lags = 0) and its position; `digit_frequencies(prepared, lower, k)` then gives
+    an int64 row of `radix` positive frequencies summing to TOTAL for digit k of each token, `lower`
+    holding the value of its k lower digits (token % radix**k). `first_token_bits` bounds how many
+    tiles a few bytes can describe.
     """
 
     id: str          # recorded in every file: the decoder must find the very same model
     lags: int        # previous tokens of the same tile it looks at
+    digits: int      # symbols per token; alphabet == radix ** digits
 
     @property
     def alphabet(self) -> int: ...
 
     @property
+    def radix(self) -> int: ...
+
+    @property
     def positions(self) -> int: ...
 
-    def frequencies(self, contexts: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+    def prepare(self, contexts: np.ndarray, positions: np.ndarray): ...
+
+    def digit_frequencies(self, prepared, lower: np.ndarray, k: int) -> np.ndarray: ...
 
     def first_token_bits(self) -> float: ...
 
@@ -45,6 +57,7 @@ class PositionTables:
 
     id = "pos-freq-v1"
     lags = 0  # previous tokens it looks at
+    digits = 1
 
     def __init__(self, freqs: np.ndarray):
         freqs = np.asarray(freqs)
@@ -62,7 +75,15 @@ class PositionTables:
     def alphabet(self) -> int:
         return self.freqs.shape[1]
 
+    radix = alphabet
+
     def frequencies(self, contexts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return self.freqs[positions]
+
+    def prepare(self, contexts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return positions
+
+    def digit_frequencies(self, positions: np.ndarray, lower: np.ndarray, k: int) -> np.ndarray:
         return self.freqs[positions]
 
     def first_token_bits(self) -> float:

@@ -42,7 +42,8 @@ MIME_TYPE = "image/x-odp"
 ZIP_MAGIC = b"PK\x03\x04"          # OpenDocument presentations share the .odp extension
 
 # Entropy models by their byte in a version-2 header (docs/format.md keeps this table).
-ENTROPY_MODELS = {1: "pos-freq-v1", 2: "ctx16-v1", 3: "ctx16-refine-v1", 4: "ctx16-refine-v2"}
+ENTROPY_MODELS = {1: "pos-freq-v1", 2: "ctx16-v1", 3: "ctx16-refine-v1", 4: "ctx16-refine-v2",
+                  5: "ctx16d-v1", 6: "ctx16d-refine-v2"}
 
 MAX_SIDE = 65535            # pixels per side the format can describe
 MAX_HEADER = 16 << 20       # header bytes (dominated by ICC/EXIF)

@@ -23,7 +23,7 @@ import helpers
 from odp.codec import errors, registry, stream, weights
 from odp.codec.training import context as train_context
 from odp.entropy import coder
-from odp.entropy.context import ContextModel
+from odp.entropy.context import ContextModel, DigitContextModel
 from odp.entropy.models import TOTAL, PositionTables, quantize
 from odp.formats import container
 
@@ -131,18 +131,104 @@ def tiny_context_file(tmp_path_factory):
     return save_context(tmp_path_factory, *tiny_context())
 
 
-def shipped_context_file(model):
-    """The installed context model's file (what registry._context_for loaded), or None. It is bound
-    to the tokenizer that makes the model's tokens: the model itself or, for a decoder-only
-    fine-tune, the model it names as tokens_of (registry.py)."""
-    if model.context is None:
-        return None
-    for path in sorted(registry.CONTEXT_DIR.glob("*.safetensors")):
+def tiny_digit_context(radix=4, digits=4, positions=64, lags=8, dim=16, hidden=64) -> tuple[dict, dict]:
+    """A DigitContextModel's tensors quantised from a random float model (sharpened as tiny_context's)."""
+    torch.manual_seed(1)
+    net = train_context.FloatDigitContext(radix, digits, positions, lags, dim, hidden)
+    with torch.no_grad():
+        net.w2.mul_(8)
+        net.pos_bias.normal_(0, 1)
+        net.prefix_bias.normal_(0, 1)
+    rng = np.random.default_rng(0)
+    ctx = torch.from_numpy(rng.integers(0, radix ** digits + 1, (2000, lags)))
+    pos = torch.from_numpy(rng.integers(0, positions, 2000))
+    tok = torch.from_numpy(rng.integers(0, radix ** digits, 2000))
+    return train_context.quantise_digits(net, "ctxd-test", bytes(32), ctx, pos, tok)
+
+
+def digit_reference(t: dict, meta: dict, ctx: np.ndarray, pos: np.ndarray, lower: np.ndarray, k: int) -> np.ndarray:
+    """DigitContextModel.digit_frequencies' arithmetic in np.int64 alone (einsum on int64)."""
+    shift1, mult, shift2, radix = (int(meta[key]) for key in ("shift1", "mult", "shift2", "radix"))
+    emb, w1, pb, prefix, w2, b2, lut = (t[key].astype(np.int64) for key in
+                                        ("emb", "w1", "pos_bias", "prefix_bias", "w2", "b2", "exp_lut"))
+    x = emb[ctx].reshape(len(ctx), -1)
+    row = sum(radix ** j for j in range(k)) + lower
+    h = np.maximum(np.einsum("nd,hd->nh", x, w1) + pb[pos] + prefix[row], 0) >> shift1
+    logit = (np.einsum("nh,vh->nv", h, w2[k]) * mult + b2[k] + (1 << (shift2 - 1))) >> shift2
+    f = lut[np.minimum(logit.max(1, keepdims=True) - logit, len(lut) - 1)]
+    q = f * (TOTAL - radix) // f.sum(1, keepdims=True) + 1
+    for r in q:
+        r[int(np.argmax(r))] += TOTAL - int(r.sum())
+    return q
+
+
+@pytest.fixture(scope="session")
+def tiny_digit_model():
+    tensors, meta = tiny_digit_context()
+    return DigitContextModel(meta["id"], tensors, meta), tensors, meta
+
+
+@pytest.fixture(params=["installed", "tiny"])
+def digit_context(request, model, tiny_digit_model):
+    """(model, tensors, meta): the installed digit context model of the default tokenizer, and a tiny one."""
+    if request.param == "tiny":
+        return tiny_digit_model
+    path = shipped_context_file(model, digits=True)
+    if path is None:
+        pytest.skip("no digit context model is installed")
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    return DigitContextModel(meta["id"], tensors, meta), tensors, meta
+
+
+def test_digit_tables_are_exact_and_equal_the_integer_reference(digit_context):
+    m, tensors, meta = digit_context
+    assert m.radix ** m.digits == m.alphabet and m.digits > 1
+    ctx, pos = random_contexts(m, 400, seed=2)
+    toks = np.random.default_rng(3).integers(0, m.alphabet, 400)
+    pre = m.prepare(ctx, pos)
+    few_pre = np.concatenate([m.prepare(ctx[i:i + 6], pos[i:i + 6]) for i in range(0, 400, 6)])
+    np.testing.assert_array_equal(pre, few_pre)  # float32 limbs for a few rows, float64 for many: same integers
+    for k in range(m.digits):
+        lower = toks % m.radix ** k
+        f = m.digit_frequencies(pre, lower, k)
+        assert f.dtype == np.int64 and f.shape == (400, m.radix) and (f > 0).all() and (f.sum(1) == TOTAL).all()
+        np.testing.assert_array_equal(f, digit_reference(tensors, meta, ctx, pos, lower, k))
+    # the lower digits matter, and the bits of a token are the sum over its digits
+    f0 = m.digit_frequencies(pre[:1].repeat(m.radix, 0), np.arange(m.radix), 1)
+    assert len({r.tobytes() for r in f0}) > 1
+    every = np.arange(min(m.alphabet, 512))
+    first = m.token_bits(np.full((len(every), m.lags), m.alphabet), np.zeros(len(every), np.int64), every)
+    tables = coder.digit_tables(m, every[:, None], every, np.zeros(len(every), np.int64))
+    assert tables.shape == (len(every), m.digits, m.radix)
+    picked = np.take_along_axis(tables, coder.digits_of(every, m)[:, :, None], 2)[:, :, 0]
+    np.testing.assert_allclose(first, (24 - np.log2(picked)).sum(1))
+    assert 0 < m.first_token_bits() <= first.min() + 1e-9
+
+
+def test_digit_model_refuses_tensors_that_do_not_fit():
+    tensors, meta = tiny_digit_context()
+    with pytest.raises(ValueError, match="digit tensors"):
+        DigitContextModel("x", tensors, dict(meta, radix="2"))
+    with pytest.raises(ValueError, match="digit tensors"):
+        DigitContextModel("x", dict(tensors, prefix_bias=tensors["prefix_bias"][:-1]), meta)
+    with pytest.raises(ValueError, match="too large for exact integer inference"):
+        DigitContextModel("x", dict(tensors, prefix_bias=tensors["prefix_bias"] + (1 << 53)), meta)
+
+
+def shipped_context_file(model, digits: bool = False):
+    """The installed file of the model's context model of one kind (ContextModel, or DigitContextModel
+    with `digits`), or None. Context models are bound to the tokenizer that makes the model's tokens:
+    the model itself or, for a decoder-only fine-tune, the model it names as tokens_of (registry.py)."""
+    for context_id, path in model.entry.contexts:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-        if meta.get("id") == model.context.id and meta.get("tokenizer_sha256") in (model.sha256.hex(), tokens_of(model)):
+        assert meta.get("id") == context_id
+        assert meta.get("tokenizer_sha256") in (model.sha256.hex(), tokens_of(model))
+        if ("digits" in meta) == digits:
             return path
-    raise AssertionError("the shipped context model has no file")
+    return None
 
 
 def tokens_of(model) -> str | None:
@@ -306,14 +392,17 @@ def test_layer_order(spans):
 # --------------------------------------------------------------------------- coder
 
 
-@pytest.fixture(scope="module", params=["position tables", "shipped context model", "tiny context model"])
-def entropy(request, model, tiny_context_file):
+@pytest.fixture(scope="module", params=["position tables", "shipped context model", "tiny context model",
+                                        "tiny digit context model"])
+def entropy(request, model, tiny_context_file, tiny_digit_model):
     if request.param == "position tables":
         return model.tables
     if request.param == "shipped context model":
         if model.context is None:
             pytest.skip("no context model is installed")
         return model.context
+    if request.param == "tiny digit context model":
+        return tiny_digit_model[0]
     return load_context(tiny_context_file)[0]
 
 

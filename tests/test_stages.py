@@ -167,3 +167,35 @@ def test_files_refined_by_an_earlier_refinement_model_decode_with_it(refine_mode
     assert not container.read(first).stages
     whole, alone = psnr(refinement.shown(data), photo), psnr(refinement.shown(first), photo)
     assert whole > alone + 0.5, (whole, alone)
+
+
+def test_new_files_code_with_the_digit_context_models_and_old_files_keep_theirs(refine_model, model):
+    """Each tokenizer keeps every context model it ever shipped with: new files name the newest (the digit
+    models: a token as four base-8 digits), a file names the one it was coded with and decodes with it."""
+    from PIL import Image
+
+    import odp
+    from odp.codec import registry
+    from odp.entropy.context import ContextModel, DigitContextModel
+
+    import helpers
+
+    first, stage = model.entry, refine_model.entry
+    assert [i for i, _ in first.contexts] == ["ctx16-v1", "ctx16d-v1"]
+    assert [i for i, _ in stage.contexts] == ["ctx16-refine-v2", "ctx16d-refine-v2"]
+    assert isinstance(first.entropy("ctx16-v1"), ContextModel)
+    assert isinstance(first.entropy("ctx16d-v1"), DigitContextModel) and first.best_entropy.id == "ctx16d-v1"
+    assert stage.best_entropy.id == "ctx16d-refine-v2" and registry.refinement_for(first) is stage
+    photo = Image.open(helpers.DATA / "astronaut-320x240.png")
+    new = odp.encode(photo)
+    headers = [s.container.header.entropy_model for s in stream.read_stages(new)]
+    assert headers == ["ctx16d-v1", "ctx16d-refine-v2"]
+    stream.verify(new)
+    old = (helpers.DATA / "astronaut-refine-x2-v2.odp").read_bytes()  # written with ctx16-v1 and ctx16-refine-v2
+    assert [s.container.header.entropy_model for s in stream.read_stages(old)] == ["ctx16-v1", "ctx16-refine-v2"]
+    # the same tokens cost fewer bits under the digit models (docs/model.md gives the figures)
+    for s in stream.read_stages(old):
+        entry = s.model
+        toks = s.tokens[:, :int(np.min(s.counts))]
+        flat, digits = (stream.token_bits(toks, entry.entropy(i)).sum() for i, _ in entry.contexts)
+        assert digits < flat

@@ -3,7 +3,7 @@
     python -m odp.codec.evaluation.processes tests/data/photo_768x512.png --runs 5
 
 What a user waits for from a shell: start-up, imports, the network and the file, for encode, decode,
-info and truncate with default settings, and Pillow writing and reading WebP (method 6) and AVIF
+info (and info --verify) and truncate with default settings, and Pillow writing and reading WebP (method 6) and AVIF
 (speed 0, its slowest) of the same photo, each a fresh Python process. Needs `hyperfine` on the PATH;
 prints hyperfine's Markdown table (mean ± σ, min, max) and keeps its JSON beside it.
 """
@@ -27,6 +27,7 @@ def commands(photo: Path, work: Path) -> list[tuple[str, str]]:
         ("odp encode", f"{odp} encode {p} -o {o} --force --quiet"),
         ("odp decode", f"{odp} decode {o} -o {shlex.quote(str(work / 'a.png'))} --force --quiet"),
         ("odp info", f"{odp} info {o}"),
+        ("odp info --verify", f"{odp} info --verify {o}"),
         ("odp truncate", f"{odp} truncate {o} -o {shlex.quote(str(work / 't.odp'))} --bytes 500 --force"),
         ("webp encode (Pillow, q50 m6)", pil + f"Image.open(sys.argv[1]).save(sys.argv[2], quality=50, method=6)' {p} "
          + shlex.quote(str(work / "a.webp"))),

@@ -54,10 +54,44 @@ class FloatContext(nn.Module):
         return self.l2(h)
 
 
-def extract(data: list[str], out: Path) -> None:
+class FloatDigitContext(nn.Module):
+    """The float model that entropy/context.py's DigitContextModel runs in integers: FloatContext's hidden
+    layer before its ReLU, then per digit an offset for the lower digits, a ReLU and a small output layer."""
+
+    def __init__(self, radix: int, digits: int, positions: int, lags: int, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.alphabet, self.radix, self.digits, self.lags = radix ** digits, radix, digits, lags
+        self.emb = nn.Embedding(self.alphabet + 1, dim)
+        self.l1 = nn.Linear(lags * dim, hidden, bias=False)
+        self.pos_bias = nn.Parameter(torch.zeros(positions, hidden))
+        self.prefix_bias = nn.Parameter(torch.zeros(sum(radix ** k for k in range(digits)), hidden))
+        self.w2 = nn.Parameter(torch.randn(digits, radix, hidden) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(digits, radix))
+
+    def forward(self, ctx: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+        """Logits (n, digits, radix) of each digit of `tok` given its context and its lower digits."""
+        pre = self.l1(self.drop(self.emb(ctx)).flatten(1)) + self.pos_bias[pos]
+        out, row = [], 0
+        for k in range(self.digits):
+            g = F.relu(pre + self.prefix_bias[row + tok % self.radix ** k])
+            out.append(g @ self.w2[k].T + self.b2[k])
+            row += self.radix ** k
+        return torch.stack(out, 1)
+
+    def loss(self, ctx: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy per token (the sum over its digits), in nats."""
+        digits = torch.div(tok[:, None], self.radix ** torch.arange(self.digits), rounding_mode="floor") % self.radix
+        nll = F.cross_entropy(self(ctx, pos, tok).flatten(0, 1), digits.flatten(), reduction="none")
+        per_token = nll.view(-1, self.digits).sum(1)
+        return per_token.sum() if reduction == "sum" else per_token.mean()
+
+
+def extract(data: list[str], out: Path, name: str | None = None) -> None:
     """Tokens (tiles, K) of every training photo's centre crop and its mirror, one tensor per photo,
-    into a safetensors file (metadata: the tokenizer's sha256)."""
-    model = weights.load()
+    into a safetensors file (metadata: the tokenizer's sha256). `name`: an installed first-stage model
+    (default: the default one)."""
+    model = weights.load(name) if name else weights.load()
     tile = model.config.tile
     found = {}
     engine = Engine(model, "cpu", 4)
@@ -79,8 +113,10 @@ def extract(data: list[str], out: Path) -> None:
     save_file(found, str(out), metadata={"tokenizer_sha256": model.sha256.hex()})
 
 
-def extract_refinement(config: Path, snapshot: Path, data: list[str], out: Path, side: int = 512) -> None:
-    """Tokens (tiles, K) of a refinement stage (config's [refine], weights of `snapshot`) on every
+def extract_refinement(config: Path, snapshot: Path | None, data: list[str], out: Path, side: int = 512,
+                       name: str | None = None) -> None:
+    """Tokens (tiles, K) of a refinement stage (config's [refine], weights of `snapshot`, or the installed
+    stage model `name`: then bound to its sha256 like a first stage's tokens) on every
     training photo's centre crop (at most side x side, the run's held-out photos left out): the crop
     coded whole by the base model, its picture enlarged with the crop as the codec does
     (codec/refinement.py). One tensor per photo, metadata: the snapshot's step and sha256 (export.py
@@ -90,37 +126,52 @@ def extract_refinement(config: Path, snapshot: Path, data: list[str], out: Path,
 
     from safetensors.torch import load_file
 
-    from .. import refinement, registry
+    from .. import registry
     from ..model import ModelConfig, Tokenizer
     from .train import split_photos
 
     cfg = tomllib.loads(config.read_text())
     rc = cfg["refine"]
     base = Engine(weights.load(rc["base"]), "cpu", 4)
+    held = {p.name for p in split_photos(cfg["train"])[1]}
+    if name:
+        stage = weights.load(name)
+        found = _stage_tokens(base, Engine(stage, "cpu", 4), [f for f in list_photos(data) if f.name not in held],
+                              side, int(rc["scale"]))
+        from safetensors.numpy import save_file
+
+        save_file(found, str(out), metadata={"tokenizer_sha256": stage.sha256.hex(), "refines": rc["base"]})
+        return
     tok = Tokenizer(ModelConfig.from_dict(cfg["model"]))
     state = load_file(str(snapshot / "snapshot.safetensors"))
     tok.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("ema.")})
     step = json.loads((snapshot / "state.json").read_text())["step"]
     snapshot_sha = registry.file_sha256(snapshot / "snapshot.safetensors").hex()
-    held = {p.name for p in split_photos(cfg["train"])[1]}
-    found = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "refine.safetensors"
         weights.save_weights(path, "refine", tok.eval(), registry.find(rc["base"]).tables)
-        engine = Engine(weights.load_path(path), "cpu", 4)
-        files = [f for f in list_photos(data) if f.name not in held]
-        for i, f in enumerate(files):
-            im = np.asarray(Image.open(f).convert("RGB"))
-            h, w = im.shape[:2]
-            ch, cw = min(h, side), min(w, side)
-            crop = np.ascontiguousarray(im[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw])
-            shown = base.decode(base.encode(crop), cw, ch)
-            found[f.name] = refinement.encode_stage(engine, crop, shown, int(rc["scale"])).astype(np.int16)
-            print(f"\r  {i + 1}/{len(files)} photos", end="", file=sys.stderr)
-    print(file=sys.stderr)
+        found = _stage_tokens(base, Engine(weights.load_path(path), "cpu", 4),
+                              [f for f in list_photos(data) if f.name not in held], side, int(rc["scale"]))
     from safetensors.numpy import save_file
 
     save_file(found, str(out), metadata={"refinement_step": str(step), "snapshot_sha256": snapshot_sha})
+
+
+def _stage_tokens(base: Engine, stage: Engine, files: list[Path], side: int, scale: int) -> dict[str, np.ndarray]:
+    """A stage's tokens on each photo's centre crop (at most side x side) coded whole by `base` first."""
+    from .. import refinement
+
+    found = {}
+    for i, f in enumerate(files):
+        im = np.asarray(Image.open(f).convert("RGB"))
+        h, w = im.shape[:2]
+        ch, cw = min(h, side), min(w, side)
+        crop = np.ascontiguousarray(im[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw])
+        shown = base.decode(base.encode(crop), cw, ch)
+        found[f.name] = refinement.encode_stage(stage, crop, shown, scale).astype(np.int16)
+        print(f"\r  {i + 1}/{len(files)} photos", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return found
 
 
 def load_tokens(path: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -194,11 +245,52 @@ def quantise(net: FloatContext, name: str, tokenizer_sha256: bytes, ctx: torch.T
     return tensors, meta
 
 
-def integer_bits(model: context.ContextModel, ctx: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor) -> float:
+def quantise_digits(net: FloatDigitContext, name: str, tokenizer_sha256: bytes, ctx: torch.Tensor, pos: torch.Tensor,
+                    tok: torch.Tensor) -> tuple[dict, dict]:
+    """As `quantise`, for a DigitContextModel: the digit offsets share the hidden layer's integer scale."""
+    emb = net.emb.weight.detach().double().numpy()
+    w1 = net.l1.weight.detach().double().numpy()
+    pb = net.pos_bias.detach().double().numpy()
+    prefix = net.prefix_bias.detach().double().numpy()
+    w2 = net.w2.detach().double().numpy()
+    b2 = net.b2.detach().double().numpy()
+    s_1, s_2 = 127 / np.abs(w1).max(), 127 / np.abs(w2).max()
+    q_w1, q_w2 = np.round(w1 * s_1).astype(np.int64), np.round(w2 * s_2).astype(np.int64)
+    # embeddings small enough that the first layer is one exact float32 product when decoding (no limbs:
+    # half the decoder's time, entropy/context.py): (|emb| + 1) * max row sum of |w1| < 2**24
+    s_e = min(2047, (2 ** 24 - 1) // int(np.abs(q_w1).sum(1).max()) - 1) / np.abs(emb).max()
+    q_emb = np.round(emb * s_e).astype(np.int64)
+    q_pb, q_prefix = (np.round(a * s_e * s_1).astype(np.int64) for a in (pb, prefix))
+    x = q_emb[ctx.numpy()].reshape(len(ctx), -1).astype(np.float64)
+    pre = x @ q_w1.T.astype(np.float64) + q_pb[pos.numpy()]
+    t, row, peaks = tok.numpy().astype(np.int64), 0, []
+    for k in range(net.digits):
+        peaks.append(np.quantile(np.maximum(pre + q_prefix[row + t % net.radix ** k], 0), 0.99999))
+        row += net.radix ** k
+    shift1 = max(0, int(math.ceil(math.log2(max(peaks) + 1))) - 15)
+    h_scale = s_e * s_1 / 2 ** shift1
+    ideal = LOGIT_UNIT / (h_scale * s_2)
+    shift2 = max(1, 20 - int(math.floor(math.log2(ideal))))
+    mult = int(round(ideal * 2 ** shift2))
+    q_b2 = np.round(b2 * LOGIT_UNIT * 2 ** shift2).astype(np.int64)
+    lut = np.maximum(1, np.round(2.0 ** EXP_BITS * np.exp(-np.arange(EXP_BITS * LOGIT_UNIT * 0.7) / LOGIT_UNIT)))
+    tensors = {"emb": q_emb.astype(np.int16), "w1": q_w1.astype(np.int8), "pos_bias": q_pb, "prefix_bias": q_prefix,
+               "w2": q_w2.astype(np.int8), "b2": q_b2, "exp_lut": lut.astype(np.int64)}
+    meta = {"id": name, "lags": str(net.lags), "shift1": str(shift1), "mult": str(mult), "shift2": str(shift2),
+            "digits": str(net.digits), "radix": str(net.radix), "tokenizer_sha256": tokenizer_sha256.hex()}
+    return tensors, meta
+
+
+def integer_bits(model, ctx: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor) -> float:
+    """Mean bits per token of the integer model (either kind) on these samples."""
     bits = 0.0
     for i in range(0, len(tok), 4096):
-        f = model.frequencies(ctx[i:i + 4096].numpy(), pos[i:i + 4096].numpy())
-        bits += float(-np.log2(f[np.arange(len(f)), tok[i:i + 4096].numpy()] / TOTAL).sum())
+        c, p, t = ctx[i:i + 4096].numpy(), pos[i:i + 4096].numpy(), tok[i:i + 4096].numpy().astype(np.int64)
+        if isinstance(model, context.DigitContextModel):
+            bits += float(model.token_bits(c, p, t).sum())
+        else:
+            f = model.frequencies(c, p)
+            bits += float(-np.log2(f[np.arange(len(f)), t] / TOTAL).sum())
     return bits / len(tok)
 
 
@@ -209,7 +301,7 @@ def train(args) -> None:
     names = sorted(d)
     held = set(names[::5])
     model, tok_sha = tokenizer_for(meta, args.tokenizer)
-    refine = "snapshot_sha256" in meta  # a refinement stage's tokens (tokens --refine)
+    refine = "snapshot_sha256" in meta or "refines" in meta  # a refinement stage's tokens (tokens --refine)
     if not tok_sha and Path(args.out).resolve() == SHIPPED_DIR.resolve():
         sys.exit("train_context: error: a context model for a refinement stage's tokens is shipped only bound to "
                  "its exported weights: give --tokenizer NAME (or --out elsewhere to measure it)")
@@ -219,7 +311,15 @@ def train(args) -> None:
     val = None
     if args.val:  # photos from elsewhere (never data/eval): held-out photos of the same packages can be near twins
         val = samples(list(load_tokens(args.val)[0].values()), args.lags, V)
-    net = FloatContext(V, K, args.lags, args.dim, args.hidden, args.dropout)
+    if args.radix:
+        digits = round(math.log(V) / math.log(args.radix))
+        if args.radix ** digits != V:
+            sys.exit(f"train_context: error: {V} codes are not whole digits of {args.radix}")
+        net = FloatDigitContext(args.radix, digits, K, args.lags, args.dim, args.hidden, args.dropout)
+        nll_of = net.loss
+    else:
+        net = FloatContext(V, K, args.lags, args.dim, args.hidden, args.dropout)
+        nll_of = lambda c, p, t, reduction="mean": F.cross_entropy(net(c, p), t, reduction=reduction)
     opt = torch.optim.AdamW(net.parameters(), args.lr, weight_decay=0.01)
     n, steps_per_epoch = len(tr[2]), -(-len(tr[2]) // args.batch)
     total = steps_per_epoch * args.epochs
@@ -234,33 +334,37 @@ def train(args) -> None:
             for g in opt.param_groups:
                 g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             idx = perm[i:i + args.batch]
-            loss = F.cross_entropy(net(tr[0][idx], tr[1][idx]), tr[2][idx])
+            loss = nll_of(tr[0][idx], tr[1][idx], tr[2][idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
         net.eval()
         with torch.no_grad():
-            nll = sum(F.cross_entropy(net(te[0][i:i + 8192], te[1][i:i + 8192]), te[2][i:i + 8192],
-                                      reduction="sum").item() for i in range(0, len(te[2]), 8192))
+            nll = sum(nll_of(te[0][i:i + 8192], te[1][i:i + 8192], te[2][i:i + 8192], reduction="sum").item()
+                      for i in range(0, len(te[2]), 8192))
         rec = {"epoch": epoch + 1, "step": step, "train_loss_bits": loss.item() / math.log(2),
                "heldout_bits": nll / len(te[2]) / math.log(2), "seconds": round(time.time() - t0)}
         if val is not None:
             with torch.no_grad():
-                rec["val_bits"] = sum(F.cross_entropy(net(val[0][i:i + 8192], val[1][i:i + 8192]), val[2][i:i + 8192],
-                                                      reduction="sum").item()
+                rec["val_bits"] = sum(nll_of(val[0][i:i + 8192], val[1][i:i + 8192], val[2][i:i + 8192],
+                                             reduction="sum").item()
                                       for i in range(0, len(val[2]), 8192)) / len(val[2]) / math.log(2)
         print(json.dumps(rec), file=log, flush=True)
         print(json.dumps(rec), file=sys.stderr)
-    tensors, meta = quantise(net, args.name, tok_sha, tr[0][::8], tr[1][::8])
+    if args.radix:
+        tensors, meta = quantise_digits(net, args.name, tok_sha, tr[0][::8], tr[1][::8], tr[2][::8])
+    else:
+        tensors, meta = quantise(net, args.name, tok_sha, tr[0][::8], tr[1][::8])
     out = Path(args.out) / f"{args.name}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.numpy import save_file
 
     save_file(tensors, str(out), metadata=meta)
-    ctx_model = context.ContextModel(args.name, tensors, meta)
+    ctx_model = (context.DigitContextModel if args.radix else context.ContextModel)(args.name, tensors, meta)
     held_tokens = np.concatenate([d[n] for n in names if n in held]).astype(np.int64)
-    summary = {"name": args.name, "lags": args.lags, "dim": args.dim, "hidden": args.hidden, "epochs": args.epochs,
+    summary = {"name": args.name, "lags": args.lags, "dim": args.dim, "hidden": args.hidden, "radix": args.radix,
+               "epochs": args.epochs,
                "dropout": args.dropout, "photos": len(names), "heldout_photos": len(held),
                "train_tokens": n, "heldout_tokens": len(te[2]),
                "heldout_bits_integer": round(integer_bits(ctx_model, *te), 4),
@@ -286,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out", required=True)
     t.add_argument("--refine", type=Path, help="a refinement stage's training config: its tokens instead")
     t.add_argument("--snapshot", type=Path, help="with --refine: the snapshot folder of its weights")
+    t.add_argument("--model", help="an installed model's tokens (with --refine: an installed stage model)")
     r = sub.add_parser("train", help="fit, quantise and write the context model")
     r.add_argument("--tokens", required=True)
     r.add_argument("--run", required=True)
@@ -297,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--lags", type=int, default=16)
     r.add_argument("--dim", type=int, default=64)
     r.add_argument("--hidden", type=int, default=256)
+    r.add_argument("--radix", type=int, default=0, help="code each token as digits of this base (DigitContextModel: "
+                                                           "much faster to decode); 0: one symbol per token")
     r.add_argument("--epochs", type=int, default=3)
     r.add_argument("--dropout", type=float, default=0.3)
     r.add_argument("--batch", type=int, default=1024)
@@ -304,9 +411,11 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if args.cmd == "tokens" and args.refine:
-        extract_refinement(args.refine, args.snapshot, args.data, Path(args.out))
+        if (args.snapshot is None) == (args.model is None):
+            sys.exit("train_context: error: with --refine give --snapshot or --model (one of them)")
+        extract_refinement(args.refine, args.snapshot, args.data, Path(args.out), name=args.model)
     elif args.cmd == "tokens":
-        extract(args.data, Path(args.out))
+        extract(args.data, Path(args.out), args.model)
     else:
         train(args)
 
