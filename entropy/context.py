@@ -226,6 +226,7 @@ class DigitContextModel(_Hidden):
             raise ValueError(f"context model {self.id}: digit tensors do not fit {self.digits} digits of {self.radix}")
         # digit k's offsets start at row prefix_rows(k): one row per value of the k lower digits
         self.prefix_bias = prefix.astype(np.float64)
+        self._first_token_bits = None
         self.w2t = np.ascontiguousarray(np.transpose(w2, (0, 2, 1))).astype(np.float64)  # (G, H, R)
         self.b2_round = b2.astype(np.int64) + (1 << (self.shift2 - 1))
         h_max = self.x_max * self.sum1 + float(np.abs(self.pos_bias).max()) + float(np.abs(self.prefix_bias).max())
@@ -262,11 +263,10 @@ class DigitContextModel(_Hidden):
         return bits
 
     def first_token_bits(self) -> float:
-        """Fewest bits a tile's first token can cost: for each digit, its likeliest value after any lower digits."""
-        pre = self.prepare(np.full((1, self.lags), self.alphabet), np.zeros(1, np.int64))
-        bits = 0.0
-        for k in range(self.digits):
-            lower = np.arange(self.radix ** k)
-            f = self.digit_frequencies(np.repeat(pre, len(lower), 0), lower, k)
-            bits += PRECISION_BITS - np.log2(f.max())
-        return float(bits)
+        """Fewest bits a tile's first token can cost (the cheapest of all tokens, each digit given those
+        below it): bounds how many tiles a few bytes can describe."""
+        if self._first_token_bits is None:
+            every = np.arange(self.alphabet)
+            bits = self.token_bits(np.full((self.alphabet, self.lags), self.alphabet), np.zeros_like(every), every)
+            self._first_token_bits = float(bits.min())
+        return self._first_token_bits

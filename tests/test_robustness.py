@@ -99,7 +99,8 @@ def test_tiny_file_cannot_declare_thousands_of_tiles(small_odp, monkeypatch):
 def test_first_layer_bound_holds_for_real_and_worst_case_files(model, encoded, adaptive_odp):
     """The bound must never refuse a real file, even one whose every tile starts with the likeliest token."""
     entropy = model.best_entropy
-    first = entropy.frequencies(np.full((1, entropy.lags), entropy.alphabet), np.zeros(1, np.int64))[0].argmax()
+    every = np.arange(entropy.alphabet)[:, None]  # each token as a tile's first: its code length
+    first = stream.token_bits(every, entropy)[:, 0].argmin()
     likeliest = np.full((50, model.config.tokens), first, np.int32)  # 50 tiles, the cheapest first layer
     data, _ = coder.encode_layer(likeliest, np.zeros(50, np.int64), np.ones(50, np.int64), entropy)
     least = stream.min_first_layer_bytes(50, entropy)
