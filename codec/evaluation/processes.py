@@ -25,6 +25,7 @@ def commands(photo: Path, work: Path) -> list[tuple[str, str]]:
     pil = f"{py} -c 'import sys; from PIL import Image; "
     return [
         ("odp encode", f"{odp} encode {p} -o {o} --force --quiet"),
+        ("odp encode --first-stage", f"{odp} encode {p} -o {shlex.quote(str(work / 'f.odp'))} --first-stage --force --quiet"),
         ("odp decode", f"{odp} decode {o} -o {shlex.quote(str(work / 'a.png'))} --force --quiet"),
         ("odp info", f"{odp} info {o}"),
         ("odp info --verify", f"{odp} info --verify {o}"),
@@ -45,14 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("processes.json"), help="hyperfine's JSON export")
     ap.add_argument("--markdown", type=Path, help="also write the table, the command and the machine here "
                                                   "(docs/results/processes.md: `odp bench --report` includes it)")
+    ap.add_argument("--note", default="", help="a sentence on the conditions, appended to the markdown's first line")
     args = ap.parse_args(argv)
     if shutil.which("hyperfine") is None:
         sys.exit("needs hyperfine on the PATH (apt install hyperfine, or cargo install hyperfine)")
     with tempfile.TemporaryDirectory() as tmp:
         cmds = commands(args.photo.resolve(), Path(tmp))
-        subprocess.run(cmds[0][1], shell=True, check=True)  # the files the later commands read
-        subprocess.run(cmds[4][1], shell=True, check=True)
-        subprocess.run(cmds[6][1], shell=True, check=True)
+        for name, cmd in cmds:  # the files the later commands read
+            if "encode" in name:
+                subprocess.run(cmd, shell=True, check=True)
         md = Path(tmp) / "table.md"
         hf = ["hyperfine", "--warmup", "1", "--runs", str(args.runs), "--export-markdown", str(md),
               "--export-json", str(args.out.resolve()), "--style", "basic"]
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
         note = (f"`python -m odp.codec.evaluation.processes {args.photo} --runs {args.runs}`: each command a fresh "
                 f"process (hyperfine, 1 warm-up), default settings; {os.cpu_count()} CPU threads, {platform.platform()}, "
-                f"onnxruntime {onnxruntime.__version__}.")
+                f"onnxruntime {onnxruntime.__version__}." + (f" {args.note}" if args.note else ""))
         args.markdown.write_text(note + "\n\n" + table)
 
 
