@@ -34,7 +34,9 @@ SHIPPED_SHA256 = {
     "odp-small-v2": "004b87806af2bb815a672acfa026130569205a13266f6a8c226036bcf7f90f4a",
     "odp-small-v3": "a7d96ccf0cc1514696033c363100c82e569e17a535644d9a659a1410566542a1",
     "odp-refine-x2-v1": "306c3cc62346c608afc7d80064c1b9a47d56d7759971571d112aff6e543f37d4",  # odp-small-v3's refinement stage until v2
-    "odp-refine-x2-v2": "d012b5f88313297741adf6de24e5e4005467ebee0ec4579f8b8d253f13caaf3a",  # the refinement stage of odp-small-v3's files
+    "odp-refine-x2-v2": "d012b5f88313297741adf6de24e5e4005467ebee0ec4579f8b8d253f13caaf3a",  # odp-small-v3's refinement stage until v3
+    # v2's encoder with a perceptual decoder (same tokens and context models): the stage of odp-small-v3's files
+    "odp-refine-x2-v3": "675a3e38adbec45bfd5d547cc7139dba57a5d3bfbeb3bc9217205a38908996d8",
 }
 CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
 CONTEXT_SHA256 = {

@@ -236,7 +236,8 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path, c
     cfg["loss"] = {"freeze_encoder": True}
     (tmp_path / "perc.toml").write_text(toml_dumps(cfg))
     run = tmp_path / "run"
-    train.main(["--config", str(tmp_path / "perc.toml"), "--run", str(run), "--threads", "1"])
+    train.main(["--config", str(tmp_path / "perc.toml"), "--run", str(run), "--threads", "1",
+                "--snapshot", str(tmp_path / "snap")])
     shipped = weights.load(cfg["train"]["init"]).tokenizer.state_dict()
     ckpt = load_file(str(run / "ckpt.safetensors"))
     encoder = [k for k in shipped if not k.startswith(train.DECODER_PREFIXES)]
@@ -254,6 +255,13 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path, c
     assert (tuned.entry.refines, tuned.entry.scale) == (base.entry.refines, base.entry.scale)
     assert tuned.context is not None and tuned.context.id == base.context.id
     assert {p.name for p in tmp_path.glob("tuned-stage.*.onnx")} == {"tuned-stage.encoder.onnx", "tuned-stage.decoder.onnx"}
+    # the committed snapshot (the decoder's EMA alone) exports as the same stage
+    export.main(["--run", str(tmp_path / "snap"), "--name", "snap-stage", "--out", str(tmp_path)])
+    snap = weights.load_path(tmp_path / "snap-stage.safetensors")
+    assert (snap.entry.refines, snap.entry.scale, snap.context.id) == (base.entry.refines, base.entry.scale, base.context.id)
+    a, b = tuned.tokenizer.state_dict(), snap.tokenizer.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in encoder)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-2, atol=1e-3) for k in a if k.startswith(train.DECODER_PREFIXES))
 
 
 def toml_dumps(cfg: dict) -> str:
@@ -275,7 +283,9 @@ def test_heldout_compares_stage_decoders_on_the_same_cuts():
     decoder's picture of its cuts; inside the first stage both show the same picture."""
     from odp.codec.training import heldout
 
-    stage = weights.load("odp-refine-x2-v2")
+    from odp.codec import registry
+
+    stage = weights.for_entry(registry.refinement_for(registry.find()))  # the encoder's stage
     snap = Path(train.__file__).parent / "snapshots" / "odp-refine-x2"
     engines = {"shipped": heldout.Engine(stage, "cpu"), "snapshot": heldout.Engine(heldout.fine_tuned(stage, snap), "cpu")}
     pixels = np.asarray(Image.open(DATA / "photo_768x512.png").convert("RGB").resize((384, 256)))

@@ -101,7 +101,7 @@ def export_refinement(config: Path, snapshot: Path, tokens: Path, name: str, out
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", help="a training run's folder (its checkpoint)")
+    ap.add_argument("--run", help="a training run's folder (its checkpoint), or a decoder-only run's snapshot folder")
     ap.add_argument("--name", required=True)
     ap.add_argument("--tiles", type=int, default=3000, help="training crops to estimate the tables from")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
@@ -122,8 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = state["config"]
     mc, tc = ModelConfig.from_dict(cfg["model"]), cfg["train"]
     tok = Tokenizer(mc)
-    t = load_file(str(run / "ckpt.safetensors"))
-    tok.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    if (run / "ckpt.safetensors").is_file():
+        t = load_file(str(run / "ckpt.safetensors"))
+        tok.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    else:  # a committed snapshot of a decoder-only run holds the decoder's EMA: laid over its init's weights
+        t = load_file(str(run / "snapshot.safetensors"))
+        if not tc.get("init"):
+            sys.exit(f"export: {run} has no ckpt.safetensors, and a snapshot needs its run's init model")
+        tok.load_state_dict(load(tc["init"]).tokenizer.state_dict()
+                            | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
     # ship what is decoded: round-trip through fp16 before measuring anything
     tok.load_state_dict({k: v.half().float() for k, v in tok.state_dict().items()})
     tok.eval()
