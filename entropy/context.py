@@ -253,7 +253,9 @@ class DigitContextModel(_Hidden):
 
     def token_bits(self, ctx: np.ndarray, positions: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Ideal code length in bits of each of `tokens` (n,) in its context."""
-        pre = self.prepare(ctx, positions)
+        return self._bits(self.prepare(ctx, positions), tokens)
+
+    def _bits(self, pre: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         bits, lower = np.zeros(len(tokens)), np.zeros(len(tokens), np.int64)
         for k in range(self.digits):
             d = tokens // self.radix ** k % self.radix
@@ -264,9 +266,10 @@ class DigitContextModel(_Hidden):
 
     def first_token_bits(self) -> float:
         """Fewest bits a tile's first token can cost (the cheapest of all tokens, each digit given those
-        below it): bounds how many tiles a few bytes can describe."""
+        below it): bounds how many tiles a few bytes can describe. Every first token has the same
+        (empty) context: its hidden layer is computed once and shared by all of them."""
         if self._first_token_bits is None:
+            pre = self.prepare(np.full((1, self.lags), self.alphabet), np.zeros(1, np.int64))
             every = np.arange(self.alphabet)
-            bits = self.token_bits(np.full((self.alphabet, self.lags), self.alphabet), np.zeros_like(every), every)
-            self._first_token_bits = float(bits.min())
+            self._first_token_bits = float(self._bits(np.repeat(pre, self.alphabet, 0), every).min())
         return self._first_token_bits
