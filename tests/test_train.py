@@ -295,3 +295,18 @@ def test_heldout_compares_stage_decoders_on_the_same_cuts():
     large, pics = at(int(0.15 * 384 * 256 / 8))
     assert len(small) <= 200 < len(large) <= 0.15 * 384 * 256 / 8
     assert pics["shipped"].shape == pixels.shape and not np.array_equal(pics["shipped"], pics["snapshot"])
+
+
+def test_a_classic_base_is_a_codec_thumbnail_of_each_tile():
+    """`base = "classic"` (the classic-base experiment): the picture so far is AVIF's or WebP's file of
+    the tile shrunk, decoded and enlarged back: close to the tile but blurred, drawn the same way for
+    the monitor every time, and enlarged with the tile onto the stage's grid as a model base is."""
+    rc = {"base": "classic", "scale": 2, "shrink": [4], "quality": {"avif": [10, 30], "webp": [10, 60]}}
+    ref = train.Refinement(rc, 256, "cpu")
+    photo = np.asarray(Image.open(DATA / "photo_768x512.png").convert("RGB"))
+    x = train.to_model_range(torch.from_numpy(np.stack([photo[:256, :256], photo[256:, 256:512]]).copy()))
+    target, so_far = ref.pairs(x, np.random.default_rng(0))
+    assert target.shape == so_far.shape == (2, 3, 256, 256)
+    assert 18 < train.psnr(so_far, target) < 35
+    again = ref.pairs(x, None, full=True)
+    assert all(torch.equal(a, b) for a, b in zip(ref.pairs(x, None, full=True), again))

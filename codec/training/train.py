@@ -251,25 +251,55 @@ def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, layer: torch.Tensor) -
 
 
 class Refinement:
-    """The inputs of a refinement stage: each source tile's picture by the frozen base model,
-    enlarged `scale` times with the tile, then one of the scale x scale tiles of both (the grid the
-    stage's tiles fall on when the whole image is enlarged)."""
+    """The inputs of a refinement stage: each source tile's picture so far, enlarged `scale` times
+    with the tile, then one of the scale x scale tiles of both (the grid the stage's tiles fall on
+    when the whole image is enlarged). The picture so far is the frozen `base` model's (decoded from
+    a random number of its tokens), or with `base = "classic"` a classic codec's thumbnail: the tile
+    shrunk by one of `shrink`, coded by one of the codecs `quality` names (Pillow) at a random quality in its range,
+    decoded and enlarged back (Lanczos), as a file whose first layer is that thumbnail would show."""
 
     def __init__(self, rc: dict, tile: int, device):
-        from ..weights import load as load_shipped
-
-        self.base = load_shipped(rc["base"]).tokenizer.to(device).eval().requires_grad_(False)
         self.scale, self.tile = int(rc["scale"]), tile
-        self.lo, self.hi = rc["base_keep"]
+        if rc["base"] == "classic":
+            self.base = None
+            self.shrink, self.quality = rc["shrink"], rc["quality"]  # quality: {codec: [lo, hi]}
+            self.codecs = sorted(self.quality)
+        else:
+            from ..weights import load as load_shipped
+
+            self.base = load_shipped(rc["base"]).tokenizer.to(device).eval().requires_grad_(False)
+            self.lo, self.hi = rc["base_keep"]
+
+    def classic_picture(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Each tile (in [-1, 1]) as a classic codec's thumbnail of it shows it, enlarged back."""
+        import io
+
+        out = []
+        for a in ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy():
+            im = Image.fromarray(a)
+            side = max(8, a.shape[0] // int(rng.choice(self.shrink)))
+            codec = str(rng.choice(self.codecs))
+            q = int(rng.integers(self.quality[codec][0], self.quality[codec][1] + 1))
+            buf = io.BytesIO()
+            im.resize((side, side), Image.LANCZOS).save(buf, codec.upper(), quality=q,
+                                                         **({"speed": 6} if codec == "avif" else {"method": 4}))
+            back = Image.open(buf).convert("RGB").resize(im.size, Image.LANCZOS)
+            out.append(torch.from_numpy(np.asarray(back).copy()).permute(2, 0, 1))
+        return torch.stack(out).to(x.device).float() / 127.5 - 1
 
     @torch.no_grad()
-    def pairs(self, x: torch.Tensor, rng: np.random.Generator, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def pairs(self, x: torch.Tensor, rng: np.random.Generator | None, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Source tiles (B, 3, T, T) -> (target tiles, picture-so-far tiles), both (B, 3, T, T);
-        `full`: the base keeps all its tokens and the cells go round in order (the monitor)."""
-        b, k = x.shape[0], self.base.cfg.tokens
-        keep = torch.full((b,), k) if full else torch.from_numpy(rng.integers(self.lo, self.hi + 1, b))
-        values, _ = self.base.encode_values(x)
-        so_far = self.base.decode_values(values, keep.to(x.device)).clamp(-1, 1)
+        `full`: the base keeps all its tokens (a classic base: a fixed draw) and the cells go round in
+        order (the monitor)."""
+        b = x.shape[0]
+        if self.base is None:
+            so_far = self.classic_picture(x, np.random.default_rng(0) if full else rng)
+        else:
+            k = self.base.cfg.tokens
+            keep = torch.full((b,), k) if full else torch.from_numpy(rng.integers(self.lo, self.hi + 1, b))
+            values, _ = self.base.encode_values(x)
+            so_far = self.base.decode_values(values, keep.to(x.device)).clamp(-1, 1)
         cells = np.arange(b) % self.scale ** 2 if full else rng.integers(0, self.scale ** 2, b)
         out = []
         for a in (x, so_far):
