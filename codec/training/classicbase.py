@@ -11,7 +11,8 @@ the budget, then as many tokens per tile of the refinement model (coded at 2x, g
 enlarged) as the rest of the budget holds under its context model (fraction 1: no tokens, the model's
 picture from the thumbnail alone). The candidate takes, per metric and photo, its best fraction, as the
 hull takes its best variant. Without `--snapshot` the model is the config's `init` as shipped (zero-shot).
-Prints one JSON line per budget: the means and the candidate's wins against the hull and ODP.
+Prints a JSON line per photo and budget as it goes, then one per budget: the means and the candidate's
+wins against the hull and ODP.
 Encoder settings are fast ones (AVIF speed 6, WebP method 4) for all classic files alike.
 """
 from __future__ import annotations
@@ -110,16 +111,19 @@ def main(argv: list[str] | None = None) -> None:
                 bits = np.cumsum(stream.token_bits(tokens, entropy).sum(0))  # every tile's first n tokens
                 n = 0 if f >= 1 else int(np.searchsorted(bits, (total - len(base[0]) - HEADER_BYTES) * 8, "right"))
                 big = engine.decode(tokens, 2 * w, 2 * h, np.full(tokens.shape[0], n), cond=cond)
-                cand.append(scores(ref, resize(big, (w, h))))
+                cand.append({**scores(ref, resize(big, (w, h))), "fraction": f})
             if hull and cand:
                 pick = {"psnr": max, "lpips-alex": min, "dists": min}
                 row["hull"] = {k: pick[k](r[k] for r in hull) for k in pick}
                 row["candidate"] = {k: pick[k](r[k] for r in cand) for k in pick}
+                row["fraction"] = {k: pick[k](cand, key=lambda r: r[k])["fraction"] for k in pick}  # which won
                 rows[b].append(row)
+                print(json.dumps({"photo": path.name, "budget_bpp": b, **row}), flush=True)
     for b, rs in rows.items():
         if not rs:
             continue
-        mean = {who: {k: round(float(np.mean([r[who][k] for r in rs])), 4) for k in rs[0][who]} for who in rs[0]}
+        mean = {who: {k: round(float(np.mean([r[who][k] for r in rs])), 4) for k in rs[0][who]}
+                for who in ("odp", "hull", "candidate")}
         wins = {f"candidate beats {who}": {k: sum(better(k, r["candidate"][k], r[who][k]) for r in rs)
                                            for k in rs[0][who]} for who in ("hull", "odp")}
         print(json.dumps({"budget_bpp": b, "photos": len(rs), **mean, **wins}), flush=True)
