@@ -51,6 +51,12 @@ def available_codecs() -> dict[str, Codec]:
     return codecs
 
 
+# Fast settings for a thumbnail that a file would carry as its first layer (the classic-base experiment,
+# codec/training/classicbase.py): the same for its training, its candidate files and the hull it meets.
+THUMBNAIL_CODECS = {"avif": Codec("avif", "AVIF", range(0, 101), {"speed": 6}, {"speed": 6}),
+                    "webp": Codec("webp", "WEBP", range(0, 101), {"method": 4}, {"method": 4})}
+
+
 def shrink(pixels: np.ndarray, scale: int) -> Image.Image:
     h, w = pixels.shape[:2]
     im = Image.fromarray(pixels, "RGB")  # no ICC or EXIF: every codec codes the same bare pixels

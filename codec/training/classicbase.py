@@ -13,12 +13,11 @@ picture from the thumbnail alone). The candidate takes, per metric and photo, it
 hull takes its best variant. Without `--snapshot` the model is the config's `init` as shipped (zero-shot).
 Prints a JSON line per photo and budget as it goes, then one per budget: the means and the candidate's
 wins against the hull and ODP.
-Encoder settings are fast ones (AVIF speed 6, WebP method 4) for all classic files alike.
+Encoder settings are fast ones (classic.THUMBNAIL_CODECS: AVIF speed 6, WebP method 4) for all classic files alike.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import tomllib
@@ -32,38 +31,27 @@ import odp
 from .. import stream
 from ..engine import Engine
 from ..evaluation import perceptual
-from ..evaluation.metrics import better
+from ..evaluation.classic import THUMBNAIL_CODECS, Variant, decode, shrink
+from ..evaluation.metrics import HIGHER_IS_BETTER, better
 from ..imaging import enlarge_bicubic, resize
 from ..quality import psnr
 from ..weights import load
 from .heldout import fine_tuned
 from .train import split_photos
 
-SETTINGS = {"avif": {"speed": 6}, "webp": {"method": 4}}
 HEADER_BYTES = 24  # the container's header and the stage's layer framing, about
+SHRINKS = (1, 2, 4, 8)
 
 
-def thumbnail(pixels: np.ndarray, codec: str, shrink: int, max_bytes: int) -> tuple[bytes, np.ndarray] | None:
-    """(file, picture enlarged back) of the highest quality whose file fits, or None."""
-    h, w = pixels.shape[:2]
-    small = Image.fromarray(pixels).resize((max(1, round(w / shrink)), max(1, round(h / shrink))), Image.LANCZOS)
-    best, lo, hi = None, 0, 100
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        buf = io.BytesIO()
-        small.save(buf, codec.upper(), quality=mid, **SETTINGS[codec])
-        if buf.tell() <= max_bytes:
-            best, lo = buf.getvalue(), mid + 1
-        else:
-            hi = mid - 1
-    if best is None:
-        return None
-    return best, np.asarray(Image.open(io.BytesIO(best)).convert("RGB").resize((w, h), Image.LANCZOS))
+def thumbnails(pixels: np.ndarray) -> list[Variant]:
+    """Every thumbnail codec at every shrink of the photo; each remembers the files it made."""
+    return [Variant(codec, s, shrink(pixels, s)) for codec in THUMBNAIL_CODECS.values() for s in SHRINKS]
 
 
-def best_thumbnail(pixels: np.ndarray, max_bytes: int) -> tuple[bytes, np.ndarray] | None:
-    found = [t for c in SETTINGS for s in (1, 2, 4, 8) if (t := thumbnail(pixels, c, s, max_bytes))]
-    return max(found, key=lambda t: psnr(pixels, t[1]), default=None)
+def thumbnail(v: Variant, max_bytes: int, size: tuple[int, int]) -> tuple[bytes, np.ndarray] | None:
+    """(file, picture enlarged back to `size`) of the variant's highest quality that fits, or None."""
+    q = v.best_under(max_bytes)
+    return None if q is None else (v.data(q), decode(v.data(q), *size))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,25 +83,25 @@ def main(argv: list[str] | None = None) -> None:
         im = im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS)
         ref = np.asarray(im)
         h, w = ref.shape[:2]
-        whole = odp.encode(im)
+        whole, variants, big_ref = odp.encode(im), thumbnails(ref), enlarge_bicubic(ref, 2)
         for b in budgets:
             total = int(b * w * h / 8)
             row = {"odp": scores(ref, np.asarray(odp.decode(odp.truncate(whole, bytes=total))))}
-            hull = [scores(ref, t[1]) for c in SETTINGS for sh in (1, 2, 4, 8)
-                    if (t := thumbnail(ref, c, sh, total))]
+            hull = [scores(ref, t[1]) for v in variants if (t := thumbnail(v, total, (w, h)))]
             cand = []
             for f in (float(x) for x in args.fractions.split(",")):
-                base = best_thumbnail(ref, int(total * f) - HEADER_BYTES)
-                if base is None:
+                fits = [t for v in variants if (t := thumbnail(v, int(total * f) - HEADER_BYTES, (w, h)))]
+                if not fits:
                     continue
+                base = max(fits, key=lambda t: psnr(ref, t[1]))  # the best thumbnail by PSNR
                 cond = enlarge_bicubic(base[1], 2)
-                tokens = engine.encode(enlarge_bicubic(ref, 2), cond=cond)
+                tokens = engine.encode(big_ref, cond=cond)
                 bits = np.cumsum(stream.token_bits(tokens, entropy).sum(0))  # every tile's first n tokens
                 n = 0 if f >= 1 else int(np.searchsorted(bits, (total - len(base[0]) - HEADER_BYTES) * 8, "right"))
                 big = engine.decode(tokens, 2 * w, 2 * h, np.full(tokens.shape[0], n), cond=cond)
                 cand.append({**scores(ref, resize(big, (w, h))), "fraction": f})
             if hull and cand:
-                pick = {"psnr": max, "lpips-alex": min, "dists": min}
+                pick = {k: max if HIGHER_IS_BETTER[k] else min for k in ("psnr", "lpips-alex", "dists")}
                 row["hull"] = {k: pick[k](r[k] for r in hull) for k in pick}
                 row["candidate"] = {k: pick[k](r[k] for r in cand) for k in pick}
                 row["fraction"] = {k: pick[k](cand, key=lambda r: r[k])["fraction"] for k in pick}  # which won

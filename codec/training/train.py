@@ -272,19 +272,15 @@ class Refinement:
 
     def classic_picture(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Each tile (in [-1, 1]) as a classic codec's thumbnail of it shows it, enlarged back."""
-        import io
+        from ..evaluation.classic import THUMBNAIL_CODECS, decode, shrink
 
         out = []
         for a in ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy():
-            im = Image.fromarray(a)
-            side = max(8, a.shape[0] // int(rng.choice(self.shrink)))
+            small = shrink(a, int(rng.choice(self.shrink)))
             codec = str(rng.choice(self.codecs))
             q = int(rng.integers(self.quality[codec][0], self.quality[codec][1] + 1))
-            buf = io.BytesIO()
-            im.resize((side, side), Image.LANCZOS).save(buf, codec.upper(), quality=q,
-                                                         **({"speed": 6} if codec == "avif" else {"method": 4}))
-            back = Image.open(buf).convert("RGB").resize(im.size, Image.LANCZOS)
-            out.append(torch.from_numpy(np.asarray(back).copy()).permute(2, 0, 1))
+            back = decode(THUMBNAIL_CODECS[codec].encode(small, q), a.shape[1], a.shape[0])
+            out.append(torch.from_numpy(back.copy()).permute(2, 0, 1))
         return torch.stack(out).to(x.device).float() / 127.5 - 1
 
     @torch.no_grad()
