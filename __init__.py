@@ -101,6 +101,11 @@ class Info:
     stages: int = 1           # stages that arrived: 1, or more in a format-version-3 file (the other
                               # fields describe its first stage)
     refinements: tuple[StageInfo, ...] = ()  # the refinement stages that arrived, in order
+    base: str = ""            # format version 4: the codec of the base thumbnail the first stage refines
+    base_width: int = 0       # ... its size in pixels (the image shrunk base_shrink times each side)
+    base_height: int = 0
+    base_shrink: int = 0
+    base_bytes: int = 0       # ... its file's bytes, part of the header (the smallest cut of the file)
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,7 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
            metadata: tuple[str, ...] = (), quality: float | None = None, psnr: float | None = None,
            msssim: float | None = None, adaptive: bool = True, scale: int | str = "auto",
            bpp: float | None = None, refine: bool = True, options: EncodeOptions | None = None,
-           progress=None) -> bytes:
+           progress=None, base: bool = True) -> bytes:
     """Encode an image to .odp bytes: all tokens, the first `tokens` per tile (of the first stage), the
     largest file within `bytes` (or `bpp`), a `quality` 1..100 (a budget from 0.002 to 0.3 bpp, as
     `odp encode --quality`), or the smallest file whose decoded image reaches `psnr` (dB) or `msssim`;
@@ -199,6 +204,9 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     `refine`: go on past the first stage's whole file (about 0.035 bpp) into the model's refinement
     stage, up to about 0.25 bpp: one file from thumbnail to photo (format version 3; the default).
     False: the first stage alone, encoded faster.
+    `base`: with a byte budget (`bytes`, `bpp`, `quality`), start the file from an AVIF or WebP
+    thumbnail that the tokens of a model trained for it refine (format version 4), where one fits:
+    a far better picture at small sizes. False: tokens only (versions 2 and 3).
     `scale`: code the image at 1/scale of each side (1..16), enlarged back when decoded; "auto" (the
     default): full size unless `bytes` cannot hold 1 token per tile; "psnr": the coding scale of
     highest PSNR within `bytes`/`quality`, or the smallest file reaching `psnr`/`msssim` (docs/api.md).
@@ -211,7 +219,8 @@ def encode(image: ImageLike, tokens: int | None = None, bytes: int | None = None
     from .codec.options import EncodeOptions
 
     keywords = EncodeOptions(tokens=tokens, bytes=bytes, bpp=bpp, quality=quality, psnr=psnr, msssim=msssim,
-                             scale=scale, adaptive=adaptive, refine=refine, metadata=metadata, device=device)
+                             scale=scale, adaptive=adaptive, refine=refine, base=base, metadata=metadata,
+                             device=device)
     if options is not None and keywords != EncodeOptions():
         from .codec.errors import OptionError
 
@@ -262,18 +271,18 @@ class Encoding:
     """
 
     def __init__(self, image: ImageLike, adaptive: bool = True, device: str = "auto",
-                 metadata: tuple[str, ...] = (), refine: bool = True) -> None:
+                 metadata: tuple[str, ...] = (), refine: bool = True, base: bool = True) -> None:
         from .codec import coding, ratecontrol
         from .codec.imaging import check_pixels, prepare
         from .codec.options import EncodeOptions
 
         im = _to_pil(image)
-        self.options = EncodeOptions(adaptive=adaptive, device=device, metadata=metadata, refine=refine)
+        self.options = EncodeOptions(adaptive=adaptive, device=device, metadata=metadata, refine=refine, base=base)
         check_pixels(im.width, im.height, self.options.max_pixels)
         self.engine = coding.engine_for(self.options)
         self.prepared = prepare(im, self.options.metadata)
         self._ladder = ratecontrol.ScaleLadder(self.prepared, self.engine, adaptive, refine=refine,
-                                               max_pixels=self.options.max_pixels)
+                                               max_pixels=self.options.max_pixels, base=refine and base)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -306,13 +315,17 @@ class Encoding:
         return truncate(self._ladder.full.data, tokens=tokens)
 
     def within(self, bytes: int) -> bytes:  # noqa: A002
-        """The largest file within `bytes`: a cut of the whole file, or a smaller coding scale's when not
-        even the first layer of it fits. Without a refinement stage, past the whole full-size file this
-        returns that file, where `encode(bytes=)` codes the image larger (a cut of one encode is what
+        """The largest file within `bytes`: with `base`, where a thumbnail fits, a version-4 file (the base
+        model runs once per distinct thumbnail); else a cut of the whole file, or a smaller coding scale's
+        when not even the first layer of it fits. Without a refinement stage, past the whole full-size file
+        this returns that file, where `encode(bytes=)` codes the image larger (a cut of one encode is what
         this class is for)."""
         from .codec import ratecontrol
 
         budget = _count(bytes, "bytes")
+        based = ratecontrol.based_within(self._ladder, budget)
+        if based is not None:
+            return based
         data, coded = ratecontrol.first_within(self._ladder, budget)
         return ratecontrol.refined_within(self._ladder, data, coded, budget)
 
@@ -387,7 +400,9 @@ def info(data: bytes) -> Info:
                 min(counts), max(counts), tuple(x.level for x in c.layers), h.gray, 1 + len(c.stages),
                 tuple(StageInfo(s.header.width, s.header.height, s.header.tiles, s.mean_tokens, s.header.tokens,
                                 len(s.layers), s.payload_bytes, s.header.model_id.hex(), s.header.entropy_model)
-                      for s in c.stages))
+                      for s in c.stages),
+                container.BASE_CODECS.get(h.base_codec, ""), *(h.base_size if h.base else (0, 0)), h.base_shrink,
+                len(h.base))
 
 
 def cut_points(data: bytes) -> list[tuple[int, float]]:

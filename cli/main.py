@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..codec.evaluation.settings import BUDGETS, METRICS
+from ..codec.evaluation.settings import BUDGETS, METRICS, ODP_CONTENDERS
 
 STDIO = "-"
 
@@ -250,6 +250,10 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
               help="Stop at the first stage's whole file (about 0.035 bpp): encodes faster. By default the "
                    "file goes on into the refinement stage, up to about 0.2 bpp (a budget or target beyond: "
                    "a third stage at 4x, up to about 0.5 bpp, slower), and any cut of it is valid.")
+@click.option("--no-base", "no_base", is_flag=True,
+              help="Tokens only. By default a byte budget (--bytes, --bpp, --quality) starts the file from an "
+                   "AVIF or WebP thumbnail of about 3/4 of the bytes, which the tokens of a model trained for it "
+                   "refine (format version 4; no cut is smaller than the thumbnail).")
 @click.option("--scale", default="auto", show_default=True,
               help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. "
                    "1/2, 1/3, 1/4: code it 2, 3, 4 times larger (finer detail, more bytes), reduced back. "
@@ -263,14 +267,14 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @max_pixels_option
 @cluster_option
 def encode(inputs, output, tokens, max_bytes, bpp, quality, psnr, msssim, metadata, device, force, quiet, uniform,
-           first_stage, scale, verbose, max_pixels, cluster):
+           first_stage, no_base, scale, verbose, max_pixels, cluster):
     """Encode images (anything Pillow reads; '-' for stdin) to .odp files."""
     import odp
 
     try:  # every option is checked here, once, before any image is read
         options = odp.EncodeOptions(tokens=tokens, bytes=max_bytes, bpp=bpp, quality=quality, psnr=psnr,
                                     msssim=msssim, scale=scale, adaptive=not uniform, refine=not first_stage,
-                                    metadata=_metadata(metadata),
+                                    base=not no_base, metadata=_metadata(metadata),
                                     device=device, max_pixels=max_pixels if max_pixels is not None else -1)
     except (odp.OptionError, TypeError) as e:
         flag = {"bytes": "--bytes", "max_pixels": "--max-pixels"}.get(getattr(e, "option", ""), f"--{getattr(e, 'option', '')}")
@@ -530,11 +534,13 @@ def info(input, as_json, verify, cuts):
                          "tokens_per_tile": round(r.mean_tokens, 2), "model_tokens_per_tile": r.model_tokens,
                          "layers": r.layers, "payload_bytes": r.payload_bytes, "weights_sha256": r.weights_sha256,
                          "entropy_model": r.entropy_model} for r in i.refinements],
+        "base": {"codec": i.base, "width": i.base_width, "height": i.base_height, "shrink": i.base_shrink,
+                 "bytes": i.base_bytes} if i.base else None,
     }
     if verify:
         d["verified"] = True
     if cuts:
-        stage_of = [1] * i.layers + [k for k, r in enumerate(i.refinements, 2) for _ in range(r.layers)]
+        stage_of = [0] * bool(i.base) + [1] * i.layers + [k for k, r in enumerate(i.refinements, 2) for _ in range(r.layers)]
         d["cuts"] = [{"bytes": n, "bpp": round(n * 8 / (i.width * i.height), 5), "tokens_per_tile": round(t, 2),
                       "stage": stage} for (n, t), stage in zip(points, stage_of)]
     if as_json:
@@ -553,6 +559,10 @@ def info(input, as_json, verify, cuts):
     click.echo(f"  entropy:  {d['bits_per_token']} bits/token ({printable(i.entropy_model)}; "
                f"raw ids: {d['raw_bits_per_token']})")
     click.echo(f"  model:    {printable(model.name)} sha256 {model.weights_sha256[:16]}")
+    if i.base:
+        click.echo(f"  base:     {i.base.upper() if i.base == 'avif' else 'WebP'} thumbnail {i.base_width}x{i.base_height} "
+                   f"(1/{i.base_shrink} of each side), {i.base_bytes} bytes in the header: the first stage's "
+                   f"tokens refine it, and no cut is smaller")
     click.echo(f"  layers:   {i.layers} (each a point where the file can be cut as it is)")
     for k, r in enumerate(i.refinements, 2):
         click.echo(f"  stage {k}:  refinement coded at {r.coded_width}x{r.coded_height}, {r.tiles} tiles, "
@@ -566,7 +576,8 @@ def info(input, as_json, verify, cuts):
     if cuts:
         click.echo("  cuts:     bytes     bpp  tokens/tile  stage  (odp truncate --bytes N keeps these whole)")
         for c in d["cuts"]:
-            click.echo(f"          {c['bytes']:7d}  {c['bpp']:.4f}  {c['tokens_per_tile']:11.1f}  {c['stage']:5d}")
+            stage = "base" if c["stage"] == 0 else c["stage"]
+            click.echo(f"          {c['bytes']:7d}  {c['bpp']:.4f}  {c['tokens_per_tile']:11.1f}  {stage:>5}")
 
 
 @main.command()
@@ -587,7 +598,10 @@ def info(input, as_json, verify, cuts):
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Images measured at once, each in its own process with its share of the CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, report, jobs, quiet):
+@click.option("--odp-files", "odp_list", default=",".join(ODP_CONTENDERS), show_default=True,
+              help="Which ODP files to measure: odp (what `odp encode --bytes` makes) and any of "
+                   "odp-psnr-scale, odp-uniform (comma-separated; odp alone is several times faster).")
+def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, report, jobs, quiet, odp_list):
     """Rate-distortion and speed of ODP against JPEG, WebP, AVIF (JPEG XL) on a folder of images."""
     try:
         from ..codec.evaluation import bench as bench_mod
@@ -622,7 +636,7 @@ def bench(folder, out, budgets, metric_list, codec_list, speed_images, device, r
         if codec_names == ["none"]:
             codec_names = []
         md = bench_mod.run(folder, out, budget_values, names, device, codec_names, speed_images, not quiet, report,
-                           jobs)
+                           jobs, [x.strip() for x in odp_list.split(",") if x.strip()])
     click.echo(md)
 
 

@@ -56,7 +56,8 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
     max_bytes = options.budget(width, height)
     full_size = isinstance(scale, str) or scale == 1  # the refinement stage follows a full-size first stage
     refine = options.refine and full_size and tokens is None
-    ladder = ScaleLadder(p, engine, options.adaptive, full_tokens, refine, options.max_pixels)
+    ladder = ScaleLadder(p, engine, options.adaptive, full_tokens, refine, options.max_pixels,
+                         base=refine and options.base and scale == "auto")
     if not isinstance(scale, str):
         codeds = [ladder.full if scale == 1 else encode_at(p, scale, engine, options.adaptive)]
     else:
@@ -170,9 +171,10 @@ def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", 
     A file cut short or with a damaged layer decodes from the layers before (with an OdpWarning), unless
     `strict`: then it is a FormatError."""
     c = container.read(data, max_pixels)
-    if c.stages and tokens is not None:  # tokens per tile count the first stage's: its cut, stages dropped
+    if (c.stages or c.header.base) and tokens is not None:  # the first stage's tokens per tile: its cut
         data = stream.truncate(data, tokens=tokens)
-    elif c.stages:
+        c = container.read(data, max_pixels)
+    if c.stages or c.header.base:
         return refinement.shown(data, device, None, batch, progress, max_pixels, strict), c.header
     c, entry, toks, counts = stream.read_tokens(data, tokens, max_pixels, intact=strict)
     if strict and not c.complete:

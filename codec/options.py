@@ -65,6 +65,9 @@ class EncodeOptions:
     goes on past the first stage's whole file into that stage (format version 3): one file from a
     thumbnail's bytes to the photo's, every cut valid. False: the first stage alone (a file of at
     most about 0.05 bpp, encoded faster).
+    `base`: with a byte budget (bytes, bpp, quality) at scale "auto", start the file from a classic
+    codec's thumbnail (AVIF or WebP, about 3/4 of the bytes) that the base model's tokens refine
+    (format version 4; codec/thumbnail.py), where one fits and `refine` is on. False: tokens only.
     `metadata`: what to carry ("icc", "exif"); by default none (colours converted to sRGB).
     `device`: where the network runs ("auto": CUDA when torch sees a GPU). `batch`: tiles per
     network call. `max_pixels`: refuse larger images (default $ODP_MAX_PIXELS or 2**28).
@@ -79,6 +82,7 @@ class EncodeOptions:
     scale: int | float | str = "auto"
     adaptive: bool = True
     refine: bool = True
+    base: bool = True
     metadata: tuple[str, ...] = ()
     device: str = "auto"
     batch: int | None = None
@@ -104,7 +108,7 @@ class EncodeOptions:
         if len(goals) > 1:
             raise OptionError(f"give at most one of {', '.join(SIZE_GOALS)} (got {' and '.join(goals)})")
         set_(self, "scale", _scale("auto" if self.scale is None else self.scale))
-        for name in ("adaptive", "refine"):
+        for name in ("adaptive", "refine", "base"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {type(getattr(self, name)).__name__}")
         metadata = (self.metadata,) if isinstance(self.metadata, str) else tuple(self.metadata)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..entropy.coder import KnownTokens
-from . import registry, tiling
+from . import registry, thumbnail, tiling
 from .allocation import allocation
 from .engine import Engine
 from .errors import OptionError
-from .imaging import Prepared, resize, scaled_size
+from .imaging import Prepared, enlarge_bicubic, resize, scaled_size
 from .options import ENLARGING_SCALES
 from .quality import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 from .refinement import EXTEND_SCALE, REFINE_MAX_PIXELS, refine, shown, stage_picture
@@ -95,8 +95,10 @@ class Refined:
     engine: Engine           # the refinement model's
 
     def picture(self, level: int | None = None) -> np.ndarray:
-        """What the file shows with its last stage cut at `level` (default: all of it)."""
-        stage = container.read(self.data).stages[-1]
+        """What the file shows with its last stage cut at `level` (default: all of it); of a version-4
+        file without later stages, its first stage's."""
+        c = container.read(self.data)
+        stage = c.stages[-1] if c.stages else c
         return stage_picture(self.engine, self.tokens, stage.header, stage.level if level is None else level,
                              self.so_far)
 
@@ -116,7 +118,7 @@ class ScaleLadder:
     file into the same model's stage at EXTEND_SCALE (`extended`), made only for a goal beyond it."""
 
     def __init__(self, p: Prepared, engine: Engine, adaptive: bool = True, full_tokens: np.ndarray | None = None,
-                 refine: bool = False, max_pixels: int | None = container.FROM_ENV):
+                 refine: bool = False, max_pixels: int | None = container.FROM_ENV, base: bool = False):
         self.p, self.engine, self.adaptive = p, engine, adaptive
         self.scales = scales_for(p.pixels.shape[1], p.pixels.shape[0], engine.tile)
         self.encoded: list[Coded] = []
@@ -130,6 +132,12 @@ class ScaleLadder:
         self.can_extend = stage is not None and stage_fits(width, height, EXTEND_SCALE, max_pixels)
         self._refined: Refined | None = None
         self._extended: Refined | None = None
+        based = registry.base_model() if base else None
+        if based is not None and not stage_fits(width, height, based.scale, max_pixels):
+            based = None
+        self.base_model = based  # the model of version-4 files (a classic base thumbnail), or None
+        self._thumbs: thumbnail.Candidates | None = None
+        self._based: dict = {}   # whole version-4 files by base: (Refined, its extension or None)
 
     @property
     def refined(self) -> Refined | None:
@@ -154,6 +162,47 @@ class ScaleLadder:
             data, tokens = refine(r.data, self.p.pixels, r.engine, scale=EXTEND_SCALE, so_far=so_far)
             self._extended = Refined(data, tokens, so_far, r.engine)
         return self._extended
+
+    def based(self, base: thumbnail.Base) -> Refined:
+        """The whole version-4 file on `base`: every token of the base model's first stage."""
+        key = (base.codec, base.shrink, base.data)
+        if key not in self._based:
+            e, model = self.engine, self.base_model
+            engine = Engine(model, e.device, e.batch, e.progress)
+            p, s = self.p, model.scale
+            height, width = p.pixels.shape[:2]
+            tokens = engine.encode(enlarge_bicubic(p.pixels, s), cond=enlarge_bicubic(base.picture, s))
+            data = pack(tokens, width * s, height * s, model, p.icc, p.exif, display=(width, height), gray=p.gray,
+                        base=base)
+            self._based[key] = [Refined(data, tokens, base.picture, engine), None]
+        return self._based[key][0]
+
+    def based_extended(self, base: thumbnail.Base) -> Refined | None:
+        """The whole version-4 file on `base` with the refinement model's stage at EXTEND_SCALE after it,
+        as `extended` follows the refined file (None where it cannot)."""
+        whole = self.based(base)
+        if self._based[(base.codec, base.shrink, base.data)][1] is None and self.can_extend:
+            e = self.engine
+            refiner = Engine(self.stage_model, e.device, e.batch, e.progress)
+            so_far = whole.picture()
+            data, tokens = refine(whole.data, self.p.pixels, refiner, scale=EXTEND_SCALE, so_far=so_far)
+            self._based[(base.codec, base.shrink, base.data)][1] = Refined(data, tokens, so_far, refiner)
+        return self._based[(base.codec, base.shrink, base.data)][1]
+
+    def base_within(self, max_bytes: int) -> thumbnail.Base | None:
+        """The base thumbnail of a version-4 file within max_bytes: the best by PSNR within BASE_SHARE of
+        the bytes the header leaves (None without a base model, or where none fits)."""
+        if self.base_model is None:
+            return None
+        if self._thumbs is None:
+            self._thumbs = thumbnail.Candidates(self.p.pixels)
+        height, width = self.p.pixels.shape[:2]
+        m, s = self.base_model, self.base_model.scale
+        h = container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
+                             m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
+                             display_height=height, gray=self.p.gray, base_codec=1, base_shrink=1, base=b"\0")
+        framing = len(container.MAGIC) + len(container.pack_header(h, [])) - 1
+        return self._thumbs.best_within(int((max_bytes - framing) * BASE_SHARE))
 
     def enlarged(self, scale: float) -> Coded:
         if scale not in self.larger:
@@ -329,10 +378,45 @@ def enlarged_reaching(ladder: ScaleLadder, target: tuple[str, float]) -> bytes |
     return None
 
 
+# The share of a version-4 file's bytes its base thumbnail may take; the rest are the base model's tokens
+# (held-out training photos, docs/training.md).
+BASE_SHARE = 0.75
+
+
+def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
+    """A version-4 file within max_bytes: the best base thumbnail within BASE_SHARE of it, then the base
+    model's tokens cut to the budget; where all of them leave bytes, the further stage's cut after
+    them (as extended_within). None where no base fits (or no base model)."""
+    base = ladder.base_within(max_bytes)
+    if base is None:
+        return None
+    whole = ladder.based(base)
+    if len(whole.data) > max_bytes:
+        try:
+            return truncate(whole.data, max_bytes=max_bytes)
+        except ValueError:  # the thumbnail's header leaves no room (not expected: the share left it some)
+            return None
+    ext = ladder.based_extended(base)
+    if ext is None:
+        return whole.data
+    cut = stage_cut_within(ext.data, max_bytes, ext.tokens)
+    stages = container.read(cut).stages
+    if not stages:
+        return whole.data
+    if len(cut) > EXTEND_CHECKED * len(whole.data):
+        return cut
+    pixels = ladder.p.pixels
+    return cut if psnr(pixels, ext.picture(stages[-1].level)) >= psnr(pixels, ext.so_far) else whole.data
+
+
 def within(ladder: ScaleLadder, max_bytes: int) -> bytes:
-    """The default file within max_bytes: the full-size file's cut; a smaller scale's when that cannot
-    fit; when the whole full-size file leaves bytes, the refinement stage's cut, or without a
-    refinement model a larger scale's cut where it spends them better."""
+    """The default file within max_bytes: a version-4 file (a base thumbnail, then tokens) where a base
+    fits; else the full-size file's cut; a smaller scale's when that cannot fit; when the whole full-size
+    file leaves bytes, the refinement stage's cut, or without a refinement model a larger scale's cut
+    where it spends them better."""
+    based = based_within(ladder, max_bytes)
+    if based is not None:
+        return based
     data, coded = first_within(ladder, max_bytes)
     if ladder.stage_model is not None:
         return refined_within(ladder, data, coded, max_bytes)

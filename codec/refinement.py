@@ -12,7 +12,7 @@ import numpy as np
 
 from ..formats import container
 from ..formats.container import FROM_ENV, FormatError
-from . import registry, stream
+from . import registry, stream, thumbnail
 from .allocation import allocation
 from .engine import Engine
 from .imaging import enlarge_bicubic, gray_of, resize
@@ -64,15 +64,21 @@ def shown(data: bytes, device: str = "cpu", engines: dict | None = None, batch: 
             engines[entry.name] = Engine(entry, device, batch, progress)
         return engines[entry.name]
 
-    for i, stage in enumerate(container.read(data, max_pixels).stages, 1):  # before any decoding
+    c = container.read(data, max_pixels)
+    for i, stage in enumerate([c] + c.stages):  # before any decoding
         model = registry.find_by_hash(stage.header.model_id)
-        if not model.config.get("conditioned"):
-            raise FormatError(f"stage {i} names model '{model.name}', which is no refinement model")
+        if bool(model.config.get("conditioned")) != bool(i or c.header.base):
+            raise FormatError(f"stage {i + 1} names model '{model.name}', which is "
+                              f"{'a' if model.config.get('conditioned') else 'no'} refinement model")
     stages = stream.read_stages(data, max_pixels, intact=strict)
     first = stages[0]
     if strict and not first.container.complete:
         raise FormatError("file is cut short: not every layer is whole")
-    pic = engine_of(first.model).picture(first.tokens, first.container.header, first.container.level)
+    h = first.container.header
+    if h.base:  # version 4: the first stage refines the base thumbnail
+        pic = decode_stage(engine_of(first.model), first, thumbnail.picture(h))
+    else:
+        pic = engine_of(first.model).picture(first.tokens, h, first.container.level)
     for stage in stages[1:]:
         pic = decode_stage(engine_of(stage.model), stage, pic)
     return pic

@@ -37,6 +37,8 @@ SHIPPED_SHA256 = {
     "odp-refine-x2-v2": "d012b5f88313297741adf6de24e5e4005467ebee0ec4579f8b8d253f13caaf3a",  # odp-small-v3's refinement stage until v3
     # v2's encoder with a perceptual decoder (same tokens and context models): the stage of odp-small-v3's files
     "odp-refine-x2-v3": "675a3e38adbec45bfd5d547cc7139dba57a5d3bfbeb3bc9217205a38908996d8",
+    # the first stage of version-4 files: tokens refining an AVIF/WebP thumbnail (step 1400 of odp-refine-classic)
+    "odp-classic-x2-v1": "185c74a3b097420c6eacd6fa67773d636aa77359ed3b4265407c46d0a4ec7bdc",
 }
 CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
 CONTEXT_SHA256 = {
@@ -46,6 +48,7 @@ CONTEXT_SHA256 = {
     # the digit models (a token as four base-8 digits): what new files use; the ones above still decode theirs
     "ctx16d-v1": "00270a059b96bacd23a90566bc4ed160e5944b636a6123260e6915c433cb8609",
     "ctx16d-refine-v2": "92a24b545e39589706b83757fe0b078a92bfac1fdde5e0b8d1b3c4904ce74ed9",
+    "ctx16d-classic-v1": "12bb7c073341c7c339e5f42689365ae6a74423b710d550bd4942aa9f205eec36",  # odp-classic-x2-v1's tokens
 }
 
 
@@ -63,6 +66,8 @@ class Entry:
     allocation: dict | None = None           # the encoder's allocation predictor (codec/allocation.py), if any
     refines: bytes = b""                     # a refinement stage's model: sha256 of the model it refines
     scale: int = 1                           # ... and how many times each side of its picture it codes
+    base: str = ""                           # "classic": the first stage of a version-4 file, refining its base
+                                             # thumbnail (codec/thumbnail.py), coded at `scale` times the image
 
     @property
     def tile(self) -> int:
@@ -157,9 +162,11 @@ def entry_at(path: Path) -> Entry:
         refines, scale = bytes.fromhex(meta.get("refines", "")), int(meta.get("scale", "1"))
     except ValueError:
         raise ModelNotFound(f"weights file {path.name} names a malformed refined model or scale") from None
-    if refines and not (config.get("conditioned") and 2 <= scale <= 4):
+    base = meta.get("base", "")
+    if (refines or base) and not (config.get("conditioned") and 2 <= scale <= 4) or base not in ("", "classic"):
         raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code")
-    return Entry(name, digest, path, config, tables, entropy_model, contexts, _allocation_for(path), refines, scale)
+    return Entry(name, digest, path, config, tables, entropy_model, contexts, _allocation_for(path), refines, scale,
+                 base)
 
 
 def _contexts_for(tokenizer_sha256: bytes) -> tuple[tuple[str, Path], ...]:
@@ -241,6 +248,16 @@ def refinement_for(entry: Entry) -> Entry | None:
     for path in reversed(installed()):
         other = entry_at(path)
         if other.refines and other.refines == entry.sha256:
+            return other
+    return None
+
+
+def base_model() -> Entry | None:
+    """The installed model that refines a classic base thumbnail (version-4 files), or None; of several,
+    the newest by name, as refinement_for picks."""
+    for path in reversed(installed()):
+        other = entry_at(path)
+        if other.base == "classic":
             return other
     return None
 

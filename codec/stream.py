@@ -14,7 +14,7 @@ import numpy as np
 from ..entropy import coder
 from ..formats import container
 from ..formats.container import Container, FormatError, Header, Layer
-from . import registry
+from . import registry, thumbnail
 from .errors import ModelNotFound, OdpWarning
 from .registry import Entry
 
@@ -37,13 +37,16 @@ def layer_levels(h: Header, top: int) -> list[int]:
 
 def pack(tokens: np.ndarray, width: int, height: int, model: Entry, icc: bytes = b"", exif: bytes = b"",
          weights: bytes = b"", level: int | None = None, entropy=None, caps: bytes = b"",
-         display: tuple[int, int] = (0, 0), gray: bool = False) -> bytes:
+         display: tuple[int, int] = (0, 0), gray: bool = False, base: "thumbnail.Base | None" = None) -> bytes:
     """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default);
     `weights`/`caps`: the allocation (allocation.py); `display`: the size to enlarge the coded
-    width x height to when decoding (default: none); `gray`: decode to one channel."""
+    width x height to when decoding (default: none); `gray`: decode to one channel; `base`: the
+    thumbnail a version-4 file's tokens refine (`model` is then its base model)."""
     entropy = entropy or model.best_entropy
+    based = {} if base is None else {"base_codec": thumbnail.CODE[base.codec], "base_shrink": base.shrink,
+                                     "base": base.data}
     h = Header(width, height, model.tile, model.tokens, model.sha256[:container.MODEL_ID_BYTES],
-               entropy.id, weights, caps, icc, exif, *display, gray=gray)
+               entropy.id, weights, caps, icc, exif, *display, gray=gray, **based)
     levels = layer_levels(h, level or h.full_level)
     return container.write(Container(without_idle_caps(h, levels[-1]), build_layers(tokens, h, levels, entropy)))
 
@@ -117,13 +120,16 @@ def open_container(data: bytes, max_pixels: int | None = container.FROM_ENV,
         raise FormatError(f"first layer of {len(c.layers[0].data)} bytes is too short for {h.tiles} tiles "
                           f"(at least {least}): the file is corrupt")
     if not c.complete:
-        if not c.layers:
+        if not c.layers and not h.base:
             raise FormatError("file is cut short before its first complete layer of tokens")
         if c.stages and first_stage:  # cut inside a refinement stage: say what arrived of each
             stages = "".join(f", refinement stage {i}: {len(x.layers)} layers ({x.mean_tokens:.1f} tokens per tile)"
                              for i, x in enumerate(c.stages, 2))
             warnings.warn(f"file is cut short: decoding the layers that arrived whole (first stage: "
                           f"{len(c.layers)} layers{stages})", OdpWarning)
+        elif not c.layers:
+            warnings.warn("file is cut short: decoding its base thumbnail alone (no layer of tokens arrived "
+                          "whole)", OdpWarning)
         else:
             warnings.warn(f"file is cut short: decoding the {len(c.layers)} layers that arrived whole "
                           f"({c.mean_tokens:.1f} tokens per tile on average)", OdpWarning)
@@ -242,6 +248,8 @@ def verify(data: bytes, max_pixels: int | None = container.FROM_ENV) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OdpWarning)
         c = read_stages(data, max_pixels=max_pixels, strict=True, intact=True)[0].container
+    if c.header.base:
+        thumbnail.picture(c.header)
     if not c.complete:
         raise FormatError(f"file is cut short: only {len(c.layers) + sum(len(x.layers) for x in c.stages)} "
                           "layers are whole")
@@ -278,6 +286,8 @@ def cut_points(data: bytes) -> list[tuple[int, float]]:
     layers = [replace(x, check=x.check or 0) for x in c.layers]  # a v1 chunk gains a 2-byte check
     out = [(len(container.write(Container(without_idle_caps(h, x.level), layers[:i + 1]))),
             sum(h.counts(x.level)) / h.tiles) for i, x in enumerate(layers)]
+    if h.base:  # the base thumbnail alone
+        out.insert(0, (len(container.write(Container(without_idle_caps(h, 0), []))), 0.0))
     for j, stage in enumerate(c.stages):
         sh = stage.header
         for i, x in enumerate(stage.layers):
@@ -298,8 +308,9 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
     c = container.read(data)
     if c.stages:
         return _truncate_staged(data, c, tokens, max_bytes, level)
+    least = 0 if c.header.base else 1  # a file with a base may keep no token: its thumbnail alone
     if level is not None:
-        need = max(1, min(level, c.level))
+        need = max(least, min(level, c.level))
     elif tokens is not None:
         if tokens < 1:
             raise ValueError(f"tokens must be at least 1, not {tokens}")
@@ -334,8 +345,10 @@ def truncate(data: bytes, tokens: int | None = None, max_bytes: int | None = Non
 
     if max_bytes is None:
         return at_level(need)
-    lo = highest_fitting(layers, need, lambda lv: len(at_level(lv)), max_bytes, least=1)
+    lo = highest_fitting(layers, need, lambda lv: len(at_level(lv)), max_bytes, least=least)
     if lo is None:
+        if least == 0:
+            raise ValueError(f"{max_bytes} bytes cannot hold this file's base thumbnail (that needs {len(at_level(0))})")
         raise ValueError(f"{max_bytes} bytes cannot hold even 1 token per tile (that needs {len(at_level(1))})")
     return at_level(lo)
 

@@ -21,6 +21,11 @@ allocation, layer table; CRC-checked) and layers. A stage refines the picture of
 it, so a cut anywhere still decodes: in a stage's layers, to that stage at its complete layers; in
 its header, to the stages before. A file without later stages is always written as version 2.
 
+Version 4 is version 3 whose first stage starts from a classic codec's thumbnail (the base): the
+first stage's header holds the thumbnail's bytes (AVIF or WebP) after the display size, and its
+tokens are a conditioned model's, refining that thumbnail enlarged; it may have no layer at all (the
+thumbnail alone). A cut inside the header (the thumbnail) leaves nothing to decode.
+
 Version 1 files (8-byte magic, u32 lengths, CRC per chunk; every tile the same) are read
 into the same structures, as layers without token checks; they are never written.
 """
@@ -35,6 +40,9 @@ MAGIC = b"\x89ODP"                  # both versions start so; v1 goes on with "\
 MAGIC_V1 = b"\x89ODP\r\n\x1a\n"
 VERSION = 2                 # a file of one stage
 STAGED_VERSION = 3          # a file with refinement stages after the first
+BASE_VERSION = 4            # a file whose first stage refines a classic codec's thumbnail (the base)
+BASE_CODECS = {1: "avif", 2: "webp"}  # the base's codec by its byte (docs/format.md)
+MAX_BASE_SHRINK = 16        # the base is the image shrunk at most this many times each side
 MAX_STAGES = 4              # stages in a file, the first included
 STAGE_KINDS = {1: "refine"}  # a later stage's kind: 1 codes what the stages before missed, its model
                              # seeing their picture enlarged to its coded size (docs/format.md)
@@ -43,7 +51,7 @@ ZIP_MAGIC = b"PK\x03\x04"          # OpenDocument presentations share the .odp e
 
 # Entropy models by their byte in a version-2 header (docs/format.md keeps this table).
 ENTROPY_MODELS = {1: "pos-freq-v1", 2: "ctx16-v1", 3: "ctx16-refine-v1", 4: "ctx16-refine-v2",
-                  5: "ctx16d-v1", 6: "ctx16d-refine-v2"}
+                  5: "ctx16d-v1", 6: "ctx16d-refine-v2", 7: "ctx16d-classic-v1"}
 
 MAX_SIDE = 65535            # pixels per side the format can describe
 MAX_HEADER = 16 << 20       # header bytes (dominated by ICC/EXIF)
@@ -101,6 +109,9 @@ class Header:
     gray: bool = False        # the source was greyscale: decoders return one channel (the mean of R, G, B)
     kind: int = 0             # 0: the first stage; a later stage's STAGE_KINDS code
     stages_after: int = 0     # the first stage of a version-3 file: how many stages follow its layers
+    base_codec: int = 0       # version 4: the base thumbnail's codec (BASE_CODECS); 0: no base
+    base_shrink: int = 0      # ... the display size shrunk this many times each side (base_size)
+    base: bytes = b""         # ... the thumbnail's file (AVIF or WebP bytes)
 
     @property
     def cols(self) -> int:
@@ -118,6 +129,12 @@ class Header:
     def display_size(self) -> tuple[int, int]:
         """(width, height) of the decoded image: the coded size, or the size it is enlarged or reduced to."""
         return (self.display_width or self.width, self.display_height or self.height)
+
+    @property
+    def base_size(self) -> tuple[int, int]:
+        """(width, height) of the base thumbnail: the display size divided by base_shrink, rounded."""
+        (w, h), s = self.display_size, self.base_shrink or 1
+        return (max(1, round(w / s)), max(1, round(h / s)))
 
     @property
     def scaled(self) -> bool:
@@ -173,6 +190,13 @@ class Header:
         for name, blob in (("ICC profile", self.icc), ("EXIF block", self.exif)):
             if len(blob) > MAX_METADATA:
                 raise FormatError(f"{name} of {len(blob)} bytes exceeds {MAX_METADATA} bytes")
+        if self.base_codec or self.base:
+            if self.base_codec not in BASE_CODECS:
+                raise FormatError(f"base thumbnail codec {self.base_codec} is unknown to this reader")
+            if not 1 <= self.base_shrink <= MAX_BASE_SHRINK:
+                raise FormatError(f"base thumbnail shrink {self.base_shrink} is outside 1..{MAX_BASE_SHRINK}")
+            if not 1 <= len(self.base) <= MAX_HEADER:
+                raise FormatError(f"base thumbnail of {len(self.base)} bytes is outside 1..{MAX_HEADER}")
 
 
 @dataclass
@@ -223,8 +247,9 @@ def _varint(n: int) -> bytes:
 
 
 def check_layers(h: Header, levels: list[int], lengths: list[int]) -> None:
-    """The layer table rules (docs/format.md); quick even for a million tiles and thousands of layers."""
-    if not levels:
+    """The layer table rules (docs/format.md); quick even for a million tiles and thousands of layers.
+    A first stage with a base thumbnail may have no layer."""
+    if not levels and not h.base:
         raise FormatError("file has no layer of tokens")
     if len(levels) > h.tiles * h.tokens:
         raise FormatError(f"{len(levels)} layers cannot each add a token to {h.tiles} tiles of {h.tokens}")
@@ -266,10 +291,11 @@ def _layer_table(layers: list[Layer]) -> list[bytes]:
 
 def pack_header(h: Header, layers: list[Layer], stages_after: int = 0) -> bytes:
     """Version byte, length, fields and CRC: everything before the first layer's bytes (version 3,
-    ending with `stages_after`, when later stages follow the layers)."""
+    ending with `stages_after`, when later stages follow the layers; version 4 with a base thumbnail,
+    always ending with `stages_after`)."""
     h.validate(max_pixels=None)
-    if h.version not in (VERSION, STAGED_VERSION) or h.kind:
-        raise FormatError(f"only versions {VERSION} and {STAGED_VERSION} are written, from a first stage")
+    if h.version not in (VERSION, STAGED_VERSION, BASE_VERSION) or h.kind:
+        raise FormatError(f"only versions {VERSION} to {BASE_VERSION} are written, from a first stage")
     if not 0 <= stages_after < MAX_STAGES:
         raise FormatError(f"a file holds at most {MAX_STAGES} stages")
     check_layers(h, [x.level for x in layers], [len(x.data) for x in layers])
@@ -280,10 +306,12 @@ def pack_header(h: Header, layers: list[Layer], stages_after: int = 0) -> bytes:
     f += [_varint(len(h.exif)), h.exif] if h.exif else []
     f += [h.weights, h.caps]
     f += [_varint(h.display_size[0]), _varint(h.display_size[1])] if h.scaled else []
+    f += [bytes([h.base_codec, h.base_shrink]), _varint(len(h.base)), h.base] if h.base else []
     f += _layer_table(layers)
-    f += [_varint(stages_after)] if stages_after else []
+    f += [_varint(stages_after)] if stages_after or h.base else []
     fields = b"".join(f)
-    head = bytes([STAGED_VERSION if stages_after else VERSION]) + _varint(len(fields)) + fields
+    version = BASE_VERSION if h.base else STAGED_VERSION if stages_after else VERSION
+    head = bytes([version]) + _varint(len(fields)) + fields
     return head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -301,7 +329,7 @@ def pack_stage_header(h: Header, layers: list[Layer]) -> bytes:
 
 
 def write(c: Container) -> bytes:
-    """Serialise a container: version 2, or version 3 when it has later stages."""
+    """Serialise a container: version 2, version 3 when it has later stages, version 4 with a base."""
     out = [MAGIC, pack_header(c.header, c.layers, len(c.stages))] + [x.data for x in c.layers]
     for stage in c.stages:
         out += [pack_stage_header(stage.header, stage.layers)] + [x.data for x in stage.layers]
@@ -361,7 +389,7 @@ class _Reader:
 def is_odp(prefix: bytes) -> bool:
     """Whether bytes start like an .odp file of a version this reader knows."""
     return (prefix[:len(MAGIC_V1)] == MAGIC_V1
-            or prefix[:len(MAGIC) + 1] in (MAGIC + bytes([VERSION]), MAGIC + bytes([STAGED_VERSION])))
+            or prefix[:len(MAGIC) + 1] in (MAGIC + bytes([v]) for v in (VERSION, STAGED_VERSION, BASE_VERSION)))
 
 
 def header_size(prefix: bytes) -> int | None:
@@ -385,7 +413,7 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     if not is_odp(data):
         if data.startswith(MAGIC) and len(data) > len(MAGIC):
             raise FormatError(f"ODP format version {data[4]} is not supported "
-                              f"(this reader knows versions 1 to {STAGED_VERSION})")
+                              f"(this reader knows versions 1 to {BASE_VERSION})")
         if data.startswith(ZIP_MAGIC):
             raise FormatError("not an ODP image: a zip file, such as an OpenDocument presentation (also .odp)")
         raise FormatError("not an ODP file (wrong magic bytes)")
@@ -393,6 +421,10 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         return _read_v1(data, max_pixels)
     r = _Reader(data, "file header", len(MAGIC) + 1)
     n = r.varint(MAX_HEADER, "a header length")
+    if len(data) < r.pos + n + 4:
+        holds = ", which holds its base thumbnail" if data[len(MAGIC)] == BASE_VERSION else ""
+        raise FormatError(f"file is cut short inside its header{holds} ({len(data)} of {r.pos + n + 4} bytes): "
+                          "nothing to decode")
     fields = r.take(n)
     if r.u32() != zlib.crc32(data[len(MAGIC):r.pos - 4]):
         raise FormatError("header checksum mismatch: the file is corrupt")
@@ -413,10 +445,17 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     if flags & FLAG_DISPLAY:
         h.display_width, h.display_height = f.varint(MAX_SIDE, "a display width"), f.varint(MAX_SIDE, "a display height")
     h.validate(max_pixels)
+    version = data[len(MAGIC)]
+    if version == BASE_VERSION:
+        h.base_codec, h.base_shrink = f.u8(), f.u8()
+        h.base = f.take(f.varint(MAX_HEADER, "a base thumbnail size"))
+        if not h.base:
+            raise FormatError("a version-4 file has an empty base thumbnail")
+        h.validate(max_pixels)
     layers = _read_layer_table(f)
-    if data[len(MAGIC)] == STAGED_VERSION:
-        h.version, h.stages_after = STAGED_VERSION, f.varint(MAX_STAGES - 1, "a stage count")
-        if not h.stages_after:
+    if version in (STAGED_VERSION, BASE_VERSION):
+        h.version, h.stages_after = version, f.varint(MAX_STAGES - 1, "a stage count")
+        if version == STAGED_VERSION and not h.stages_after:
             raise FormatError("a version-3 file declares no stage after the first")
     if f.pos != len(fields):
         raise FormatError("header has trailing bytes")
@@ -497,7 +536,7 @@ def _read_v1(data: bytes, max_pixels) -> tuple[Header, list[tuple[int, int, int 
     f = _Reader(head, "header")
     version, _flags, w, hgt, tile, tokens, kept, g, whash = f.unpack(_V1_FIXED)
     if version != 1:
-        raise FormatError(f"ODP format version {version} is not supported (this reader knows versions 1 to {STAGED_VERSION})")
+        raise FormatError(f"ODP format version {version} is not supported (this reader knows versions 1 to {BASE_VERSION})")
     model_name, entropy_model = f.string(), f.string()
     icc, exif = f.blob(MAX_METADATA), f.blob(MAX_METADATA)
     h = Header(w, hgt, tile, tokens, whash, entropy_model, icc=icc, exif=exif, model_name=model_name, version=1)

@@ -45,7 +45,7 @@ class OdpImageFile(ImageFile.ImageFile):
         self._mode = "L" if h.gray else "RGB"
         self.info.update(odp_model=h.model_name or h.model_id.hex(), odp_adaptive=h.adaptive,
                          odp_coded_size=(h.width, h.height),
-                         odp_tokens=max(h.counts(table[-1][0])))  # of the fullest tile, as stored
+                         odp_tokens=max(h.counts(table[-1][0] if table else 0)))  # of the fullest tile, as stored
         if h.icc:
             self.info["icc_profile"] = h.icc
         if h.exif:

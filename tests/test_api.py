@@ -218,7 +218,8 @@ def test_decode_file_writes_by_extension(tmp_path, small_odp):
 
 def test_rate_control_options_match_the_pipeline(astronaut):
 
-    assert odp.encode(astronaut, quality=70, device="cpu") == helpers.encode(astronaut, quality=70, device="cpu")
+    assert odp.encode(astronaut, quality=70, device="cpu") == helpers.encode(astronaut, quality=70, device="cpu",
+                                                                             refine=True)
     assert odp.encode(astronaut, psnr=15.0, device="cpu") == helpers.encode(astronaut, target=("psnr", 15.0),
                                                                                device="cpu")
     with pytest.raises(ValueError, match="at most one"):

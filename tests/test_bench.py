@@ -174,6 +174,9 @@ def test_bench_odp_points_are_the_files_odp_makes_for_each_budget(bench_run):
                     c = container.read(data)
                     assert len(data) == p["bytes"] == p["setting"]
                     assert c.header.display_size == im.size
+                    if c.header.base:  # version 4: its model codes at 2x, as the format says; full size to the bench
+                        assert codec == "odp" and p["scale"] == 1 and not c.header.adaptive
+                        continue
                     coded = c.header.width / im.width  # 1/N for a smaller coding scale, 2..4 for a larger one
                     assert p["scale"] == pytest.approx(1 if not c.header.scaled else
                                                        1 / round(coded) if coded > 1 else round(1 / coded))
@@ -344,3 +347,19 @@ def test_the_report_links_the_whole_range_page_where_there_is_one(tmp_path):
     (out / "plots" / "range-psnr.png").write_bytes(b"")
     section = "\n".join(bench.range_section(report, out))
     assert "[range.md](range.md)" in section and "![range-psnr](results/plots/range-psnr.png)" in section
+
+
+def test_bench_can_measure_the_default_odp_file_alone(tmp_path):
+    """--odp-files odp: only what `odp encode --bytes` makes (no other coding scale, no uniform file),
+    in a cache of its own; an unknown name is refused in one line."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(DATA / "coffee-200x150.png", folder)
+    out = tmp_path / "results"
+    r = CliRunner().invoke(main, ["bench", str(folder), "--out", str(out), "--budgets", "0.1", "--metrics", "psnr",
+                                  "--codecs", "webp", "--speed-images", "0", "--quiet", "--odp-files", "odp"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "points.json").read_text())
+    assert {p["codec"] for p in doc["points"]} == {"odp", "webp"}
+    bad = CliRunner().invoke(main, ["bench", str(folder), "--out", str(out), "--odp-files", "odp,bogus", "--quiet"])
+    assert bad.exit_code != 0 and "'bogus'" in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -99,8 +99,11 @@ def test_encode_options(png, tmp_path, small_odp):
     c = container.read((tmp_path / "t.odp").read_bytes())
     assert c.kept == 13 and c.mean_tokens == 13 and not c.header.adaptive
     budget = len(small_odp) // 2
-    assert_ok(odp("encode", png, "-o", tmp_path / "b.odp", "--bytes", budget))
+    assert_ok(odp("encode", png, "-o", tmp_path / "b.odp", "--bytes", budget, "--no-base"))  # tokens only
     assert (tmp_path / "b.odp").read_bytes() == stream.truncate(small_odp, max_bytes=budget)
+    assert_ok(odp("encode", png, "-o", tmp_path / "v4.odp", "--bytes", budget))  # a thumbnail, then tokens
+    based = (tmp_path / "v4.odp").read_bytes()
+    assert len(based) <= budget and container.read(based).header.base
     w, h = Image.open(png).size
     bpp = 8 * budget / (w * h)
     r = odp("encode", png, "-o", tmp_path / "p.odp", "--bpp", bpp, "-v")
@@ -589,7 +592,7 @@ def corruptions(data: bytes) -> dict[str, bytes]:
         "short header": data[: magic + 10],
         "header only": data[:first_layer],
         "header crc": helpers.flip(data, magic + 3),
-        "future version": data[:magic] + bytes([container.STAGED_VERSION + 1]) + data[magic + 1:],
+        "future version": data[:magic] + bytes([container.BASE_VERSION + 1]) + data[magic + 1:],
         "first layer": helpers.flip(data, high_byte(spans[0])),
         "middle layer": helpers.flip(data, high_byte(spans[len(spans) // 2])),
         "foreign model": helpers.reheader(data, model_id=b"\x42" * container.MODEL_ID_BYTES),
@@ -605,7 +608,7 @@ def corruptions(data: bytes) -> dict[str, bytes]:
 CORRUPTIONS = ["wrong magic", "empty", "short magic", "short header", "header only", "header crc", "future version",
                "first layer", "middle layer", "foreign model", "huge size", "huge header length", "huge layer length",
                "trailing bytes"]
-EXPECTED = {"header only": "cut short", "header crc": "checksum", "future version": "version 4 is not supported",
+EXPECTED = {"header only": "cut short", "header crc": "checksum", "future version": "version 5 is not supported",
             "first layer": "payload layer 0 does not decode", "middle layer": "does not decode",
             "foreign model": "42424242",
             "huge size": "exceeds the limit", "huge header length": "over the limit",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -253,11 +254,11 @@ def test_container_levels_and_counts():
     ({"icc": b"x" * (MAX_METADATA + 1)}, "ICC profile"),
     ({"exif": b"x" * (MAX_METADATA + 1)}, "EXIF block"),
     ({"entropy_model": "ctx-v9"}, "has no code"),
-    ({"version": 1, "model_id": bytes(32)}, "only versions 2 and 3"),
+    ({"version": 1, "model_id": bytes(32)}, "only versions 2 to 4"),
 ])
 def test_writer_refuses_bad_headers(changes, message):
     h = helpers.some_header(**changes)
-    if message not in ("has no code", "only versions 2 and 3"):
+    if message not in ("has no code", "only versions 2 to 4"):
         with pytest.raises(FormatError, match=message):
             h.validate()
     with pytest.raises(FormatError, match=message):
@@ -343,15 +344,15 @@ def test_wrong_magic():
     refused(b"PK\x03\x04" + bytes(40), "a zip file, such as an OpenDocument presentation")
 
 
-@pytest.mark.parametrize("version", [0, 1, 4, 16, 255])
+@pytest.mark.parametrize("version", [0, 1, 5, 16, 255])
 def test_unsupported_version(version):
     data = some_file()
     msg = refused(data[:4] + bytes([version]) + data[5:], "is not supported")
-    assert msg.startswith("ODP format version ") and "versions 1 to 3" in msg
+    assert msg.startswith("ODP format version ") and "versions 1 to 4" in msg
     assert not container.is_odp(data[:4] + bytes([version]))
 
 
-@pytest.mark.parametrize("version", [4, 16, 255])
+@pytest.mark.parametrize("version", [5, 16, 255])
 def test_unsupported_version_is_named_in_decimal(version):
     data = some_file()
     refused(data[:4] + bytes([version]) + data[5:], f"version {version} is not supported")
@@ -436,7 +437,7 @@ def test_unknown_flags(flags):
     refused(forged(flags=flags), f"unknown flags {flags:#04x}")
 
 
-@pytest.mark.parametrize("code", [0, 7, 255])
+@pytest.mark.parametrize("code", [0, 8, 255])
 def test_unknown_entropy_model_code(code):
     refused(forged(code=code), f"entropy model code {code} is unknown")
 
@@ -471,7 +472,7 @@ def test_header_cut_inside_its_fields():
     for n in range(len(fields)):
         refused(helpers.assemble(fields[:n]), "header is cut short")
     for n in range(5, len(MAGIC) + 2 + len(fields) + 4):  # the file itself ends inside the header
-        refused(helpers.assemble(fields)[:n], "file header is cut short")
+        refused(helpers.assemble(fields)[:n], "file header is cut short|cut short inside its header")
 
 
 def test_bytes_after_the_last_layer():
@@ -500,7 +501,8 @@ def test_header_size_and_is_odp():
         assert container.header_size(data[:16]) == container.read_header(data)[2]
     assert container.header_size(v1[:16]) == len(MAGIC_V1) + 4 + len(helpers.v1_head(v1)) + 4
     assert container.is_odp(MAGIC + b"\x02") and container.is_odp(MAGIC + b"\x03") and container.is_odp(MAGIC_V1)
-    for other in (b"", MAGIC, MAGIC + b"\x04", MAGIC_V1[:7], b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"):
+    assert container.is_odp(MAGIC + b"\x04")
+    for other in (b"", MAGIC, MAGIC + b"\x05", MAGIC_V1[:7], b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"):
         assert not container.is_odp(other) and container.header_size(other) is None
     with pytest.raises(FormatError, match="over the limit"):
         container.header_size(MAGIC_V1 + struct.pack("<I", MAX_HEADER + 1))
@@ -683,7 +685,7 @@ def test_version_1_name_that_is_not_utf8():
 
 def test_version_1_is_read_never_written():
     c = container.read(helpers.v1_file())
-    with pytest.raises(FormatError, match="only versions 2 and 3 are written"):
+    with pytest.raises(FormatError, match="only versions 2 to 4 are written"):
         container.write(c)
 
 
@@ -762,3 +764,65 @@ def test_the_writer_refuses_too_many_stages_and_unknown_kinds():
     c.stages[0].header.kind = 5
     with pytest.raises(FormatError, match="stage kind 5 is unknown"):
         container.write(c)
+
+
+# --------------------------------------------------------------------------- version 4: a base thumbnail
+
+
+def based_file(levels=(1, 2, 4), stages: int = 0, base: bytes = b"RIFF-thumbnail-bytes") -> tuple[Container, bytes]:
+    """A version-4 file: 600x400 tokens (2x) refining a base thumbnail of its 300x200 picture shrunk 4x."""
+    h = helpers.some_header(width=600, height=400, display_width=300, display_height=200, base_codec=2,
+                            base_shrink=4, base=base)
+    c = Container(h, helpers.layers_for(list(levels)))
+    for i in range(stages):
+        sh = helpers.some_header(width=1200, height=800, kind=1, display_width=300, display_height=200,
+                                 version=container.STAGED_VERSION)
+        c.stages.append(Container(sh, helpers.layers_for([3, 5 + i], words=2)))
+    return c, container.write(c)
+
+
+@pytest.mark.parametrize("levels, stages", [((1, 2, 4), 0), ((), 0), ((1, 8), 1)])
+def test_a_file_with_a_base_thumbnail_is_version_4_and_reads_back(levels, stages):
+    """The thumbnail lives in the CRC-checked header; the layers may be none (the thumbnail alone)."""
+    c, data = based_file(levels, stages)
+    assert data[4] == container.BASE_VERSION
+    back = container.read(data)
+    h = back.header
+    assert back.complete and (h.base_codec, h.base_shrink, h.base) == (2, 4, b"RIFF-thumbnail-bytes")
+    assert h.base_size == (75, 50) and h.display_size == (300, 200)
+    assert [x.level for x in back.layers] == list(levels) and len(back.stages) == stages
+    assert container.write(back) == data
+
+
+def test_a_cut_inside_the_base_thumbnail_is_refused_in_one_line():
+    c, data = based_file()
+    end = helpers.layer_spans(data)[0][0]  # the header ends where the first layer starts
+    for n in (8, end // 2, end - 1):
+        msg = refused(data[:n], "cut short inside its header, which holds its base thumbnail")
+        assert f"({n} of {end} bytes)" in msg
+    assert len(container.read(data[:end]).layers) == 0  # the header whole: the thumbnail arrived
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"base_codec": 9}, "base thumbnail codec 9 is unknown"),
+    ({"base_shrink": 0}, "base thumbnail shrink 0 is outside 1..16"),
+    ({"base_shrink": 17}, "base thumbnail shrink 17 is outside 1..16"),
+])
+def test_bad_base_fields_are_refused(change, message):
+    c, _ = based_file()
+    with pytest.raises(FormatError, match=message):
+        container.write(Container(replace(c.header, **change), c.layers))
+    h = replace(c.header, base_codec=1)  # write a valid file, then patch the byte and its CRC
+    good = container.write(Container(h, c.layers))
+    at = good.index(b"RIFF-thumbnail-bytes") - 3  # codec, shrink, length
+    field, value = ("base_codec", 0) if "base_codec" in change else ("base_shrink", 1)
+    patched = bytearray(good)
+    patched[at + value] = change[field]
+    end = helpers.header_end(good)
+    patched[end - 4:end] = struct.pack("<I", zlib.crc32(bytes(patched[len(container.MAGIC):end - 4])))
+    refused(bytes(patched), message)
+
+
+def test_a_file_without_tokens_needs_a_base():
+    with pytest.raises(FormatError, match="no layer of tokens"):
+        container.write(Container(helpers.some_header(), []))

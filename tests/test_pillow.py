@@ -133,7 +133,7 @@ def test_errors_are_clear(small_odp):
     with Image.open(io.BytesIO(other)) as im, pytest.raises(odp.ModelNotFound, match="0badf00d"):
         assert im.info["odp_model"] == "0badf00d"  # opening reads the header only: no model needed yet
         im.load()
-    future = small_odp[:4] + bytes([4]) + small_odp[5:]  # a format version this reader does not know
+    future = small_odp[:4] + bytes([5]) + small_odp[5:]  # a format version this reader does not know
     with pytest.raises(UnidentifiedImageError):
         Image.open(io.BytesIO(future))
 

@@ -31,16 +31,15 @@ import numpy as np
 from PIL import Image
 
 from ...formats import container
-from .. import coding, net_onnx, network, ratecontrol, registry, stream, tiling
+from .. import coding, net_onnx, network, ratecontrol, registry, stream, thumbnail, tiling
 from ..allocation import ALLOCATION_GRID, ENCODER_VERSION
 from ..engine import Engine, pick_device
 from ..imaging import IMAGE_SUFFIXES, Prepared
 from ..options import EncodeOptions
 from . import classic, metrics
-from .settings import BUDGETS, SCALES
+from .settings import BUDGETS, ODP_CONTENDERS, SCALES
 
 CACHE_VERSION = 3  # 3: budgets out of the key, listed in the part's cache
-ODP_CONTENDERS = ["odp", "odp-psnr-scale", "odp-uniform"]  # the ODP files measured (odp_files); in the cache key
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -55,7 +54,8 @@ def budget_bytes(bpp: float, width: int, height: int) -> int:
 # --------------------------------------------------------------------------- measuring one image
 
 
-def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, model, device: str):
+def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, model, device: str,
+                  odp_files_wanted=ODP_CONTENDERS):
     """Points for one image, per part ("odp" or a classic codec's name), each at its best file
     per budget; yields (part, {"points", "seconds"}) as each part is done, so the caller can
     cache it at once (a 1 MP photo takes many minutes per part on a 2-core CPU). Parts are
@@ -77,18 +77,19 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
         stats = {}
         if part == "odp":
             engine = Engine(model, device)
-            fulls, stats, ladder = odp_files(pixels, engine)
+            fulls, stats, ladder = odp_files(pixels, engine, odp_files_wanted)
             scored: dict[bytes, dict] = {}  # contenders often pick the same file: score it once
             for codec, codeds in fulls.items():
                 for b in budgets:
                     try:  # the encoder's own choice of coding scale
-                        if codec == "odp-psnr-scale":
+                        if codec == "odp":  # the encoder's own file: what `odp encode --bytes` makes
+                            data = ratecontrol.within(ladder, budget_bytes(b, w, h))
+                            coded = ratecontrol.Coded(coded_scale(data), data, None)
+                        elif codec == "odp-psnr-scale":
                             data, coded = ratecontrol.best_within(codeds, budget_bytes(b, w, h), pixels, engine)
                         else:
                             data, coded = ratecontrol.first_within(codeds, budget_bytes(b, w, h))
-                        if codec == "odp":  # bytes to spare past the whole first stage: its refinement stage, as encode does
-                            data = ratecontrol.refined_within(ladder, data, coded, budget_bytes(b, w, h))
-                        elif codec == "odp-psnr-scale":
+                        if codec == "odp-psnr-scale":
                             data, coded = ratecontrol.best_refined_within(ladder, data, coded, budget_bytes(b, w, h))
                     except ValueError:  # not even one token per tile fits
                         continue
@@ -111,7 +112,7 @@ def measure_parts(path: Path, parts: list[str], budgets, metric_names, codecs, m
 
 
 def measure_image(path: Path, missing: dict[str, tuple], files: dict[str, Path], metric_names, codec_names,
-                  device: str, model=None) -> None:
+                  device: str, model=None, odp_files_wanted=ODP_CONTENDERS) -> None:
     """Measure the budgets each part of one image lacks (`missing`: part -> budgets), merge them into
     what its cache holds, and cache each part as soon as it is done (atomically: an interrupted run
     leaves no half-written part). Runs in a worker process with --jobs."""
@@ -119,7 +120,7 @@ def measure_image(path: Path, missing: dict[str, tuple], files: dict[str, Path],
     codecs = {k: v for k, v in classic.available_codecs().items() if k in codec_names}
     for budgets in sorted(set(missing.values())):
         parts = [part for part, b in missing.items() if b == budgets]
-        for part, doc in measure_parts(path, parts, budgets, metric_names, codecs, model, device):
+        for part, doc in measure_parts(path, parts, budgets, metric_names, codecs, model, device, odp_files_wanted):
             old = json.loads(files[part].read_text()) if files[part].exists() else None
             tmp = files[part].with_suffix(".tmp")
             tmp.write_text(json.dumps(merged(old, doc, budgets)))
@@ -142,7 +143,8 @@ def merged(old: dict | None, new: dict, budgets) -> dict:
             "stats": old.get("stats") or new["stats"], "budgets": sorted({*old["budgets"], *budgets})}
 
 
-def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict, ratecontrol.ScaleLadder]:
+def odp_files(pixels: np.ndarray, engine: Engine,
+              wanted=ODP_CONTENDERS) -> tuple[dict[str, list], dict, ratecontrol.ScaleLadder]:
     """Full ODP files of one image, as ratecontrol.Coded lists per contender ("odp": adaptive allocation,
     full size first, then the smaller coding scales for budgets it cannot fit; "odp-psnr-scale": the
     same files, chosen by PSNR; both coded larger where a budget leaves bytes past the whole file (the
@@ -158,12 +160,13 @@ def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict
     t1 = time.perf_counter()
     uniform = ratecontrol.encode_at(bare, 1, engine, adaptive=False)
     t2 = time.perf_counter()
-    ladder = ratecontrol.ScaleLadder(bare, engine, refine=True)
+    ladder = ratecontrol.ScaleLadder(bare, engine, refine=True, base=True)
     full = ladder.full
     t3 = time.perf_counter()
-    smaller = list(ladder)[1:]
+    smaller = list(ladder)[1:] if "odp-psnr-scale" in wanted else []  # "odp" codes smaller only if it must
     fulls = {"odp": [full, *smaller], "odp-psnr-scale": [full, *smaller], "odp-uniform": [uniform]}
-    assert list(fulls) == ODP_CONTENDERS
+    assert tuple(fulls) == ODP_CONTENDERS
+    fulls = {k: v for k, v in fulls.items() if k in wanted}
     t4 = time.perf_counter()
     tables = stream.pack(toks, w, h, model, entropy=model.tables)
     t5 = time.perf_counter()
@@ -175,7 +178,13 @@ def odp_files(pixels: np.ndarray, engine: Engine) -> tuple[dict[str, list], dict
     return fulls, stats, ladder
 
 
-def part_key(part: str, metric_names, codecs, model) -> str:
+def coded_scale(data: bytes) -> int:
+    """How many times smaller than the image a file's first stage is coded (1: full size or larger)."""
+    h = container.read(data).header
+    return max(1, round(h.display_size[0] / h.width))
+
+
+def part_key(part: str, metric_names, codecs, model, odp_files_wanted=ODP_CONTENDERS) -> str:
     """What a cached part depends on: the metrics, and the model or the codec's settings. Not the
     budgets: each budget's files are chosen alone, so a part's cache records the budgets it measured
     and a run with more budgets measures only those it lacks."""
@@ -187,9 +196,13 @@ def part_key(part: str, metric_names, codecs, model) -> str:
         refinement = registry.refinement_for(model)  # its stage is part of the encoder's files
         if refinement is not None:
             deps["refinement_sha256"] = refinement.sha256.hex()
+        based = registry.base_model()  # version-4 files within a budget (ratecontrol.based_within)
+        if based is not None:
+            deps["base"] = [based.sha256.hex(), ratecontrol.BASE_SHARE, thumbnail.FORMATS, list(thumbnail.SHRINKS),
+                            {k: [v.start, v.stop] for k, v in thumbnail.QUALITIES.items()}]
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
         deps["format"] = [container.VERSION, model.best_entropy.id, list(ALLOCATION_GRID), ENCODER_VERSION,
-                          list(stream.LEVELS), list(ratecontrol.SCALES), ODP_CONTENDERS]
+                          list(stream.LEVELS), list(ratecontrol.SCALES), list(odp_files_wanted)]
     else:
         c = codecs[part]
         deps |= {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1], "scales": SCALES,
@@ -571,11 +584,18 @@ def entropy_markdown(stats: list[dict]) -> str:
 
 def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, device: str = "auto",
         codec_names=None, speed_images: int = 2, progress: bool = True, report: Path | None = None,
-        jobs: int = 1) -> str:
+        jobs: int = 1, odp_files_wanted=ODP_CONTENDERS) -> str:
     """Benchmark every image under folder; write the outputs to `out`; return the Markdown summary.
 
     With `report`, also write a Markdown page there that embeds the plots (docs/results.md); with
-    `jobs` > 1, measure that many images at once in worker processes."""
+    `jobs` > 1, measure that many images at once in worker processes. `odp_files_wanted`: which of
+    ODP_CONTENDERS to measure ("odp" alone is several times faster: no other coding scales, no
+    refinement of them); a choice has its own cache."""
+    unknown = [x for x in odp_files_wanted if x not in ODP_CONTENDERS]
+    if "odp" not in odp_files_wanted or unknown:
+        raise ValueError(f"ODP files to measure: 'odp' and any of {', '.join(ODP_CONTENDERS[1:])}"
+                         + (f", not {unknown[0]!r}" if unknown else ""))
+    odp_files_wanted = [x for x in ODP_CONTENDERS if x in odp_files_wanted]
     from tqdm import tqdm
 
     t0 = time.time()
@@ -595,7 +615,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
                 "codecs": {k: {"final": c.final, "qualities": [c.qualities.start, c.qualities.stop - 1]}
                            for k, c in codecs.items()}}
     parts = ["odp", *codecs]
-    keys = {part: part_key(part, metric_names, codecs, model) for part in parts}
+    keys = {part: part_key(part, metric_names, codecs, model, odp_files_wanted) for part in parts}
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -614,7 +634,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
                disable=not progress, file=sys.stderr)
     if jobs == 1:
         for path, missing in todo:
-            measure_image(path, missing, files[path], metric_names, list(codecs), dev, model)
+            measure_image(path, missing, files[path], metric_names, list(codecs), dev, model, odp_files_wanted)
             bar.update()
     else:  # one process per image at a time; each gets its share of the CPU threads
         import concurrent.futures as cf
@@ -624,7 +644,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                     initializer=_worker_threads, initargs=(threads,)) as pool:
             futures = [pool.submit(measure_image, path, missing, files[path], metric_names,
-                                   list(codecs), dev) for path, missing in todo]
+                                   list(codecs), dev, None, odp_files_wanted) for path, missing in todo]
             for f in cf.as_completed(futures):
                 f.result()
                 bar.update()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .. import thumbnail
+
 
 @dataclass(frozen=True)
 class Codec:
@@ -53,8 +55,8 @@ def available_codecs() -> dict[str, Codec]:
 
 # Fast settings for a thumbnail that a file would carry as its first layer (the classic-base experiment,
 # codec/training/classicbase.py): the same for its training, its candidate files and the hull it meets.
-THUMBNAIL_CODECS = {"avif": Codec("avif", "AVIF", range(0, 101), {"speed": 6}, {"speed": 6}),
-                    "webp": Codec("webp", "WEBP", range(0, 101), {"method": 4}, {"method": 4})}
+THUMBNAIL_CODECS = {name: Codec(name, fmt, range(0, 101), settings, settings)  # a version-4 file's base codecs
+                    for name, (fmt, settings) in thumbnail.FORMATS.items()}
 
 
 def shrink(pixels: np.ndarray, scale: int) -> Image.Image:

@@ -132,7 +132,8 @@ def extract_refinement(config: Path, snapshot: Path | None, data: list[str], out
 
     cfg = tomllib.loads(config.read_text())
     rc = cfg["refine"]
-    base = Engine(weights.load(rc["base"]), "cpu", 4)
+    base = ClassicBase(rc) if rc["base"] == "classic" else Engine(weights.load(rc["base"]), "cpu", 4)
+    base_tables = registry.find(cfg["train"]["init"] if rc["base"] == "classic" else rc["base"]).tables
     held = {p.name for p in split_photos(cfg["train"])[1]}
     if name:
         stage = weights.load(name)
@@ -149,7 +150,7 @@ def extract_refinement(config: Path, snapshot: Path | None, data: list[str], out
     snapshot_sha = registry.file_sha256(snapshot / "snapshot.safetensors").hex()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "refine.safetensors"
-        weights.save_weights(path, "refine", tok.eval(), registry.find(rc["base"]).tables)
+        weights.save_weights(path, "refine", tok.eval(), base_tables)
         found = _stage_tokens(base, Engine(weights.load_path(path), "cpu", 4),
                               [f for f in list_photos(data) if f.name not in held], side, int(rc["scale"]))
     from safetensors.numpy import save_file
@@ -157,8 +158,26 @@ def extract_refinement(config: Path, snapshot: Path | None, data: list[str], out
     save_file(found, str(out), metadata={"refinement_step": str(step), "snapshot_sha256": snapshot_sha})
 
 
-def _stage_tokens(base: Engine, stage: Engine, files: list[Path], side: int, scale: int) -> dict[str, np.ndarray]:
-    """A stage's tokens on each photo's centre crop (at most side x side) coded whole by `base` first."""
+class ClassicBase:
+    """A classic codec's thumbnail as a refinement stage's picture so far (config `base = "classic"`): each
+    photo's crop shrunk by one of `shrink`, coded by one of the codecs at a quality in its range (as training
+    draws them; a fixed draw per photo), decoded and enlarged back."""
+
+    def __init__(self, rc: dict):
+        self.shrink, self.quality, self.rng = rc["shrink"], rc["quality"], np.random.default_rng(5)
+
+    def picture(self, crop: np.ndarray) -> np.ndarray:
+        from ..evaluation.classic import THUMBNAIL_CODECS, decode, shrink
+
+        codec = str(self.rng.choice(sorted(self.quality)))
+        q = int(self.rng.integers(self.quality[codec][0], self.quality[codec][1] + 1))
+        small = shrink(crop, int(self.rng.choice(self.shrink)))
+        return decode(THUMBNAIL_CODECS[codec].encode(small, q), crop.shape[1], crop.shape[0])
+
+
+def _stage_tokens(base, stage: Engine, files: list[Path], side: int, scale: int) -> dict[str, np.ndarray]:
+    """A stage's tokens on each photo's centre crop (at most side x side) coded whole by `base` first
+    (an Engine, or a ClassicBase)."""
     from .. import refinement
 
     found = {}
@@ -167,7 +186,7 @@ def _stage_tokens(base: Engine, stage: Engine, files: list[Path], side: int, sca
         h, w = im.shape[:2]
         ch, cw = min(h, side), min(w, side)
         crop = np.ascontiguousarray(im[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw])
-        shown = base.decode(base.encode(crop), cw, ch)
+        shown = base.picture(crop) if isinstance(base, ClassicBase) else base.decode(base.encode(crop), cw, ch)
         found[f.name] = refinement.encode_stage(stage, crop, shown, scale).astype(np.int16)
         print(f"\r  {i + 1}/{len(files)} photos", end="", file=sys.stderr)
     print(file=sys.stderr)

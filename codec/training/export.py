@@ -88,14 +88,16 @@ def export_refinement(config: Path, snapshot: Path, tokens: Path, name: str, out
     train = np.concatenate([found[n] for n in names if n not in held]).astype(np.int64)
     held_tokens = np.concatenate([found[n] for n in names if n in held]).astype(np.int64)
     tables, w, bpt = fitted_tables(train, held_tokens, tok.cfg.codebook_size)
-    base = registry.find(cfg["refine"]["base"])
+    classic = cfg["refine"]["base"] == "classic"  # a version-4 file's first stage, over a classic thumbnail
+    base = None if classic else registry.find(cfg["refine"]["base"])
     step = json.loads((snapshot / "state.json").read_text())["step"]
     path = Path(out) / f"{name}.safetensors"
-    digest = save_weights(path, name, tok, tables, refines=base.sha256,
-                          extra={"snapshot_sha256": snap_sha, "scale": str(cfg["refine"]["scale"]),
-                                 "step": str(step)})
+    extra = {"snapshot_sha256": snap_sha, "scale": str(cfg["refine"]["scale"]), "step": str(step)}
+    digest = save_weights(path, name, tok, tables, refines=None if classic else base.sha256,
+                          extra=extra | ({"base": "classic"} if classic else {}))
     graphs = export_onnx.export(load_path(path), Path(out))
-    return {"name": name, "sha256": digest.hex(), "step": step, "refines": base.name, "prior_weight": w,
+    return {"name": name, "sha256": digest.hex(), "step": step, "refines": "classic" if classic else base.name,
+            "prior_weight": w,
             "heldout_bits_per_token": round(bpt, 4), "graphs": [g.name for g in graphs]}
 
 

@@ -1,0 +1,118 @@
+"""Version-4 files: a classic codec's thumbnail (the base), then the tokens of a model that refines it.
+
+What `odp encode --bytes` / `--bpp` / `--quality` makes where a base fits the budget; cut, verified,
+described and decoded like any file (docs/format.md, "Version 4")."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import helpers
+import odp
+from odp.cli.main import main
+from odp.codec import registry
+from odp.formats import container
+from odp.formats.container import FormatError
+
+pytestmark = pytest.mark.skipif(registry.base_model() is None, reason="no base model installed")
+
+
+WIDTH, HEIGHT, BPP = 320, 240, 0.1
+
+
+@pytest.fixture(scope="module")
+def photo(astronaut) -> Image.Image:
+    """A real 320x240 photo: 3x2 tiles of the base model at 2x."""
+    return astronaut
+
+
+@pytest.fixture(scope="module")
+def based(photo) -> bytes:
+    return odp.encode(photo, bpp=BPP, device="cpu")
+
+
+def test_a_budget_makes_a_version_4_file_better_than_tokens_alone(photo, based):
+    """The thumbnail and the tokens on it beat the token file of the same bytes (the first stage and
+    its refinement, `--first-stage` off: what ODP made before version 4) by a clear margin."""
+    c = container.read(based)
+    assert based[4] == container.BASE_VERSION and c.header.base and len(c.layers) >= 1
+    assert len(based) <= BPP * WIDTH * HEIGHT / 8
+    tokens_only = odp.encode(photo, bytes=len(based), device="cpu", base=False)
+    assert tokens_only[4] in (container.VERSION, container.STAGED_VERSION)
+    ref = helpers.pixels(photo)
+    assert helpers.psnr(ref, odp.decode(based)) > helpers.psnr(ref, odp.decode(tokens_only)) + 1.0
+
+
+def test_every_cut_decodes_and_the_picture_improves_as_the_file_grows(photo, based):
+    """From the thumbnail alone (the smallest cut) to the whole file: each whole-layer cut decodes, and
+    PSNR never falls far (the tokens on a thumbnail add texture more than PSNR: docs/training.md)."""
+    ref = helpers.pixels(photo)
+    points = odp.cut_points(based)
+    assert points[0][1] == 0.0 and points[-1][0] == len(based)
+    scores = [helpers.psnr(ref, odp.decode(odp.truncate(based, bytes=n))) for n, _ in points]
+    assert scores[-1] >= scores[0] - 0.05
+    assert all(s >= max(scores[:i + 1]) - 0.3 for i, s in enumerate(scores))
+
+
+def test_a_cut_below_the_thumbnail_is_refused_and_a_download_cut_inside_it_too(based, tmp_path):
+    least = odp.cut_points(based)[0][0]
+    with pytest.raises(ValueError, match=f"cannot hold this file's base thumbnail \\(that needs {least}\\)"):
+        odp.truncate(based, bytes=least - 1)
+    src, out = tmp_path / "a.odp", tmp_path / "b.odp"
+    src.write_bytes(based)
+    r = CliRunner().invoke(main, ["truncate", str(src), "-o", str(out), "--bytes", str(least - 1)])
+    assert r.exit_code != 0 and "base thumbnail" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+    with pytest.raises(FormatError, match="cut short inside its header, which holds its base thumbnail"):
+        odp.decode(based[:least // 2])
+    with warnings.catch_warnings(record=True) as caught:  # the header whole, no layer: the thumbnail's picture
+        warnings.simplefilter("always")
+        cut = container.write(container.Container(container.read(based).header, []))
+        assert odp.decode(cut).size == (WIDTH, HEIGHT)
+
+
+def test_info_names_the_base_and_verify_checks_it(based, tmp_path):
+    i = odp.info(based)
+    assert i.version == 4 and i.base in ("avif", "webp") and i.base_shrink in (1, 2, 4, 8)
+    assert (i.base_width, i.base_height) == (round(WIDTH / i.base_shrink), round(HEIGHT / i.base_shrink))
+    path = tmp_path / "a.odp"
+    path.write_bytes(based)
+    r = CliRunner().invoke(main, ["info", "--verify", "--cuts", str(path)])
+    assert r.exit_code == 0, r.output
+    assert f"thumbnail {i.base_width}x{i.base_height}" in r.output and "verified" in r.output
+    assert "base" in r.output.split("cuts:")[1].splitlines()[1]  # the first cut is the thumbnail alone
+    odp.verify(based)
+
+
+def _with_base(data: bytes, base: bytes) -> bytes:
+    c = container.read(data)
+    c.header.base = base
+    return container.write(c)
+
+
+def test_a_damaged_or_wrong_sized_thumbnail_is_refused_in_one_line(based, photo):
+    h = container.read(based).header
+    broken = _with_base(based, bytes(16) + h.base[16:])  # its codec's header gone
+    for call in (odp.decode, odp.verify):
+        with pytest.raises(FormatError, match="base thumbnail") as e:
+            call(broken)
+        assert "\n" not in str(e.value)
+    other = photo.resize((photo.width // h.base_shrink + 3, photo.height // h.base_shrink))
+    fmt = {"avif": "AVIF", "webp": "WEBP"}[container.BASE_CODECS[h.base_codec]]
+    wrong = _with_base(based, helpers.encode_bytes(other, fmt, quality=30))
+    with pytest.raises(FormatError, match=r"base thumbnail is \d+x\d+, not the"):
+        odp.decode(wrong)
+
+
+def test_a_file_with_a_base_opens_in_pillow(based, photo, tmp_path):
+    import odp.formats.pillow  # noqa: F401
+
+    path = tmp_path / "a.odp"
+    path.write_bytes(based)
+    with Image.open(path) as im:
+        assert im.size == (WIDTH, HEIGHT)
+        assert np.array_equal(helpers.pixels(im), helpers.pixels(odp.decode(based)))
