@@ -121,9 +121,9 @@ def test_keys_move_the_budget(photo_dir):
             await settle(pilot)
             assert app.max_bytes == 1500 and app.budget == 1500
             check_panes(app)
-            k, full = app.panes["odp"].shown.tokens, app.items[app.current].full
-            whole = container.read(full).kept
-            assert k == whole or len(stream.truncate(full, tokens=k + 1)) > 1500  # the most tokens that fit
+            shown = app.panes["odp"].shown  # what `odp encode --bytes 1500` makes: a thumbnail, then tokens
+            assert shown.data == app.items[app.current].encoding.within(1500) and shown.nbytes <= 1500
+            assert container.read(shown.data).header.base and " on a" in shown.label
             assert any(app.panes[k].shown.pixels is not None for k in ("webp", "avif", "hull"))
             assert "1,500 B" in app.query_one("#status").render().plain
     asyncio.run(run())
@@ -246,12 +246,12 @@ def test_budget_is_every_panes_and_the_header_shows_real_bytes(opened):
             await pilot.press("right_square_bracket")  # twice the tokens: back to the first stage's top
             await settle(pilot)
             assert app.panes["odp"].shown.data == first
-            await pilot.press("right_square_bracket")  # at the top: twice the bytes, into the refinement stage
+            await pilot.press("right_square_bracket")  # at the top: twice the bytes, a file for that budget
             await settle(pilot)
             check_panes(app)
-            refined = app.panes["odp"].shown
+            refined = app.panes["odp"].shown  # a thumbnail and tokens refining it (format version 4)
             assert app.budget == 2 * len(first) and len(first) < refined.nbytes <= 2 * len(first)
-            assert odp_api.info(refined.data).stages == 2 and "refining" in refined.label
+            assert odp_api.info(refined.data).version == 4 and " on a" in refined.label
             assert (refined.pixels != odp.pixels).any()
 
             await pilot.press("b", *str(len(whole) + 100), "enter")
@@ -260,8 +260,10 @@ def test_budget_is_every_panes_and_the_header_shows_real_bytes(opened):
             assert app.budget == len(whole) + 100 and f"budget {len(whole) + 100:,} B" in status(app)
             shown = app.panes["odp"].shown
             assert shown.data == opened.encoding.within(len(whole) + 100)  # what `odp encode --bytes` makes
-            assert len(whole) <= len(shown.data) <= len(whole) + 100
-            if shown.data == whole:  # the further stage's first layer does not fit, or costs more than it adds
+            assert len(shown.data) <= len(whole) + 100
+            if odp_api.info(shown.data).base:  # a thumbnail, then tokens (version 4): a file for this budget
+                assert f"ODP {len(shown.data):,} B" in status(app) and " on a" in shown.label
+            elif shown.data == whole:  # the further stage's first layer does not fit, or costs more than it adds
                 assert f"ODP {len(whole):,} B (whole file)" in status(app)
             else:  # its first layer fits and adds: the whole default file, then the third stage's start
                 assert odp_api.info(shown.data).stages == 3

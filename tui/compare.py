@@ -102,8 +102,9 @@ class Photo:
 
     def odp(self, tokens: int | None = None, max_bytes: int | None = None) -> Shown:
         """ODP at `tokens` per tile (a cut of the first stage), or what `odp encode --bytes` makes for
-        `max_bytes`: the whole file's cut (into its refinement stage past the first stage's), or a
-        smaller coding scale's when that cannot fit (odp.Encoding cuts one encode)."""
+        `max_bytes`: a thumbnail and tokens refining it (format version 4) where one fits; else the whole
+        file's cut (into its refinement stage past the first stage's), or a smaller coding scale's when
+        that cannot fit (odp.Encoding cuts one encode)."""
         self.full = self.encoding.whole
         self.max_tokens = round(odp.info(self.full).mean_tokens)  # tokens past it give the same file
         try:
@@ -112,7 +113,9 @@ class Photo:
             return Shown("ODP", note=str(e))
         info = odp.info(data)
         k = round(info.mean_tokens)
-        if info.coded_width < info.width:
+        if info.base:  # version 4: a thumbnail, then tokens refining it (coded at 2x, as its model does)
+            at = f" on {'an AVIF' if info.base == 'avif' else 'a WebP'} 1/{info.base_shrink}"
+        elif info.coded_width < info.width:
             at = f" at 1/{round(info.width / info.coded_width)}"
         else:
             at = f" at {round(info.coded_width / info.width)}x" if info.coded_width > info.width else ""
