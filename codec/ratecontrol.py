@@ -180,14 +180,14 @@ class ScaleLadder:
     def based_extended(self, base: thumbnail.Base) -> Refined | None:
         """The whole version-4 file on `base` with the refinement model's stage at EXTEND_SCALE after it,
         as `extended` follows the refined file (None where it cannot)."""
-        whole = self.based(base)
-        if self._based[(base.codec, base.shrink, base.data)][1] is None and self.can_extend:
+        whole, made = self.based(base), self._based[(base.codec, base.shrink, base.data)]
+        if made[1] is None and self.can_extend:
             e = self.engine
             refiner = Engine(self.stage_model, e.device, e.batch, e.progress)
             so_far = whole.picture()
             data, tokens = refine(whole.data, self.p.pixels, refiner, scale=EXTEND_SCALE, so_far=so_far)
-            self._based[(base.codec, base.shrink, base.data)][1] = Refined(data, tokens, so_far, refiner)
-        return self._based[(base.codec, base.shrink, base.data)][1]
+            made[1] = Refined(data, tokens, so_far, refiner)
+        return made[1]
 
     def base_within(self, max_bytes: int) -> thumbnail.Base | None:
         """The base thumbnail of a version-4 file within max_bytes: the best by PSNR within BASE_SHARE of
@@ -323,15 +323,20 @@ EXTEND_CHECKED = 1.25
 def extended_within(ladder: ScaleLadder, max_bytes: int) -> bytes:
     """The further stage's cut within max_bytes, past the refinement stage's whole file; that whole
     file instead where the cut's picture has a lower PSNR (its first tokens can cost more than they add)."""
-    whole, ext = ladder.refined.data, ladder.extended
+    return extension_within(ladder.refined.data, ladder.extended, max_bytes, ladder.p.pixels)
+
+
+def extension_within(whole: bytes, ext: Refined, max_bytes: int, pixels: np.ndarray) -> bytes:
+    """`ext` (the file `whole` with a further stage) cut within max_bytes; `whole` where not even a layer
+    of that stage fits, or where the cut, up to EXTEND_CHECKED times whole's bytes, decodes to a lower
+    PSNR than `whole`."""
     cut = stage_cut_within(ext.data, max_bytes, ext.tokens)
-    stages = container.read(cut).stages
-    if len(stages) < 2:  # not even a layer of the further stage fits
+    if len(container.read(cut).stages) == len(container.read(whole).stages):  # not even a layer of it fits
         return whole
     if len(cut) > EXTEND_CHECKED * len(whole):
         return cut
-    pixels = ladder.p.pixels
-    return cut if psnr(pixels, ext.picture(stages[-1].level)) >= psnr(pixels, ext.so_far) else whole
+    level = container.read(cut).stages[-1].level
+    return cut if psnr(pixels, ext.picture(level)) >= psnr(pixels, ext.so_far) else whole
 
 
 def enlargements(p: Prepared):
@@ -397,16 +402,7 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
         except ValueError:  # the thumbnail's header leaves no room (not expected: the share left it some)
             return None
     ext = ladder.based_extended(base)
-    if ext is None:
-        return whole.data
-    cut = stage_cut_within(ext.data, max_bytes, ext.tokens)
-    stages = container.read(cut).stages
-    if not stages:
-        return whole.data
-    if len(cut) > EXTEND_CHECKED * len(whole.data):
-        return cut
-    pixels = ladder.p.pixels
-    return cut if psnr(pixels, ext.picture(stages[-1].level)) >= psnr(pixels, ext.so_far) else whole.data
+    return whole.data if ext is None else extension_within(whole.data, ext, max_bytes, ladder.p.pixels)
 
 
 def within(ladder: ScaleLadder, max_bytes: int) -> bytes:

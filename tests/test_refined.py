@@ -16,7 +16,8 @@ from odp.codec.quality import psnr
 
 @pytest.fixture(scope="module")
 def encoding(adaptive_photo) -> odp.Encoding:
-    return odp.Encoding(adaptive_photo, device="cpu")
+    """Tokens only (base=False): the stages these tests are about; version-4 files have test_base.py."""
+    return odp.Encoding(adaptive_photo, device="cpu", base=False)
 
 
 @pytest.fixture(scope="module")
