@@ -100,3 +100,14 @@ def test_torch_only_features_say_what_they_need(binary, tmp_path):
     r = subprocess.run([str(binary), "encode", str(PHOTO), "-o", str(tmp_path / "a.odp"), "--device", "cuda"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "needs torch" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_version_4_file_needs_the_package_and_the_binary_says_so(binary, tmp_path):
+    """The base model stays out of the binary (odp.spec): its --bytes files are tokens only, and a
+    version-4 file from the package gets one line naming the missing model."""
+    made = tmp_path / "v4.odp"
+    made.write_bytes(odp.encode(Image.open(PHOTO), bytes=2000, device="cpu"))
+    r = subprocess.run([str(binary), "decode", str(made), "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not installed" in r.stderr
+    run([binary, "encode", PHOTO, "-o", tmp_path / "b.odp", "--bytes", "2000"])
+    assert (tmp_path / "b.odp").read_bytes()[4] in (2, 3)
