@@ -200,8 +200,8 @@ class ScaleLadder:
         m, s = self.base_model, self.base_model.scale
         h = container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
                              m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
-                             display_height=height, gray=self.p.gray, base_codec=1, base_shrink=1, base=b"\0")
-        framing = len(container.MAGIC) + len(container.pack_header(h, [])) - 1
+                             display_height=height, gray=self.p.gray, base_codec=1, base_shrink=1)
+        framing = container.base_framing(h, max_bytes)
         return self._thumbs.best_within(int((max_bytes - framing) * BASE_SHARE))
 
     def enlarged(self, scale: float) -> Coded:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 MAGIC = b"\x89ODP"                  # both versions start so; v1 goes on with "\r\n\x1a\n"
 MAGIC_V1 = b"\x89ODP\r\n\x1a\n"
@@ -313,6 +313,13 @@ def pack_header(h: Header, layers: list[Layer], stages_after: int = 0) -> bytes:
     version = BASE_VERSION if h.base else STAGED_VERSION if stages_after else VERSION
     head = bytes([version]) + _varint(len(fields)) + fields
     return head + struct.pack("<I", zlib.crc32(head))
+
+
+def base_framing(h: Header, base_bytes: int) -> int:
+    """The bytes of a version-4 file with h's fields and no layers, less a base thumbnail of base_bytes:
+    what a budget loses before its thumbnail (varints grow with the base, so pass an upper bound)."""
+    n = min(max(1, base_bytes), MAX_HEADER)
+    return len(MAGIC) + len(pack_header(replace(h, base=bytes(n)), [])) - n
 
 
 def pack_stage_header(h: Header, layers: list[Layer]) -> bytes:

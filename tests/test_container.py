@@ -794,6 +794,16 @@ def test_a_file_with_a_base_thumbnail_is_version_4_and_reads_back(levels, stages
     assert container.write(back) == data
 
 
+@pytest.mark.parametrize("n", [1, 100, 127, 128, 5000, 20000])
+def test_base_framing_is_what_a_budget_loses_before_its_thumbnail(n):
+    """A file of the thumbnail alone is exactly base_framing + the thumbnail's bytes; an upper bound on
+    the thumbnail's size (varints grow with it) never gives less."""
+    c, data = based_file((), base=bytes(range(256)) * (n // 256) + bytes(n % 256))
+    h = c.header
+    assert container.base_framing(h, n) + n == len(data)
+    assert container.base_framing(h, 10 * n) >= container.base_framing(h, n)
+
+
 def test_a_cut_inside_the_base_thumbnail_is_refused_in_one_line():
     c, data = based_file()
     end = helpers.layer_spans(data)[0][0]  # the header ends where the first layer starts

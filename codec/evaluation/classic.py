@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .. import thumbnail
+from ..thumbnail import shrink  # noqa: F401  (the bench shrinks its photos as a file's base does)
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,6 @@ def available_codecs() -> dict[str, Codec]:
 # codec/training/classicbase.py): the same for its training, its candidate files and the hull it meets.
 THUMBNAIL_CODECS = {name: Codec(name, fmt, range(0, 101), settings, settings)  # a version-4 file's base codecs
                     for name, (fmt, settings) in thumbnail.FORMATS.items()}
-
-
-def shrink(pixels: np.ndarray, scale: int) -> Image.Image:
-    h, w = pixels.shape[:2]
-    im = Image.fromarray(pixels, "RGB")  # no ICC or EXIF: every codec codes the same bare pixels
-    if scale == 1:
-        return im
-    return im.resize((max(1, round(w / scale)), max(1, round(h / scale))), Image.LANCZOS)
 
 
 def decode(data: bytes, width: int, height: int) -> np.ndarray:

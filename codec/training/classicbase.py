@@ -6,10 +6,10 @@
 On the run's held-out photos (never trained on, never the eval set; each at most `--area` MP), at each
 budget: ODP's default file cut to the budget; the classic hull (AVIF and WebP through Pillow, shrunk 1, 2,
 4 or 8 times and enlarged back, the best file of no more bytes per metric and photo); and the candidate
-file layout, a base layer then stage tokens: the best classic thumbnail (by PSNR) within a fraction of
-the budget, then as many tokens per tile of the refinement model (coded at 2x, given the thumbnail
-enlarged) as the rest of the budget holds under its context model (fraction 1: no tokens, the model's
-picture from the thumbnail alone). The candidate takes, per metric and photo, its best fraction, as the
+file layout, a base layer then stage tokens: the thumbnail the encoder picks (codec/thumbnail.py: the
+best by PSNR) within a fraction of the budget, then as many tokens per tile of the refinement model
+(coded at 2x, given the thumbnail enlarged) as the rest of the budget holds under its context model
+(fraction 1: no tokens, the model's picture from the thumbnail alone). The candidate takes, per metric and photo, its best fraction, as the
 hull takes its best variant. Without `--snapshot` the model is the config's `init` as shipped (zero-shot).
 Prints a JSON line per photo and budget as it goes, then one per budget: the means and the candidate's
 wins against the hull and ODP.
@@ -29,6 +29,7 @@ from PIL import Image
 
 import odp
 from .. import stream
+from ..thumbnail import Candidates
 from ..engine import Engine
 from ..evaluation import perceptual
 from ..evaluation.classic import THUMBNAIL_CODECS, Variant, decode, shrink
@@ -84,20 +85,20 @@ def main(argv: list[str] | None = None) -> None:
         ref = np.asarray(im)
         h, w = ref.shape[:2]
         whole, variants, big_ref = odp.encode(im), thumbnails(ref), enlarge_bicubic(ref, 2)
+        bases = Candidates(ref)
         for b in budgets:
             total = int(b * w * h / 8)
             row = {"odp": scores(ref, np.asarray(odp.decode(odp.truncate(whole, bytes=total))))}
             hull = [scores(ref, t[1]) for v in variants if (t := thumbnail(v, total, (w, h)))]
             cand = []
             for f in (float(x) for x in args.fractions.split(",")):
-                fits = [t for v in variants if (t := thumbnail(v, int(total * f) - HEADER_BYTES, (w, h)))]
-                if not fits:
+                base = bases.best_within(int(total * f) - HEADER_BYTES)  # as the encoder picks it
+                if base is None:
                     continue
-                base = max(fits, key=lambda t: psnr(ref, t[1]))  # the best thumbnail by PSNR
-                cond = enlarge_bicubic(base[1], 2)
+                cond = enlarge_bicubic(base.picture, 2)
                 tokens = engine.encode(big_ref, cond=cond)
                 bits = np.cumsum(stream.token_bits(tokens, entropy).sum(0))  # every tile's first n tokens
-                n = 0 if f >= 1 else int(np.searchsorted(bits, (total - len(base[0]) - HEADER_BYTES) * 8, "right"))
+                n = 0 if f >= 1 else int(np.searchsorted(bits, (total - len(base.data) - HEADER_BYTES) * 8, "right"))
                 big = engine.decode(tokens, 2 * w, 2 * h, np.full(tokens.shape[0], n), cond=cond)
                 cand.append({**scores(ref, resize(big, (w, h))), "fraction": f})
             if hull and cand:
