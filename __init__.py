@@ -102,6 +102,7 @@ class Info:
                               # fields describe its first stage)
     refinements: tuple[StageInfo, ...] = ()  # the refinement stages that arrived, in order
     base: str = ""            # format version 4: the codec of the base thumbnail the first stage refines
+                              # ("avif" or "webp"; an AVIF one is stored with its boxes packed)
     base_width: int = 0       # ... its size in pixels (the image shrunk base_shrink times each side)
     base_height: int = 0
     base_shrink: int = 0
@@ -384,6 +385,7 @@ def truncate(data: bytes, tokens: int | None = None, bytes: int | None = None,  
 
 def info(data: bytes) -> Info:
     """Describe an .odp file from its header (raises odp.FormatError if it is not a valid one)."""
+    from .codec.thumbnail import PICTURE
     from .formats import container
 
     raw = _data(data, "info")
@@ -401,7 +403,7 @@ def info(data: bytes) -> Info:
                 tuple(StageInfo(s.header.width, s.header.height, s.header.tiles, s.mean_tokens, s.header.tokens,
                                 len(s.layers), s.payload_bytes, s.header.model_id.hex(), s.header.entropy_model)
                       for s in c.stages),
-                container.BASE_CODECS.get(h.base_codec, ""), *(h.base_size if h.base else (0, 0)), h.base_shrink,
+                PICTURE.get(container.BASE_CODECS.get(h.base_codec), ""), *(h.base_size if h.base else (0, 0)), h.base_shrink,
                 len(h.base))
 
 

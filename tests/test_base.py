@@ -4,6 +4,7 @@ What `odp encode --bytes` / `--bpp` / `--quality` makes where a base fits the bu
 described and decoded like any file (docs/format.md, "Version 4")."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 import helpers
 import odp
 from odp.cli.main import main
-from odp.codec import registry
+from odp.codec import registry, thumbnail
 from odp.formats import container
 from odp.formats.container import FormatError
 
@@ -102,8 +103,10 @@ def test_a_damaged_or_wrong_sized_thumbnail_is_refused_in_one_line(based, photo)
             call(broken)
         assert "\n" not in str(e.value)
     other = photo.resize((photo.width // h.base_shrink + 3, photo.height // h.base_shrink))
-    fmt = {"avif": "AVIF", "webp": "WEBP"}[container.BASE_CODECS[h.base_codec]]
-    wrong = _with_base(based, helpers.encode_bytes(other, fmt, quality=30))
+    codec = thumbnail.PICTURE[container.BASE_CODECS[h.base_codec]]
+    stored, data = thumbnail.pack(codec, helpers.encode_bytes(other, {"avif": "AVIF", "webp": "WEBP"}[codec], quality=30))
+    assert stored == container.BASE_CODECS[h.base_codec]
+    wrong = _with_base(based, data)
     with pytest.raises(FormatError, match=r"base thumbnail is \d+x\d+, not the"):
         odp.decode(wrong)
 
@@ -116,3 +119,45 @@ def test_a_file_with_a_base_opens_in_pillow(based, photo, tmp_path):
     with Image.open(path) as im:
         assert im.size == (WIDTH, HEIGHT)
         assert np.array_equal(helpers.pixels(im), helpers.pixels(odp.decode(based)))
+
+
+def _with_avif_base(based: bytes, photo: Image.Image, packed: bool) -> bytes:
+    """`based` with its base replaced by an AVIF thumbnail of the photo, stored packed (codec 3) or as the
+    plain AVIF file (codec 1, what files held before packing)."""
+    c = container.read(based)
+    small = thumbnail.shrink(helpers.pixels(photo), c.header.base_shrink)
+    avif = thumbnail.encode(small, "avif", 20)
+    stored, data = thumbnail.pack("avif", avif) if packed else ("avif", avif)
+    c.header.base_codec, c.header.base = thumbnail.CODE[stored], data
+    return container.write(c)
+
+
+def test_an_avif_base_is_stored_packed_and_a_plain_one_still_decodes(based, photo):
+    """Packing drops about 250 bytes of AVIF boxes from each thumbnail and gives back the same file:
+    packed (codec 3) and plain (codec 1) bases decode to the same picture."""
+    packed, plain = _with_avif_base(based, photo, True), _with_avif_base(based, photo, False)
+    hp, hq = container.read(packed).header, container.read(plain).header
+    assert (hp.base_codec, hq.base_codec) == (3, 1)
+    assert len(hq.base) - len(hp.base) >= 200 and len(plain) - len(packed) >= 200
+    assert thumbnail.unpack("avif-packed", hp.base) == hq.base
+    assert np.array_equal(helpers.pixels(odp.decode(packed)), helpers.pixels(odp.decode(plain)))
+    assert odp.info(packed).base == odp.info(plain).base == "avif"
+    assert hashlib.sha256(thumbnail.AVIF_BOXES).hexdigest()[:16] == "f93a60555bb17c5a"  # part of the format
+    for b in (300, 1000, 3000):  # what the encoder writes: AVIF bases packed
+        h = container.read(odp.encode(photo, bytes=b, device="cpu")).header
+        assert container.BASE_CODECS[h.base_codec] in ("avif-packed", "webp")
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage", "bomb"])
+def test_bad_packed_avif_boxes_are_refused_in_one_line(based, photo, damage):
+    """Untrusted input: boxes that do not inflate, stop short, or inflate past MAX_AVIF_BOXES."""
+    c = container.read(_with_avif_base(based, photo, True))
+    base = c.header.base
+    z = __import__("zlib").compressobj(9, 8, -15, 9, 0, zdict=thumbnail.AVIF_BOXES)
+    c.header.base = {"cut": base[:6], "garbage": b"\xff" * 40 + base,
+                     "bomb": z.compress(bytes(thumbnail.MAX_AVIF_BOXES + 1)) + z.flush() + base}[damage]
+    bad = container.write(c)
+    for call in (odp.decode, odp.verify):
+        with pytest.raises(FormatError, match="base thumbnail") as e:
+            call(bad)
+        assert "\n" not in str(e.value)
