@@ -136,7 +136,7 @@ def test_encode_scale(tmp_path, adaptive_photo):
     assert container.read((tmp_path / "cut.odp").read_bytes()).header.display_size == (768, 512)
     assert_ok(odp("encode", src, "-o", tmp_path / "small.odp", "--bytes", "300", "--uniform", "--scale", "psnr"))
     assert container.read((tmp_path / "small.odp").read_bytes()).header.scaled
-    assert_ok(odp("encode", src, "-o", tmp_path / "full.odp", "--bytes", "300", "--uniform"))  # auto: it fits
+    assert_ok(odp("encode", src, "-o", tmp_path / "full.odp", "--bytes", "300", "--uniform", "--no-base"))  # auto: fits
     assert not container.read((tmp_path / "full.odp").read_bytes()).header.scaled
     for bad in ("0", "17", "half", "1.5"):
         r = odp("encode", src, "-o", tmp_path / "x.odp", "--scale", bad)
