@@ -403,8 +403,8 @@ def info(data: bytes) -> Info:
                 tuple(StageInfo(s.header.width, s.header.height, s.header.tiles, s.mean_tokens, s.header.tokens,
                                 len(s.layers), s.payload_bytes, s.header.model_id.hex(), s.header.entropy_model)
                       for s in c.stages),
-                PICTURE.get(container.BASE_CODECS.get(h.base_codec), ""), *(h.base_size if h.base else (0, 0)), h.base_shrink,
-                len(h.base))
+                PICTURE.get(container.BASE_CODECS.get(h.base_codec), ""), *(h.base_size if h.base else (0, 0)),
+                h.base_shrink, len(h.base))
 
 
 def cut_points(data: bytes) -> list[tuple[int, float]]:

@@ -41,7 +41,7 @@ AVIF_BOXES = bytes.fromhex(
     "0d0006800000001769706d61000000000000000100010401028304000001346d646174")
 MAX_AVIF_BOXES = 1 << 16      # a packed base whose boxes inflate to more is refused (untrusted input)
 STORED = {"avif": "avif-packed", "webp": "webp"}                 # how the encoder stores each codec's file
-PICTURE = {"avif": "avif", "avif-packed": "avif", "webp": "webp"}  # the codec of each stored form's file
+PICTURE = {c: c for c in FORMATS} | {v: c for c, v in STORED.items()}  # the codec of each stored form's file
 
 
 def _coded_image_start(data: bytes) -> int | None:
