@@ -310,3 +310,15 @@ def test_a_classic_base_is_a_codec_thumbnail_of_each_tile():
     assert 18 < train.psnr(so_far, target) < 35
     again = ref.pairs(x, None, full=True)
     assert all(torch.equal(a, b) for a, b in zip(ref.pairs(x, None, full=True), again))
+
+
+def test_short_keep_draws_few_tokens_for_its_share_of_rows():
+    """`short_keep = [p, m]`: about a share p of the rows keep at most m tokens; every row stays in lo..hi."""
+    from odp.codec.training.train import draw_keep
+
+    torch.manual_seed(0)
+    plain = draw_keep(4000, 0, 256, None, "cpu")
+    short = draw_keep(4000, 0, 256, [0.75, 32], "cpu")
+    assert plain.min() >= 0 and plain.max() <= 256 and short.min() >= 0 and short.max() <= 256
+    assert abs((plain <= 32).float().mean().item() - 33 / 257) < 0.03
+    assert abs((short <= 32).float().mean().item() - (0.75 + 0.25 * 33 / 257)) < 0.03

@@ -250,6 +250,18 @@ def adaptive_weight(rec: torch.Tensor, adv: torch.Tensor, layer: torch.Tensor) -
     return float((g_rec / (g_adv + 1e-4)).clamp(0, 1e4))
 
 
+def draw_keep(n: int, lo: int, hi: int, short: list | None, device) -> torch.Tensor:
+    """Tail-token drop: each row keeps k ~ U{lo..hi} tokens; with `short = [p, m]` a share p of the rows
+    keeps k ~ U{lo..m} instead, for a model whose files mostly hold few tokens per tile (a small byte
+    budget), so that the decoder's capacity goes where the files are."""
+    keep = torch.randint(lo, hi + 1, (n,), device=device)
+    if short:
+        p, m = float(short[0]), int(short[1])
+        few = torch.randint(lo, m + 1, (n,), device=device)
+        keep = torch.where(torch.rand(n, device=device) < p, few, keep)
+    return keep
+
+
 class Refinement:
     """The inputs of a refinement stage: each source tile's picture so far, enlarged `scale` times
     with the tile, then one of the scale x scale tiles of both (the grid the stage's tiles fall on
@@ -470,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         x, cond = sampler.batch(batch).to(device), None
         if refine is not None:
             x, cond = refine.pairs(x, crop_rng)
-        keep = torch.randint(0 if refine else 1, mc.tokens + 1, (x.shape[0],), device=device)
+        keep = draw_keep(x.shape[0], 0 if refine else 1, mc.tokens, tc.get("short_keep"), device)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc["bf16"]):
             y, _ = net(x, keep, cond)
         y = y.float()
