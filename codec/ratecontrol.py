@@ -387,36 +387,13 @@ def enlarged_reaching(ladder: ScaleLadder, target: tuple[str, float]) -> bytes |
 # (0.9: tuned on held-out training photos against 0.6, 0.75 and 1.0, docs/training.md "The thumbnail's share").
 BASE_SHARE = 0.9
 
-# A thumbnail at 1/8 of each side (the smallest budgets) is too blurred for the base model to draw back
-# at the few tokens left: there the tokens-only file, though further from the photo in PSNR, is sharper
-# (held-out training photos, docs/training.md "Tokens where the thumbnail is blurred"). It takes that
-# thumbnail's place unless its PSNR is more than TOKENS_BELOW_BLURRED_DB under the thumbnail's: on some
-# photos (flat areas, fine regular patterns) the tokens-only file is 4-7 dB worse and no sharper.
-BLURRED_SHRINK = 8
-TOKENS_BELOW_BLURRED_DB = 2.5
-
-
-def tokens_rather_than(ladder: ScaleLadder, base: thumbnail.Base, max_bytes: int) -> bool:
-    """Whether the tokens-only file within max_bytes should take the place of a version-4 file on `base`."""
-    if base.shrink < BLURRED_SHRINK:
-        return False
-    try:
-        data, coded = first_within(ladder, max_bytes)
-    except ValueError:  # no tokens-only file fits
-        return False
-    data = refined_within(ladder, data, coded, max_bytes)
-    engines = {ladder.engine.entry.name: ladder.engine}
-    pixels = ladder.p.pixels
-    return psnr(pixels, shown(data, ladder.engine.device, engines)) >= psnr(pixels, base.picture) - TOKENS_BELOW_BLURRED_DB
-
 
 def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
     """A version-4 file within max_bytes: the best base thumbnail within BASE_SHARE of it, then the base
     model's tokens cut to the budget; where all of them leave bytes, the further stage's cut after
-    them (as extended_within). None where no base fits (or no base model), or where the thumbnail is
-    so blurred that the tokens-only file is the better one (tokens_rather_than)."""
+    them (as extended_within). None where no base fits (or no base model)."""
     base = ladder.base_within(max_bytes)
-    if base is None or tokens_rather_than(ladder, base, max_bytes):
+    if base is None:
         return None
     whole = ladder.based(base)
     if len(whole.data) > max_bytes:

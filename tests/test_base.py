@@ -161,21 +161,3 @@ def test_bad_packed_avif_boxes_are_refused_in_one_line(based, photo, damage):
         with pytest.raises(FormatError, match="base thumbnail") as e:
             call(bad)
         assert "\n" not in str(e.value)
-
-
-def test_a_thumbnail_at_one_eighth_yields_to_the_tokens_when_they_are_close_in_psnr(photo, monkeypatch):
-    """At a budget whose best thumbnail is the photo at 1/8, the file is tokens only where their PSNR is
-    within ratecontrol.TOKENS_BELOW_BLURRED_DB of the thumbnail's, else version 4 (the same bytes cap)."""
-    from odp.codec import ratecontrol
-
-    budget = 160  # 320x240 at 1/8 is 40x30: the only thumbnail that fits about 140 bytes
-    enc = odp.Encoding(photo, device="cpu")
-    base = enc._ladder.base_within(budget)
-    assert base is not None and base.shrink == ratecontrol.BLURRED_SHRINK
-    monkeypatch.setattr(ratecontrol, "TOKENS_BELOW_BLURRED_DB", -100.0)  # the tokens never close enough
-    kept = odp.Encoding(photo, device="cpu").within(budget)
-    assert odp.info(kept).base and len(kept) <= budget
-    monkeypatch.setattr(ratecontrol, "TOKENS_BELOW_BLURRED_DB", 100.0)   # always close enough
-    tokens = odp.Encoding(photo, device="cpu").within(budget)
-    assert not odp.info(tokens).base and len(tokens) <= budget
-    assert tokens == odp.Encoding(photo, device="cpu", base=False).within(budget)
