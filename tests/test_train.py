@@ -265,7 +265,7 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path, c
 
 
 def toml_dumps(cfg: dict) -> str:
-    """Just enough TOML for the configs here: tables of strings, numbers, booleans and lists."""
+    """Just enough TOML for the configs here: tables of strings, numbers, booleans, lists and inline tables."""
     def value(v):
         if isinstance(v, bool):
             return str(v).lower()
@@ -273,6 +273,8 @@ def toml_dumps(cfg: dict) -> str:
             return json.dumps(v)
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
         return repr(v)
     return "\n".join(f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in table.items())
                      for name, table in cfg.items())
@@ -322,3 +324,27 @@ def test_short_keep_draws_few_tokens_for_its_share_of_rows():
     assert plain.min() >= 0 and plain.max() <= 256 and short.min() >= 0 and short.max() <= 256
     assert abs((plain <= 32).float().mean().item() - 33 / 257) < 0.03
     assert abs((short <= 32).float().mean().item() - (0.75 + 0.25 * 33 / 257)) < 0.03
+
+
+def test_a_decoder_fine_tune_of_the_classic_stage_exports_as_one(tmp_path):
+    """The decoder fine-tune of version-4 files' first stage (encoder frozen) exports as a model that still
+    refines a classic thumbnail at the same scale, with the shipped tables and context model: so the
+    encoder picks it for new version-4 files (registry.base_model) and it reads the old ones' tokens."""
+    cfg = tomllib.loads((Path(__file__).parents[1] / "codec/training/configs/odp-classic-x2-short.toml").read_text())
+    photos = tmp_path / "big"
+    photos.mkdir()
+    for i, box in enumerate([(0, 0, 512, 512), (256, 0, 768, 512), (0, 0, 768, 384)]):
+        Image.open(DATA / "photo_768x512.png").crop(box).save(photos / f"p{i}.png")
+    cfg["train"] |= {"data": [str(photos)], "holdout_every": 3, "areas_mp": [0.2], "batch": 1,
+                     "steps": 1, "ckpt_every": 1, "log_every": 1, "monitor_tiles": 2, "monitor_ks": [0],
+                     "bf16": False}
+    cfg["loss"] = {"freeze_encoder": True}
+    (tmp_path / "short.toml").write_text(toml_dumps(cfg))
+    train.main(["--config", str(tmp_path / "short.toml"), "--run", str(tmp_path / "run"), "--threads", "1",
+                "--snapshot", str(tmp_path / "snap")])
+    export.main(["--run", str(tmp_path / "snap"), "--name", "classic-tuned", "--out", str(tmp_path)])
+    base, tuned = weights.load(cfg["train"]["init"]), weights.load_path(tmp_path / "classic-tuned.safetensors")
+    assert (tuned.entry.base, tuned.entry.scale, tuned.entry.refines) == ("classic", base.entry.scale, b"")
+    assert tuned.context.id == base.context.id and (tuned.tables.freqs == base.tables.freqs).all()
+    assert {p.name for p in tmp_path.glob("classic-tuned.*.onnx")} == {"classic-tuned.encoder.onnx",
+                                                                       "classic-tuned.decoder.onnx"}

@@ -149,16 +149,16 @@ def main(argv: list[str] | None = None) -> None:
         with safe_open(str(path_of(tc["init"])), framework="np") as f:
             root = (f.metadata() or {}).get("tokens_of")
         path = Path(args.out) / f"{args.name}.safetensors"
-        stage = {}  # a refinement stage's decoder: it refines the same model's pictures, at the same scale
-        if base.entry.refines is not None:
-            stage = {"refines": base.entry.refines, "extra": {"scale": str(base.entry.scale), "step": str(state["step"])}}
-        digest = save_weights(path, args.name, tok, base.tables,
-                              tokens_of=bytes.fromhex(root) if root else base.sha256, **stage)
-        graphs = []
-        if stage:  # the default backend runs a stage from its ONNX graphs
-            from . import onnx as export_onnx
+        # a stage's decoder refines the same pictures at the same scale: a refinement stage's (`refines`)
+        # or the first stage of version-4 files, refining a classic thumbnail (`base`)
+        extra = {"step": str(state["step"])}
+        if base.entry.refines or base.entry.base:
+            extra |= {"scale": str(base.entry.scale)} | ({"base": base.entry.base} if base.entry.base else {})
+        digest = save_weights(path, args.name, tok, base.tables, tokens_of=bytes.fromhex(root) if root else base.sha256,
+                              refines=base.entry.refines or None, extra=extra)
+        from . import onnx as export_onnx  # the default backend runs the model from its ONNX graphs
 
-            graphs = [g.name for g in export_onnx.export(load_path(path), Path(args.out))]
+        graphs = [g.name for g in export_onnx.export(load_path(path), Path(args.out))]
         print(json.dumps({"name": args.name, "sha256": digest.hex(), "step": state["step"],
                           "tokens_of": base.name, "tables": "kept from " + base.name, "graphs": graphs}))
         return
