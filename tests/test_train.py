@@ -225,19 +225,8 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path, c
     """Starting from a shipped refinement stage (its decoder fine-tuned, encoder frozen) keeps the trained
     conditioning: the encoder, its conditioning path included, stays the shipped one bit for bit, so the
     tokens and the context model keep their meaning. (It once restarted the stage as the identity.)"""
-    cfg = tomllib.loads((Path(__file__).parents[1] / "codec/training/configs/odp-refine-x2-perc.toml").read_text())
-    photos = tmp_path / "big"
-    photos.mkdir()
-    for i, box in enumerate([(0, 0, 512, 512), (256, 0, 768, 512), (0, 0, 768, 384)]):
-        Image.open(DATA / "photo_768x512.png").crop(box).save(photos / f"p{i}.png")
-    cfg["train"] |= {"data": [str(photos)], "holdout_every": 3, "areas_mp": [0.2], "batch": 1,
-                     "steps": 1, "ckpt_every": 1, "log_every": 1, "monitor_tiles": 2, "monitor_ks": [256],
-                     "bf16": False}
-    cfg["loss"] = {"freeze_encoder": True}
-    (tmp_path / "perc.toml").write_text(toml_dumps(cfg))
+    cfg = one_step_fine_tune(tmp_path, "odp-refine-x2-perc.toml", monitor_ks=[256])
     run = tmp_path / "run"
-    train.main(["--config", str(tmp_path / "perc.toml"), "--run", str(run), "--threads", "1",
-                "--snapshot", str(tmp_path / "snap")])
     shipped = weights.load(cfg["train"]["init"]).tokenizer.state_dict()
     ckpt = load_file(str(run / "ckpt.safetensors"))
     encoder = [k for k in shipped if not k.startswith(train.DECODER_PREFIXES)]
@@ -245,7 +234,7 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path, c
     assert all(torch.equal(ckpt[f"model.{k}"], shipped[k]) for k in encoder)
     assert torch.count_nonzero(ckpt["model.dec_cond.weight"]) > 0  # the trained stage, not a fresh identity
     # the step-0 reference on the same monitor crops: the shipped stage given the picture so far
-    train.main(["--config", str(tmp_path / "perc.toml"), "--run", str(tmp_path / "ref"), "--threads", "1",
+    train.main(["--config", str(tmp_path / "tuned.toml"), "--run", str(tmp_path / "ref"), "--threads", "1",
                 "--monitor-only", cfg["train"]["init"]])
     ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ref["psnr@256"] > 18 and ref["codes_used"] > 0  # (it once ran the stage without the picture so far)
@@ -262,6 +251,23 @@ def test_a_decoder_fine_tune_of_a_refinement_stage_keeps_its_encoder(tmp_path, c
     a, b = tuned.tokenizer.state_dict(), snap.tokenizer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in encoder)
     assert all(torch.allclose(a[k], b[k], rtol=1e-2, atol=1e-3) for k in a if k.startswith(train.DECODER_PREFIXES))
+
+
+def one_step_fine_tune(tmp_path: Path, config: str, monitor_ks: list[int]) -> dict:
+    """One step of a shipped decoder-only recipe on crops of the test photo (run in tmp_path/run, its
+    snapshot in tmp_path/snap, its config written to tmp_path/tuned.toml) -> the config."""
+    cfg = tomllib.loads((Path(__file__).parents[1] / "codec/training/configs" / config).read_text())
+    photos = tmp_path / "big"
+    photos.mkdir()
+    for i, box in enumerate([(0, 0, 512, 512), (256, 0, 768, 512), (0, 0, 768, 384)]):
+        Image.open(DATA / "photo_768x512.png").crop(box).save(photos / f"p{i}.png")
+    cfg["train"] |= {"data": [str(photos)], "holdout_every": 3, "areas_mp": [0.2], "batch": 1, "steps": 1,
+                     "ckpt_every": 1, "log_every": 1, "monitor_tiles": 2, "monitor_ks": monitor_ks, "bf16": False}
+    cfg["loss"] = {"freeze_encoder": True}
+    (tmp_path / "tuned.toml").write_text(toml_dumps(cfg))
+    train.main(["--config", str(tmp_path / "tuned.toml"), "--run", str(tmp_path / "run"), "--threads", "1",
+                "--snapshot", str(tmp_path / "snap")])
+    return cfg
 
 
 def toml_dumps(cfg: dict) -> str:
@@ -330,18 +336,7 @@ def test_a_decoder_fine_tune_of_the_classic_stage_exports_as_one(tmp_path):
     """The decoder fine-tune of version-4 files' first stage (encoder frozen) exports as a model that still
     refines a classic thumbnail at the same scale, with the shipped tables and context model: so the
     encoder picks it for new version-4 files (registry.base_model) and it reads the old ones' tokens."""
-    cfg = tomllib.loads((Path(__file__).parents[1] / "codec/training/configs/odp-classic-x2-short.toml").read_text())
-    photos = tmp_path / "big"
-    photos.mkdir()
-    for i, box in enumerate([(0, 0, 512, 512), (256, 0, 768, 512), (0, 0, 768, 384)]):
-        Image.open(DATA / "photo_768x512.png").crop(box).save(photos / f"p{i}.png")
-    cfg["train"] |= {"data": [str(photos)], "holdout_every": 3, "areas_mp": [0.2], "batch": 1,
-                     "steps": 1, "ckpt_every": 1, "log_every": 1, "monitor_tiles": 2, "monitor_ks": [0],
-                     "bf16": False}
-    cfg["loss"] = {"freeze_encoder": True}
-    (tmp_path / "short.toml").write_text(toml_dumps(cfg))
-    train.main(["--config", str(tmp_path / "short.toml"), "--run", str(tmp_path / "run"), "--threads", "1",
-                "--snapshot", str(tmp_path / "snap")])
+    cfg = one_step_fine_tune(tmp_path, "odp-classic-x2-short.toml", monitor_ks=[0])
     export.main(["--run", str(tmp_path / "snap"), "--name", "classic-tuned", "--out", str(tmp_path)])
     base, tuned = weights.load(cfg["train"]["init"]), weights.load_path(tmp_path / "classic-tuned.safetensors")
     assert (tuned.entry.base, tuned.entry.scale, tuned.entry.refines) == ("classic", base.entry.scale, b"")
