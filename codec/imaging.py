@@ -153,31 +153,47 @@ def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels, "RGB").resize(size, Image.LANCZOS))
 
 
-def _cubic_taps(n: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices (n * scale, 4) and weights of bicubic enlargement along one axis: Keys' kernel
-    with a = -0.75, half-pixel centres, indices clamped at the edges (PyTorch's `bicubic`,
-    align_corners=False)."""
+def _cubic_weights(scale: int) -> np.ndarray:
+    """(scale, 4) weights of bicubic enlargement by an integer `scale` along one axis: Keys' kernel with
+    a = -0.75 and half-pixel centres (PyTorch's `bicubic`, align_corners=False). Output pixel i * scale + p
+    takes source pixels i - 1 .. i + 2 shifted by `_first_tap(p, scale)`, with these weights."""
     a = -0.75
-    src = (np.arange(n * scale) + 0.5) / scale - 0.5
-    base = np.floor(src)
-    t = src - base
-    d = np.stack([t + 1, t, 1 - t, 2 - t], axis=1)                 # distance to each of the 4 taps
+    src = (np.arange(scale) + 0.5) / scale - 0.5
+    t = (src - np.floor(src))[:, None]
+    d = np.concatenate([t + 1, t, 1 - t, 2 - t], axis=1)           # distance to each of the 4 taps
     near = ((a + 2) * d - (a + 3)) * d * d + 1                      # |d| <= 1
     far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a                 # 1 < |d| < 2
-    w = np.where(d <= 1, near, far)
-    idx = np.clip(base[:, None].astype(np.int64) + np.arange(-1, 3)[None, :], 0, n - 1)
-    return idx, w
+    return np.where(d <= 1, near, far).astype(np.float32)
+
+
+def _first_tap(p: int, scale: int) -> int:
+    return int(np.floor((p + 0.5) / scale - 0.5)) - 1
+
+
+def _enlarge_axis(x: np.ndarray, scale: int, axis: int) -> np.ndarray:
+    """float32 x enlarged `scale` times along `axis`; edge pixels repeat past the border (torch clamps)."""
+    n, weights = x.shape[axis], _cubic_weights(scale)
+    padded = np.pad(x, [(2, 2) if a == axis else (0, 0) for a in range(x.ndim)], mode="edge")
+    shape = list(x.shape)
+    shape[axis] = n * scale
+    out = np.empty(shape, np.float32)
+    window = [slice(None)] * x.ndim
+    for p in range(scale):  # the outputs of one phase share their weights: sums of shifted views
+        acc = None
+        for k in range(4):
+            start = _first_tap(p, scale) + k + 2
+            window[axis] = slice(start, start + n)
+            term = weights[p, k] * padded[tuple(window)]
+            acc = term if acc is None else acc + term
+        window[axis] = slice(p, None, scale)
+        out[tuple(window)] = acc
+    return out
 
 
 def enlarge_bicubic(pixels: np.ndarray, scale: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (scale H, scale W, 3) uint8, enlarged as a refinement stage's model was
     trained to see the picture so far (torch's bicubic on the same values, within one level)."""
-    h, w = pixels.shape[:2]
-    ri, rw = _cubic_taps(h, scale)
-    ci, cw = _cubic_taps(w, scale)
-    x = pixels.astype(np.float32)
-    rows = np.einsum("hk,hkwc->hwc", rw.astype(np.float32), x[ri])            # (sH, W, 3)
-    out = np.einsum("wk,hwkc->hwc", cw.astype(np.float32), rows[:, ci])        # (sH, sW, 3)
+    out = _enlarge_axis(_enlarge_axis(pixels.astype(np.float32), scale, 0), scale, 1)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
