@@ -363,3 +363,33 @@ def test_bench_can_measure_the_default_odp_file_alone(tmp_path):
     assert {p["codec"] for p in doc["points"]} == {"odp", "webp"}
     bad = CliRunner().invoke(main, ["bench", str(folder), "--out", str(out), "--odp-files", "odp,bogus", "--quiet"])
     assert bad.exit_code != 0 and "'bogus'" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_edges_compares_each_partial_tile_region_with_the_same_pixels_in_full_tiles():
+    """codec/evaluation/edges.py: each edge region of the 700x450 crop is the same pixels as its place in
+    a crop of whole tiles, so the two PSNRs differ only by how the tile around them was coded."""
+    from odp.codec.evaluation import edges
+
+    photo = Image.open(DATA / "photo_768x512.png").convert("RGB")
+    part = edges.centre(photo, *edges.PARTIAL)
+    for region, (box, inside) in edges.REGIONS.values():
+        full = part.crop(box)
+        assert full.width % 256 == 0 and full.height % 256 == 0
+        assert np.array_equal(np.asarray(part)[region], np.asarray(full)[inside])
+        assert any(s.stop - s.start < 256 for s in region)  # a partial tile's pixels in the 700x450 crop
+
+
+@pytest.mark.slow
+def test_edges_measures_small_crops_and_partial_tiles(tmp_path, capsys):
+    from odp.codec.evaluation import edges
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(DATA / "photo_768x512.png", photos)
+    Image.open(DATA / "astronaut-320x240.png").save(photos / "small.png")  # under 768x512: skipped
+    edges.main([str(photos), "--json", str(tmp_path / "rows.jsonl")])
+    out = capsys.readouterr().out
+    assert out.startswith("1 photos of 2") and "| 128x128 |" in out and "| corner |" in out
+    row = json.loads((tmp_path / "rows.jsonl").read_text())
+    assert all(np.isfinite(v) for k, v in row.items() if k != "image")
+    assert row["768x512 whole psnr"] > row["768x512 first psnr"] > 15  # the refinement stage adds detail
