@@ -39,6 +39,8 @@ SHIPPED_SHA256 = {
     "odp-refine-x2-v3": "675a3e38adbec45bfd5d547cc7139dba57a5d3bfbeb3bc9217205a38908996d8",
     # the first stage of version-4 files: tokens refining an AVIF/WebP thumbnail (step 1400 of odp-refine-classic)
     "odp-classic-x2-v1": "185c74a3b097420c6eacd6fa67773d636aa77359ed3b4265407c46d0a4ec7bdc",
+    # v1's encoder with a decoder fine-tuned for few tokens (step 800 of odp-classic-x2-short): new version-4 files
+    "odp-classic-x2-v2": "9c4623f055b575699f5bca5ed1a0d85c7787daf146a2532118893e082cbd965c",
 }
 CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
 CONTEXT_SHA256 = {
@@ -48,7 +50,7 @@ CONTEXT_SHA256 = {
     # the digit models (a token as four base-8 digits): what new files use; the ones above still decode theirs
     "ctx16d-v1": "00270a059b96bacd23a90566bc4ed160e5944b636a6123260e6915c433cb8609",
     "ctx16d-refine-v2": "92a24b545e39589706b83757fe0b078a92bfac1fdde5e0b8d1b3c4904ce74ed9",
-    "ctx16d-classic-v1": "12bb7c073341c7c339e5f42689365ae6a74423b710d550bd4942aa9f205eec36",  # odp-classic-x2-v1's tokens
+    "ctx16d-classic-v1": "12bb7c073341c7c339e5f42689365ae6a74423b710d550bd4942aa9f205eec36",  # odp-classic-x2-v1's (and v2's) tokens
 }
 
 

@@ -161,3 +161,20 @@ def test_bad_packed_avif_boxes_are_refused_in_one_line(based, photo, damage):
         with pytest.raises(FormatError, match="base thumbnail") as e:
             call(bad)
         assert "\n" not in str(e.value)
+
+
+def test_a_file_of_the_earlier_base_model_decodes_with_it(photo, based):
+    """A version-4 file names the weights that wrote its tokens: one written by odp-classic-x2-v1 verifies,
+    cuts and decodes with v1 while new files take the newest base model (same encoder, tokens and
+    context model; v2's decoder was fine-tuned for few tokens)."""
+    from odp.codec.quality import psnr
+
+    old = (helpers.DATA / "astronaut-classic-x2-v1.odp").read_bytes()
+    assert odp.model_of(old).name == "odp-classic-x2-v1"
+    assert odp.model_of(based).name == registry.base_model().name != "odp-classic-x2-v1"
+    assert odp.info(old).entropy_model == odp.info(based).entropy_model == "ctx16d-classic-v1"
+    odp.verify(old)
+    ref = np.asarray(photo.convert("RGB"))
+    shown = np.asarray(odp.decode(old, device="cpu").convert("RGB"))
+    first_cut = np.asarray(odp.decode(odp.truncate(old, tokens=1), device="cpu").convert("RGB"))
+    assert psnr(ref, shown) > psnr(ref, first_cut) > 20
