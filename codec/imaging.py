@@ -179,9 +179,9 @@ def _enlarge_axis(x: np.ndarray, scale: int, axis: int) -> np.ndarray:
     out = np.empty(shape, np.float32)
     window = [slice(None)] * x.ndim
     for p in range(scale):  # the outputs of one phase share their weights: sums of shifted views
-        acc = None
+        acc, first = None, _first_tap(p, scale) + 2  # + 2: the padding
         for k in range(4):
-            start = _first_tap(p, scale) + k + 2
+            start = first + k
             window[axis] = slice(start, start + n)
             term = weights[p, k] * padded[tuple(window)]
             acc = term if acc is None else acc + term

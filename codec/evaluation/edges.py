@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..quality import psnr
+from .bench import find_images
 from .metrics import Scorer
 
 SMALL = ((128, 128), (200, 150), (256, 256), (768, 512))
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N photos (0: all)")
     ap.add_argument("--json", type=Path, help="also write every photo's figures here (JSON lines)")
     args = ap.parse_args(argv)
-    paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    paths = find_images(args.folder)
     rows = []
     for path in paths[:args.limit or None]:
         row = measure(path)
