@@ -124,16 +124,37 @@ def test_bench_writes_every_output(bench_run):
     assert "](plots/psnr.png)" in page and "](side_by_side.png)" in page and "| 0.2 | classic hull |" in page
 
 
-def test_readme_table_is_the_bench_output():
-    """The README's short table is what `odp bench` writes for the shipped model's results."""
-    rows = list(csv.DictReader(open(DATA.parents[1] / "docs" / "results" / "v4-classic-v2" / "summary.csv")))
-    budgets = sorted({float(r["budget_bpp"]) for r in rows})
-    table = bench.known_codecs_markdown(rows, budgets, list(metrics.METRICS))
-    assert table in (DATA.parents[1] / "README.md").read_text()
-    assert "| 0.01 (491 B at 768×512) |" in table and "| 0.03 (1,474 B at 768×512) |" in table
-    odp = {float(r["budget_bpp"]): float(r["mean_bpp"]) for r in rows if r["codec"] == "odp"}
+def test_readme_tables_are_the_bench_output():
+    """The README's two results tables are what `odp bench` writes for the shipped model's results,
+    regenerated from its points: ODP beside WebP and AVIF, and ODP against the hull, each mean over the
+    same images for every codec it compares."""
+    folder = DATA.parents[1] / "docs" / "results" / "v4-classic-v2"
+    doc = json.loads((folder / "points.json").read_text())
+    points, images = doc["points"], doc["settings"]["images"]
+    budgets, names = tuple(doc["settings"]["budgets"]), tuple(doc["settings"]["metrics"])
+    summary, comparison = bench.summarize(points, images, budgets, names, list(doc["settings"]["codecs"]))
+    readme = (DATA.parents[1] / "README.md").read_text()
+    table = bench.known_codecs_markdown(points, images, budgets, names)
+    assert table in readme and table in (folder / "summary.md").read_text()
+    assert "| 0.01 (491 B at 768×512) | 20 of 34 |" in table and "| 0.03 (1,474 B at 768×512) |" in table
     top = max(budgets)  # ODP's files reach the top budget (coded larger past the full-size file)
-    assert odp[top] > 0.9 * top and f"| {top} (" in table and "ODP's whole file" not in table
+    assert f"| {top} (" in table and "ODP's whole file" not in table
+    hull = bench.hull_markdown(comparison, summary, budgets, names)
+    assert hull in readme and hull in (folder / "summary.md").read_text()
+    row = next(r for r in comparison if r["budget_bpp"] == 0.01 and r["versus"] == "classic hull" and r["metric"] == "psnr")
+    assert row["images_both"] == 28 and f"| 0.01 | 0.0097 | 28 | {row['odp_mean']:.2f} / {row['other_mean']:.2f} |" in hull
+
+
+def test_paired_means_compare_the_same_images():
+    """A comparison's means are over the images where both have a file; the summary's are each codec's own."""
+    pts = [{"image": "a", "codec": "odp", "scale": 1, "budgets": [0.01], "bpp": 0.01, "psnr": 20.0},
+           {"image": "b", "codec": "odp", "scale": 1, "budgets": [0.01], "bpp": 0.01, "psnr": 10.0},
+           {"image": "a", "codec": "webp", "scale": 1, "budgets": [0.01], "bpp": 0.01, "psnr": 21.0}]
+    summary, comparison = bench.summarize(pts, ["a", "b"], (0.01,), ("psnr",), ["webp"])
+    assert next(r for r in summary if r["codec"] == "odp")["psnr"] == 15.0
+    row = next(r for r in comparison if r["versus"] == "classic hull")
+    assert (row["images_both"], row["odp_mean"], row["other_mean"], row["win_rate"]) == (1, 20.0, 21.0, 0.0)
+    assert "| 0.01 | 0.0100 | 1 | 20.00 / 21.00 | 0% |" in bench.hull_markdown(comparison, summary, (0.01,), ("psnr",))
 
 
 def test_bench_points_respect_their_budgets(bench_run):

@@ -256,7 +256,8 @@ def summarize(points: list[dict], images: list[str], budgets, metric_names, code
             summary.append(row)
         for label, codec, scales in contenders(codec_names, with_uniform=True):
             for m in metric_names:
-                wins = diffs = n = only_odp = only_other = 0
+                wins = n = only_odp = only_other = 0
+                odp_sum = other_sum = 0.0
                 for im in images:
                     o = at_budget(by_image[im], b, "odp", m)
                     c = at_budget(by_image[im], b, codec, m, scales)
@@ -265,10 +266,11 @@ def summarize(points: list[dict], images: list[str], budgets, metric_names, code
                     if o and c:
                         n += 1
                         wins += metrics.better(m, o[m], c[m])
-                        diffs += o[m] - c[m]
+                        odp_sum, other_sum = odp_sum + o[m], other_sum + c[m]
                 comparison.append({"budget_bpp": b, "versus": label, "metric": m, "images_both": n,
                                    "odp_wins": wins, "win_rate": wins / n if n else None,
-                                   "mean_diff_odp_minus_other": diffs / n if n else None,
+                                   "mean_diff_odp_minus_other": (odp_sum - other_sum) / n if n else None,
+                                   "odp_mean": odp_sum / n if n else None, "other_mean": other_sum / n if n else None,
                                    "images_only_odp_has_a_file": only_odp,
                                    "images_only_other_has_a_file": only_other})
     return summary, comparison
@@ -527,36 +529,65 @@ def markdown(summary, comparison, bd, metric_names, budgets) -> str:
     return "\n".join(lines)
 
 
-def known_codecs_markdown(summary: list[dict], budgets, metric_names) -> str:
+def known_codecs_markdown(points: list[dict], images: list[str], budgets, metric_names) -> str:
     """ODP next to WebP and AVIF (each at full size or downscaled, its best file within the budget) at
     0.01 and 0.03 bpp and at the top of ODP's range (the first budget ODP's whole file stays under by
-    10% or more): the README's short table. Means over the images where the codec has a file (that
-    count when not all)."""
-    odp = {float(r["budget_bpp"]): float(r["mean_bpp"]) for r in summary if r["codec"] == "odp" and r["mean_bpp"]}
-    top = next((b for b in sorted(budgets) if odp.get(b, b) < 0.9 * b), max(budgets))
-    shown = [b for b in (0.01, 0.03) if b in budgets and b < top] + [top]
+    10% or more): the README's short table. Means over the images where all three have a file (that
+    count when not all), so that the columns compare the same photos."""
+    by_image = {im: [p for p in points if p["image"] == im] for im in images}
+    codecs = [c for c in ("odp", "webp", "avif") if any(p["codec"] == c for p in points)]
+    scales = {c: (1,) if c == "odp" else SCALES for c in codecs}
+    names = {"odp": "ODP", "webp": "WebP", "avif": "AVIF"}
     metrics_ = [m for m in ("lpips-alex", "dists", "psnr") if m in metric_names]
-    codecs = [c for c in ("odp", "webp+downscale", "avif+downscale") if any(r["codec"] == c for r in summary)]
-    names = {"odp": "ODP", "webp+downscale": "WebP", "avif+downscale": "AVIF"}
     arrows = {"psnr": "PSNR dB ↑", "lpips-alex": "LPIPS-Alex ↓", "dists": "DISTS ↓"}
-    lines = ["| budget bpp | " + " | ".join(f"{names[c]} bpp" for c in codecs) + " | "
+
+    def best(im, b, c, m):
+        return at_budget(by_image[im], b, c, m, scales[c])
+
+    odp_bpp = {b: np.mean(bs) for b in budgets if (bs := [p["bpp"] for im in images if (p := best(im, b, "odp", metric_names[0]))])}
+    top = next((b for b in sorted(budgets) if odp_bpp.get(b, b) < 0.9 * b), max(budgets))
+    shown = [b for b in (0.01, 0.03) if b in budgets and b < top] + [top]
+    lines = ["| budget bpp | images | " + " | ".join(f"{names[c]} bpp" for c in codecs) + " | "
              + " | ".join(f"{arrows[m]} " + " / ".join(names[c] for c in codecs) for m in metrics_) + " |",
-             "|---:|" + "---:|" * len(codecs) + "---|" * len(metrics_)]
+             "|---:|---:|" + "---:|" * len(codecs) + "---|" * len(metrics_)]
     for b in dict.fromkeys(shown):
-        rows = {c: next((r for r in summary if float(r["budget_bpp"]) == b and r["codec"] == c), None) for c in codecs}
-        most = max(int(r[f"{metrics_[0]}_images"] or 0) for r in rows.values() if r) if metrics_ else 0
-
-        def cell(r, key, fmt):
-            if r is None or r[key] in (None, ""):
-                return "none fits"
-            n = int(r[f"{key}_images"]) if f"{key}_images" in r else most
-            return format(float(r[key]), fmt) + ("" if n == most else f" ({n})")
-
+        common = [im for im in images if all(best(im, b, c, metric_names[0]) for c in codecs)]
+        if not common:
+            continue
+        mean = lambda c, m, key: np.mean([best(im, b, c, m)[key] for im in common])  # noqa: E731
         label = f"{b} ({budget_bytes(b, 768, 512):,} B at 768×512)" + (
-            ", ODP's whole file" if b == top and top in odp and odp[top] < 0.9 * top else "")
-        lines.append(f"| {label} | " + " | ".join(cell(rows[c], "mean_bpp", ".4f") for c in codecs) + " | "
-                     + " | ".join(" / ".join(cell(rows[c], m, ".2f" if m == "psnr" else ".3f") for c in codecs)
+            ", ODP's whole file" if b == top and odp_bpp.get(top, top) < 0.9 * top else "")
+        lines.append(f"| {label} | {len(common)}{'' if len(common) == len(images) else f' of {len(images)}'} | "
+                     + " | ".join(f"{mean(c, metric_names[0], 'bpp'):.4f}" for c in codecs) + " | "
+                     + " | ".join(" / ".join(format(mean(c, m, m), ".2f" if m == "psnr" else ".3f") for c in codecs)
                                   for m in metrics_) + " |")
+    return "\n".join(lines)
+
+
+def hull_markdown(comparison: list[dict], summary: list[dict], budgets, metric_names) -> str:
+    """ODP against the classic hull at each budget, means over the images where both have a file (ODP
+    has one for every image; the hull not for the smallest budgets of small images) and ODP's win
+    rate on the perceptual metrics: the README's results table."""
+    ms = [m for m in ("psnr", "ms-ssim", "lpips-alex", "lpips-vgg", "dists") if m in metric_names]
+    won = [m for m in ("lpips-alex", "lpips-vgg", "dists", "psnr") if m in metric_names]
+    if not any(r["versus"] == "classic hull" for r in comparison):
+        return ""
+    c = {(float(r["budget_bpp"]), r["metric"]): r for r in comparison if r["versus"] == "classic hull"}
+    odp_bpp = {float(r["budget_bpp"]): r["mean_bpp"] for r in summary if r["codec"] == "odp"}
+    heads = {"psnr": "PSNR dB", "ms-ssim": "MS-SSIM", "lpips-alex": "LPIPS-Alex ↓", "lpips-vgg": "LPIPS-VGG ↓",
+             "dists": "DISTS ↓"}
+    plain = {"psnr": "PSNR", "lpips-alex": "LPIPS-Alex", "lpips-vgg": "LPIPS-VGG", "dists": "DISTS"}
+    lines = ["| budget bpp | ODP bpp | images both have | " + " | ".join(f"{heads[m]} ODP / hull" for m in ms)
+             + " | " + " | ".join(("ODP better on " if i == 0 else "on ") + plain[m] for i, m in enumerate(won)) + " |",
+             "|---:|---:|---:|" + "---|" * len(ms) + "---:|" * len(won)]
+    for b in budgets:
+        if (b, "psnr") not in c or not c[b, "psnr"]["images_both"] or odp_bpp.get(b) in (None, ""):
+            continue
+        cells = [f"{float(c[b, m]['odp_mean']):{'.2f' if m == 'psnr' else '.4f'}} / "
+                 f"{float(c[b, m]['other_mean']):{'.2f' if m == 'psnr' else '.4f'}}" for m in ms]
+        wins = [f"{100 * float(c[b, m]['win_rate']):.0f}%" for m in won]
+        lines.append(f"| {b:g} | {float(odp_bpp[b]):.4f} | {c[b, 'psnr']['images_both']} | " + " | ".join(cells)
+                     + " | " + " | ".join(wins) + " |")
     return "\n".join(lines)
 
 
@@ -683,7 +714,9 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
                                                  "comparison": comparison, "bd_rate": bd, "speed": speed,
                                                  "odp_stats": odp_stats}, indent=1))
     md = ("ODP next to the codecs you know (WebP and AVIF at their best size, downscaled where that helps):\n\n"
-          + known_codecs_markdown(summary, budgets, metric_names) + "\n\n"
+          + known_codecs_markdown(points, names, budgets, metric_names) + "\n\n"
+          + ("ODP against the classic hull (per metric and image the best classic file within the budget):\n\n"
+             + hull_markdown(comparison, summary, budgets, metric_names) + "\n\n" if codecs else "")
           + markdown(summary, comparison, bd, metric_names, budgets) + entropy_markdown(odp_stats))
     if speed:
         md += "\n\nSpeed (median of 3 after a warm-up; peak memory above the idle process):\n\n"
