@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from odp.codec.evaluation import classic, range as range_eval, rangeplot
 
@@ -57,3 +58,21 @@ def test_a_known_hull_is_reused_and_odp_measured_afresh(measured, monkeypatch):
     again = range_eval.measure(folder / "coffee.png", (0.2, 0.4), ("psnr", "ms-ssim"), {}, extend=True, known=doc)
     assert again["hull"] == doc["hull"] and again["codecs"] == doc["codecs"]
     assert again["odp"] == doc["odp"]  # the same model: the same files and pictures
+
+
+def test_per_budget_files_are_what_odp_encode_makes_for_each_budget(measured, monkeypatch):
+    """--per-budget: each budget its own `odp encode --bytes` file, against the same known hull."""
+    import odp
+
+    folder, doc = measured
+    monkeypatch.setattr(range_eval.classic, "Variant", None)  # the hull is reused, never re-measured
+    per = range_eval.measure_per_budget(folder / "coffee.png", (0.2, 0.4), ("psnr", "ms-ssim"), doc)
+    assert per["hull"] == doc["hull"]
+    im = Image.open(folder / "coffee.png").convert("RGB")
+    for b in ("0.2", "0.4"):
+        data = odp.encode(im, bytes=int(float(b) * 256 * 192 / 8), device="cpu")
+        assert per["odp"][b]["bytes"] == len(data) and per["odp"][b]["version"] == data[4]
+    assert per["odp"]["0.2"]["psnr"] < per["odp"]["0.4"]["psnr"]
+    table = range_eval.summarise([per], (0.2, 0.4), ("psnr", "ms-ssim"), per_budget=True)
+    assert f"| 0.4 | {per['odp']['0.4']['bpp']:.4f} | {int(per['odp']['0.4']['version'] == 4)}/1 | " \
+           f"{per['odp']['0.4']['psnr']:.4f} | {doc['hull']['0.4']['psnr']:.4f} (1) |" in table

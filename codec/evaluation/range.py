@@ -10,6 +10,8 @@ from `odp bench`'s cache where it measured that budget (scales 1, 2, 4, 8), else
 full size and 1/2 (FRESH_SCALES). PSNR and MS-SSIM for both; with --deep, LPIPS and DISTS too (slow on a CPU).
 With --extend, the file goes on past the refinement stage into the further stage (what `odp encode
 --bpp 0.4` or more makes: ratecontrol.ScaleLadder.extended), measured at EXTENDED_BUDGETS.
+With --per-budget, each budget is instead the file `odp encode --bytes` makes for it (version 4, a base
+thumbnail and tokens, where one fits): the best ODP offers at that size, though not one file for all.
 Resumable: one JSON file per photo in --out. Prints the mean per budget and the win rates.
 """
 from __future__ import annotations
@@ -124,6 +126,27 @@ def measure(path: Path, budgets, metric_names, codecs: dict, extend: bool = Fals
             "encode_seconds": seconds, "odp": odp, "hull": hull, "codecs": each}
 
 
+def measure_per_budget(path: Path, budgets, metric_names, known: dict) -> dict:
+    """The file `odp encode --bytes` makes at each budget (a file of its own each, version 4 where a
+    base thumbnail fits), decoded as `odp decode` shows it, against the hull of `known` (earlier results
+    for the same photo)."""
+    import odp
+
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    h, w = pixels.shape[:2]
+    score = metrics.Scorer(pixels, metric_names)
+    odp_, seconds = {}, 0.0
+    for b in budgets:
+        t0 = time.perf_counter()
+        data = odp.encode(Image.fromarray(pixels), bytes=budget_bytes(b, w, h), device="cpu")
+        seconds += time.perf_counter() - t0
+        version = data[4]
+        odp_[str(b)] = {"bytes": len(data), "bpp": len(data) * 8 / (w * h), "version": version,
+                        **score(np.asarray(odp.decode(data).convert("RGB")))}
+    return {"image": str(path), "width": w, "height": h, "encode_seconds": seconds / len(budgets),
+            "odp": odp_, "hull": known["hull"], "codecs": {}}
+
+
 def before(image: str, budget: float) -> dict | None:
     """The bench's cached "odp" point at `budget` for this photo: what the encoder made before the
     refinement stage (encoder version 6: past the first stage, the photo coded 2x-4x larger)."""
@@ -135,23 +158,35 @@ def before(image: str, budget: float) -> dict | None:
                  if p["codec"] == "odp" and budget in p["budgets"]), None)
 
 
-def summarise(results: list[dict], budgets, metric_names) -> str:
-    lines = ["| budget bpp | ODP bpp | ODP before psnr | "
+def summarise(results: list[dict], budgets, metric_names, per_budget: bool = False) -> str:
+    """Means per budget: ODP's over every photo, the hull's over the photos where a classic file fits;
+    with `per_budget`, both over those photos (ODP's mean there, then how far under or over the hull)."""
+    lines = ["| budget bpp | ODP bpp | " + ("version-4 files | " if per_budget else "ODP before psnr | ")
              + " | ".join(f"ODP {m} | hull {m} | ODP wins" for m in metric_names) + " |",
              "|---:|---:|---:|" + "---:|---:|---:|" * len(metric_names)]
+    every = results
     for b in budgets:
         key = str(b)
-        old = [(r["odp"][key]["psnr"], p["psnr"]) for r in results if (p := before(r["image"], b)) is not None]
-        cells = [f"{b}", f"{np.mean([r['odp'][key]['bpp'] for r in results]):.4f}",
-                 f"{np.mean([o for _, o in old]):.4f} vs {np.mean([n for n, _ in old]):.4f} ({len(old)})" if old else "n/a"]
+        if per_budget:  # the photos with a hull at this budget (the earlier results measured it)
+            results = [r for r in every if key in r["odp"]]
+            third = f"{sum(r['odp'][key]['version'] == 4 for r in results)}/{len(results)}"
+        else:
+            old = [(r["odp"][key]["psnr"], p["psnr"]) for r in results if (p := before(r["image"], b)) is not None]
+            third = f"{np.mean([o for _, o in old]):.4f} vs {np.mean([n for n, _ in old]):.4f} ({len(old)})" if old else "n/a"
+        cells = [f"{b}", f"{np.mean([r['odp'][key]['bpp'] for r in results]):.4f}", third]
         for m in metric_names:
             both = [(r["odp"][key][m], r["hull"][key][m]) for r in results if m in r["hull"].get(key, {})]
             higher = m in ("psnr", "ms-ssim")
             wins = sum((o > c) if higher else (o < c) for o, c in both)
-            cells += [f"{np.mean([r['odp'][key][m] for r in results]):.4f}",
+            mine = [o for o, _ in both] if per_budget else [r["odp"][key][m] for r in results]
+            cells += [f"{np.mean(mine):.4f}" if mine else "n/a",
                       f"{np.mean([c for _, c in both]):.4f} ({len(both)})" if both else "n/a",
                       f"{wins}/{len(both)}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if per_budget:
+        lines += ["", f"Encode {np.mean([r['encode_seconds'] for r in every]):.1f} s per file on average "
+                  f"({len(every)} photos)."]
+        return "\n".join(lines)
     whole = [r["odp"]["whole"] for r in results]
     lines.append("")
     lines.append(f"Whole file: mean {np.mean([x['bpp'] for x in whole]):.4f} bpp, "
@@ -169,38 +204,68 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, help="only the first N photos")
     ap.add_argument("--report", type=Path, help="also write the summary here (markdown)")
     ap.add_argument("--extend", action="store_true", help="the file with the further stage, at 0.2..0.4 bpp")
-    ap.add_argument("--hull-from", type=Path, help="reuse the classic hull of the same photo's result in this "
-                    "folder (a new ODP model against the same hull, without re-encoding the classic codecs)")
+    ap.add_argument("--hull-from", type=Path, action="append", help="reuse the classic hull of the same photo's "
+                    "result in this folder (a new ODP model against the same hull, without re-encoding the "
+                    "classic codecs); repeat it to join the hulls of several folders")
+    ap.add_argument("--per-budget", action="store_true", help="each budget its own `odp encode --bytes` file "
+                    "(needs --hull-from: the photos and hulls of earlier results)")
     args = ap.parse_args(argv)
     names = ("psnr", "ms-ssim") + (("lpips-alex", "dists") if args.deep else ())
+    if args.per_budget and not args.hull_from:
+        ap.error("--per-budget measures against the hull of earlier results: give --hull-from")
     args.out.mkdir(parents=True, exist_ok=True)
     codecs = classic.available_codecs()
     results, budgets = [], EXTENDED_BUDGETS if args.extend else BUDGETS
+    if args.per_budget:
+        budgets = tuple(sorted(set(BUDGETS) | set(EXTENDED_BUDGETS)))
     for path in find_images(args.folder)[:args.limit]:
         stem = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        cached = args.out / f"{stem}-{'deep' if args.deep else 'plain'}{'-extended' if args.extend else ''}.json"
+        kind = "-extended" if args.extend else "-per-budget" if args.per_budget else ""
+        cached = args.out / f"{stem}-{'deep' if args.deep else 'plain'}{kind}.json"
         if not cached.exists():
-            prior = args.hull_from / cached.name if args.hull_from else None
-            known = json.loads(prior.read_text()) if prior is not None and prior.exists() else None
-            doc = measure(path, budgets, names, codecs, args.extend, known)
+            known = None
+            for folder in args.hull_from or ():  # the same photo's earlier results, their hulls joined
+                for prior in sorted(folder.glob(f"{stem}-{'deep' if args.deep else 'plain'}*.json")):
+                    doc = json.loads(prior.read_text())
+                    known = doc if known is None else {**known, "hull": {**known["hull"], **doc["hull"]}}
+            if args.per_budget:
+                if known is None:
+                    continue  # no hull for this photo
+                doc = measure_per_budget(path, [b for b in budgets if str(b) in known["hull"]], names, known)
+            else:
+                doc = measure(path, budgets, names, codecs, args.extend, known)
             tmp = cached.with_suffix(".tmp")
             tmp.write_text(json.dumps(doc))
             os.replace(tmp, cached)
-            print(f"{path.name}: whole {doc['odp']['whole']['bpp']:.4f} bpp {doc['odp']['whole']['psnr']:.2f} dB",
-                  flush=True)
+            last = doc["odp"]["whole" if "whole" in doc["odp"] else str(max(map(float, doc["odp"])))]
+            print(f"{path.name}: {'whole' if 'whole' in doc['odp'] else 'largest'} {last['bpp']:.4f} bpp "
+                  f"{last['psnr']:.2f} dB", flush=True)
         results.append(json.loads(cached.read_text()))
-    table = summarise(results, budgets, names)
+    if args.per_budget:  # the budgets some photo has a hull for
+        budgets = tuple(b for b in budgets if any(str(b) in r["odp"] for r in results))
+    table = summarise(results, budgets, names, args.per_budget)
     print(table)
     if args.report:
-        head = (f"# The whole range of one ODP file against the classic hull\n\n"
-                f"Generated by `python -m odp.codec.evaluation.range {args.folder} --out {args.out}"
-                f"{' --deep' if args.deep else ''}{' --extend' if args.extend else ''}{f' --limit {args.limit}' if args.limit else ''}{f' --hull-from {args.hull_from}' if args.hull_from else ''} --report {args.report}` "
-                f"({len(results)} photos). Each photo{__doc__.split('Each photo', 1)[1].split('Resumable')[0].rstrip()} "
-                "ODP's columns are means over every photo; the hull's over the photos where a classic file fits "
-                "(how many in parentheses); a win is ODP better than the hull on that photo. "
-                "\"ODP before\": the mean PSNR of the file the encoder made before the refinement stage "
-                "(encoder version 6, `odp bench`'s cache: past the first stage, the photo coded 2x to 4x larger) "
-                "vs this one's, on the photos both have.\n\n")
+        command = (f"python -m odp.codec.evaluation.range {args.folder} --out {args.out}"
+                   f"{' --deep' if args.deep else ''}{' --extend' if args.extend else ''}"
+                   f"{f' --limit {args.limit}' if args.limit else ''}"
+                   f"{''.join(f' --hull-from {h}' for h in args.hull_from or ())}"
+                   f"{' --per-budget' if args.per_budget else ''} --report {args.report}")
+        if args.per_budget:
+            head = (f"# ODP's file for each budget against the classic hull\n\nGenerated by `{command}` "
+                    f"({len(results)} photos). Each budget is the file `odp encode --bytes` makes for it (version "
+                    "4, a base thumbnail and tokens, where one fits; how many photos in the third column), decoded "
+                    "as `odp decode` shows it; the hull is the earlier results' (the best classic file of no more "
+                    "bytes per metric). Means over the photos where a classic file fits (how many in "
+                    "parentheses); a win is ODP better than the hull on that photo.\n\n")
+        else:
+            head = (f"# The whole range of one ODP file against the classic hull\n\nGenerated by `{command}` "
+                    f"({len(results)} photos). Each photo{__doc__.split('Each photo', 1)[1].split('With --per-budget')[0].rstrip()} "
+                    "ODP's columns are means over every photo; the hull's over the photos where a classic file fits "
+                    "(how many in parentheses); a win is ODP better than the hull on that photo. "
+                    "\"ODP before\": the mean PSNR of the file the encoder made before the refinement stage "
+                    "(encoder version 6, `odp bench`'s cache: past the first stage, the photo coded 2x to 4x larger) "
+                    "vs this one's, on the photos both have.\n\n")
         args.report.write_text(head + table + "\n")
 
 
