@@ -6,6 +6,7 @@ or MS-SSIM. Smaller coding scales are encoded only when a goal needs them.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,9 +190,9 @@ class ScaleLadder:
             made[1] = Refined(data, tokens, so_far, refiner)
         return made[1]
 
-    def base_within(self, max_bytes: int) -> thumbnail.Base | None:
-        """The base thumbnail of a version-4 file within max_bytes: the best by PSNR within BASE_SHARE of
-        the bytes the header leaves (None without a base model, or where none fits)."""
+    def base_within(self, max_bytes: int, share: float = None) -> thumbnail.Base | None:
+        """The base thumbnail of a version-4 file within max_bytes: the best by PSNR within `share`
+        (BASE_SHARE) of the bytes the header leaves (None without a base model, or where none fits)."""
         if self.base_model is None:
             return None
         if self._thumbs is None:
@@ -202,7 +203,7 @@ class ScaleLadder:
                              m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
                              display_height=height, gray=self.p.gray, base_codec=1, base_shrink=1)
         framing = container.base_framing(h, max_bytes)
-        return self._thumbs.best_within(int((max_bytes - framing) * BASE_SHARE))
+        return self._thumbs.best_within(int((max_bytes - framing) * (BASE_SHARE if share is None else share)))
 
     def enlarged(self, scale: float) -> Coded:
         if scale not in self.larger:
@@ -398,9 +399,21 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
     whole = ladder.based(base)
     if len(whole.data) > max_bytes:
         try:
-            return truncate(whole.data, max_bytes=max_bytes)
+            cut = truncate(whole.data, max_bytes=max_bytes)
         except ValueError:  # the thumbnail's header leaves no room (not expected: the share left it some)
             return None
+        if container.read(cut).layers:
+            return cut
+        # The tokens' share holds no layer (a large image at the smallest budgets): the thumbnail takes the
+        # whole budget instead, and the file is that thumbnail with no layer (0 tokens: the model's enlargement)
+        bigger = ladder.base_within(max_bytes, share=1.0)
+        if bigger is None or bigger.data == base.data:
+            return cut
+        c = container.read(cut)
+        h = dataclasses.replace(c.header, base=bigger.data, base_codec=thumbnail.CODE[bigger.codec],
+                                base_shrink=bigger.shrink)
+        alone = container.write(container.Container(h, []))
+        return alone if len(alone) <= max_bytes else cut
     ext = ladder.based_extended(base)
     return whole.data if ext is None else extension_within(whole.data, ext, max_bytes, ladder.p.pixels)
 
