@@ -178,3 +178,22 @@ def test_a_file_of_the_earlier_base_model_decodes_with_it(photo, based):
     shown = np.asarray(odp.decode(old, device="cpu").convert("RGB"))
     first_cut = np.asarray(odp.decode(odp.truncate(old, tokens=1), device="cpu").convert("RGB"))
     assert psnr(ref, shown) > psnr(ref, first_cut) > 20
+
+
+def test_a_token_share_too_small_for_a_layer_goes_to_the_thumbnail(adaptive_photo):
+    """At 0.005 bpp of a 768x512 photo the tenth of the budget kept for tokens cannot hold one layer (a
+    token for each of 24 tiles): the file is then the thumbnail alone, chosen within the whole budget,
+    not the smaller thumbnail of 9/10 of it with the rest unused."""
+    from odp.codec import coding, ratecontrol
+    from odp.codec.imaging import Prepared
+
+    n = 245
+    data = odp.encode(adaptive_photo, bytes=n, device="cpu")
+    c = container.read(data)
+    assert c.header.version == 4 and not c.layers and len(data) <= n
+    engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
+    ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
+    share = ladder.base_within(n)  # 9/10 of what the header leaves
+    assert len(c.header.base) > len(share.data) and len(c.header.base) == len(ladder.base_within(n, share=1.0).data)
+    shown = np.asarray(odp.decode(data).convert("RGB"))
+    assert shown.shape == (512, 768, 3)
