@@ -6,8 +6,7 @@ or MS-SSIM. Smaller coding scales are encoded only when a goal needs them.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -190,7 +189,7 @@ class ScaleLadder:
             made[1] = Refined(data, tokens, so_far, refiner)
         return made[1]
 
-    def base_within(self, max_bytes: int, share: float = None) -> thumbnail.Base | None:
+    def base_within(self, max_bytes: int, share: float | None = None) -> thumbnail.Base | None:
         """The base thumbnail of a version-4 file within max_bytes: the best by PSNR within `share`
         (BASE_SHARE) of the bytes the header leaves (None without a base model, or where none fits)."""
         if self.base_model is None:
@@ -402,15 +401,15 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
             cut = truncate(whole.data, max_bytes=max_bytes)
         except ValueError:  # the thumbnail's header leaves no room (not expected: the share left it some)
             return None
-        if container.read(cut).layers:
+        c = container.read(cut)
+        if c.layers:
             return cut
         # The tokens' share holds no layer (a large image at the smallest budgets): the thumbnail takes the
         # whole budget instead, and the file is that thumbnail with no layer (0 tokens: the model's enlargement)
         bigger = ladder.base_within(max_bytes, share=1.0)
         if bigger is None or bigger.data == base.data:
             return cut
-        c = container.read(cut)
-        h = dataclasses.replace(c.header, base=bigger.data, base_codec=thumbnail.CODE[bigger.codec],
+        h = replace(c.header, base=bigger.data, base_codec=thumbnail.CODE[bigger.codec],
                                 base_shrink=bigger.shrink)
         alone = container.write(container.Container(h, []))
         return alone if len(alone) <= max_bytes else cut

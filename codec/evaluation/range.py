@@ -140,8 +140,8 @@ def measure_per_budget(path: Path, budgets, metric_names, known: dict) -> dict:
         t0 = time.perf_counter()
         data = odp.encode(Image.fromarray(pixels), bytes=budget_bytes(b, w, h), device="cpu")
         seconds += time.perf_counter() - t0
-        version = data[4]
-        odp_[str(b)] = {"bytes": len(data), "bpp": len(data) * 8 / (w * h), "version": version,
+        odp_[str(b)] = {"bytes": len(data), "bpp": len(data) * 8 / (w * h),
+                        "version": container.read(data).header.version,
                         **score(np.asarray(odp.decode(data).convert("RGB")))}
     return {"image": str(path), "width": w, "height": h, "encode_seconds": seconds / len(budgets),
             "odp": odp_, "hull": known["hull"], "codecs": {}}
@@ -223,9 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         kind = "-extended" if args.extend else "-per-budget" if args.per_budget else ""
         cached = args.out / f"{stem}-{'deep' if args.deep else 'plain'}{kind}.json"
         if not cached.exists():
+            # the same photo's earlier result of this kind; for --per-budget its range and extended results,
+            # their hulls joined
+            tag = "deep" if args.deep else "plain"
+            priors = [f"{stem}-{tag}.json", f"{stem}-{tag}-extended.json"] if args.per_budget else [cached.name]
             known = None
-            for folder in args.hull_from or ():  # the same photo's earlier results, their hulls joined
-                for prior in sorted(folder.glob(f"{stem}-{'deep' if args.deep else 'plain'}*.json")):
+            for prior in (folder / name for folder in args.hull_from or () for name in priors):
+                if prior.exists():
                     doc = json.loads(prior.read_text())
                     known = doc if known is None else {**known, "hull": {**known["hull"], **doc["hull"]}}
             if args.per_budget:
