@@ -41,7 +41,8 @@ MAGIC_V1 = b"\x89ODP\r\n\x1a\n"
 VERSION = 2                 # a file of one stage
 STAGED_VERSION = 3          # a file with refinement stages after the first
 BASE_VERSION = 4            # a file whose first stage refines a classic codec's thumbnail (the base)
-BASE_CODECS = {1: "avif", 2: "webp", 3: "avif-packed"}  # the base's codec by its byte (docs/format.md)
+BASE_CODECS = {1: "avif", 2: "webp", 3: "avif-packed", 4: "avif-frame", 5: "webp-frame"}  # the base's codec and
+                            # how it is stored, by its byte (docs/format.md; codec/thumbnail.py packs them)
 MAX_BASE_SHRINK = 16        # the base is the image shrunk at most this many times each side
 MAX_STAGES = 4              # stages in a file, the first included
 STAGE_KINDS = {1: "refine"}  # a later stage's kind: 1 codes what the stages before missed, its model
@@ -192,7 +193,8 @@ class Header:
                 raise FormatError(f"{name} of {len(blob)} bytes exceeds {MAX_METADATA} bytes")
         if self.base_codec or self.base:
             if self.base_codec not in BASE_CODECS:
-                raise FormatError(f"base thumbnail codec {self.base_codec} is unknown to this reader")
+                raise FormatError(f"base thumbnail codec {self.base_codec} is unknown to this reader: "
+                                  "the file needs a newer ODP")
             if not 1 <= self.base_shrink <= MAX_BASE_SHRINK:
                 raise FormatError(f"base thumbnail shrink {self.base_shrink} is outside 1..{MAX_BASE_SHRINK}")
             if not 1 <= len(self.base) <= MAX_HEADER:
@@ -237,7 +239,8 @@ class Container:
 # --------------------------------------------------------------------------- writing
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """LEB128: 7 bits a byte, low first (also the length fields of AV1 OBUs)."""
     out = bytearray()
     while True:
         out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
@@ -275,16 +278,16 @@ def _model_fields(h: Header) -> list[bytes]:
     code = {v: k for k, v in ENTROPY_MODELS.items()}.get(h.entropy_model)
     if code is None:
         raise FormatError(f"entropy model {h.entropy_model!r} has no code in this format version")
-    return [_varint(h.width), _varint(h.height), bytes([h.tile.bit_length() - 1]), _varint(h.tokens),
+    return [varint(h.width), varint(h.height), bytes([h.tile.bit_length() - 1]), varint(h.tokens),
             h.model_id, bytes([code])]
 
 
 def _layer_table(layers: list[Layer]) -> list[bytes]:
-    f, prev = [_varint(len(layers))], 0
+    f, prev = [varint(len(layers))], 0
     for x in layers:
         if x.check is None:
             raise FormatError("every version-2 layer needs its token check")
-        f += [_varint(x.level - prev), _varint(len(x.data) // 4), struct.pack("<H", x.check)]
+        f += [varint(x.level - prev), varint(len(x.data) // 4), struct.pack("<H", x.check)]
         prev = x.level
     return f
 
@@ -302,16 +305,16 @@ def pack_header(h: Header, layers: list[Layer], stages_after: int = 0) -> bytes:
     flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
              | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0) | (FLAG_GRAY if h.gray else 0))
     f = [bytes([flags]), *_model_fields(h)]
-    f += [_varint(len(h.icc)), h.icc] if h.icc else []
-    f += [_varint(len(h.exif)), h.exif] if h.exif else []
+    f += [varint(len(h.icc)), h.icc] if h.icc else []
+    f += [varint(len(h.exif)), h.exif] if h.exif else []
     f += [h.weights, h.caps]
-    f += [_varint(h.display_size[0]), _varint(h.display_size[1])] if h.scaled else []
-    f += [bytes([h.base_codec, h.base_shrink]), _varint(len(h.base)), h.base] if h.base else []
+    f += [varint(h.display_size[0]), varint(h.display_size[1])] if h.scaled else []
+    f += [bytes([h.base_codec, h.base_shrink]), varint(len(h.base)), h.base] if h.base else []
     f += _layer_table(layers)
-    f += [_varint(stages_after)] if stages_after or h.base else []
+    f += [varint(stages_after)] if stages_after or h.base else []
     fields = b"".join(f)
     version = BASE_VERSION if h.base else STAGED_VERSION if stages_after else VERSION
-    head = bytes([version]) + _varint(len(fields)) + fields
+    head = bytes([version]) + varint(len(fields)) + fields
     return head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -331,7 +334,7 @@ def pack_stage_header(h: Header, layers: list[Layer]) -> bytes:
     check_layers(h, [x.level for x in layers], [len(x.data) for x in layers])
     flags = (FLAG_WEIGHTS if h.weights else 0) | (FLAG_CAPS if h.caps else 0)
     fields = b"".join([bytes([h.kind, flags]), *_model_fields(h), h.weights, h.caps, *_layer_table(layers)])
-    head = _varint(len(fields)) + fields
+    head = varint(len(fields)) + fields
     return head + struct.pack("<I", zlib.crc32(head))
 
 

@@ -103,10 +103,11 @@ def test_a_damaged_or_wrong_sized_thumbnail_is_refused_in_one_line(based, photo)
             call(broken)
         assert "\n" not in str(e.value)
     other = photo.resize((photo.width // h.base_shrink + 3, photo.height // h.base_shrink))
-    codec = thumbnail.PICTURE[container.BASE_CODECS[h.base_codec]]
-    stored, data = thumbnail.pack(codec, helpers.encode_bytes(other, {"avif": "AVIF", "webp": "WEBP"}[codec], quality=30))
-    assert stored == container.BASE_CODECS[h.base_codec]
-    wrong = _with_base(based, data)
+    codec = thumbnail.PICTURE[container.BASE_CODECS[h.base_codec]]  # stored as the codec's plain file, which
+    c = container.read(based)                                          # holds its own size (a frame form cannot
+    c.header.base_codec = thumbnail.CODE[codec]                        # disagree: the header gives it its size)
+    c.header.base = helpers.encode_bytes(other, {"avif": "AVIF", "webp": "WEBP"}[codec], quality=30)
+    wrong = container.write(c)
     with pytest.raises(FormatError, match=r"base thumbnail is \d+x\d+, not the"):
         odp.decode(wrong)
 
@@ -121,37 +122,59 @@ def test_a_file_with_a_base_opens_in_pillow(based, photo, tmp_path):
         assert np.array_equal(helpers.pixels(im), helpers.pixels(odp.decode(based)))
 
 
-def _with_avif_base(based: bytes, photo: Image.Image, packed: bool) -> bytes:
-    """`based` with its base replaced by an AVIF thumbnail of the photo, stored packed (codec 3) or as the
-    plain AVIF file (codec 1, what files held before packing)."""
+def _with_stored_base(based: bytes, photo: Image.Image, codec: str, stored: str) -> bytes:
+    """`based` with its base replaced by a thumbnail of the photo by `codec`, in the stored form `stored`:
+    the codec's plain file (what the first version-4 files held), AVIF packed, or a frame form."""
     c = container.read(based)
     small = thumbnail.shrink(helpers.pixels(photo), c.header.base_shrink)
-    avif = thumbnail.encode(small, "avif", 20)
-    stored, data = thumbnail.pack("avif", avif) if packed else ("avif", avif)
+    plain = thumbnail.encode(small, codec, 20)
+    data = plain
+    if stored != codec:
+        thumbnail.STORED[codec] = (stored,)  # this form only, for this call
+        try:
+            got, data = thumbnail.pack(codec, plain, small.size)
+        finally:
+            thumbnail.STORED.update(avif=("avif-frame", "avif-packed"), webp=("webp-frame",))
+        assert got == stored
     c.header.base_codec, c.header.base = thumbnail.CODE[stored], data
     return container.write(c)
 
 
-def test_an_avif_base_is_stored_packed_and_a_plain_one_still_decodes(based, photo):
-    """Packing drops about 250 bytes of AVIF boxes from each thumbnail and gives back the same file:
-    packed (codec 3) and plain (codec 1) bases decode to the same picture."""
-    packed, plain = _with_avif_base(based, photo, True), _with_avif_base(based, photo, False)
-    hp, hq = container.read(packed).header, container.read(plain).header
-    assert (hp.base_codec, hq.base_codec) == (3, 1)
-    assert len(hq.base) - len(hp.base) >= 200 and len(plain) - len(packed) >= 200
-    assert thumbnail.unpack("avif-packed", hp.base) == hq.base
-    assert np.array_equal(helpers.pixels(odp.decode(packed)), helpers.pixels(odp.decode(plain)))
-    assert odp.info(packed).base == odp.info(plain).base == "avif"
+@pytest.mark.parametrize("codec, forms", [("avif", ("avif", "avif-packed", "avif-frame")),
+                                          ("webp", ("webp", "webp-frame"))])
+def test_a_base_is_stored_in_its_smallest_form_and_every_form_decodes_alike(based, photo, codec, forms):
+    """Packing drops about 250 bytes of AVIF boxes, the frame forms everything the thumbnail's size and
+    length fix (35 more bytes for AVIF, 27 for WebP): each form gives back the same file, so every form
+    decodes to the same picture, and old files (plain, packed) keep decoding."""
+    files = {form: _with_stored_base(based, photo, codec, form) for form in forms}
+    sizes = [len(container.read(files[form]).header.base) for form in forms]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[0] - sizes[-1] >= (280 if codec == "avif" else 27)
+    pictures = [helpers.pixels(odp.decode(data)) for data in files.values()]
+    assert all(np.array_equal(pictures[0], p) for p in pictures[1:])
+    assert {odp.info(data).base for data in files.values()} == {codec}
     assert hashlib.sha256(thumbnail.AVIF_BOXES).hexdigest()[:16] == "f93a60555bb17c5a"  # part of the format
-    for b in (300, 1000, 3000):  # what the encoder writes: AVIF bases packed
+    for b in (300, 1000, 3000):  # what the encoder writes: the frame forms
         h = container.read(odp.encode(photo, bytes=b, device="cpu")).header
-        assert container.BASE_CODECS[h.base_codec] in ("avif-packed", "webp")
+        assert container.BASE_CODECS[h.base_codec] in ("avif-frame", "webp-frame")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (33, 20), (100, 75), (384, 256), (768, 512)])
+def test_frame_forms_rebuild_the_file_pillow_wrote(photo, size):
+    """The reader rebuilds the AVIF boxes, AV1 sequence header and WebP chunk headers from the size and the
+    frame's length alone: exactly the encoder's file, at every size and quality the encoder uses."""
+    small = photo.resize(size, Image.LANCZOS)
+    for codec in ("avif", "webp"):
+        for q in (thumbnail.QUALITIES[codec].start, thumbnail.QUALITIES[codec].stop - 1):
+            plain = thumbnail.encode(small, codec, q)
+            stored, data = thumbnail.pack(codec, plain, size)
+            assert stored == codec + "-frame" and thumbnail.unpack(stored, data, size) == plain
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbage", "bomb"])
 def test_bad_packed_avif_boxes_are_refused_in_one_line(based, photo, damage):
     """Untrusted input: boxes that do not inflate, stop short, or inflate past MAX_AVIF_BOXES."""
-    c = container.read(_with_avif_base(based, photo, True))
+    c = container.read(_with_stored_base(based, photo, "avif", "avif-packed"))
     base = c.header.base
     z = __import__("zlib").compressobj(9, 8, -15, 9, 0, zdict=thumbnail.AVIF_BOXES)
     c.header.base = {"cut": base[:6], "garbage": b"\xff" * 40 + base,
@@ -161,6 +184,28 @@ def test_bad_packed_avif_boxes_are_refused_in_one_line(based, photo, damage):
         with pytest.raises(FormatError, match="base thumbnail") as e:
             call(bad)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("form", ["avif-frame", "webp-frame"])
+@pytest.mark.parametrize("damage", ["cut", "garbage", "tiny", "huge"])
+def test_a_bad_frame_base_is_refused_in_one_line(based, photo, form, damage):
+    """Untrusted input: a frame cut short, replaced by garbage, of a byte or two, or declared (by the
+    header's size) too large for its codec."""
+    c = container.read(_with_stored_base(based, photo, form.split("-")[0], form))
+    base = c.header.base
+    c.header.base = {"cut": base[:len(base) // 2], "garbage": bytes(range(256)) * 2, "tiny": base[:2],
+                     "huge": base}[damage]
+    if damage == "huge":  # a thumbnail as large as the image itself, the display size made too large for it
+        c.header.base_shrink, c.header.display_width, c.header.display_height = 1, 17000, 9000
+        c.header.width, c.header.height = 17000, 9000
+        c.header.weights = c.header.caps = b""
+        c.layers, c.stages = [], []
+    bad = container.write(c)
+    for call in (odp.decode, odp.verify):
+        with pytest.raises(FormatError, match="base thumbnail|corrupt") as e:
+            call(bad)
+        assert "\n" not in str(e.value)
+        assert damage != "huge" or "too large for" in str(e.value)
 
 
 def test_a_file_of_the_earlier_base_model_decodes_with_it(photo, based):
