@@ -27,11 +27,12 @@ QUALITIES = {"avif": range(0, 51), "webp": range(0, 81)}   # the qualities the m
 SHRINKS = (1, 2, 4, 8)
 CODE = {name: code for code, name in BASE_CODECS.items()}
 
-# An AVIF base is stored packed (codec "avif-packed"): the boxes before its coded image (ftyp, meta and the
-# mdat box's header: about 275 bytes that differ between thumbnails only in sizes and a few fields) raw-
-# deflated against AVIF_BOXES, to about 20 bytes; the coded image follows as it is. At 0.01 bpp of a
-# 768x512 photo (491 bytes) those boxes would be half the budget. AVIF_BOXES is part of the format
-# (docs/format.md): the boxes of one thumbnail as Pillow 13 (libavif) wrote them, frozen here for good.
+# An AVIF base may be stored packed (codec "avif-packed": what the encoder wrote before the frame forms below,
+# and their fallback): the boxes before its coded image (ftyp, meta and the mdat box's header: about 275
+# bytes that differ between thumbnails only in sizes and a few fields) raw-deflated against AVIF_BOXES, to
+# about 20 bytes; the coded image follows as it is. At 0.01 bpp of a 768x512 photo (491 bytes) those boxes
+# would be half the budget. AVIF_BOXES is part of the format (docs/format.md): the boxes of one thumbnail as
+# Pillow 13 (libavif) wrote them, frozen here for good; the frame forms rebuild them from it too.
 AVIF_BOXES = bytes.fromhex(
     "00000020667479706176696600000000617669666d6966316d6961664d413142000000eb6d6574610000000000000021"
     "68646c72000000000000000070696374000000000000000000000000000000000e7069746d0000000000010000001e69"
@@ -150,10 +151,10 @@ def _obus(data: bytes, pos: int) -> list[tuple[int, bytes]] | None:
     return out
 
 
-def pack(codec: str, data: bytes, size: tuple[int, int]) -> tuple[str, bytes]:
-    """(stored codec, bytes): a codec's file of a `size` picture as a version-4 file holds it, in the
-    smallest form that gives back exactly the same file (else the file as it is)."""
-    for stored in STORED[codec]:
+def pack(codec: str, data: bytes, size: tuple[int, int], forms: tuple[str, ...] = ()) -> tuple[str, bytes]:
+    """(stored codec, bytes): a codec's file of a `size` picture as a version-4 file holds it, in the first
+    of `forms` (default STORED[codec], smallest first) that gives back exactly the same file, else as it is."""
+    for stored in forms or STORED[codec]:
         if stored == "avif-packed":
             cut = _coded_image_start(data)
             if cut is None:

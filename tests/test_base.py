@@ -130,11 +130,7 @@ def _with_stored_base(based: bytes, photo: Image.Image, codec: str, stored: str)
     plain = thumbnail.encode(small, codec, 20)
     data = plain
     if stored != codec:
-        thumbnail.STORED[codec] = (stored,)  # this form only, for this call
-        try:
-            got, data = thumbnail.pack(codec, plain, small.size)
-        finally:
-            thumbnail.STORED.update(avif=("avif-frame", "avif-packed"), webp=("webp-frame",))
+        got, data = thumbnail.pack(codec, plain, small.size, forms=(stored,))
         assert got == stored
     c.header.base_codec, c.header.base = thumbnail.CODE[stored], data
     return container.write(c)
