@@ -196,13 +196,19 @@ class ScaleLadder:
             return None
         if self._thumbs is None:
             self._thumbs = thumbnail.Candidates(self.p.pixels)
+        framing = container.base_framing(self.based_header(), max_bytes)
+        return self._thumbs.best_within(int((max_bytes - framing) * (BASE_SHARE if share is None else share)))
+
+    def based_header(self, base: thumbnail.Base | None = None) -> container.Header:
+        """The header of a version-4 file on `base` (as stream.pack writes it; without one, a placeholder
+        base for measuring the framing)."""
         height, width = self.p.pixels.shape[:2]
         m, s = self.base_model, self.base_model.scale
-        h = container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
-                             m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
-                             display_height=height, gray=self.p.gray, base_codec=1, base_shrink=1)
-        framing = container.base_framing(h, max_bytes)
-        return self._thumbs.best_within(int((max_bytes - framing) * (BASE_SHARE if share is None else share)))
+        kind = (1, 1, b"") if base is None else (thumbnail.CODE[base.codec], base.shrink, base.data)
+        return container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
+                                m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
+                                display_height=height, gray=self.p.gray, base_codec=kind[0], base_shrink=kind[1],
+                                base=kind[2])
 
     def enlarged(self, scale: float) -> Coded:
         if scale not in self.larger:
@@ -401,20 +407,18 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
             cut = truncate(whole.data, max_bytes=max_bytes)
         except ValueError:  # the thumbnail's header leaves no room (not expected: the share left it some)
             return None
-        c = container.read(cut)
-        if c.layers:
-            return cut
-        # The tokens' share holds no layer (a large image at the smallest budgets): the thumbnail takes the
-        # whole budget instead, and the file is that thumbnail with no layer (0 tokens: the model's enlargement)
-        bigger = ladder.base_within(max_bytes, share=1.0)
-        if bigger is None or bigger.data == base.data:
-            return cut
-        h = replace(c.header, base=bigger.data, base_codec=thumbnail.CODE[bigger.codec],
-                                base_shrink=bigger.shrink)
-        alone = container.write(container.Container(h, []))
-        return alone if len(alone) <= max_bytes else cut
+        return cut if container.read(cut).layers else thumbnail_alone(ladder, base, max_bytes)
     ext = ladder.based_extended(base)
     return whole.data if ext is None else extension_within(whole.data, ext, max_bytes, ladder.p.pixels)
+
+
+def thumbnail_alone(ladder: ScaleLadder, base: thumbnail.Base, max_bytes: int) -> bytes:
+    """Where the tokens' share of a budget holds no layer (a large image at the smallest budgets), the
+    thumbnail takes the whole budget instead: the file is that thumbnail with no layer (0 tokens, the base
+    model's enlargement of it)."""
+    bigger = ladder.base_within(max_bytes, share=1.0) or base
+    alone = container.write(container.Container(ladder.based_header(bigger), []))
+    return alone if len(alone) <= max_bytes else container.write(container.Container(ladder.based_header(base), []))
 
 
 def within(ladder: ScaleLadder, max_bytes: int) -> bytes:

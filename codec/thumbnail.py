@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..formats.container import BASE_CODECS, FormatError, Header, varint
+from ..formats.container import BASE_CODECS, FormatError, Header, Reader, varint
 from .quality import psnr
 
 # Pillow's format name and encoder settings per base codec: those the refinement model was trained on
@@ -120,14 +120,19 @@ def _webp_from_frame(frame: bytes, size: tuple[int, int]) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
 
 
-def _frame_of(stored: str, data: bytes) -> bytes | None:
-    """The bytes a frame form keeps of a codec's file, or None where the file is not laid out so."""
+def _stored_form(stored: str, data: bytes) -> bytes | None:
+    """The bytes a stored form keeps of a codec's file, or None where the file is not laid out so."""
     if stored == "webp-frame":
         if data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8 " or data[23:26] != b"\x9d\x01\x2a":
             return None
         return data[20:23] + data[30:20 + struct.unpack("<I", data[16:20])[0]]
     cut = _coded_image_start(data)
-    obus = None if cut is None else _obus(data, cut)
+    if cut is None:
+        return None
+    if stored == "avif-packed":
+        z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=AVIF_BOXES)
+        return z.compress(data[:cut]) + z.flush() + data[cut:]
+    obus = _obus(data, cut)
     if obus is None or [kind for kind, _ in obus] != [AV1_DELIMITER[0], AV1_SEQUENCE_OBU, AV1_FRAME_OBU]:
         return None
     return obus[2][1]
@@ -135,19 +140,13 @@ def _frame_of(stored: str, data: bytes) -> bytes | None:
 
 def _obus(data: bytes, pos: int) -> list[tuple[int, bytes]] | None:
     """(header byte, payload) of each AV1 OBU from `pos` to the end, each with its size field; None if not so."""
-    out = []
-    while pos < len(data):
-        kind, n, shift, pos = data[pos], 0, 0, pos + 1
-        while True:
-            if pos >= len(data) or shift > 28:
-                return None
-            n, shift, pos = n | (data[pos] & 0x7F) << shift, shift + 7, pos + 1
-            if not data[pos - 1] & 0x80:
-                break
-        if pos + n > len(data):
-            return None
-        out.append((kind, data[pos:pos + n]))
-        pos += n
+    r, out = Reader(data, "AV1 data", pos), []
+    try:
+        while r.pos < len(data):
+            kind = r.u8()
+            out.append((kind, r.take(r.varint(len(data), "an OBU size"))))
+    except FormatError:
+        return None
     return out
 
 
@@ -155,17 +154,10 @@ def pack(codec: str, data: bytes, size: tuple[int, int], forms: tuple[str, ...] 
     """(stored codec, bytes): a codec's file of a `size` picture as a version-4 file holds it, in the first
     of `forms` (default STORED[codec], smallest first) that gives back exactly the same file, else as it is."""
     for stored in forms or STORED[codec]:
-        if stored == "avif-packed":
-            cut = _coded_image_start(data)
-            if cut is None:
-                continue
-            z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=AVIF_BOXES)
-            packed = z.compress(data[:cut]) + z.flush() + data[cut:]
-        else:
-            packed = _frame_of(stored, data)
+        kept = _stored_form(stored, data)
         try:
-            if packed is not None and unpack(stored, packed, size) == data:
-                return stored, packed
+            if kept is not None and unpack(stored, kept, size) == data:
+                return stored, kept
         except FormatError:
             pass
     return codec, data

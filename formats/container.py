@@ -349,7 +349,7 @@ def write(c: Container) -> bytes:
 # --------------------------------------------------------------------------- reading
 
 
-class _Reader:
+class Reader:
     """Bounds-checked cursor over untrusted bytes."""
 
     def __init__(self, data: bytes, what: str, pos: int = 0):
@@ -406,7 +406,7 @@ def header_size(prefix: bytes) -> int | None:
     """Bytes up to the first layer, from a file's first 16 bytes (None: not an .odp file)."""
     if not is_odp(prefix):
         return None
-    r = _Reader(prefix, "file header")
+    r = Reader(prefix, "file header")
     if prefix.startswith(MAGIC_V1):
         r.pos = len(MAGIC_V1)
         n = r.u32()
@@ -429,7 +429,7 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         raise FormatError("not an ODP file (wrong magic bytes)")
     if data.startswith(MAGIC_V1):
         return _read_v1(data, max_pixels)
-    r = _Reader(data, "file header", len(MAGIC) + 1)
+    r = Reader(data, "file header", len(MAGIC) + 1)
     n = r.varint(MAX_HEADER, "a header length")
     if len(data) < r.pos + n + 4:
         holds = ", which holds its base thumbnail" if data[len(MAGIC)] == BASE_VERSION else ""
@@ -438,7 +438,7 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     fields = r.take(n)
     if r.u32() != zlib.crc32(data[len(MAGIC):r.pos - 4]):
         raise FormatError("header checksum mismatch: the file is corrupt")
-    f = _Reader(fields, "header")
+    f = Reader(fields, "header")
     flags = f.u8()
     if flags & ~FLAGS:
         raise FormatError(f"header has unknown flags {flags:#04x}")
@@ -473,7 +473,7 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
     return h, layers, r.pos
 
 
-def _read_model_fields(f: _Reader) -> tuple[int, int, int, int, bytes, str]:
+def _read_model_fields(f: Reader) -> tuple[int, int, int, int, bytes, str]:
     """(width, height, tile, tokens, model id, entropy model): what _model_fields wrote."""
     w, hgt = f.varint(MAX_SIDE, "a width"), f.varint(MAX_SIDE, "a height")
     log_tile = f.u8()
@@ -486,7 +486,7 @@ def _read_model_fields(f: _Reader) -> tuple[int, int, int, int, bytes, str]:
     return w, hgt, 1 << log_tile, tokens, model_id, ENTROPY_MODELS[code]
 
 
-def _read_layer_table(f: _Reader) -> list[tuple[int, int, int]]:
+def _read_layer_table(f: Reader) -> list[tuple[int, int, int]]:
     count = f.varint(MAX_LEVEL, "a layer count")
     layers, level = [], 0
     for _ in range(count):
@@ -500,7 +500,7 @@ def _read_stage_header(data: bytes, pos: int, first: Header,
                        max_pixels) -> tuple[Header, list[tuple[int, int, int]], int] | None:
     """A later stage's header at `pos` -> (header, layer table, offset of its first layer), or None
     when the file ends before the header does (a download cut there: the stage did not arrive)."""
-    r = _Reader(data, "stage header", pos)
+    r = Reader(data, "stage header", pos)
     try:
         n = r.varint(MAX_HEADER, "a stage header length")
     except FormatError:
@@ -512,7 +512,7 @@ def _read_stage_header(data: bytes, pos: int, first: Header,
     fields = r.take(n)
     if r.u32() != zlib.crc32(data[pos:r.pos - 4]):
         raise FormatError("stage header checksum mismatch: the file is corrupt")
-    f = _Reader(fields, "stage header")
+    f = Reader(fields, "stage header")
     kind, flags = f.u8(), f.u8()
     if kind not in STAGE_KINDS:
         raise FormatError(f"stage kind {kind} is unknown to this reader")
@@ -536,14 +536,14 @@ def _read_stage_header(data: bytes, pos: int, first: Header,
 
 
 def _read_v1(data: bytes, max_pixels) -> tuple[Header, list[tuple[int, int, int | None]], int]:
-    r = _Reader(data, "file header", len(MAGIC_V1))
+    r = Reader(data, "file header", len(MAGIC_V1))
     n = r.u32()
     if n > MAX_HEADER:
         raise FormatError(f"header declares {n} bytes, over the limit of {MAX_HEADER}")
     head = r.take(n)
     if r.u32() != zlib.crc32(head):
         raise FormatError("header checksum mismatch: the file is corrupt")
-    f = _Reader(head, "header")
+    f = Reader(head, "header")
     version, _flags, w, hgt, tile, tokens, kept, g, whash = f.unpack(_V1_FIXED)
     if version != 1:
         raise FormatError(f"ODP format version {version} is not supported (this reader knows versions 1 to {BASE_VERSION})")
@@ -565,7 +565,7 @@ def _read_v1(data: bytes, max_pixels) -> tuple[Header, list[tuple[int, int, int 
 def _read_layers(data: bytes, h: Header, table, pos: int) -> tuple[Container, int]:
     """The layers of one stage from `pos` -> (its container, offset after them); complete=False when
     the file ends inside them (those that arrived whole are kept)."""
-    r = _Reader(data, "payload", pos)
+    r = Reader(data, "payload", pos)
     layers: list[Layer] = []
     declared = table[-1][0] if table else 0
     for i, (level, n, check) in enumerate(table):

@@ -15,7 +15,7 @@ from PIL import Image
 import helpers
 import odp
 from odp.cli.main import main
-from odp.codec import registry, thumbnail
+from odp.codec import registry, stream, thumbnail
 from odp.formats import container
 from odp.formats.container import FormatError
 
@@ -235,6 +235,12 @@ def test_a_token_share_too_small_for_a_layer_goes_to_the_thumbnail(adaptive_phot
     engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
     ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
     share = ladder.base_within(n)  # 9/10 of what the header leaves
-    assert len(c.header.base) > len(share.data) and len(c.header.base) == len(ladder.base_within(n, share=1.0).data)
+    whole_budget = ladder.base_within(n, share=1.0)
+    assert len(c.header.base) > len(share.data) and c.header.base == whole_budget.data
+    # the file it would have been: every token on the smaller thumbnail coded, then cut (no layer fits)
+    cut = container.read(stream.truncate(ladder.based(share).data, max_bytes=n))
+    assert not cut.layers
+    alone = [container.write(container.Container(ladder.based_header(b), [])) for b in (share, whole_budget)]
+    assert container.write(container.Container(cut.header, [])) == alone[0] and data == alone[1]
     shown = np.asarray(odp.decode(data).convert("RGB"))
     assert shown.shape == (512, 768, 3)
