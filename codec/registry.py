@@ -126,6 +126,13 @@ def installed() -> list[Path]:
     return sorted(p for p in WEIGHTS_DIR.glob("*.safetensors") if "." not in p.stem)
 
 
+def use_folders(models: Path, contexts: Path) -> None:
+    """Read the models and context models from these folders instead of the package's (the binary's
+    unpacked copies of its packed weights, codec/packed.py)."""
+    global WEIGHTS_DIR, CONTEXT_DIR
+    WEIGHTS_DIR, CONTEXT_DIR = models, contexts
+
+
 def check_pinned(path: Path) -> bytes:
     """The file's sha256, after checking a shipped name's pinned hash (ModelNotFound if it differs)."""
     digest = file_sha256(path)
@@ -239,6 +246,8 @@ def path_by_hash(sha256: bytes, name_hint: str = "") -> Path:
     for path in candidates:
         if file_sha256(path).startswith(sha256):
             return path
+    known = [name for name, pinned in SHIPPED_SHA256.items() if pinned.startswith(sha256.hex())]
+    name_hint = name_hint or (known[0] if len(known) == 1 else "")  # a shipped model left out (the binary)
     named = f"model '{name_hint}'" if name_hint else "a model"
     raise ModelNotFound(f"this file needs {named} with weights {sha256.hex()[:16]}, which is not installed")
 
