@@ -199,11 +199,13 @@ class ScaleLadder:
         framing = container.base_framing(self.based_header(), max_bytes)
         return self._thumbs.best_within(int((max_bytes - framing) * (BASE_SHARE if share is None else share)))
 
-    def based_header(self, base: thumbnail.Base | None = None) -> container.Header:
+    def based_header(self, base: thumbnail.Base | None = None, alone: bool = False) -> container.Header:
         """The header of a version-4 file on `base` (as stream.pack writes it; without one, a placeholder
-        base for measuring the framing)."""
+        base for measuring the framing); `alone`: of the file that is the thumbnail with no token layer,
+        which names the model trained to draw it (registry.thumbnail_model)."""
         height, width = self.p.pixels.shape[:2]
-        m, s = self.base_model, self.base_model.scale
+        m = registry.thumbnail_model(self.base_model) if alone else self.base_model
+        s = m.scale
         kind = (1, 1, b"") if base is None else (thumbnail.CODE[base.codec], base.shrink, base.data)
         return container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
                                 m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
@@ -414,11 +416,12 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
 
 def thumbnail_alone(ladder: ScaleLadder, base: thumbnail.Base, max_bytes: int) -> bytes:
     """Where the tokens' share of a budget holds no layer (a large image at the smallest budgets), the
-    thumbnail takes the whole budget instead: the file is that thumbnail with no layer (0 tokens, the base
-    model's enlargement of it)."""
+    thumbnail takes the whole budget instead: the file is that thumbnail with no layer, drawn by the model
+    trained for that (0 tokens: a learned enlargement of it)."""
     bigger = ladder.base_within(max_bytes, share=1.0) or base
-    alone = container.write(container.Container(ladder.based_header(bigger), []))
-    return alone if len(alone) <= max_bytes else container.write(container.Container(ladder.based_header(base), []))
+    alone = container.write(container.Container(ladder.based_header(bigger, alone=True), []))
+    return alone if len(alone) <= max_bytes else container.write(
+        container.Container(ladder.based_header(base, alone=True), []))
 
 
 def within(ladder: ScaleLadder, max_bytes: int) -> bytes:

@@ -41,6 +41,9 @@ SHIPPED_SHA256 = {
     "odp-classic-x2-v1": "185c74a3b097420c6eacd6fa67773d636aa77359ed3b4265407c46d0a4ec7bdc",
     # v1's encoder with a decoder fine-tuned for few tokens (step 800 of odp-classic-x2-short): new version-4 files
     "odp-classic-x2-v2": "9c4623f055b575699f5bca5ed1a0d85c7787daf146a2532118893e082cbd965c",
+    # v2 with its decoder fine-tuned at 0 tokens on 1/4-1/8 thumbnails (step 2000 of odp-classic-x2-enlarge):
+    # what version-4 files holding their thumbnail alone name (the smallest budgets)
+    "odp-thumbnail-x2-v1": "69756d82fbce172a67aa60382f42b2bb810209d437c08ca82ecc7df116089b9d",
 }
 CONTEXT_DIR = Path(__file__).parents[1] / "entropy" / "weights"
 CONTEXT_SHA256 = {
@@ -70,6 +73,8 @@ class Entry:
     scale: int = 1                           # ... and how many times each side of its picture it codes
     base: str = ""                           # "classic": the first stage of a version-4 file, refining its base
                                              # thumbnail (codec/thumbnail.py), coded at `scale` times the image
+    thumbnail_only: bool = False             # ... trained to draw such a file that holds no token layer (its
+                                             # thumbnail alone): what those files name (thumbnail_model)
 
     @property
     def tile(self) -> int:
@@ -171,11 +176,12 @@ def entry_at(path: Path) -> Entry:
         refines, scale = bytes.fromhex(meta.get("refines", "")), int(meta.get("scale", "1"))
     except ValueError:
         raise ModelNotFound(f"weights file {path.name} names a malformed refined model or scale") from None
-    base = meta.get("base", "")
-    if (refines or base) and not (config.get("conditioned") and 2 <= scale <= 4) or base not in ("", "classic"):
+    base, thumbnail_only = meta.get("base", ""), meta.get("thumbnail_only", "") == "1"
+    if ((refines or base) and not (config.get("conditioned") and 2 <= scale <= 4) or base not in ("", "classic")
+            or thumbnail_only and base != "classic"):
         raise ModelNotFound(f"weights file {path.name} does not fit this version of ODP's model code")
     return Entry(name, digest, path, config, tables, entropy_model, contexts, _allocation_for(path), refines, scale,
-                 base)
+                 base, thumbnail_only)
 
 
 def _contexts_for(tokenizer_sha256: bytes) -> tuple[tuple[str, Path], ...]:
@@ -268,9 +274,19 @@ def base_model() -> Entry | None:
     the newest by name, as refinement_for picks."""
     for path in reversed(installed()):
         other = entry_at(path)
-        if other.base == "classic":
+        if other.base == "classic" and not other.thumbnail_only:
             return other
     return None
+
+
+def thumbnail_model(base: Entry) -> Entry:
+    """The model a version-4 file on `base`'s tiles names when it holds no token layer: the newest installed
+    one trained for that (same tile and scale, so the header reads alike), else `base` itself."""
+    for path in reversed(installed()):
+        other = entry_at(path)
+        if other.thumbnail_only and (other.tile, other.tokens, other.scale) == (base.tile, base.tokens, base.scale):
+            return other
+    return base
 
 
 def find(name: str = DEFAULT_MODEL) -> Entry:

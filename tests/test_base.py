@@ -238,9 +238,14 @@ def test_a_token_share_too_small_for_a_layer_goes_to_the_thumbnail(adaptive_phot
     whole_budget = ladder.base_within(n, share=1.0)
     assert len(c.header.base) > len(share.data) and c.header.base == whole_budget.data
     # the file it would have been: every token on the smaller thumbnail coded, then cut (no layer fits)
-    cut = container.read(stream.truncate(ladder.based(share).data, max_bytes=n))
+    cut_file = stream.truncate(ladder.based(share).data, max_bytes=n)
+    cut = container.read(cut_file)
     assert not cut.layers
-    alone = [container.write(container.Container(ladder.based_header(b), [])) for b in (share, whole_budget)]
+    alone = [container.write(container.Container(ladder.based_header(share), [])),
+             container.write(container.Container(ladder.based_header(whole_budget, alone=True), []))]
     assert container.write(container.Container(cut.header, [])) == alone[0] and data == alone[1]
+    # such a file names the model trained to draw a thumbnail alone; files with tokens name the base model
+    assert odp.model_of(data).name == registry.thumbnail_model(registry.base_model()).name == "odp-thumbnail-x2-v1"
+    assert registry.base_model().name == "odp-classic-x2-v2" and odp.model_of(cut_file).name == "odp-classic-x2-v2"
     shown = np.asarray(odp.decode(data).convert("RGB"))
     assert shown.shape == (512, 768, 3)

@@ -127,3 +127,19 @@ def test_a_version_4_file_of_the_older_base_model_needs_the_package(binary, tmp_
                        env=os.environ | {"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "odp-classic-x2-v1" in r.stderr, r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_thumbnail_alone_is_drawn_by_the_base_model_in_the_binary(binary, tmp_path):
+    """odp-thumbnail-x2-v1 is not in the binary (odp.spec): the package's file that is a thumbnail alone gets
+    one line naming it, and the binary's own such file names the base model and decodes."""
+    photo, env = PHOTO.parent / "photo_768x512.png", os.environ | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    package = tmp_path / "package.odp"
+    package.write_bytes(odp.encode(Image.open(photo), bytes=245, device="cpu"))
+    assert odp.model_of(package.read_bytes()).name == "odp-thumbnail-x2-v1"
+    r = subprocess.run([str(binary), "decode", str(package), "-o", str(tmp_path / "x.png")], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "odp-thumbnail-x2-v1" in r.stderr, r.stderr
+    run([binary, "encode", photo, "-o", tmp_path / "own.odp", "--bytes", "245"], env=env)
+    own = (tmp_path / "own.odp").read_bytes()
+    assert odp.info(own).layers == 0 and odp.model_of(own).name == "odp-classic-x2-v2"
+    run([binary, "decode", tmp_path / "own.odp", "-o", tmp_path / "own.png"], env=env)

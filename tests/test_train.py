@@ -343,3 +343,17 @@ def test_a_decoder_fine_tune_of_the_classic_stage_exports_as_one(tmp_path):
     assert tuned.context.id == base.context.id and (tuned.tables.freqs == base.tables.freqs).all()
     assert {p.name for p in tmp_path.glob("classic-tuned.*.onnx")} == {"classic-tuned.encoder.onnx",
                                                                        "classic-tuned.decoder.onnx"}
+
+
+def test_the_thumbnail_only_fine_tune_exports_as_the_model_of_files_without_layers(tmp_path):
+    """The 0-token fine-tune (odp-classic-x2-enlarge.toml) exports with --thumbnail-only: a version-4 base
+    model that base_model() passes over and thumbnail_model() picks; not for any other kind of model."""
+    cfg = one_step_fine_tune(tmp_path, "odp-classic-x2-enlarge.toml", monitor_ks=[0])
+    export.main(["--run", str(tmp_path / "snap"), "--name", "thumb-tuned", "--out", str(tmp_path), "--thumbnail-only"])
+    base, tuned = weights.load(cfg["train"]["init"]), weights.load_path(tmp_path / "thumb-tuned.safetensors")
+    assert tuned.entry.thumbnail_only and not base.entry.thumbnail_only
+    assert (tuned.entry.base, tuned.entry.scale, tuned.context.id) == ("classic", base.entry.scale, base.context.id)
+    (tmp_path / "other").mkdir()
+    one_step_fine_tune(tmp_path / "other", "odp-refine-x2-perc.toml", monitor_ks=[256])
+    with pytest.raises(SystemExit, match="thumbnail-only"):
+        export.main(["--run", str(tmp_path / "other" / "snap"), "--name", "x", "--out", str(tmp_path), "--thumbnail-only"])

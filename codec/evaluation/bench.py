@@ -199,7 +199,8 @@ def part_key(part: str, metric_names, codecs, model, odp_files_wanted=ODP_CONTEN
         based = registry.base_model()  # version-4 files within a budget (ratecontrol.based_within)
         if based is not None:
             deps["base"] = [based.sha256.hex(), ratecontrol.BASE_SHARE, thumbnail.FORMATS, list(thumbnail.SHRINKS),
-                            {k: [v.start, v.stop] for k, v in thumbnail.QUALITIES.items()}, thumbnail.STORED]
+                            {k: [v.start, v.stop] for k, v in thumbnail.QUALITIES.items()}, thumbnail.STORED,
+                            registry.thumbnail_model(based).sha256.hex()]
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
         deps["format"] = [container.VERSION, model.best_entropy.id, list(ALLOCATION_GRID), ENCODER_VERSION,
                           list(stream.LEVELS), list(ratecontrol.SCALES), list(odp_files_wanted)]

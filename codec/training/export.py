@@ -2,6 +2,7 @@
 
     python -m odp.codec.training.export --run runs/small --name odp-small-v1 --tiles 3000
     python -m odp.codec.training.export --refine CONFIG --snapshot DIR --tokens FILE --name odp-refine-x2-v1
+    python -m odp.codec.training.export --run SNAPSHOT_DIR --name odp-thumbnail-x2-v1 --thumbnail-only
 
 Token statistics come from random crops of the training photos (same sampler as
 training); the smoothing strength is picked by code length on the held-out training
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refine", type=Path, help="a refinement stage's config: export its --snapshot instead")
     ap.add_argument("--snapshot", type=Path, help="with --refine: the snapshot folder")
     ap.add_argument("--tokens", type=Path, help="with --refine: its tokens (context tokens --refine)")
+    ap.add_argument("--thumbnail-only", action="store_true",
+                    help="a decoder-only run of a version-4 base model trained at 0 tokens: the model that files "
+                         "holding their thumbnail alone name (registry.thumbnail_model)")
     args = ap.parse_args(argv)
     if args.refine:
         if not (args.snapshot and args.tokens):
@@ -154,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         extra = {"step": str(state["step"])}
         if base.entry.refines or base.entry.base:
             extra |= {"scale": str(base.entry.scale)} | ({"base": base.entry.base} if base.entry.base else {})
+        if args.thumbnail_only:
+            if base.entry.base != "classic":
+                sys.exit(f"export: --thumbnail-only is for a fine-tune of a version-4 base model, not of {tc['init']}")
+            extra["thumbnail_only"] = "1"
         digest = save_weights(path, args.name, tok, base.tables, tokens_of=bytes.fromhex(root) if root else base.sha256,
                               refines=base.entry.refines or None, extra=extra)
         from . import onnx as export_onnx  # the default backend runs the model from its ONNX graphs
