@@ -6,7 +6,7 @@ or MS-SSIM. Smaller coding scales are encoded only when a goal needs them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
