@@ -115,7 +115,7 @@ def file_sha256(path: Path) -> bytes:
     return _sha256_cached(path, st.st_size, st.st_mtime_ns)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=32)
 def _sha256_cached(path: Path, size: int, mtime_ns: int) -> bytes:
     """Hashing 20 MB takes tens of ms: do it once per file version, not per decode."""
     h = hashlib.sha256()
@@ -148,7 +148,7 @@ def check_pinned(path: Path) -> bytes:
     return digest
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)  # more than the shipped models (11): base_model() and thumbnail_model() look at each
 def entry_at(path: Path) -> Entry:
     """Read a weights file's metadata and entropy models (never its network, never a pickle)."""
     digest = check_pinned(path)
