@@ -249,3 +249,23 @@ def test_a_token_share_too_small_for_a_layer_goes_to_the_thumbnail(adaptive_phot
     assert registry.base_model().name == "odp-classic-x2-v2" and odp.model_of(cut_file).name == "odp-classic-x2-v2"
     shown = np.asarray(odp.decode(data).convert("RGB"))
     assert shown.shape == (512, 768, 3)
+
+
+def test_a_cut_of_one_layer_gives_way_to_the_thumbnail_alone(adaptive_photo):
+    """At 500 bytes of a 768x512 photo the tokens' share holds one layer (a token per tile): the thumbnail
+    model's picture of a thumbnail with the whole budget draws better (ratecontrol.ALONE_MAX_LAYERS), so the
+    file is that thumbnail alone; at 700 bytes the cut keeps its two layers."""
+    from odp.codec import coding, ratecontrol
+    from odp.codec.imaging import Prepared
+
+    engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
+    ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
+    for n, layers in ((500, 1), (700, 2)):
+        cut_file = stream.truncate(ladder.based(ladder.base_within(n)).data, max_bytes=n)
+        assert len(container.read(cut_file).layers) == layers
+        data = odp.encode(adaptive_photo, bytes=n, device="cpu")
+        if layers <= ratecontrol.ALONE_MAX_LAYERS:
+            assert not container.read(data).layers and odp.model_of(data).name == "odp-thumbnail-x2-v1"
+            assert container.read(data).header.base == ladder.base_within(n, share=1.0).data
+        else:
+            assert data == cut_file and odp.model_of(data).name == "odp-classic-x2-v2"
