@@ -2,6 +2,7 @@
 and a folder of them read by the registry like the package's own."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import pytest
@@ -34,6 +35,40 @@ def test_a_damaged_packed_file_is_refused_in_one_line(damage):
     with pytest.raises(ModelNotFound, match="damaged") as e:
         packed.unpack(bytes(small), "x.safetensors.packed")
     assert "\n" not in str(e.value)
+
+
+def test_a_file_packed_against_another_needs_that_one():
+    """A fine-tune ships as its difference from the model it came from (odp.spec): unpacked byte for byte
+    from that file, refused in one line without it or with another."""
+    reference = (registry.CONTEXT_DIR / "ctx16d-v1.safetensors").read_bytes()
+    data = (registry.CONTEXT_DIR / "ctx16d-classic-v1.safetensors").read_bytes()  # same tensors' layout
+    delta = packed.pack(data, reference)
+    assert packed.reference_of(delta[:packed.HEAD_SIZE]) == hashlib.sha256(reference).digest()
+    assert packed.unpack(delta, "d", reference) == data and packed.unpacked_size(delta[:64]) == len(data)
+    for wrong in (None, data, reference[:-2] + b"\0\0"):
+        with pytest.raises(ModelNotFound, match="packed against") as e:
+            packed.unpack(delta, "d.safetensors.packed", wrong)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError):
+        packed.pack(data, CONTEXT.read_bytes())  # another layout: no difference to take
+
+
+def test_a_folder_unpacks_a_difference_after_its_reference(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    reference = (registry.CONTEXT_DIR / "ctx16d-v1.safetensors").read_bytes()
+    data = (registry.CONTEXT_DIR / "ctx16d-classic-v1.safetensors").read_bytes()
+    (src / "a-delta.safetensors.packed").write_bytes(packed.pack(data, reference))  # sorts before its reference
+    (src / "b-ref.safetensors.packed").write_bytes(packed.pack(reference))
+    packed.unpack_folder(src, tmp_path / "dst")
+    assert (tmp_path / "dst" / "a-delta.safetensors").read_bytes() == data
+    assert (tmp_path / "dst" / "b-ref.safetensors").read_bytes() == reference
+    (src / "b-ref.safetensors.packed").unlink()
+    (tmp_path / "dst" / "a-delta.safetensors").unlink()
+    (tmp_path / "dst" / "b-ref.safetensors").unlink()
+    with pytest.raises(ModelNotFound, match="packed against"):
+        packed.unpack_folder(src, tmp_path / "dst")
+    assert not any((tmp_path / "dst").iterdir())  # nothing half-written
 
 
 def test_the_registry_reads_unpacked_copies_of_packed_folders(tmp_path, monkeypatch, coffee):

@@ -418,3 +418,24 @@ def test_photo_budget_too_small_for_full_size_uses_a_smaller_coding_scale():
     tiny = photo.odp(max_bytes=least - 1)
     assert tiny.label.endswith("at 1/2") and tiny.nbytes < least and tiny.pixels.shape == (512, 768, 3)
     assert container.read(tiny.data).header.display_size == (768, 512)
+
+
+@pytest.mark.parametrize("freetype", [True, False])
+def test_the_saved_sheet_draws_its_captions_with_or_without_freetype(monkeypatch, astronaut, freetype):
+    """The standalone binary leaves FreeType out (odp.spec): the sheet then captions with Pillow's bitmap font."""
+    import numpy as np
+    from PIL import ImageFont, features
+
+    from odp.tui.compare import Shown, sheet
+
+    if not freetype:  # as Pillow is without its _imagingft module
+        check = features.check
+        monkeypatch.setattr(features, "check", lambda name: False if name == "freetype2" else check(name))
+        monkeypatch.setattr(ImageFont, "core", object())
+    pixels = np.asarray(astronaut)
+    blank = sheet([(["odp", "1.2 KB"], Shown("odp", np.full_like(pixels, 255)))])
+    out = sheet([(["odp", "1.2 KB"], Shown("odp", pixels)), (["jpeg"], Shown("jpeg", pixels))])
+    h, w = pixels.shape[:2]
+    assert out.width == 2 * w and out.height > h
+    band = np.asarray(blank)[: blank.height - h]
+    assert (band < 128).any()  # the caption was drawn

@@ -260,13 +260,14 @@ def png_bytes(im: Image.Image) -> bytes:
 
 def sheet(cells: list[tuple[list[str], Shown]]) -> Image.Image:
     """The comparison as one picture: each pane's full image under its caption lines, 3 per row."""
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw, ImageFont, features
 
     h, w = cells[0][1].pixels.shape[:2]
     cols = min(3, len(cells))
     rows = -(-len(cells) // cols)
     size = max(10, w // 64)  # text about as wide as the picture, at any picture size
-    font = ImageFont.load_default(size)
+    # the binary leaves FreeType out (odp.spec): there, Pillow's small bitmap font
+    font = ImageFont.load_default(size) if features.check("freetype2") else ImageFont.load_default()
     band = 6 + (size + 3) * max(len(lines) for lines, _ in cells)
     out = Image.new("RGB", (cols * w, rows * (h + band)), "white")
     draw = ImageDraw.Draw(out)
