@@ -134,14 +134,14 @@ def unpack_folder(src: Path, dst: Path) -> None:
     for path in files:
         with path.open("rb") as f:
             heads[path] = f.read(HEAD_SIZE) if path.name.endswith(SUFFIX) else None
+    refs = {path: reference_of(head or b"") for path, head in heads.items()}
     by_hash: dict[bytes, Path] | None = None
-    for path in sorted(files, key=lambda p: reference_of(heads[p] or b"") is not None):
-        head = heads[path]
+    for path in sorted(files, key=lambda p: refs[p] is not None):
+        head, ref = heads[path], refs[path]
         target = dst / (path.name[:-len(SUFFIX)] if head is not None else path.name)
         size = path.stat().st_size if head is None else unpacked_size(head)
         if target.is_file() and target.stat().st_size == size:
             continue
-        ref = reference_of(head or b"")
         reference = None
         if ref is not None:
             if by_hash is None:
