@@ -177,14 +177,15 @@ def _enlarge_axis(x: np.ndarray, scale: int, axis: int) -> np.ndarray:
     shape = list(x.shape)
     shape[axis] = n * scale
     out = np.empty(shape, np.float32)
+    acc, term = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)  # reused: no temporaries
     window = [slice(None)] * x.ndim
     for p in range(scale):  # the outputs of one phase share their weights: sums of shifted views
-        acc, first = None, _first_tap(p, scale) + 2  # + 2: the padding
+        first = _first_tap(p, scale) + 2  # + 2: the padding
         for k in range(4):
-            start = first + k
-            window[axis] = slice(start, start + n)
-            term = weights[p, k] * padded[tuple(window)]
-            acc = term if acc is None else acc + term
+            window[axis] = slice(first + k, first + k + n)
+            np.multiply(padded[tuple(window)], weights[p, k], out=term if k else acc)
+            if k:
+                np.add(acc, term, out=acc)
         window[axis] = slice(p, None, scale)
         out[tuple(window)] = acc
     return out

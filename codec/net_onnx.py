@@ -2,7 +2,8 @@
 
 The graphs (`<model>.encoder.onnx`, `<model>.decoder.onnx`, written by codec/training/onnx.py) hold no
 weights: they read them as external data from the model's safetensors file beside them (fp16, cast to
-fp32 once when the session starts). The safetensors file stays the one copy of the weights.
+fp32 once when the session starts; the products with weight matrices then run in 8 bits). The
+safetensors file stays the one copy of the weights.
 """
 from __future__ import annotations
 
@@ -51,7 +52,12 @@ class OnnxNetwork:
         self.entry = entry
 
     def _run(self, part: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return _session(graph_path(self.entry, part)).run(None, feeds)[0]
+        """One tile per call: the graphs' 8-bit products quantize their input per call, so a batch would
+        make a tile's tokens and pixels depend on the tiles beside it (and one at a time is no slower)."""
+        session = _session(graph_path(self.entry, part))
+        count = len(next(iter(feeds.values())))
+        return np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
+                               for i in range(count)])
 
     def _cond(self, cond: np.ndarray | None) -> dict[str, np.ndarray]:
         return {} if cond is None else {"cond": np.ascontiguousarray(cond, np.uint8)}

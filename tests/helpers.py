@@ -238,9 +238,11 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     """codec.coding.encode with its options as keywords (a `target` is ("psnr" | "ms-ssim", value)),
     and a chosen model: the shape most tests want. The first stage alone unless `refine`: most tests
     are about it, and the refinement stage has tests of its own (test_stages, test_refined)."""
-    from odp.codec import coding
+    from odp.codec import coding, net_onnx
     from odp.codec.options import EncodeOptions
 
+    if model is not None and hasattr(model, "entry") and net_onnx.has_graphs(model.entry):
+        model = model.entry  # a shipped model: the network `odp encode` runs (ONNX on a CPU), not torch's
     name, value = target or (None, None)
     options = EncodeOptions(tokens=tokens, bytes=max_bytes, quality=quality, psnr=value if name == "psnr" else None,
                             msssim=value if name == "ms-ssim" else None, scale=scale, adaptive=adaptive,
