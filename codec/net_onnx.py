@@ -56,6 +56,8 @@ class OnnxNetwork:
         make a tile's tokens and pixels depend on the tiles beside it (and one at a time is no slower)."""
         session = _session(graph_path(self.entry, part))
         count = len(next(iter(feeds.values())))
+        if any(len(v) != count for v in feeds.values()):
+            raise ValueError(f"{part}: inputs of different batch sizes {[len(v) for v in feeds.values()]}")
         return np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
                                for i in range(count)])
 

@@ -242,7 +242,8 @@ def encode(im: Image.Image, tokens: int | None = None, max_bytes: int | None = N
     from odp.codec.options import EncodeOptions
 
     if model is not None and hasattr(model, "entry") and net_onnx.has_graphs(model.entry):
-        model = model.entry  # a shipped model: the network `odp encode` runs (ONNX on a CPU), not torch's
+        model = model.entry  # a shipped model: the network `odp encode` runs (ONNX on a CPU), not torch's;
+        # a test that changes a model's weights in memory must encode through an Engine of its own
     name, value = target or (None, None)
     options = EncodeOptions(tokens=tokens, bytes=max_bytes, quality=quality, psnr=value if name == "psnr" else None,
                             msssim=value if name == "ms-ssim" else None, scale=scale, adaptive=adaptive,

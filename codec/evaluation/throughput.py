@@ -8,8 +8,8 @@ first photo (`odp.encode`, allocation and all), the default encoder over every p
 `odp.encode_batch` over every photo (the same files, tiles of all photos batched through the network:
 what `odp encode a.png b.png ... -o out/` runs), and `encode_batch(adaptive=False)` (uniform files: no
 allocation, the fastest path). With `--check-cpu` the batch's files are also made on the CPU and
-compared byte for byte (a token may differ where an FSQ value sits on a rounding edge; the count of
-differing files is reported, and every file is checked to decode). The script for a lent GPU
+compared byte for byte (the CPU's ONNX graphs multiply in 8 bits, so a few tokens in a hundred differ
+by one FSQ level; the count of differing files is reported, and every file is checked to decode). The script for a lent GPU
 (docs/training.md): it needs torch with CUDA, and prints one JSON document.
 """
 from __future__ import annotations
