@@ -171,10 +171,12 @@ def decode_pixels(data: bytes, tokens: int | None = None, device: str = "auto", 
     A file cut short or with a damaged layer decodes from the layers before (with an OdpWarning), unless
     `strict`: then it is a FormatError."""
     c = container.read(data, max_pixels)
-    if (c.stages or c.header.base) and tokens is not None:  # the first stage's tokens per tile: its cut
+    # a file with refinement stages (some may not have arrived) or a base: refinement.shown draws it
+    staged = bool(c.stages or c.header.stages_after or c.header.base)
+    if staged and tokens is not None:  # the first stage's tokens per tile: its cut
         data = stream.truncate(data, tokens=tokens)
         c = container.read(data, max_pixels)
-    if c.stages or c.header.base:
+    if staged:
         return refinement.shown(data, device, None, batch, progress, max_pixels, strict), c.header
     c, entry, toks, counts = stream.read_tokens(data, tokens, max_pixels, intact=strict)
     if strict and not c.complete:

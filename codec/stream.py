@@ -92,11 +92,11 @@ def min_first_layer_bytes(tiles: int, entropy) -> int:
 
 
 def single_stage(c: Container) -> Container:
-    """`c`, unless it has refinement stages (format version 3), which no shipped model writes or reads
-    yet: then a one-line FormatError naming the version."""
+    """`c`, unless it announces refinement stages (format version 3, whether or not they arrived): their
+    tokens are read stage by stage (read_stages, refinement.shown), so a one-line FormatError."""
     if c.header.stages_after:
         raise FormatError(f"this file has {c.header.stages_after} refinement stage(s) after the first (format "
-                          f"version {container.STAGED_VERSION}); this ODP decodes single-stage files (version 2) only")
+                          f"version {container.STAGED_VERSION}): its tokens are read stage by stage")
     return c
 
 

@@ -201,3 +201,22 @@ def test_new_files_code_with_the_digit_context_models_and_old_files_keep_theirs(
         toks = s.tokens[:, :int(np.min(s.counts))]
         flat, digits = (stream.token_bits(toks, entry.entropy(i)).sum() for i, _ in entry.contexts)
         assert digits < flat
+
+
+def test_a_default_file_cut_before_its_refinement_stage_decodes_its_first_stage(small_staged, small_photo):
+    """A raw cut (a download broken off) that ends inside the first stage still announces its refinement
+    stage in the header: it decodes the first stage's whole layers with a warning, as any cut does."""
+    import odp
+    from odp.codec.quality import psnr
+
+    n = len(small_staged)
+    while container.read(small_staged[:n]).stages:
+        n -= 1
+    cut = small_staged[:n - 1]  # inside the first stage's last layer
+    assert container.read(cut).header.stages_after == 1 and not container.read(cut).stages
+    with pytest.warns(OdpWarning, match="cut short"):
+        shown = np.asarray(odp.decode(cut, device="cpu"))
+    src = np.asarray(small_photo)
+    assert shown.shape == src.shape
+    smaller = odp.truncate(small_staged, bytes=n // 2)
+    assert psnr(shown, src) > psnr(np.asarray(odp.decode(smaller, device="cpu")), src)
