@@ -148,7 +148,7 @@ def check_pinned(path: Path) -> bytes:
     return digest
 
 
-@lru_cache(maxsize=16)  # more than the shipped models (11): base_model() and thumbnail_model() look at each
+@lru_cache(maxsize=16)  # more than the shipped models (11)
 def entry_at(path: Path) -> Entry:
     """Read a weights file's metadata and entropy models (never its network, never a pickle)."""
     digest = check_pinned(path)
@@ -258,35 +258,52 @@ def path_by_hash(sha256: bytes, name_hint: str = "") -> Path:
     raise ModelNotFound(f"this file needs {named} with weights {sha256.hex()[:16]}, which is not installed")
 
 
-def refinement_for(entry: Entry) -> Entry | None:
-    """The installed refinement stage's model for `entry`'s pictures (the encoder appends its stage
-    to `entry`'s files), or None. Of several, the newest (last by name: `-v2` after `-v1`); the
+def _header(path: Path) -> dict:
+    """A weights file's metadata alone (no hashing, no tensors): enough to see which role a model has, so
+    looking for one does not hash and load every installed model (tens of ms each)."""
+    try:
+        st = path.stat()
+        return _header_cached(path, st.st_size, st.st_mtime_ns)
+    except Exception:  # an unreadable file: entry_at says why if it is ever the one asked for
+        return {}
+
+
+@lru_cache(maxsize=32)
+def _header_cached(path: Path, size: int, mtime_ns: int) -> dict:
+    with safe_open(str(path), framework="np") as f:
+        return f.metadata() or {}
+
+
+def _newest(matches) -> Entry | None:
+    """The newest installed model (last by name: `-v2` after `-v1`) for which `matches(path, header)`; the
     others stay installed to decode the files they made."""
     for path in reversed(installed()):
-        other = entry_at(path)
-        if other.refines and other.refines == entry.sha256:
-            return other
+        if matches(path, _header(path)):
+            return entry_at(path)
     return None
+
+
+def refinement_for(entry: Entry) -> Entry | None:
+    """The installed refinement stage's model for `entry`'s pictures (the encoder appends its stage
+    to `entry`'s files), or None; of several, the newest."""
+    return _newest(lambda path, meta: meta.get("refines", "").lower() == entry.sha256.hex())
 
 
 def base_model() -> Entry | None:
     """The installed model that refines a classic base thumbnail (version-4 files), or None; of several,
     the newest by name, as refinement_for picks."""
-    for path in reversed(installed()):
-        other = entry_at(path)
-        if other.base == "classic" and not other.thumbnail_only:
-            return other
-    return None
+    return _newest(lambda path, meta: meta.get("base") == "classic" and meta.get("thumbnail_only") != "1")
 
 
 def thumbnail_model(base: Entry) -> Entry:
     """The model a version-4 file on `base`'s tiles names when it holds no token layer: the newest installed
     one trained for that (same tile and scale, so the header reads alike), else `base` itself."""
-    for path in reversed(installed()):
+    def fits(path: Path, meta: dict) -> bool:
+        if meta.get("thumbnail_only") != "1":
+            return False
         other = entry_at(path)
-        if other.thumbnail_only and (other.tile, other.tokens, other.scale) == (base.tile, base.tokens, base.scale):
-            return other
-    return base
+        return (other.tile, other.tokens, other.scale) == (base.tile, base.tokens, base.scale)
+    return _newest(fits) or base
 
 
 def find(name: str = DEFAULT_MODEL) -> Entry:
