@@ -303,11 +303,29 @@ def _claim(claimed: dict[str, str], src: str, dst: str) -> str:
     return dst
 
 
+class NoBar:
+    """What an images bar does where none is shown (one input, a pipe, --quiet): errors still print, and
+    tqdm (a tenth of the command's start-up imports) is not imported."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def write(self, message: str, file=sys.stderr) -> None:
+        click.echo(message, err=file is sys.stderr)
+
+
+def images_bar(total: int, show: bool):
+    """A tqdm bar over the images of a command with several inputs, on a terminal; NoBar otherwise."""
+    if not show:
+        return NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", file=sys.stderr)
+
+
 def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> int:
     """Encode the inputs, several at once (odp.encode_groups); with several, report a bad one and go on.
     Returns how many failed."""
-    from tqdm import tqdm
-
     failed = 0
     claimed: dict[str, str] = {}
     jobs = []  # (input, output) of the inputs that pass every check that needs no work
@@ -322,7 +340,7 @@ def _encode_all(inputs, output, many, force, quiet, verbose, options, limit) -> 
                 raise
             failed += 1  # said now, before hours of work on the others
             click.echo(f"odp: error: {e.message}", err=True)
-    bar = tqdm(total=len(jobs), unit="image", disable=quiet or not many or not sys.stderr.isatty(), file=sys.stderr)
+    bar = images_bar(len(jobs), not quiet and many and sys.stderr.isatty())
 
     def read_all():
         nonlocal failed
