@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from odp.codec import weights
 from odp.codec.evaluation import perceptual
+from odp.codec.model import ModelConfig, Tokenizer
 from odp.codec.training import export, train
 
 CONFIG = """
@@ -357,3 +358,39 @@ def test_the_thumbnail_only_fine_tune_exports_as_the_model_of_files_without_laye
     one_step_fine_tune(tmp_path / "other", "odp-refine-x2-perc.toml", monitor_ks=[256])
     with pytest.raises(SystemExit, match="thumbnail-only"):
         export.main(["--run", str(tmp_path / "other" / "snap"), "--name", "x", "--out", str(tmp_path), "--thumbnail-only"])
+
+
+def test_a_lighter_decoder_keeps_the_encoder_and_exports_as_a_stage_sharing_its_tokens(tmp_path):
+    """`init_lighter`: a refinement stage's decoder with half the head channels (issue 26) starts from the
+    shipped stage where the shapes allow (encoder bit for bit, transformer, the head's coarse path) and
+    fresh elsewhere, its head's last layer at zero; it exports as a stage reading the same tokens."""
+    cfg = one_step_fine_tune(tmp_path, "odp-refine-x2-lite.toml", monitor_ks=[256])
+    shipped = weights.load(cfg["train"]["init"]).tokenizer.state_dict()
+    ckpt = load_file(str(tmp_path / "run" / "ckpt.safetensors"))
+    encoder = [k for k in shipped if not k.startswith(train.DECODER_PREFIXES)]
+    assert all(torch.equal(ckpt[f"model.{k}"], shipped[k]) for k in encoder)
+    assert ckpt["model.head.detail.0.weight"].shape[0] == 64 < shipped["head.detail.0.weight"].shape[0]
+    assert ckpt["model.head.coarse.weight"].shape == shipped["head.coarse.weight"].shape
+    export.main(["--run", str(tmp_path / "snap"), "--name", "lite-stage", "--out", str(tmp_path)])
+    base, lite = weights.load(cfg["train"]["init"]), weights.load_path(tmp_path / "lite-stage.safetensors")
+    assert (lite.entry.refines, lite.entry.scale, lite.context.id) == (base.entry.refines, base.entry.scale, base.context.id)
+    assert lite.entry.config["head_channels"] == [64, 32, 16, 8]
+    tiles = torch.zeros(1, 3, 256, 256)
+    ids = base.tokenizer.encode(tiles, cond=tiles)
+    assert torch.equal(ids, lite.tokenizer.encode(tiles, cond=tiles))
+    assert lite.tokenizer.decode(ids[:, :16], cond=tiles).shape == (1, 3, 256, 256)
+
+
+def test_a_lighter_start_refuses_an_encoder_of_another_shape():
+    model = Tokenizer(ModelConfig(tile=64, patch=8, tokens=16, width=32, enc_layers=1, dec_layers=1, heads=2,
+                                  levels=(4, 4), head_channels=(8, 8, 8)))
+    other = Tokenizer(ModelConfig(tile=64, patch=8, tokens=16, width=32, enc_layers=2, dec_layers=1, heads=2,
+                                  levels=(4, 4), head_channels=(16, 8, 8)))
+    with pytest.raises(SystemExit, match="only the decoder may"):
+        train.lighter_start(model, other.state_dict())
+    state, fresh = train.lighter_start(model, Tokenizer(ModelConfig(
+        tile=64, patch=8, tokens=16, width=32, enc_layers=1, dec_layers=1, heads=2, levels=(4, 4),
+        head_channels=(16, 8, 8))).state_dict())
+    assert fresh and all(k.startswith("head.detail") for k in fresh) and not set(fresh) & set(state)
+    model.load_state_dict(state, strict=False)
+    assert torch.count_nonzero(model.head.detail[-1].weight) == torch.count_nonzero(model.head.detail[-1].bias) == 0

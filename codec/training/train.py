@@ -205,6 +205,24 @@ def save_snapshot(folder: Path, ema: Tokenizer, disc: torch.nn.Module | None, st
     os.replace(folder / "log.jsonl.tmp", folder / "log.jsonl")
 
 
+def lighter_start(model: Tokenizer, state: dict) -> tuple[dict, list[str]]:
+    """(the `init` weights that fit `model`, the names of those that do not): for a decoder made lighter
+    than its init's (fewer head channels), trained with the encoder frozen so that the tokens keep their
+    meaning. Only decoder weights may change shape; the head's last layer starts at zero, so a refinement
+    stage starts from the picture so far plus the init's coarse path."""
+    own = model.state_dict()
+    fresh = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+    dropped = [k for k in state if k not in own]  # e.g. the init's later decoder blocks
+    changed = [k for k in fresh + dropped if not k.startswith(DECODER_PREFIXES)]
+    if changed:
+        raise SystemExit(f"init_lighter: {changed[0]} changes shape, but only the decoder may")
+    last = model.head.detail[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    at_zero = {f"head.detail.{len(model.head.detail) - 1}.{p}" for p in ("weight", "bias")}
+    return {k: v for k, v in state.items() if k in own and k not in fresh and k not in at_zero}, fresh
+
+
 def load_snapshot(folder: Path, model: Tokenizer, ema: Tokenizer, disc: torch.nn.Module | None, run: Path) -> int:
     """Continue from a committed snapshot: model and EMA both start from its EMA weights (laid over the
     `init` weights they were loaded with, for a snapshot that holds only the decoder)."""
@@ -399,7 +417,12 @@ def main(argv: list[str] | None = None) -> None:
 
         start = load_shipped(tc["init"]).tokenizer
         new_stage = mc.conditioned and not start.cfg.conditioned  # a first-stage model made a refinement stage
-        model.load_state_dict(start.state_dict(), strict=not new_stage)
+        state, fresh = start.state_dict(), []
+        if tc.get("init_lighter"):  # a lighter decoder: what this config resizes starts fresh
+            state, fresh = lighter_start(model, state)
+            if lead:
+                print(f"started fresh (a new shape): {', '.join(fresh)}", file=sys.stderr)
+        model.load_state_dict(state, strict=not (new_stage or fresh))
         if new_stage:  # a trained refinement stage (e.g. for a decoder fine-tune) keeps its conditioning
             model.start_as_identity()
         if lead:
