@@ -301,8 +301,12 @@ def thumbnail_model(base: Entry) -> Entry:
     def fits(path: Path, meta: dict) -> bool:
         if meta.get("thumbnail_only") != "1":
             return False
-        other = entry_at(path)
-        return (other.tile, other.tokens, other.scale) == (base.tile, base.tokens, base.scale)
+        try:
+            config = json.loads(meta["config"])
+            return (int(config["tile"]), int(config["tokens"]), int(meta.get("scale", "1"))) == (
+                base.tile, base.tokens, base.scale)
+        except (KeyError, TypeError, ValueError):  # entry_at would refuse it: not this one
+            return False
     return _newest(fits) or base
 
 

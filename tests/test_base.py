@@ -271,14 +271,14 @@ def test_a_cut_of_one_layer_gives_way_to_the_thumbnail_alone(adaptive_photo):
             assert data == cut_file and odp.model_of(data).name == "odp-classic-x2-v2"
 
 
-def test_finding_a_models_role_loads_only_the_model_it_returns():
+def test_finding_a_models_role_loads_only_the_model_it_returns(monkeypatch):
     """base_model, thumbnail_model and refinement_for read the installed files' headers; only the model
     they pick is hashed and loaded (an encode used to load all eleven, about 0.2 s)."""
-    registry.entry_at.cache_clear()
+    loaded, entry_at = [], registry.entry_at
+    monkeypatch.setattr(registry, "entry_at", lambda path: loaded.append(path.stem) or entry_at(path))
     base = registry.base_model()
-    assert registry.entry_at.cache_info().currsize == 1
-    assert registry.thumbnail_model(base).name == "odp-thumbnail-x2-v1"
-    assert registry.entry_at.cache_info().currsize == 2
-    stage = registry.refinement_for(registry.find())
-    assert stage.refines == registry.find().sha256 and registry.entry_at.cache_info().currsize == 4
-    assert [base.name, stage.name] == ["odp-classic-x2-v2", "odp-refine-x2-v3"]
+    assert loaded == [base.name] == ["odp-classic-x2-v2"]
+    assert registry.thumbnail_model(base).name == "odp-thumbnail-x2-v1" and loaded[1:] == ["odp-thumbnail-x2-v1"]
+    default = registry.find()
+    stage = registry.refinement_for(default)
+    assert stage.refines == default.sha256 and loaded[2:] == [default.name, "odp-refine-x2-v3"]
