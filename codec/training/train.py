@@ -11,7 +11,8 @@ Optional stage-2 terms (config `[loss]`, in the One-D-Piece/TiTok spirit): LPIPS
 random crop of each tile (offline weights, `odp fetch-metrics`), and a hinge patch
 discriminator switched on at `adv_start` with a small weight; `freeze_encoder = true`
 fine-tunes only the decoder, so the tokens of existing files keep their meaning.
-`init = "odp-small-v1"` starts a new run from shipped weights.
+`init = "odp-small-v1"` starts a new run from shipped weights; with `init_lighter = true`, a config that
+makes the decoder lighter (fewer head channels) starts it from them where the shapes agree (lighter_start).
 
 A refinement stage (config `[refine]`, `conditioned = true` in `[model]`): a second tokenizer that
 codes the image enlarged `scale` times, each tile seeing the frozen `base` model's picture of it
