@@ -379,6 +379,11 @@ def test_a_lighter_decoder_keeps_the_encoder_and_exports_as_a_stage_sharing_its_
     ids = base.tokenizer.encode(tiles, cond=tiles)
     assert torch.equal(ids, lite.tokenizer.encode(tiles, cond=tiles))
     assert lite.tokenizer.decode(ids[:, :16], cond=tiles).shape == (1, 3, 256, 256)
+    from odp.codec.training import heldout  # compares the snapshot in its own shape with the stage it lightens
+    tuned = heldout.fine_tuned(base, tmp_path / "snap")
+    assert tuple(tuned.config.head_channels) == (64, 32, 16, 8)
+    assert torch.allclose(tuned.tokenizer.decode(ids[:, :16], cond=tiles), lite.tokenizer.decode(ids[:, :16], cond=tiles),
+                          atol=1e-3)
 
 
 def test_a_lighter_start_refuses_an_encoder_of_another_shape():

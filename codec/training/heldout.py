@@ -38,16 +38,19 @@ from ..quality import psnr
 from ..ratecontrol import Coded, render
 from ..refinement import stage_picture
 from ..stream import container, read_tokens, truncate
+from ..model import ModelConfig
 from ..weights import Model, load
 from .train import split_photos
 
 
 def fine_tuned(base: Model, snapshot: Path) -> Model:
-    """`base` with the snapshot's EMA weights laid over it (a decoder-only snapshot holds only those)."""
-    tok = type(base.tokenizer)(base.tokenizer.cfg)
+    """`base` with the snapshot's EMA weights laid over it (a decoder-only snapshot holds only those), in the
+    snapshot's own shape (a lighter decoder's head differs from its base's: `init_lighter`)."""
+    cfg = ModelConfig.from_dict(json.loads((snapshot / "state.json").read_text())["config"]["model"])
+    tok = type(base.tokenizer)(cfg)
     t = load_file(str(snapshot / "snapshot.safetensors"))
     tok.load_state_dict(base.tokenizer.state_dict() | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
-    return Model(base.entry, base.config, tok.eval())
+    return Model(base.entry, cfg, tok.eval())
 
 
 def main(argv: list[str] | None = None) -> None:
