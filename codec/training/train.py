@@ -12,9 +12,7 @@ random crop of each tile (offline weights, `odp fetch-metrics`), and a hinge pat
 discriminator switched on at `adv_start` with a small weight; `freeze_encoder = true`
 fine-tunes only the decoder, so the tokens of existing files keep their meaning.
 `init = "odp-small-v1"` starts a new run from shipped weights; with `init_lighter = true`, a config that
-makes the decoder lighter (fewer head channels) starts it from them where the shapes agree (lighter_start),
-and `[loss] teacher = "<shipped model>"` makes it learn that model's pictures of the same tokens instead
-of the photo (distillation_teacher).
+makes the decoder lighter (fewer head channels) starts it from them where the shapes agree (lighter_start).
 
 A refinement stage (config `[refine]`, `conditioned = true` in `[model]`): a second tokenizer that
 codes the image enlarged `scale` times, each tile seeing the frozen `base` model's picture of it
@@ -226,20 +224,6 @@ def lighter_start(model: Tokenizer, state: dict) -> tuple[dict, list[str]]:
     return {k: v for k, v in state.items() if k in own and k not in fresh and k not in at_zero}, fresh
 
 
-def distillation_teacher(name: str, model: Tokenizer, frozen_encoder: bool, device) -> Tokenizer:
-    """The shipped model whose pictures a lighter decoder learns (`[loss] teacher`): a deterministic
-    target for the same tokens converges faster than the photo, whose detail the tokens only partly
-    carry. The tokens must mean the same to both: the teacher's encoder is the student's, frozen."""
-    from ..weights import load as load_shipped
-
-    teacher = load_shipped(name).tokenizer.to(device).eval().requires_grad_(False)
-    own, theirs = model.state_dict(), teacher.state_dict()
-    encoder = [k for k in own if not k.startswith(DECODER_PREFIXES)]
-    if not frozen_encoder or any(k not in theirs or not torch.equal(own[k], theirs[k]) for k in encoder):
-        raise SystemExit(f"teacher {name}: distillation needs the student's encoder to be the teacher's, frozen")
-    return teacher
-
-
 def load_snapshot(folder: Path, model: Tokenizer, ema: Tokenizer, disc: torch.nn.Module | None, run: Path) -> int:
     """Continue from a committed snapshot: model and EMA both start from its EMA weights (laid over the
     `init` weights they were loaded with, for a snapshot that holds only the decoder)."""
@@ -425,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
 
     lc = {"perceptual": 0.0, "perceptual_crop": 128, "adversarial": 0.0, "adv_start": 0, "disc_start": None,
           "disc_lr": 1e-4, "adaptive_adv": False, "adapt_every": 10, "freeze_encoder": False, "judges": [],
-          "resume_warmup": 50, "teacher": None, **cfg.get("loss", {})}
+          "resume_warmup": 50, **cfg.get("loss", {})}
     model = Tokenizer(mc).to(device)
     resumable = (run / "state.json").exists()
     from_snapshot = not resumable and snapshot is not None and (snapshot / "state.json").exists()
@@ -494,7 +478,6 @@ def main(argv: list[str] | None = None) -> None:
         from ..evaluation.perceptual import get as get_metric
 
         judges = {name: get_metric(name, device) for name in lc["judges"]}
-    teacher = distillation_teacher(lc["teacher"], model, lc["freeze_encoder"], device) if lc["teacher"] else None
     refine = Refinement(cfg["refine"], mc.tile, device) if mc.conditioned else None
     monitor_cond = None
     if refine is not None and lead:
@@ -525,16 +508,12 @@ def main(argv: list[str] | None = None) -> None:
             x, cond = refine.pairs(x, crop_rng)
         keep = draw_keep(x.shape[0], 0 if refine else 1, mc.tokens, tc.get("short_keep"), device)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc["bf16"]):
-            y, ids = net(x, keep, cond)
+            y, _ = net(x, keep, cond)
         y = y.float()
-        rec, target = {}, x
-        if teacher is not None:  # the lighter decoder learns the teacher's picture of the same tokens
-            with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc["bf16"]):
-                target = teacher.decode_values(teacher.fsq.ids_to_values(ids), keep, cond).float().clamp(-1, 1)
-            rec["mse_source"] = round(F.mse_loss(y.detach(), x).item(), 5)
-        loss = mse = F.mse_loss(y, target)
+        loss = mse = F.mse_loss(y, x)
+        rec = {}
         if lpips_vgg is not None:
-            a, b = random_crop_pair((y.clamp(-1, 1) + 1) / 2, (target + 1) / 2, lc["perceptual_crop"], crop_rng)
+            a, b = random_crop_pair((y.clamp(-1, 1) + 1) / 2, (x + 1) / 2, lc["perceptual_crop"], crop_rng)
             perc = lpips_vgg(a, b).mean()
             loss = loss + lc["perceptual"] * perc
             rec[perc_key] = round(perc.item(), 4)
