@@ -33,12 +33,12 @@ from ..imaging import Prepared
 from ..evaluation import perceptual
 from ..evaluation.metrics import seam_ratio
 from ..evaluation.range import picture_of
+from ..model import ModelConfig
 from ..options import EncodeOptions
 from ..quality import psnr
 from ..ratecontrol import Coded, render
 from ..refinement import stage_picture
 from ..stream import container, read_tokens, truncate
-from ..model import ModelConfig
 from ..weights import Model, load
 from .train import split_photos
 
