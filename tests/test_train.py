@@ -149,6 +149,69 @@ def test_gpu_pack_and_partial_lpips(tmp_path):
     assert "lpips_vgg3@16" in [r for r in log_lines(run) if "eval" in r][-1]
 
 
+def test_gpu_slim_and_restore(tmp_path, monkeypatch):
+    """slim takes the heavy files the GPU run does not need out of git's index (and ignores them), so the
+    device tool leaves them here; the files stay; it refuses twice or when still too large; restore puts
+    the index back as the last commit has it."""
+    from odp.codec.training import gpu
+
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True, text=True).stdout  # noqa: E731
+    git("init", "-q")
+    files = {"codec/weights/odp-small-v3.safetensors": 300, "codec/weights/odp-small-v3.decoder.onnx": 10,
+             "codec/weights/odp-small-v1.safetensors": 500, "entropy/weights/ctx16-v1.safetensors": 200,
+             "codec/training/snapshots/odp-small-v3/snapshot.safetensors": 400, "docs/results/points.json": 100,
+             "codec/engine.py": 20}
+    for name, n in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * n)
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "tree")
+    (tmp_path / "notes.txt").write_bytes(b"y" * 5)  # untracked, not ignored: it travels too
+    assert gpu.travelling(tmp_path) == files | {"notes.txt": 5}
+    monkeypatch.setattr(gpu, "TRAVEL_LIMIT", 300)
+    with pytest.raises(SystemExit, match="would travel"):
+        gpu.slim(tmp_path, keep=("odp-small-v3",), carry=())
+    monkeypatch.undo()
+    assert git("status", "--porcelain") == "?? notes.txt\n"  # refused before touching the index
+    assert gpu.slim(tmp_path, keep=("odp-small-v3",), carry=()) == (4, 300 + 10 + 20 + 5)
+    assert sorted(gpu.travelling(tmp_path)) == ["codec/engine.py", "codec/weights/odp-small-v3.decoder.onnx",
+                                                "codec/weights/odp-small-v3.safetensors", "notes.txt"]
+    assert all((tmp_path / name).is_file() for name in files)
+    with pytest.raises(SystemExit, match="already slim"):
+        gpu.slim(tmp_path, carry=())
+    assert gpu.restore(tmp_path) == 4
+    assert git("status", "--porcelain") == "?? notes.txt\n"
+    assert gpu.travelling(tmp_path) == files | {"notes.txt": 5}
+    assert gpu.restore(tmp_path) == 0
+    keep = ("odp-small-v3", "snapshot/odp-small-v3")  # a snapshot that gpu.sh continues: kept by name
+    assert "codec/training/snapshots/odp-small-v3/snapshot.safetensors" not in gpu.slim_plan(files, keep)
+
+
+@pytest.mark.slow
+def test_gpu_refinement_config_trains(tmp_path):
+    """The GPU run's config (gpu.sh's default) as shipped, at batch 1 on the CPU: it starts from the shipped
+    refinement stage on the shipped base, trains with the packed partial LPIPS, and writes its snapshot."""
+    from odp.codec.training import gpu
+
+    src = tmp_path / "photos"  # at least 256 px a side once packed to 0.25 MP
+    src.mkdir()
+    for name in "abc":
+        shutil.copy(DATA / "photo_768x512.png", src / f"{name}.png")
+    gpu.pack([str(src)], tmp_path / "pack")
+    cfg = (Path(train.__file__).parent / "configs" / "odp-refine-x2-gpu.toml").read_text()
+    assert '\ndata = [".gpu/photos"]' in cfg and 'perceptual_weights = ".gpu/lpips-vgg3.safetensors"' in cfg
+    cfg = (cfg.replace(".gpu/", str(tmp_path / "pack") + "/").replace("\nbatch = 128", "\nbatch = 1")
+           .replace("\nckpt_every = 100", "\nckpt_every = 1").replace("\nmonitor_tiles = 32", "\nmonitor_tiles = 2")
+           .replace("\nholdout_every = 15", "\nholdout_every = 3"))
+    (tmp_path / "gpu.toml").write_text(cfg)
+    snap = tmp_path / "snapshot"
+    train.main(["--config", str(tmp_path / "gpu.toml"), "--run", str(tmp_path / "run"), "--snapshot", str(snap),
+                "--threads", "1", "--stop-after", "0"])
+    checks = [r for r in log_lines(snap) if "eval" in r]
+    assert [c["step"] for c in checks] == [1] and "lpips_vgg3@256" in checks[0]
+    assert checks[0]["psnr@256"] > checks[0]["psnr@0"]  # the shipped stage's weights, not a fresh start
+
+
 def test_heldout_fine_tune_keeps_the_tokens():
     """heldout.fine_tuned lays the committed decoder-only snapshot over its init: same encoder, so the
     same tokens (the same bytes for both decoders), another decoder."""
