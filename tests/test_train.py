@@ -201,12 +201,13 @@ def test_gpu_refinement_config_trains(tmp_path):
     cfg = (Path(train.__file__).parent / "configs" / "odp-refine-x2-gpu.toml").read_text()
     assert '\ndata = [".gpu/photos"]' in cfg and 'perceptual_weights = ".gpu/lpips-vgg3.safetensors"' in cfg
     cfg = (cfg.replace(".gpu/", str(tmp_path / "pack") + "/").replace("\nbatch = 128", "\nbatch = 1")
-           .replace("\nckpt_every = 100", "\nckpt_every = 1").replace("\nmonitor_tiles = 32", "\nmonitor_tiles = 2")
-           .replace("\nholdout_every = 15", "\nholdout_every = 3"))
+           .replace("\nsteps = 40000", "\nsteps = 1").replace("\nmonitor_tiles = 32", "\nmonitor_tiles = 2")
+           .replace("\nholdout_every = 15", "\nholdout_every = 3").replace("\nbf16 = true", "\nbf16 = false"))
+    assert "\nsteps = 1 " in cfg and "\nbatch = 1\n" in cfg and "\nbf16 = false\n" in cfg
     (tmp_path / "gpu.toml").write_text(cfg)
     snap = tmp_path / "snapshot"
     train.main(["--config", str(tmp_path / "gpu.toml"), "--run", str(tmp_path / "run"), "--snapshot", str(snap),
-                "--threads", "1", "--stop-after", "0"])
+                "--threads", "1"])
     checks = [r for r in log_lines(snap) if "eval" in r]
     assert [c["step"] for c in checks] == [1] and "lpips_vgg3@256" in checks[0]
     assert checks[0]["psnr@256"] > checks[0]["psnr@0"]  # the shipped stage's weights, not a fresh start
