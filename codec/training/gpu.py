@@ -91,8 +91,12 @@ def download_wheels(out: Path = PACK, wheels=WHEELS) -> list[Path]:
 
 
 def _git(root: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(["git", "--literal-pathspecs", "-C", str(root), *args], input=stdin, capture_output=True, text=True,
-                          check=True).stdout
+    """git's output; its own message, on one line, if it fails."""
+    r = subprocess.run(["git", "--literal-pathspecs", "-C", str(root), *args], input=stdin, capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise SystemExit(f"git {args[0]}: {(r.stderr.strip().splitlines() or ['failed'])[0]}")
+    return r.stdout
 
 
 def travelling(root: Path) -> dict[str, int]:
@@ -133,7 +137,8 @@ def slim(root: Path = Path("."), keep=KEEP, carry=(PACK,)) -> tuple[int, int]:
     files = travelling(root)
     drop = slim_plan(files, keep)
     carried = sum(f.stat().st_size for c in carry if (root / c).is_dir() for f in (root / c).rglob("*") if f.is_file())
-    size = sum(n for p, n in files.items() if p not in set(drop)) + carried
+    dropped = set(drop)
+    size = sum(n for p, n in files.items() if p not in dropped) + carried
     if size > TRAVEL_LIMIT:
         raise SystemExit(f"{size / 2 ** 20:.1f} MiB would travel even slim (limit {TRAVEL_LIMIT / 2 ** 20:.0f} MiB)")
     if drop:
@@ -153,9 +158,9 @@ def restore(root: Path = Path(".")) -> int:
     first = lines.index(SLIM_MARK)
     last = lines.index(SLIM_MARK, first + 1)
     paths = [line[1:] for line in lines[first + 1:last]]
-    exclude.write_text("".join(line + "\n" for line in lines[:first] + lines[last + 1:]))
-    if paths:
+    if paths:  # first the index, so a failure leaves the record of what to restore
         _git(root, "reset", "-q", "--pathspec-from-file=-", "--pathspec-file-nul", stdin="\0".join(paths))
+    exclude.write_text("".join(line + "\n" for line in lines[:first] + lines[last + 1:]))
     return len(paths)
 
 
