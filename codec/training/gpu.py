@@ -121,7 +121,8 @@ def _owner(path: str) -> str | None:
 
 def slim_plan(files: dict[str, int], keep=KEEP) -> list[str]:
     """The heavy files of `files` that belong to none of `keep`."""
-    return sorted(p for p in files if _owner(p) is not None and _owner(p) not in keep)
+    owners = {p: _owner(p) for p in files}
+    return sorted(p for p, owner in owners.items() if owner is not None and owner not in keep)
 
 
 def _exclude_file(root: Path) -> Path:
