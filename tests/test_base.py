@@ -281,4 +281,4 @@ def test_finding_a_models_role_loads_only_the_model_it_returns(monkeypatch):
     assert registry.thumbnail_model(base).name == "odp-thumbnail-x2-v1" and loaded[1:] == ["odp-thumbnail-x2-v1"]
     default = registry.find()
     stage = registry.refinement_for(default)
-    assert stage.refines == default.sha256 and loaded[2:] == [default.name, "odp-refine-x2-v3"]
+    assert stage.refines == default.sha256 and loaded[2:] == [default.name, "odp-refine-x2-v4"]

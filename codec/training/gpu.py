@@ -41,7 +41,7 @@ TRAVEL_LIMIT = 64 * 2 ** 20  # the device tool's limit on the tree and carried f
 HEAVY = ("codec/weights/", "entropy/weights/", "codec/training/snapshots/", "docs/results/")
 # What gpu.sh needs: the refinement run's init and base model, and the context models that odp.encode
 # (the throughput check) codes their tokens with.
-KEEP = ("odp-small-v3", "odp-refine-x2-v3", "ctx16d-v1", "ctx16d-refine-v2")
+KEEP = ("odp-small-v3", "odp-refine-x2-v4", "ctx16d-v1", "ctx16d-refine-v2")
 WHEELS = ("constriction==0.5.0",)  # runtime dependencies the device's Python lacks (KINDS.md's list)
 SLIM_MARK = "# gpu slim: out of the index until `python -m odp.codec.training.gpu restore`"
 MAX_AREA = 0.25e6     # pixels per carried photo
