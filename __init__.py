@@ -42,7 +42,7 @@ MIME_TYPE = "image/x-odp"
 EXTENSION = ".odp"
 
 __all__ = ["encode", "decode", "truncate", "cut_points", "info", "Info", "StageInfo", "verify", "model_of", "model_info", "pixel_limit", "ModelInfo", "encode_batch", "encode_groups",
-           "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "transcode", "register_pillow", "EncodeOptions",
+           "Encoding", "is_odp", "encode_file", "decode_file", "truncate_file", "save_decoded", "transcode", "register_pillow", "EncodeOptions",
            "FormatError", "ModelNotFound", "OptionError", "InputError", "OdpWarning", "open_image", "MIME_TYPE", "EXTENSION",
            "IMAGE_SUFFIXES", "__version__"]
 
@@ -481,6 +481,19 @@ def encode_file(src: str | os.PathLike, dst: str | os.PathLike | None = None, to
     return _write_atomic(dst or Path(src).with_suffix(EXTENSION), overwrite, lambda f: f.write(data))
 
 
+PNG_COMPRESS_LEVEL = 1
+
+
+def save_decoded(im: Image.Image, f: Any, fmt: str = "PNG") -> None:
+    """Write a decoded image to a file object as `odp decode` does: its ICC profile and EXIF kept, a PNG at
+    zlib level 1 (a decoded photo's fine detail barely deflates: Pillow's default level 6 makes it about 5%
+    smaller in three times the time)."""
+    extra = {k: im.info[k] for k in ("icc_profile", "exif") if im.info.get(k)}
+    if fmt == "PNG":
+        extra["compress_level"] = PNG_COMPRESS_LEVEL
+    im.save(f, format=fmt, **extra)
+
+
 def decode_file(src: str | os.PathLike, dst: str | os.PathLike | None = None, tokens: int | None = None,
                 device: str = "auto", overwrite: bool = False) -> Path:
     """Decode an .odp file to `dst` (default: src with .png), in the format its extension names; returns dst."""
@@ -492,8 +505,7 @@ def decode_file(src: str | os.PathLike, dst: str | os.PathLike | None = None, to
     if fmt not in Image.SAVE:
         raise ValueError(f"{dst}: Pillow cannot write '{dst.suffix}' images")
     im = decode(Path(src).read_bytes(), tokens=tokens, device=device)
-    extra = {k: im.info[k] for k in ("icc_profile", "exif") if im.info.get(k)}
-    return _write_atomic(dst, overwrite, lambda f: im.save(f, format=fmt, **extra))
+    return _write_atomic(dst, overwrite, lambda f: save_decoded(im, f, fmt))
 
 
 def truncate_file(src: str | os.PathLike, dst: str | os.PathLike, tokens: int | None = None,

@@ -465,9 +465,8 @@ def _decode_one(src, dst, tokens, device, force, quiet, strict, max_pixels) -> N
         finally:
             tiles.close()
     _show_warnings(caught, src, quiet)
-    extra = {k: v for k, v in (("icc_profile", im.info.get("icc_profile")), ("exif", im.info.get("exif"))) if v}
     with user_errors(dst):
-        write_output(dst, None, force, save=lambda f: im.save(f, format=fmt, **extra))
+        write_output(dst, None, force, save=lambda f: odp.save_decoded(im, f, fmt))
 
 
 def _on_cluster(inputs, output, options, decode, cluster, force, quiet, max_pixels) -> None:

@@ -153,8 +153,7 @@ class Transcoder:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OdpWarning)
             im = odp.decode(raw, max_pixels=self.limit)
-        extra = {k: im.info[k] for k in ("icc_profile", "exif") if im.info.get(k)}
-        size = _write(dst, self.force, lambda f: im.save(f, format="PNG", **extra))
+        size = _write(dst, self.force, lambda f: odp.save_decoded(im, f))
         self._row(rows, src, dst, "done", bytes_in=len(raw), bytes_out=size, pixels=im.width * im.height)
 
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import odp
+from odp.codec import ratecontrol
 from odp.codec.evaluation.metrics import seam_ratio
 from odp.codec.options import quality_to_bpp
 from odp.codec.quality import psnr
@@ -53,7 +54,10 @@ def test_the_picture_improves_through_the_refinement_stage(encoding, first_stage
 def test_quality_spans_the_range_in_distinct_sizes(encoding, first_stage):
     """--quality 1..100 is a budget of 0.002..0.3 bpp: on this photo the qualities past the first stage's
     whole file reach into the refinement stage, those past its whole file into the further stage, and
-    every step is a larger file."""
+    every step is a larger file, but where the further stage's first layers would lower the picture's PSNR
+    (ratecontrol.extension_within): there the refinement stage's whole file is kept. On this photo (much
+    fine detail) that is from 1.0 to 1.3 times its bytes with odp-refine-x2-v4 (1.17 with v3): one step of
+    3 qualities, q 94 and 97, gets it twice."""
     w, h = encoding.size
     whole = encoding.whole
     sizes = []
@@ -63,9 +67,12 @@ def test_quality_spans_the_range_in_distinct_sizes(encoding, first_stage):
         assert len(data) <= budget or q == 1
         sizes.append((len(data), budget, odp.info(data).stages))
     grown = [n for n, _, _ in sizes]
-    assert grown == sorted(set(grown)) and len(grown) == 34  # strictly growing
+    assert grown == sorted(grown) and len(grown) == 34  # never shrinking ...
+    kept = [n for n in set(grown) if grown.count(n) > 1]
+    assert kept in ([], [len(whole)]) and grown.count(len(whole)) <= 2  # ... and growing but at that one place
     assert any(len(first_stage) * 2 < n < len(whole) for n in grown)  # well into the refinement stage
-    past = [(n, stages) for n, budget, stages in sizes if budget > len(whole) * 1.1]
+    # past EXTEND_CHECKED times the whole file the further stage's cut is taken without a check
+    past = [(n, stages) for n, budget, stages in sizes if budget > len(whole) * ratecontrol.EXTEND_CHECKED]
     assert past and all(n > len(whole) and stages == 3 for n, stages in past)  # into the further stage
 
 

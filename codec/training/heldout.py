@@ -59,12 +59,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--snapshot", type=Path, required=True)
     ap.add_argument("--budgets", help="bits per pixel, comma-separated (default 0.005-0.03; 0.05-0.2 for a stage)")
     ap.add_argument("--area", type=float, default=0.4, help="largest photo size in MP (a Kodak photo is 0.39)")
+    ap.add_argument("--against", help="the shipped model to compare with (default: the run's init); the same "
+                                      "tokens, e.g. the stage shipped from an earlier snapshot of this run")
     args = ap.parse_args(argv)
     cfg = tomllib.loads(Path(args.config).read_text())
     tc, staged = cfg["train"], "refine" in cfg
     torch.set_num_threads(1)
-    base = load(tc["init"])
-    engines = {tc["init"]: Engine(base, "cpu"), "snapshot": Engine(fine_tuned(base, args.snapshot), "cpu")}
+    init = load(tc["init"])
+    base = load(args.against) if args.against else init
+    if base.entry.contexts != init.entry.contexts:
+        raise SystemExit(f"{base.name} does not make {init.name}'s tokens: nothing to compare on the same bytes")
+    engines = {base.name: Engine(base, "cpu"), "snapshot": Engine(fine_tuned(init, args.snapshot), "cpu")}
     alex, dists = perceptual.get("alex"), perceptual.get("dists")
     budgets = [float(b) for b in (args.budgets or ("0.05,0.1,0.15,0.2" if staged else "0.005,0.01,0.02,0.03")).split(",")]
     scores: dict = {}
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         s = min(1.0, math.sqrt(args.area * 1e6 / (im.width * im.height)))
         im = im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS) if s < 1 else im
         ref = np.asarray(im)
-        pictures = staged_pictures(ref, base, engines) if staged else first_stage_pictures(im, engines, tc["init"])
+        pictures = staged_pictures(ref, base, engines) if staged else first_stage_pictures(im, engines, base.name)
         pitch = base.tile // base.entry.scale  # where the tiles of the decoders compared meet, in the picture
         for b in budgets:
             try:
@@ -107,12 +112,13 @@ def first_stage_pictures(im: Image.Image, engines: dict, init: str):
 
 def staged_pictures(pixels: np.ndarray, stage: Model, engines: dict):
     """max_bytes -> (the default file's cut, each stage decoder's picture of it): the file is made by
-    the first stage's shipped model and the shipped stage `stage`, as `odp encode` does."""
+    the first stage's shipped model and the installed stage, as `odp encode` does: `stage` or one making its
+    tokens (a decoder-only fine-tune of the same encoder)."""
     first = Engine(registry.find_by_hash(stage.entry.refines), "cpu")
     ladder = ratecontrol.ScaleLadder(Prepared(pixels, b"", b""), first, refine=True)
     r = ladder.refined
-    if r is None or r.engine.entry.sha256 != stage.sha256:
-        raise SystemExit(f"the encoder's refinement stage is not {stage.name}: compare against the installed one")
+    if r is None or r.engine.entry.contexts != stage.entry.contexts:
+        raise SystemExit(f"the encoder's refinement stage does not make {stage.name}'s tokens: compare against the installed one")
 
     def at(max_bytes: int):
         data = truncate(r.data, max_bytes=max_bytes)
