@@ -4,8 +4,8 @@
         --snapshot codec/training/snapshots/odp-small-v3
 
 The run's held-out photos (every `holdout_every`-th, never trained on, never the eval set), each at
-most `--area` MP, are encoded once with the `init` model; a decoder-only fine-tune makes the same
-tokens, so each cut of that file (the largest within each budget) is the same bytes for both, and
+most `--area` MP, are encoded once with the `init` model (or `--against`, a shipped model making the same
+tokens); a decoder-only fine-tune makes the same tokens, so each cut of that file (the largest within each budget) is the same bytes for both, and
 only the decoders differ. Prints the mean PSNR, LPIPS-Alex, DISTS and seam ratio (metrics.seam_ratio, at
 the decoders' tile pitch) of each at each budget: what decides whether the snapshot ships.
 
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
                           **{k: round(float(np.nanmean(v)), 4) for k, v in r.items()}}))
 
 
-def first_stage_pictures(im: Image.Image, engines: dict, init: str):
-    """max_bytes -> (the shipped file's cut, each decoder's picture of it)."""
-    whole = encode(im, EncodeOptions(device="cpu"), engine=engines[init])
+def first_stage_pictures(im: Image.Image, engines: dict, shipped: str):
+    """max_bytes -> (the shipped model's file's cut, each decoder's picture of it)."""
+    whole = encode(im, EncodeOptions(device="cpu"), engine=engines[shipped])
 
     def at(max_bytes: int):
         data = truncate(whole, max_bytes=max_bytes)
