@@ -169,7 +169,9 @@ def main() -> None:
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="Where the neural network runs; the file format is the same either way.")
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
-quiet_option = click.option("--quiet", is_flag=True, help="No warnings or progress, only errors (-q is --quality).")
+quiet_option = click.option("--quiet", is_flag=True, help="No warnings or progress, only errors.")
+encode_quiet_option = click.option("--quiet", is_flag=True,
+                                   help="No warnings or progress, only errors (-q is --quality).")
 max_pixels_option = click.option("--max-pixels", type=click.IntRange(1), default=None,
                                  help="Refuse images of more pixels (decompression-bomb guard; "
                                       "default $ODP_MAX_PIXELS or 2^28).")
@@ -240,7 +242,7 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
 @click.option("--msssim", type=float, help="Smallest file whose decoded image reaches this MS-SSIM (0..1).")
 @device_option
 @force_option
-@quiet_option
+@encode_quiet_option
 @click.option("--metadata", default="none", show_default=True,
               help="What to carry: none, icc, exif or all (comma-separated). Without icc, colours are "
                    "converted to sRGB; metadata can outweigh a small image.")
