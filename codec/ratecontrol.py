@@ -405,10 +405,14 @@ ALONE_MAX_LAYERS = 1
 def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
     """A version-4 file within max_bytes: the best base thumbnail within BASE_SHARE of it, then the base
     model's tokens cut to the budget; where all of them leave bytes, the further stage's cut after
-    them (as extended_within). None where no base fits (or no base model)."""
+    them (as extended_within); where no thumbnail fits the share but one fits the whole budget, that
+    thumbnail alone (on the 768x512 test photo at 140-151 bytes: 15.05 dB against 13.6-13.7 for the
+    tokens-only file). None where no base fits (or no base model)."""
     base = ladder.base_within(max_bytes)
-    if base is None:
-        return None
+    if base is None:  # none within the share: one within the whole budget still beats tokens alone
+        bigger = ladder.base_within(max_bytes, share=1.0)
+        data = None if bigger is None else thumbnail_alone(ladder, bigger, max_bytes)
+        return data if data is not None and len(data) <= max_bytes else None
     whole = ladder.based(base)
     if len(whole.data) > max_bytes:
         try:

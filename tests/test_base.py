@@ -271,6 +271,27 @@ def test_a_cut_of_one_layer_gives_way_to_the_thumbnail_alone(adaptive_photo):
             assert data == cut_file and odp.model_of(data).name == "odp-classic-x2-v2"
 
 
+def test_a_budget_whose_share_holds_no_thumbnail_takes_one_alone_where_the_whole_budget_does(adaptive_photo):
+    """Just above the smallest thumbnail's file, 9/10 of the budget holds no thumbnail but the whole budget
+    does: the file is that thumbnail alone, not the tokens-only file it used to be (on this photo 13.6-13.7
+    dB against 15.05)."""
+    from odp.codec import coding, ratecontrol
+    from odp.codec.imaging import Prepared
+
+    engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
+    ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
+    files = {n: ratecontrol.within(ladder, n) for n in range(100, 200, 4)}
+    assert all(len(d) <= n for n, d in files.items())
+    gained = [n for n, d in files.items() if ladder.base_within(n) is None and d[4] == container.BASE_VERSION]
+    assert gained, "no budget between 100 and 200 bytes falls between the share and the whole"
+    n = gained[0]
+    alone = container.read(files[n])
+    assert not alone.layers and odp.model_of(files[n]).name == "odp-thumbnail-x2-v1"
+    tokens_only = odp.encode(adaptive_photo, bytes=n, device="cpu", base=False)
+    ref = helpers.pixels(adaptive_photo)
+    assert helpers.psnr(ref, odp.decode(files[n])) > helpers.psnr(ref, odp.decode(tokens_only)) + 0.5
+
+
 def test_finding_a_models_role_loads_only_the_model_it_returns(monkeypatch):
     """base_model, thumbnail_model and refinement_for read the installed files' headers; only the model
     they pick is hashed and loaded (an encode used to load all eleven, about 0.2 s)."""
