@@ -580,8 +580,9 @@ def info(input, as_json, verify, cuts):
     click.echo(f"  model:    {printable(model.name)} sha256 {model.weights_sha256[:16]}")
     if i.base:
         click.echo(f"  base:     {i.base.upper() if i.base == 'avif' else 'WebP'} thumbnail {i.base_width}x{i.base_height} "
-                   f"(1/{i.base_shrink} of each side), {i.base_bytes} bytes in the header: the first stage's "
-                   f"tokens refine it, and no cut is smaller")
+                   f"(1/{i.base_shrink} of each side), {i.base_bytes} bytes in the header: "
+                   + ("the first stage's tokens refine it, and no cut is smaller" if i.layers else
+                      "no tokens, the model draws it alone, enlarged"))
     click.echo(f"  layers:   {i.layers} (each a point where the file can be cut as it is)")
     for k, r in enumerate(i.refinements, 2):
         click.echo(f"  stage {k}:  refinement coded at {r.coded_width}x{r.coded_height}, {r.tiles} tiles, "

@@ -86,6 +86,10 @@ def test_info_names_the_base_and_verify_checks_it(based, tmp_path):
     assert r.exit_code == 0, r.output
     assert f"thumbnail {i.base_width}x{i.base_height}" in r.output and "verified" in r.output
     assert "base" in r.output.split("cuts:")[1].splitlines()[1]  # the first cut is the thumbnail alone
+    assert "tokens refine it" in r.output
+    (tmp_path / "alone.odp").write_bytes(container.write(container.Container(container.read(based).header, [])))
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "alone.odp")])  # no layer: nothing refines it
+    assert r.exit_code == 0 and "no tokens, the model draws it alone" in r.output and "refine it" not in r.output
     odp.verify(based)
 
 
