@@ -25,6 +25,7 @@ from .quality import psnr
 FORMATS = {"avif": ("AVIF", {"speed": 6}), "webp": ("WEBP", {"method": 4})}
 QUALITIES = {"avif": range(0, 51), "webp": range(0, 81)}   # the qualities the model saw in training
 SHRINKS = (1, 2, 4, 8)
+LOWEST_SLACK = 0.9  # largest_within looks past the lowest quality for budgets down to this share of its file
 CODE = {name: code for code, name in BASE_CODECS.items()}
 
 # An AVIF base may be stored packed (codec "avif-packed": what the encoder wrote before the frame forms below,
@@ -249,11 +250,24 @@ class Candidates:
 
     def largest_within(self, codec: str, s: int, max_bytes: int) -> tuple[str, bytes] | None:
         """The stored file of the highest quality in QUALITIES whose size is at most max_bytes (size grows
-        with quality almost always; a bisection), or None."""
+        with quality almost always; a bisection), or None. Not always at the lowest qualities: AVIF's
+        qualities 0-2 make a file 2-7% larger than 3-5 (the 768x512 test photo, every shrink), so a budget
+        just under the lowest quality's file looks a few qualities further."""
         qs = QUALITIES[codec]
         lo, hi = qs.start, qs.stop - 1
-        if len(self.file(codec, s, lo)[1]) > max_bytes:
-            return None
+        lowest = len(self.file(codec, s, lo)[1])
+        if lowest > max_bytes:
+            if max_bytes < LOWEST_SLACK * lowest:
+                return None
+            for q in range(lo + 1, min(lo + 6, hi + 1)):
+                size = len(self.file(codec, s, q)[1])
+                if size <= max_bytes:
+                    lo = q
+                    break
+                if size > lowest:  # growing already (WebP): nothing smaller follows
+                    return None
+            else:
+                return None
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if len(self.file(codec, s, mid)[1]) <= max_bytes:

@@ -285,7 +285,8 @@ def test_a_budget_whose_share_holds_no_thumbnail_takes_one_alone_where_the_whole
     engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
     ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
     files = {n: ratecontrol.within(ladder, n) for n in range(100, 200, 4)}
-    assert all(len(d) <= n for n, d in files.items())
+    sizes = [len(d) for d in files.values()]
+    assert all(len(d) <= n for n, d in files.items()) and sizes == sorted(sizes)  # on this photo, never shrinking
     gained = [n for n, d in files.items() if ladder.base_within(n) is None and d[4] == container.BASE_VERSION]
     assert gained, "no budget between 100 and 200 bytes falls between the share and the whole"
     n = gained[0]
@@ -294,6 +295,17 @@ def test_a_budget_whose_share_holds_no_thumbnail_takes_one_alone_where_the_whole
     tokens_only = odp.encode(adaptive_photo, bytes=n, device="cpu", base=False)
     ref = helpers.pixels(adaptive_photo)
     assert helpers.psnr(ref, odp.decode(files[n])) > helpers.psnr(ref, odp.decode(tokens_only)) + 0.5
+
+
+def test_a_budget_just_under_the_lowest_qualitys_thumbnail_finds_the_smaller_one_a_few_qualities_on(adaptive_photo):
+    """AVIF's qualities 0-2 make a larger file than 3-5: a budget between the two sizes still gets a
+    thumbnail (the search used to stop at quality 0); one under both gets none."""
+    candidates = thumbnail.Candidates(np.asarray(adaptive_photo))
+    lowest, smaller = (len(candidates.file("avif", 8, q)[1]) for q in (0, 3))
+    assert smaller < lowest
+    found = candidates.largest_within("avif", 8, lowest - 1)
+    assert found is not None and len(found[1]) <= lowest - 1
+    assert candidates.largest_within("avif", 8, smaller - 1) is None
 
 
 def test_finding_a_models_role_loads_only_the_model_it_returns(monkeypatch):
