@@ -24,7 +24,8 @@ ENCODER_VERSION = 14 # 5: errors predicted, not measured; 6: coded larger where 
                      # 11: a file that is its thumbnail alone names the model trained for it (thumbnail_model)
                      # 12: a version-4 cut of one layer gives way to the thumbnail alone (ALONE_MAX_LAYERS)
                      # 13: the ONNX graphs multiply by weight matrices in 8 bits, a tile per call
-                     # 14: a budget whose share holds no thumbnail but whose whole does: the thumbnail alone
+                     # 14: a budget whose share holds no thumbnail but whose whole does: the thumbnail alone;
+                     #     a budget just under the lowest quality's thumbnail looks a few qualities on
 # Block sizes at which tile_features measures the detail a blocky approximation misses.
 FEATURE_SCALES = (2, 4, 8, 16, 32, 64, 256)
 # Token counts at which the allocation predictor gives each tile's error (ALLOCATION_GRID and the
