@@ -410,9 +410,7 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
     tokens-only file). None where no base fits (or no base model)."""
     base = ladder.base_within(max_bytes)
     if base is None:  # none within the share: one within the whole budget still beats tokens alone
-        bigger = ladder.base_within(max_bytes, share=1.0)
-        data = None if bigger is None else thumbnail_alone(ladder, bigger, max_bytes)
-        return data if data is not None and len(data) <= max_bytes else None
+        return thumbnail_alone(ladder, max_bytes)
     whole = ladder.based(base)
     if len(whole.data) > max_bytes:
         try:
@@ -420,19 +418,24 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
         except ValueError:  # the thumbnail's header leaves no room (not expected: the share left it some)
             return None
         layers = len(container.read(cut).layers)
-        return cut if layers > ALONE_MAX_LAYERS else thumbnail_alone(ladder, base, max_bytes)
+        return cut if layers > ALONE_MAX_LAYERS else thumbnail_alone(ladder, max_bytes, base)
     ext = ladder.based_extended(base)
     return whole.data if ext is None else extension_within(whole.data, ext, max_bytes, ladder.p.pixels)
 
 
-def thumbnail_alone(ladder: ScaleLadder, base: thumbnail.Base, max_bytes: int) -> bytes:
+def thumbnail_alone(ladder: ScaleLadder, max_bytes: int,
+                    within_share: thumbnail.Base | None = None) -> bytes | None:
     """Where the tokens' share of a budget holds at most ALONE_MAX_LAYERS layers (a large image at the
-    smallest budgets), the thumbnail takes the whole budget instead: the file is that thumbnail with no
-    layer, drawn by the model trained for that (0 tokens: a learned enlargement of it)."""
-    bigger = ladder.base_within(max_bytes, share=1.0) or base
-    alone = container.write(container.Container(ladder.based_header(bigger, alone=True), []))
-    return alone if len(alone) <= max_bytes else container.write(
-        container.Container(ladder.based_header(base, alone=True), []))
+    smallest budgets), or no thumbnail fits the share, the thumbnail takes the whole budget instead: the
+    file is that thumbnail with no layer, drawn by the model trained for that (0 tokens: a learned
+    enlargement of it); the one chosen within the share (`within_share`) where that file would not fit.
+    None where neither fits."""
+    for base in (ladder.base_within(max_bytes, share=1.0), within_share):
+        if base is not None:
+            alone = container.write(container.Container(ladder.based_header(base, alone=True), []))
+            if len(alone) <= max_bytes:
+                return alone
+    return None
 
 
 def within(ladder: ScaleLadder, max_bytes: int) -> bytes:

@@ -225,19 +225,24 @@ def test_a_file_of_the_earlier_base_model_decodes_with_it(photo, based):
     assert psnr(ref, shown) > psnr(ref, first_cut) > 20
 
 
+def _ladder(photo: Image.Image):
+    """The encoder's candidate files for `photo` (ratecontrol.ScaleLadder), as `odp.encode` builds them on a CPU."""
+    from odp.codec import coding, ratecontrol
+    from odp.codec.imaging import Prepared
+
+    engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
+    return ratecontrol.ScaleLadder(Prepared(np.asarray(photo), b"", b""), engine, refine=True, base=True)
+
+
 def test_a_token_share_too_small_for_a_layer_goes_to_the_thumbnail(adaptive_photo):
     """At 0.005 bpp of a 768x512 photo the tenth of the budget kept for tokens cannot hold one layer (a
     token for each of 24 tiles): the file is then the thumbnail alone, chosen within the whole budget,
     not the smaller thumbnail of 9/10 of it with the rest unused."""
-    from odp.codec import coding, ratecontrol
-    from odp.codec.imaging import Prepared
-
     n = 245
     data = odp.encode(adaptive_photo, bytes=n, device="cpu")
     c = container.read(data)
     assert c.header.version == 4 and not c.layers and len(data) <= n
-    engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
-    ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
+    ladder = _ladder(adaptive_photo)
     share = ladder.base_within(n)  # 9/10 of what the header leaves
     whole_budget = ladder.base_within(n, share=1.0)
     assert len(c.header.base) > len(share.data) and c.header.base == whole_budget.data
@@ -259,11 +264,9 @@ def test_a_cut_of_one_layer_gives_way_to_the_thumbnail_alone(adaptive_photo):
     """At 500 bytes of a 768x512 photo the tokens' share holds one layer (a token per tile): the thumbnail
     model's picture of a thumbnail with the whole budget draws better (ratecontrol.ALONE_MAX_LAYERS), so the
     file is that thumbnail alone; at 700 bytes the cut keeps its two layers."""
-    from odp.codec import coding, ratecontrol
-    from odp.codec.imaging import Prepared
+    from odp.codec import ratecontrol
 
-    engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
-    ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
+    ladder = _ladder(adaptive_photo)
     for n, layers in ((500, 1), (700, 2)):
         cut_file = stream.truncate(ladder.based(ladder.base_within(n)).data, max_bytes=n)
         assert len(container.read(cut_file).layers) == layers
@@ -279,11 +282,9 @@ def test_a_budget_whose_share_holds_no_thumbnail_takes_one_alone_where_the_whole
     """Just above the smallest thumbnail's file, 9/10 of the budget holds no thumbnail but the whole budget
     does: the file is that thumbnail alone, not the tokens-only file it used to be (on this photo 13.6-13.7
     dB against 15.05)."""
-    from odp.codec import coding, ratecontrol
-    from odp.codec.imaging import Prepared
+    from odp.codec import ratecontrol
 
-    engine = coding.engine_for(coding.EncodeOptions(device="cpu"))
-    ladder = ratecontrol.ScaleLadder(Prepared(np.asarray(adaptive_photo), b"", b""), engine, refine=True, base=True)
+    ladder = _ladder(adaptive_photo)
     files = {n: ratecontrol.within(ladder, n) for n in range(100, 200, 4)}
     sizes = [len(d) for d in files.values()]
     assert all(len(d) <= n for n, d in files.items()) and sizes == sorted(sizes)  # on this photo, never shrinking

@@ -47,7 +47,7 @@ def compare(pixels: np.ndarray, bpp: float, engine) -> dict | None:
         return None
     whole = ladder.based(base).data
     cut = whole if len(whole) <= n else truncate(whole, max_bytes=n)
-    alone = ratecontrol.thumbnail_alone(ladder, base, n)
+    alone = ratecontrol.thumbnail_alone(ladder, n, base)
     score = Scorer(pixels, METRICS)
     return {"layers": len(container.read(cut).layers), "bytes": (len(cut), len(alone)),
             "cut": score(shown(cut)), "alone": score(shown(alone))}
