@@ -107,6 +107,7 @@ class Info:
     base_height: int = 0
     base_shrink: int = 0
     base_bytes: int = 0       # ... its file's bytes, part of the header (the smallest cut of the file)
+    base_low_band: int = 0    # ... 255ths of its low band the picture takes in place of its own (0: none)
 
 
 @dataclass(frozen=True)
@@ -404,7 +405,7 @@ def info(data: bytes) -> Info:
                                 len(s.layers), s.payload_bytes, s.header.model_id.hex(), s.header.entropy_model)
                       for s in c.stages),
                 PICTURE.get(container.BASE_CODECS.get(h.base_codec), ""), *(h.base_size if h.base else (0, 0)),
-                h.base_shrink, len(h.base))
+                h.base_shrink, len(h.base), h.base_low_band)
 
 
 def cut_points(data: bytes) -> list[tuple[int, float]]:

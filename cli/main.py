@@ -554,7 +554,7 @@ def info(input, as_json, verify, cuts):
                          "layers": r.layers, "payload_bytes": r.payload_bytes, "weights_sha256": r.weights_sha256,
                          "entropy_model": r.entropy_model} for r in i.refinements],
         "base": {"codec": i.base, "width": i.base_width, "height": i.base_height, "shrink": i.base_shrink,
-                 "bytes": i.base_bytes} if i.base else None,
+                 "bytes": i.base_bytes, "low_band": i.base_low_band} if i.base else None,
     }
     if verify:
         d["verified"] = True
@@ -582,7 +582,8 @@ def info(input, as_json, verify, cuts):
         click.echo(f"  base:     {i.base.upper() if i.base == 'avif' else 'WebP'} thumbnail {i.base_width}x{i.base_height} "
                    f"(1/{i.base_shrink} of each side), {i.base_bytes} bytes in the header: "
                    + ("the first stage's tokens refine it, and no cut is smaller" if i.layers else
-                      "no tokens, the model draws it alone, enlarged"))
+                      "no tokens, the model draws it alone, enlarged")
+                   + (f"; the picture takes {i.base_low_band}/255 of its low band" if i.base_low_band else ""))
     click.echo(f"  layers:   {i.layers} (each a point where the file can be cut as it is)")
     for k, r in enumerate(i.refinements, 2):
         click.echo(f"  stage {k}:  refinement coded at {r.coded_width}x{r.coded_height}, {r.tiles} tiles, "

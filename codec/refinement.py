@@ -40,7 +40,10 @@ def decode_stage(engine: Engine, stage: StageTokens, shown: np.ndarray) -> np.nd
     h = stage.container.header
     scale = stage_scale((shown.shape[1], shown.shape[0]), (h.width, h.height))
     big = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=enlarge_bicubic(shown, scale))
-    return resize(big, (shown.shape[1], shown.shape[0]))
+    pic = resize(big, (shown.shape[1], shown.shape[0]))
+    if h.base_low_band:  # a version-4 first stage (`shown` is its base's picture) taking part of the base's low band
+        pic = thumbnail.with_low_band(pic, shown, h.base_low_band)
+    return pic
 
 
 # Coded pixels up to which the encoder adds a refinement stage (a 16-MP photo at 2x): beyond, the

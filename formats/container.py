@@ -65,8 +65,8 @@ MAX_PIXELS_ENV = "ODP_MAX_PIXELS"  # overrides DEFAULT_MAX_PIXELS for every read
 FROM_ENV = -1               # max_pixels default: $ODP_MAX_PIXELS if set, else DEFAULT_MAX_PIXELS
 MODEL_ID_BYTES = 4          # a version-2 file names its model by this prefix of the weights' sha256
 
-FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS, FLAG_DISPLAY, FLAG_GRAY = 1, 2, 4, 8, 16, 32
-FLAGS = FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS | FLAG_DISPLAY | FLAG_GRAY
+FLAG_ICC, FLAG_EXIF, FLAG_WEIGHTS, FLAG_CAPS, FLAG_DISPLAY, FLAG_GRAY, FLAG_LOW_BAND = 1, 2, 4, 8, 16, 32, 64
+FLAGS = FLAG_ICC | FLAG_EXIF | FLAG_WEIGHTS | FLAG_CAPS | FLAG_DISPLAY | FLAG_GRAY | FLAG_LOW_BAND
 MAX_ENLARGE = 16            # a display side is at most this many times the coded side
 MAX_REDUCE = 4              # ... and at least the coded side over this (an image coded enlarged)
 _V1_FIXED = struct.Struct("<BBIIHHHH32s")  # version, flags, width, height, tile, tokens, kept, chunk_tokens, hash
@@ -113,6 +113,8 @@ class Header:
     base_codec: int = 0       # version 4: the base thumbnail's codec (BASE_CODECS); 0: no base
     base_shrink: int = 0      # ... the display size shrunk this many times each side (base_size)
     base: bytes = b""         # ... the thumbnail's file (AVIF or WebP bytes)
+    base_low_band: int = 0    # ... 1..255: the first stage's picture takes this many 255ths of the base's
+                              # low band in place of its own (codec/thumbnail.py, with_low_band); 0: none
 
     @property
     def cols(self) -> int:
@@ -199,6 +201,8 @@ class Header:
                 raise FormatError(f"base thumbnail shrink {self.base_shrink} is outside 1..{MAX_BASE_SHRINK}")
             if not 1 <= len(self.base) <= MAX_HEADER:
                 raise FormatError(f"base thumbnail of {len(self.base)} bytes is outside 1..{MAX_HEADER}")
+        if not 0 <= self.base_low_band <= 255 or (self.base_low_band and not self.base):
+            raise FormatError(f"a base's low-band weight {self.base_low_band} needs a base thumbnail and 1..255")
 
 
 @dataclass
@@ -303,13 +307,15 @@ def pack_header(h: Header, layers: list[Layer], stages_after: int = 0) -> bytes:
         raise FormatError(f"a file holds at most {MAX_STAGES} stages")
     check_layers(h, [x.level for x in layers], [len(x.data) for x in layers])
     flags = ((FLAG_ICC if h.icc else 0) | (FLAG_EXIF if h.exif else 0) | (FLAG_WEIGHTS if h.weights else 0)
-             | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0) | (FLAG_GRAY if h.gray else 0))
+             | (FLAG_CAPS if h.caps else 0) | (FLAG_DISPLAY if h.scaled else 0) | (FLAG_GRAY if h.gray else 0)
+             | (FLAG_LOW_BAND if h.base_low_band else 0))
     f = [bytes([flags]), *_model_fields(h)]
     f += [varint(len(h.icc)), h.icc] if h.icc else []
     f += [varint(len(h.exif)), h.exif] if h.exif else []
     f += [h.weights, h.caps]
     f += [varint(h.display_size[0]), varint(h.display_size[1])] if h.scaled else []
     f += [bytes([h.base_codec, h.base_shrink]), varint(len(h.base)), h.base] if h.base else []
+    f += [bytes([h.base_low_band])] if h.base_low_band else []
     f += _layer_table(layers)
     f += [varint(stages_after)] if stages_after or h.base else []
     fields = b"".join(f)
@@ -461,7 +467,13 @@ def read_header(data: bytes, max_pixels: int | None = FROM_ENV) -> tuple[Header,
         h.base = f.take(f.varint(MAX_HEADER, "a base thumbnail size"))
         if not h.base:
             raise FormatError("a version-4 file has an empty base thumbnail")
+        if flags & FLAG_LOW_BAND:
+            h.base_low_band = f.u8()
+            if not h.base_low_band:
+                raise FormatError("a base's low-band weight is 0 (the flag says one follows: 1..255)")
         h.validate(max_pixels)
+    elif flags & FLAG_LOW_BAND:
+        raise FormatError("header has the base low-band flag but no base thumbnail (version 4 only)")
     layers = _read_layer_table(f)
     if version in (STAGED_VERSION, BASE_VERSION):
         h.version, h.stages_after = version, f.varint(MAX_STAGES - 1, "a stage count")

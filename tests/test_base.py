@@ -4,6 +4,7 @@ What `odp encode --bytes` / `--bpp` / `--quality` makes where a base fits the bu
 described and decoded like any file (docs/format.md, "Version 4")."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 
@@ -225,6 +226,64 @@ def test_a_file_of_the_earlier_base_model_decodes_with_it(photo, based):
     assert psnr(ref, shown) > psnr(ref, first_cut) > 20
 
 
+def _float_low_band(d: np.ndarray) -> np.ndarray:
+    """The low band by its definition (docs/format.md): the taps normalised, edges mirrored, in floating point."""
+    taps = np.array(thumbnail.LOW_BAND_TAPS, np.float64) / sum(thumbnail.LOW_BAND_TAPS)
+    r = len(taps) // 2
+    p = np.pad(d.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="symmetric")
+    h, w = d.shape[:2]
+    across = sum(t * p[:, k:k + w] for k, t in enumerate(taps))
+    return sum(t * across[k:k + h] for k, t in enumerate(taps))
+
+
+def test_the_base_low_band_is_exact_integer_arithmetic(monkeypatch):
+    """Against the definition in floating point: within half a level before rounding; a picture that
+    differs from its base by a constant takes the base exactly at 255/255; strips join without a seam."""
+    rng = np.random.default_rng(3)
+    picture = rng.integers(20, 236, (300, 70, 3), dtype=np.uint8)   # taller than a strip (256 rows)
+    base = rng.integers(0, 256, picture.shape, dtype=np.uint8)
+    for weight in (0, 1, 100, 255):
+        want = picture + weight / 255 * _float_low_band(base.astype(np.int32) - picture)
+        got = thumbnail.with_low_band(picture, base, weight)
+        assert got.dtype == np.uint8 and np.abs(got - np.clip(want, 0, 255)).max() <= 0.5 + 1e-9
+    assert np.array_equal(thumbnail.with_low_band(picture, picture + 9, 255), picture + 9)
+    assert np.array_equal(thumbnail.with_low_band(picture, base, 0), picture)
+    strips = thumbnail.with_low_band(picture, base, 200)
+    monkeypatch.setattr(thumbnail, "_LOW_BAND_ROWS", 10_000)
+    assert np.array_equal(thumbnail.with_low_band(picture, base, 200), strips)
+    tiny = picture[:3, :2]  # smaller than the taps: mirrored again and again
+    assert thumbnail.with_low_band(tiny, tiny + 5, 255).tolist() == (tiny + 5).tolist()
+
+
+def test_the_low_band_weight_is_the_least_squares_one():
+    """The weight that brings the picture nearest the image: all of the base's low band where the image is
+    the base (and the two differ only in it), none where the image is the picture, about half between."""
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:120, 0:160]
+    drift = (12 * np.sin(xx / 25.0) * np.cos(yy / 30.0))[..., None].round().astype(np.int16)
+    base = rng.integers(40, 216, (120, 160, 3)).astype(np.uint8)
+    picture = (base + drift).astype(np.uint8)
+    assert thumbnail.low_band_weight(base, picture, base) == 255
+    assert thumbnail.low_band_weight(picture, picture, base) == 0
+    halfway = (base.astype(np.int16) + drift // 2).astype(np.uint8)
+    assert 100 <= thumbnail.low_band_weight(halfway, picture, base) <= 155
+
+
+def test_a_file_on_a_base_takes_its_low_band_where_that_brings_the_picture_nearer(photo, based):
+    """A file on a base shrunk at most twice carries the weight the encoder fitted; it decodes nearer the
+    photo than the same tokens without it, and a cut keeps it (the header stays whole)."""
+    c = container.read(based)
+    assert c.header.base_shrink <= thumbnail.LOW_BAND_MAX_SHRINK and 0 < c.header.base_low_band <= 255
+    c.header = dataclasses.replace(c.header, base_low_band=0)
+    without = container.write(c)
+    assert len(without) == len(based) - 1
+    ref = helpers.pixels(photo)
+    assert helpers.psnr(ref, odp.decode(based)) > helpers.psnr(ref, odp.decode(without))
+    cut = odp.truncate(based, tokens=2)
+    assert container.read(cut).header.base_low_band == container.read(based).header.base_low_band
+    assert odp.info(cut).base_low_band == container.read(based).header.base_low_band
+
+
 def _ladder(photo: Image.Image):
     """The encoder's candidate files for `photo` (ratecontrol.ScaleLadder), as `odp.encode` builds them on a CPU."""
     from odp.codec import coding, ratecontrol
@@ -244,7 +303,7 @@ def test_a_token_share_too_small_for_a_layer_goes_to_the_thumbnail(adaptive_phot
     assert c.header.version == 4 and not c.layers and len(data) <= n
     ladder = _ladder(adaptive_photo)
     share = ladder.base_within(n)  # 9/10 of what the header leaves
-    whole_budget = ladder.base_within(n, share=1.0)
+    whole_budget = ladder.base_within(n, share=1.0, alone=True)
     assert len(c.header.base) > len(share.data) and c.header.base == whole_budget.data
     # the file it would have been: every token on the smaller thumbnail coded, then cut (no layer fits)
     cut_file = stream.truncate(ladder.based(share).data, max_bytes=n)
@@ -273,7 +332,7 @@ def test_a_cut_of_one_layer_gives_way_to_the_thumbnail_alone(adaptive_photo):
         data = odp.encode(adaptive_photo, bytes=n, device="cpu")
         if layers <= ratecontrol.ALONE_MAX_LAYERS:
             assert not container.read(data).layers and odp.model_of(data).name == "odp-thumbnail-x2-v1"
-            assert container.read(data).header.base == ladder.base_within(n, share=1.0).data
+            assert container.read(data).header.base == ladder.base_within(n, share=1.0, alone=True).data
         else:
             assert data == cut_file and odp.model_of(data).name == "odp-classic-x2-v2"
 

@@ -432,9 +432,15 @@ def test_gray_flag_round_trips_and_survives_a_cut():
     assert container.read(data[:-4]).header.gray  # cut short: the header is whole
 
 
-@pytest.mark.parametrize("flags", [0x40, 0x80, 0xFF])
+@pytest.mark.parametrize("flags", [0x80, 0xFF])
 def test_unknown_flags(flags):
     refused(forged(flags=flags), f"unknown flags {flags:#04x}")
+
+
+def test_the_low_band_flag_needs_a_base_thumbnail():
+    refused(forged(flags=container.FLAG_LOW_BAND), "low-band flag but no base thumbnail")
+    with pytest.raises(FormatError, match="needs a base thumbnail"):
+        container.write(Container(helpers.some_header(base_low_band=9), helpers.layers_for([1])))
 
 
 @pytest.mark.parametrize("code", [0, 8, 255])
@@ -792,6 +798,23 @@ def test_a_file_with_a_base_thumbnail_is_version_4_and_reads_back(levels, stages
     assert h.base_size == (75, 50) and h.display_size == (300, 200)
     assert [x.level for x in back.layers] == list(levels) and len(back.stages) == stages
     assert container.write(back) == data
+
+
+@pytest.mark.parametrize("weight", [1, 128, 255])
+def test_a_base_low_band_weight_is_one_byte_after_the_thumbnail_and_survives_a_cut(weight):
+    c, plain = based_file()
+    c.header = replace(c.header, base_low_band=weight)
+    data = container.write(c)
+    assert len(data) == len(plain) + 1 and data[len(container.MAGIC) + 2] & container.FLAG_LOW_BAND
+    at = data.index(b"RIFF-thumbnail-bytes") + len(b"RIFF-thumbnail-bytes")
+    assert data[at] == weight
+    assert container.read(data).header.base_low_band == weight
+    assert container.read(data[:helpers.layer_spans(data)[0][0]]).header.base_low_band == weight
+    zero = bytearray(data)  # the flag with a weight of 0: corrupt
+    zero[at] = 0
+    end = helpers.header_end(data)
+    zero[end - 4:end] = struct.pack("<I", zlib.crc32(bytes(zero[len(container.MAGIC):end - 4])))
+    refused(bytes(zero), "low-band weight is 0")
 
 
 @pytest.mark.parametrize("n", [1, 100, 127, 128, 5000, 20000])
