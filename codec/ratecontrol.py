@@ -6,7 +6,7 @@ or MS-SSIM. Smaller coding scales are encoded only when a goal needs them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -137,7 +137,7 @@ class ScaleLadder:
             based = None
         self.base_model = based  # the model of version-4 files (a classic base thumbnail), or None
         self._thumbs: thumbnail.Candidates | None = None
-        self._based: dict = {}   # whole version-4 files by base: [Refined, its extension, the file weighted]
+        self._based: dict = {}   # whole version-4 files by base: (Refined, its extension or None)
 
     @property
     def refined(self) -> Refined | None:
@@ -173,35 +173,14 @@ class ScaleLadder:
             height, width = p.pixels.shape[:2]
             tokens = engine.encode(enlarge_bicubic(p.pixels, s), cond=enlarge_bicubic(base.picture, s))
             data = pack(tokens, width * s, height * s, model, p.icc, p.exif, display=(width, height), gray=p.gray,
-                        base=base, base_low_band=low_band_placeholder(base))
-            self._based[key] = [Refined(data, tokens, base.picture, engine), None, None]
+                        base=base, base_low_band=thumbnail.LOW_BAND_WEIGHTS.get(base.shrink, 0))
+            self._based[key] = [Refined(data, tokens, base.picture, engine), None]
         return self._based[key][0]
 
-    def with_low_band(self, data: bytes, base: thumbnail.Base) -> bytes:
-        """`data`, the whole version-4 file on `base` or a cut of it, with the weight of the base's low band
-        (thumbnail.with_low_band) that brings its picture nearest the image, in place of the placeholder
-        that `based` wrote (its byte already counted in every budget; a weight of 0 drops it)."""
-        c = container.read(data)
-        if not c.header.base_low_band:
-            return data
-        whole = self.based(base)
-        plain = replace(c.header, base_low_band=0)
-        pic = stage_picture(whole.engine, whole.tokens, plain, c.level, whole.so_far)
-        c.header = replace(c.header, base_low_band=thumbnail.low_band_weight(self.p.pixels, pic, whole.so_far))
-        return container.write(c)
-
-    def based_weighted(self, base: thumbnail.Base) -> Refined:
-        """The whole version-4 file on `base` with its low band's weight (`with_low_band`)."""
-        whole, made = self.based(base), self._based[(base.codec, base.shrink, base.data)]
-        if made[2] is None:
-            made[2] = Refined(self.with_low_band(whole.data, base), whole.tokens, whole.so_far, whole.engine)
-        return made[2]
-
     def based_extended(self, base: thumbnail.Base) -> Refined | None:
-        """The whole version-4 file on `base` (with its low band's weight) with the refinement model's stage at
-        EXTEND_SCALE after it, as `extended` follows the refined file (None where it cannot)."""
-        whole = self.based_weighted(base)
-        made = self._based[(base.codec, base.shrink, base.data)]
+        """The whole version-4 file on `base` with the refinement model's stage at EXTEND_SCALE after it,
+        as `extended` follows the refined file (None where it cannot)."""
+        whole, made = self.based(base), self._based[(base.codec, base.shrink, base.data)]
         if made[1] is None and self.can_extend:
             e = self.engine
             refiner = Engine(self.stage_model, e.device, e.batch, e.progress)
@@ -229,7 +208,8 @@ class ScaleLadder:
         m = registry.thumbnail_model(self.base_model) if alone else self.base_model
         s = m.scale
         kind = (1, 1, b"") if base is None else (thumbnail.CODE[base.codec], base.shrink, base.data)
-        low_band = 0 if alone else low_band_placeholder(base)
+        # the low band's weight: none for the thumbnail alone; without a base (measuring the framing), a byte
+        low_band = 0 if alone else thumbnail.LOW_BAND_WEIGHTS.get(kind[1], 0)
         return container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
                                 m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
                                 display_height=height, gray=self.p.gray, base_codec=kind[0], base_shrink=kind[1],
@@ -425,13 +405,6 @@ BASE_SHARE = 0.9
 ALONE_MAX_LAYERS = 1
 
 
-def low_band_placeholder(base: thumbnail.Base | None) -> int:
-    """The low-band weight a version-4 file on `base` is first written with: 255 (its byte counted in the
-    budget) where the encoder weighs it (ScaleLadder.with_low_band), else 0; without a base (measuring
-    the framing), the larger header's 255."""
-    return 255 if base is None or base.shrink <= thumbnail.LOW_BAND_MAX_SHRINK else 0
-
-
 def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
     """A version-4 file within max_bytes: the best base thumbnail within BASE_SHARE of it, then the base
     model's tokens cut to the budget; where all of them leave bytes, the further stage's cut after
@@ -448,11 +421,9 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
         except ValueError:  # the thumbnail's header leaves no room (not expected: the share left it some)
             return None
         layers = len(container.read(cut).layers)
-        if layers <= ALONE_MAX_LAYERS:
-            return thumbnail_alone(ladder, max_bytes, base)
-        return ladder.with_low_band(cut, base)
-    weighted, ext = ladder.based_weighted(base).data, ladder.based_extended(base)
-    return weighted if ext is None else extension_within(weighted, ext, max_bytes, ladder.p.pixels)
+        return cut if layers > ALONE_MAX_LAYERS else thumbnail_alone(ladder, max_bytes, base)
+    ext = ladder.based_extended(base)
+    return whole.data if ext is None else extension_within(whole.data, ext, max_bytes, ladder.p.pixels)
 
 
 def thumbnail_alone(ladder: ScaleLadder, max_bytes: int,

@@ -220,14 +220,16 @@ def decode(data: bytes, codec: str, size: tuple[int, int], display: tuple[int, i
 
 # The base's low band (docs/format.md, "Version 4"). The first stage's picture drifts from its base in the
 # broad strokes (colour and brightness over a few pixels), where a base of a large share of the budget, coded for
-# fidelity, is right: a file may take `w`/255 of the base's low band in place of the picture's own. On training
-# photos at 0.1 / 0.15 / 0.2 bpp the weight fitted by least squares gave +0.30 / +0.40 / +0.51 dB with LPIPS-Alex
-# and DISTS level (docs/training.md, "The base's low band"). The low band is a Gaussian blur of
-# sigma 2 display pixels with these integer taps (sum 1024), edges mirrored: integer arithmetic, so every machine
-# shows the same pixels.
+# fidelity, is right: a file may take `w`/255 of the base's low band in place of the picture's own. The low band
+# is a Gaussian blur of sigma 2 display pixels with these integer taps (sum 1024), edges mirrored: integer
+# arithmetic, so every machine shows the same pixels.
 LOW_BAND_TAPS = (2, 9, 28, 66, 124, 180, 206, 180, 124, 66, 28, 9, 2)
-LOW_BAND_MAX_SHRINK = 2  # the encoder weighs the low band of bases shrunk at most this much; smaller ones are too
-                         # blurred to correct the picture (at 0.01-0.03 bpp LPIPS-Alex rose: docs/training.md)
+# The weight the encoder writes, by the base's shrink. On training photos at 0.02-0.2 bpp (docs/training.md,
+# "The base's low band") the weight fitted per file by least squares ranged 169-255 on bases at full size and
+# 49-255 at half size, and gave +0.43 and +0.15 dB with LPIPS-Alex and DISTS level; these fixed ones keep
+# +0.42 and +0.14 dB without decoding the file once more to fit it (about 1 s of a 768x512 photo's encode).
+# Smaller bases get none: too blurred to correct the picture (LPIPS-Alex rose).
+LOW_BAND_WEIGHTS = {1: 224, 2: 192}
 _LOW_BAND_ROWS = 256     # rows at a time: bounded memory on large photos
 _LOW_BAND_UNIT = 255 * sum(LOW_BAND_TAPS) ** 2
 
@@ -260,19 +262,6 @@ def with_low_band(picture: np.ndarray, base: np.ndarray, weight: int) -> np.ndar
         step = (2 * weight * band + _LOW_BAND_UNIT) // (2 * _LOW_BAND_UNIT)
         out[y0:y1] = np.clip(picture[y0:y1] + step, 0, 255)
     return out
-
-
-def low_band_weight(pixels: np.ndarray, picture: np.ndarray, base: np.ndarray) -> int:
-    """The weight (0..255) of with_low_band that brings `picture` nearest `pixels` (least squares, then
-    clipped to 0..1 and rounded to 255ths)."""
-    dot = norm = 0.0
-    for y0, y1, band in _low_band_strips(picture, base):
-        d = band.astype(np.float64)
-        dot += float((d * (pixels[y0:y1].astype(np.float64) - picture[y0:y1])).sum())
-        norm += float((d * d).sum())
-    scale = sum(LOW_BAND_TAPS) ** 2
-    alpha = dot * scale / norm if norm else 0.0
-    return int(round(255 * min(1.0, max(0.0, alpha))))
 
 
 def picture(h: Header) -> np.ndarray:
