@@ -254,7 +254,7 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
                    "a third stage at 4x, up to about 0.5 bpp, slower), and any cut of it is valid.")
 @click.option("--no-base", "no_base", is_flag=True,
               help="Tokens only. By default a byte budget (--bytes, --bpp, --quality) starts the file from an "
-                   "AVIF or WebP thumbnail of about 9/10 of the bytes, which the tokens of a model trained for it "
+                   "AVIF or WebP thumbnail of about 19/20 of the bytes, which the tokens of a model trained for it "
                    "refine (format version 4; no cut is smaller than the thumbnail).")
 @click.option("--scale", default="auto", show_default=True,
               help="Code the image at 1/N of each side (1..16); it decodes enlarged back to full size. "

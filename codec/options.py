@@ -66,7 +66,7 @@ class EncodeOptions:
     thumbnail's bytes to the photo's, every cut valid. False: the first stage alone (a file of at
     most about 0.05 bpp, encoded faster).
     `base`: with a byte budget (bytes, bpp, quality) at scale "auto", start the file from a classic
-    codec's thumbnail (AVIF or WebP, about 9/10 of the bytes) that the base model's tokens refine
+    codec's thumbnail (AVIF or WebP, about 19/20 of the bytes) that the base model's tokens refine
     (format version 4; codec/thumbnail.py), where one fits and `refine` is on. False: tokens only.
     `metadata`: what to carry ("icc", "exif"); by default none (colours converted to sRGB).
     `device`: where the network runs ("auto": CUDA when torch sees a GPU). `batch`: tiles per
