@@ -240,25 +240,20 @@ def _mirrored(index: np.ndarray, n: int) -> np.ndarray:
     return np.where(i < n, i, 2 * n - 1 - i)
 
 
-def _low_band_strips(picture: np.ndarray, base: np.ndarray):
-    """(y0, y1, band): the low band of base - picture (H x W x 3 uint8 each) over rows y0..y1, in units of
-    1 / sum(LOW_BAND_TAPS)**2: exact int32 (at most 255 * 1024**2 in magnitude)."""
+def with_low_band(picture: np.ndarray, base: np.ndarray, weight: int) -> np.ndarray:
+    """The picture with weight/255 of its low band replaced by the base's (both H x W x 3 uint8, at the display
+    size): picture + weight/255 * low band of (base - picture), rounded half up, clipped to 0..255. A strip of
+    rows at a time; the low band in units of 1/1024**2 is exact in int32 (at most 255 * 1024**2)."""
     h, w = picture.shape[:2]
     r = len(LOW_BAND_TAPS) // 2
     cols = _mirrored(np.arange(-r, w + r), w)
+    out = np.empty_like(picture)
     for y0 in range(0, h, _LOW_BAND_ROWS):
         y1 = min(h, y0 + _LOW_BAND_ROWS)
         rows = _mirrored(np.arange(y0 - r, y1 + r), h)
         d = (base[rows].astype(np.int32) - picture[rows])[:, cols]
         across = sum(t * d[:, k:k + w] for k, t in enumerate(LOW_BAND_TAPS))
-        yield y0, y1, sum(t * across[k:k + y1 - y0] for k, t in enumerate(LOW_BAND_TAPS))
-
-
-def with_low_band(picture: np.ndarray, base: np.ndarray, weight: int) -> np.ndarray:
-    """The picture with weight/255 of its low band replaced by the base's (both at the display size,
-    uint8): picture + weight/255 * low band of (base - picture), rounded half up, clipped to 0..255."""
-    out = np.empty_like(picture)
-    for y0, y1, band in _low_band_strips(picture, base):
+        band = sum(t * across[k:k + y1 - y0] for k, t in enumerate(LOW_BAND_TAPS))
         step = (2 * weight * band.astype(np.int64) + _LOW_BAND_UNIT) // (2 * _LOW_BAND_UNIT)
         out[y0:y1] = np.clip(picture[y0:y1] + step, 0, 255)
     return out
