@@ -173,7 +173,7 @@ class ScaleLadder:
             height, width = p.pixels.shape[:2]
             tokens = engine.encode(enlarge_bicubic(p.pixels, s), cond=enlarge_bicubic(base.picture, s))
             data = pack(tokens, width * s, height * s, model, p.icc, p.exif, display=(width, height), gray=p.gray,
-                        base=base, base_low_band=thumbnail.LOW_BAND_WEIGHTS.get(base.shrink, 0))
+                        base=base)
             self._based[key] = [Refined(data, tokens, base.picture, engine), None]
         return self._based[key][0]
 
@@ -208,7 +208,8 @@ class ScaleLadder:
         m = registry.thumbnail_model(self.base_model) if alone else self.base_model
         s = m.scale
         kind = (1, 1, b"") if base is None else (thumbnail.CODE[base.codec], base.shrink, base.data)
-        # the low band's weight: none for the thumbnail alone; without a base (measuring the framing), a byte
+        # the low band's weight (Base.low_band): none for the thumbnail alone; without a base (measuring the
+        # framing), a full-size one's, so that its byte is counted
         low_band = 0 if alone else thumbnail.LOW_BAND_WEIGHTS.get(kind[1], 0)
         return container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
                                 m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,

@@ -37,16 +37,14 @@ def layer_levels(h: Header, top: int) -> list[int]:
 
 def pack(tokens: np.ndarray, width: int, height: int, model: Entry, icc: bytes = b"", exif: bytes = b"",
          weights: bytes = b"", level: int | None = None, entropy=None, caps: bytes = b"",
-         display: tuple[int, int] = (0, 0), gray: bool = False, base: "thumbnail.Base | None" = None,
-         base_low_band: int = 0) -> bytes:
+         display: tuple[int, int] = (0, 0), gray: bool = False, base: "thumbnail.Base | None" = None) -> bytes:
     """Tokens (tiles, >= what `level` keeps) -> .odp bytes, layered at layer_levels (all tokens by default);
     `weights`/`caps`: the allocation (allocation.py); `display`: the size to enlarge the coded
     width x height to when decoding (default: none); `gray`: decode to one channel; `base`: the
-    thumbnail a version-4 file's tokens refine (`model` is then its base model), `base_low_band` the header's
-    weight of its low band (container.Header)."""
+    thumbnail a version-4 file's tokens refine (`model` is then its base model), with its low band's weight."""
     entropy = entropy or model.best_entropy
     based = {} if base is None else {"base_codec": thumbnail.CODE[base.codec], "base_shrink": base.shrink,
-                                     "base": base.data, "base_low_band": base_low_band}
+                                     "base": base.data, "base_low_band": base.low_band}
     h = Header(width, height, model.tile, model.tokens, model.sha256[:container.MODEL_ID_BYTES],
                entropy.id, weights, caps, icc, exif, *display, gray=gray, **based)
     levels = layer_levels(h, level or h.full_level)

@@ -272,6 +272,11 @@ class Base:
     data: bytes
     picture: np.ndarray
 
+    @property
+    def low_band(self) -> int:
+        """The weight of its low band a file on it takes (LOW_BAND_WEIGHTS; 0: none)."""
+        return LOW_BAND_WEIGHTS.get(self.shrink, 0)
+
 
 class Candidates:
     """Every base codec at every shrink of one image; the files made while searching are kept, so
