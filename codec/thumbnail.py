@@ -25,6 +25,11 @@ from .quality import psnr
 FORMATS = {"avif": ("AVIF", {"speed": 6}), "webp": ("WEBP", {"method": 4})}
 QUALITIES = {"avif": range(0, 51), "webp": range(0, 81)}   # the qualities the model saw in training
 SHRINKS = (1, 2, 4, 8)
+# Shrunk further, a thumbnail fits budgets where none of SHRINKS does (a 768x512 photo under about 130 bytes,
+# 0.0027 bpp), whose file would otherwise hold tokens alone: the thumbnail-alone model draws it far better
+# (docs/training.md, "The smallest budgets"). Only there: where one of SHRINKS fits, it is drawn better
+# (LPIPS-Alex and DISTS), even where the further-shrunk one has the higher PSNR.
+FALLBACK_SHRINKS = (16,)
 LOWEST_SLACK = 0.9  # largest_within looks past the lowest quality for budgets down to this share of its file
 CODE = {name: code for code, name in BASE_CODECS.items()}
 
@@ -282,10 +287,13 @@ class Candidates:
     """Every base codec at every shrink of one image; the files made while searching are kept, so
     several budgets share the work."""
 
-    def __init__(self, pixels: np.ndarray, shrinks=SHRINKS):
+    def __init__(self, pixels: np.ndarray, shrinks=SHRINKS, fallback=None):
+        """`fallback`: the shrinks looked at where none of `shrinks` fits (None: FALLBACK_SHRINKS)."""
         self.pixels = pixels
         h, w = pixels.shape[:2]
-        self.smalls = {s: shrink(pixels, s) for s in shrinks if s == 1 or min(w, h) >= 4 * s}
+        fallback = FALLBACK_SHRINKS if fallback is None else fallback
+        self.smalls = {s: shrink(pixels, s) for s in (*shrinks, *fallback) if s == 1 or min(w, h) >= 4 * s}
+        self.tiers = (tuple(shrinks), tuple(fallback))
         self.made: dict[tuple[str, int, int], tuple[str, bytes]] = {}
 
     def file(self, codec: str, s: int, q: int) -> tuple[str, bytes]:
@@ -324,17 +332,20 @@ class Candidates:
 
     def best_within(self, max_bytes: int) -> Base | None:
         """Of each codec's and shrink's largest file within max_bytes, the one whose picture has the
-        highest PSNR; None when none fits."""
+        highest PSNR; the fallback shrinks only where none of the others fits; None when none fits."""
         h, w = self.pixels.shape[:2]
         best, score = None, -1.0
-        for codec in FORMATS:
-            for s, small in self.smalls.items():
-                made = self.largest_within(codec, s, max_bytes)
-                if made is None:
-                    continue
-                stored, data = made
-                pic = decode(data, stored, small.size, (w, h))
-                p = psnr(self.pixels, pic)
-                if p > score:
-                    best, score = Base(stored, s, data, pic), p
-        return best
+        for tier in self.tiers:
+            for codec in FORMATS:
+                for s in (s for s in tier if s in self.smalls):
+                    made = self.largest_within(codec, s, max_bytes)
+                    if made is None:
+                        continue
+                    stored, data = made
+                    pic = decode(data, stored, self.smalls[s].size, (w, h))
+                    p = psnr(self.pixels, pic)
+                    if p > score:
+                        best, score = Base(stored, s, data, pic), p
+            if best is not None:
+                return best
+        return None

@@ -323,12 +323,14 @@ def test_a_cut_of_one_layer_gives_way_to_the_thumbnail_alone(adaptive_photo):
             assert data == cut_file and odp.model_of(data).name == "odp-classic-x2-v2"
 
 
-def test_a_budget_whose_share_holds_no_thumbnail_takes_one_alone_where_the_whole_budget_does(adaptive_photo):
+def test_a_budget_whose_share_holds_no_thumbnail_takes_one_alone_where_the_whole_budget_does(adaptive_photo,
+                                                                                            monkeypatch):
     """Just above the smallest thumbnail's file, 19/20 of the budget holds no thumbnail but the whole budget
     does: the file is that thumbnail alone, not the tokens-only file it used to be (on this photo 13.6-13.7
-    dB against 15.05)."""
+    dB against 15.05). Of the usual shrinks: with the fallback (1/16) the gap is a few bytes."""
     from odp.codec import ratecontrol
 
+    monkeypatch.setattr(thumbnail, "FALLBACK_SHRINKS", ())
     ladder = _ladder(adaptive_photo)
     files = {n: ratecontrol.within(ladder, n) for n in range(100, 200, 4)}
     sizes = [len(d) for d in files.values()]
@@ -365,3 +367,32 @@ def test_finding_a_models_role_loads_only_the_model_it_returns(monkeypatch):
     default = registry.find()
     stage = registry.refinement_for(default)
     assert stage.refines == default.sha256 and loaded[2:] == [default.name, "odp-refine-x2-v4"]
+
+
+def test_a_budget_too_small_for_an_eighth_size_thumbnail_takes_a_sixteenth_size_one(adaptive_photo):
+    """Under the smallest 1/8-size thumbnail (about 130 bytes of a 768x512 photo) a 1/16-size one still fits
+    (thumbnail.FALLBACK_SHRINKS): the file is it alone, nearer the photo than tokens alone. Where one of
+    SHRINKS fits, the fallback is never taken, even where its PSNR would be higher."""
+    pixels = np.asarray(adaptive_photo)
+    candidates, usual = thumbnail.Candidates(pixels), thumbnail.Candidates(pixels, fallback=())
+    fell_back = []
+    for n in range(60, 260, 8):
+        got, want = candidates.best_within(n), usual.best_within(n)
+        if want is not None:
+            assert got.shrink == want.shrink and got.data == want.data
+        elif got is not None:
+            assert got.shrink == 16 and len(got.data) <= n
+            fell_back.append(n)
+    assert fell_back, "no budget between 60 and 260 bytes falls under every 1/8-size thumbnail but holds a 1/16 one"
+    encoding = odp.Encoding(adaptive_photo, device="cpu")
+    files = {n: encoding.within(n) for n in range(80, 140, 4)}  # the file's header comes on top of the thumbnail
+    sixteenth = [n for n, d in files.items() if container.read(d).header.base_shrink == 16]
+    larger = [n for n, d in files.items() if container.read(d).header.base_shrink in thumbnail.SHRINKS]
+    assert sixteenth and (not larger or max(sixteenth) < min(larger))  # the smallest budgets, then 1/8 and larger
+    n = sixteenth[0]
+    data = files[n]
+    c = container.read(data)
+    assert c.header.version == 4 and not c.layers and len(data) <= n
+    tokens_only = odp.encode(adaptive_photo, bytes=n, device="cpu", base=False)
+    ref = helpers.pixels(adaptive_photo)
+    assert helpers.psnr(ref, odp.decode(data)) > helpers.psnr(ref, odp.decode(tokens_only)) + 1.5  # 14.41, 12.74 dB
