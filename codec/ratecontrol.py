@@ -207,14 +207,13 @@ class ScaleLadder:
         height, width = self.p.pixels.shape[:2]
         m = registry.thumbnail_model(self.base_model) if alone else self.base_model
         s = m.scale
-        kind = (1, 1, b"") if base is None else (thumbnail.CODE[base.codec], base.shrink, base.data)
-        # the low band's weight (Base.low_band): none for the thumbnail alone; without a base (measuring the
-        # framing), a full-size one's, so that its byte is counted
-        low_band = 0 if alone else thumbnail.LOW_BAND_WEIGHTS.get(kind[1], 0)
+        # without a base (measuring the framing), an empty full-size one, so that its low band's byte is counted
+        base = base or thumbnail.Base("avif", 1, b"", np.empty((0, 0, 3), np.uint8))
         return container.Header(width * s, height * s, m.tile, m.tokens, m.sha256[:container.MODEL_ID_BYTES],
                                 m.best_entropy.id, icc=self.p.icc, exif=self.p.exif, display_width=width,
-                                display_height=height, gray=self.p.gray, base_codec=kind[0], base_shrink=kind[1],
-                                base=kind[2], base_low_band=low_band)
+                                display_height=height, gray=self.p.gray, base_codec=thumbnail.CODE[base.codec],
+                                base_shrink=base.shrink, base=base.data,
+                                base_low_band=0 if alone else base.low_band)  # none for the thumbnail alone
 
     def enlarged(self, scale: float) -> Coded:
         if scale not in self.larger:
