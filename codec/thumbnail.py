@@ -23,6 +23,12 @@ from .quality import psnr
 # Pillow's format name and encoder settings per base codec: those the refinement model was trained on
 # (codec/training/configs/odp-refine-classic.toml); fast ones, the model learns their artefacts.
 FORMATS = {"avif": ("AVIF", {"speed": 6}), "webp": ("WEBP", {"method": 4})}
+# The chosen base is made once more with slower settings: at AVIF speed 5 a thumbnail's picture is better at the
+# same bytes (docs/training.md, "The base's AVIF speed"). Only the winner: made so, the search's dozen files would
+# take 3-4 times as long. Speed 5 writes the sequence header speed 6 does, so the file keeps the avif-frame form
+# (speed 4 turns loop restoration on, a header that form does not rebuild: 25-35 bytes more, packed).
+FINER = {"avif": {"speed": 5}}
+FINER_REACH = 2  # qualities tried either side of the winner's at the finer settings
 QUALITIES = {"avif": range(0, 51), "webp": range(0, 81)}   # the qualities the model saw in training
 SHRINKS = (1, 2, 4, 8)
 # Shrunk further, a thumbnail fits budgets where none of SHRINKS does (a 768x512 photo under about 130 bytes,
@@ -195,8 +201,10 @@ def shrink(pixels: np.ndarray, factor: int) -> Image.Image:
     return im if factor == 1 else im.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.LANCZOS)
 
 
-def encode(small: Image.Image, codec: str, quality: int) -> bytes:
+def encode(small: Image.Image, codec: str, quality: int, finer: bool = False) -> bytes:
+    """The codec's file of `small` at `quality`, with the search's settings or (finer) the FINER ones."""
     fmt, settings = FORMATS[codec]
+    settings = {**settings, **FINER.get(codec, {})} if finer else settings
     buf = io.BytesIO()
     small.save(buf, fmt, quality=quality, **settings)
     return buf.getvalue()
@@ -294,16 +302,17 @@ class Candidates:
         fallback = FALLBACK_SHRINKS if fallback is None else fallback
         self.smalls = {s: shrink(pixels, s) for s in (*shrinks, *fallback) if s == 1 or min(w, h) >= 4 * s}
         self.tiers = (tuple(shrinks), tuple(fallback))
-        self.made: dict[tuple[str, int, int], tuple[str, bytes]] = {}
+        self.made: dict[tuple[str, int, int, bool], tuple[str, bytes]] = {}
 
-    def file(self, codec: str, s: int, q: int) -> tuple[str, bytes]:
-        """(stored codec, bytes) of the codec's file of the image shrunk s times at quality q."""
-        if (codec, s, q) not in self.made:
-            self.made[codec, s, q] = pack(codec, encode(self.smalls[s], codec, q), self.smalls[s].size)
-        return self.made[codec, s, q]
+    def file(self, codec: str, s: int, q: int, finer: bool = False) -> tuple[str, bytes]:
+        """(stored codec, bytes) of the codec's file of the image shrunk s times at quality q (finer: with
+        the FINER settings)."""
+        if (codec, s, q, finer) not in self.made:
+            self.made[codec, s, q, finer] = pack(codec, encode(self.smalls[s], codec, q, finer), self.smalls[s].size)
+        return self.made[codec, s, q, finer]
 
-    def largest_within(self, codec: str, s: int, max_bytes: int) -> tuple[str, bytes] | None:
-        """The stored file of the highest quality in QUALITIES whose size is at most max_bytes (size grows
+    def largest_within(self, codec: str, s: int, max_bytes: int) -> int | None:
+        """The highest quality in QUALITIES whose size is at most max_bytes (size grows
         with quality almost always; a bisection), or None. Not always at the lowest qualities: AVIF's
         qualities 0-2 make a file 2-7% larger than 3-5 (the 768x512 test photo, every shrink), so a budget
         just under the lowest quality's file looks a few qualities further."""
@@ -328,24 +337,49 @@ class Candidates:
                 lo = mid
             else:
                 hi = mid - 1
-        return self.file(codec, s, lo)
+        return lo
 
     def best_within(self, max_bytes: int) -> Base | None:
         """Of each codec's and shrink's largest file within max_bytes, the one whose picture has the
-        highest PSNR; the fallback shrinks only where none of the others fits; None when none fits."""
-        h, w = self.pixels.shape[:2]
+        highest PSNR, made again with the FINER settings where that is better; the fallback shrinks only
+        where none of the others fits; None when none fits."""
         best, score = None, -1.0
         for tier in self.tiers:
             for codec in FORMATS:
                 for s in (s for s in tier if s in self.smalls):
-                    made = self.largest_within(codec, s, max_bytes)
-                    if made is None:
+                    q = self.largest_within(codec, s, max_bytes)
+                    if q is None:
                         continue
-                    stored, data = made
-                    pic = decode(data, stored, self.smalls[s].size, (w, h))
-                    p = psnr(self.pixels, pic)
+                    p, base = self.scored(codec, s, q)
                     if p > score:
-                        best, score = Base(stored, s, data, pic), p
+                        best, score, chosen = base, p, (codec, s, q)
             if best is not None:
-                return best
+                return self.finer(*chosen, max_bytes, best, score)
         return None
+
+    def scored(self, codec: str, s: int, q: int, finer: bool = False) -> tuple[float, Base]:
+        """(PSNR of its picture, Base) of a file `file` makes."""
+        h, w = self.pixels.shape[:2]
+        stored, data = self.file(codec, s, q, finer)
+        pic = decode(data, stored, self.smalls[s].size, (w, h))
+        return psnr(self.pixels, pic), Base(stored, s, data, pic)
+
+    def finer(self, codec: str, s: int, q: int, max_bytes: int, base: Base, score: float) -> Base:
+        """The search's winner (`base`, of quality q, PSNR `score`) or, where better by PSNR, the file with the
+        FINER settings of the highest quality within FINER_REACH of q that fits max_bytes (sizes differ a little)."""
+        if codec not in FINER:
+            return base
+        qs = QUALITIES[codec]
+        lo, hi = max(q - FINER_REACH, qs.start), min(q + FINER_REACH, qs.stop - 1)
+        fits = lambda q2: len(self.file(codec, s, q2, finer=True)[1]) <= max_bytes
+        q2 = q
+        if fits(q2):
+            while q2 < hi and fits(q2 + 1):
+                q2 += 1
+        else:
+            while q2 > lo and not fits(q2):
+                q2 -= 1
+            if not fits(q2):
+                return base
+        p, made = self.scored(codec, s, q2, finer=True)
+        return made if p > score else base

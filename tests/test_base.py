@@ -163,11 +163,12 @@ def test_a_base_is_stored_in_its_smallest_form_and_every_form_decodes_alike(base
 @pytest.mark.parametrize("size", [(1, 1), (7, 5), (33, 20), (100, 75), (384, 256), (768, 512)])
 def test_frame_forms_rebuild_the_file_pillow_wrote(photo, size):
     """The reader rebuilds the AVIF boxes, AV1 sequence header and WebP chunk headers from the size and the
-    frame's length alone: exactly the encoder's file, at every size and quality the encoder uses."""
+    frame's length alone: exactly the encoder's file, at every size and quality the encoder uses, with the
+    search's settings and the finer ones of the chosen base."""
     small = photo.resize(size, Image.LANCZOS)
-    for codec in ("avif", "webp"):
+    for codec, finer in (("avif", False), ("avif", True), ("webp", False)):
         for q in (thumbnail.QUALITIES[codec].start, thumbnail.QUALITIES[codec].stop - 1):
-            plain = thumbnail.encode(small, codec, q)
+            plain = thumbnail.encode(small, codec, q, finer)
             stored, data = thumbnail.pack(codec, plain, size)
             assert stored == codec + "-frame" and thumbnail.unpack(stored, data, size) == plain
 
@@ -352,8 +353,31 @@ def test_a_budget_just_under_the_lowest_qualitys_thumbnail_finds_the_smaller_one
     lowest, smaller = (len(candidates.file("avif", 8, q)[1]) for q in (0, 3))
     assert smaller < lowest
     found = candidates.largest_within("avif", 8, lowest - 1)
-    assert found is not None and len(found[1]) <= lowest - 1
+    assert found is not None and len(candidates.file("avif", 8, found)[1]) <= lowest - 1
     assert candidates.largest_within("avif", 8, smaller - 1) is None
+
+
+def test_the_chosen_avif_base_is_made_again_at_the_finer_speed_and_kept_where_better(adaptive_photo):
+    """The search runs at the fast settings; only its winner is made again with thumbnail.FINER, a few
+    qualities either side, and kept where it fits and its picture is better (on this photo at 300 bytes, not at 600):
+    within the budget, as a frame."""
+    pixels = np.asarray(adaptive_photo)
+    kept = []
+    for budget in (300, 600):
+        candidates = thumbnail.Candidates(pixels)
+        base = candidates.best_within(budget)
+        finer = [key for key in candidates.made if key[3]]
+        assert 1 <= len(finer) <= 2 * thumbnail.FINER_REACH + 1 and {key[0] for key in finer} == {"avif"}
+        assert len({key[1] for key in finer}) == 1 and base.shrink == finer[0][1]  # the winner's shrink
+        assert len(base.data) <= budget and base.codec == "avif-frame"
+        fast = max((key for key in candidates.made if not key[3] and key[:2] == finer[0][:2]
+                    and len(candidates.made[key][1]) <= budget), key=lambda key: key[2])
+        fitting = [key for key in finer if len(candidates.made[key][1]) <= budget]
+        best_finer = candidates.scored(*max(fitting, key=lambda key: key[2])[:3], finer=True)[0] if fitting else 0
+        p = helpers.psnr(pixels, base.picture)
+        assert p == max(candidates.scored(*fast[:3])[0], best_finer)
+        kept.append(base.data in [candidates.made[key][1] for key in finer])
+    assert kept == [True, False]
 
 
 def test_finding_a_models_role_loads_only_the_model_it_returns(monkeypatch):

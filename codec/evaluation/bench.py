@@ -199,7 +199,7 @@ def part_key(part: str, metric_names, codecs, model, odp_files_wanted=ODP_CONTEN
         based = registry.base_model()  # version-4 files within a budget (ratecontrol.based_within)
         if based is not None:
             deps["base"] = [based.sha256.hex(), ratecontrol.BASE_SHARE, thumbnail.FORMATS, list(thumbnail.SHRINKS),
-                            list(thumbnail.FALLBACK_SHRINKS),
+                            list(thumbnail.FALLBACK_SHRINKS), thumbnail.FINER, thumbnail.FINER_REACH,
                             {k: [v.start, v.stop] for k, v in thumbnail.QUALITIES.items()}, thumbnail.STORED,
                             registry.thumbnail_model(based).sha256.hex()]
         deps["deblock"] = [tiling.DEBLOCK_REACH, tiling.DEBLOCK_EDGE]
