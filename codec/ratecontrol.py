@@ -137,7 +137,7 @@ class ScaleLadder:
             based = None
         self.base_model = based  # the model of version-4 files (a classic base thumbnail), or None
         self._thumbs: thumbnail.Candidates | None = None
-        self._based: dict = {}   # whole version-4 files by base: (Refined, its extension or None)
+        self._based: dict = {}   # whole version-4 files by base
 
     @property
     def refined(self) -> Refined | None:
@@ -174,20 +174,8 @@ class ScaleLadder:
             tokens = engine.encode(enlarge_bicubic(p.pixels, s), cond=enlarge_bicubic(base.picture, s))
             data = pack(tokens, width * s, height * s, model, p.icc, p.exif, display=(width, height), gray=p.gray,
                         base=base)
-            self._based[key] = [Refined(data, tokens, base.picture, engine), None]
-        return self._based[key][0]
-
-    def based_extended(self, base: thumbnail.Base) -> Refined | None:
-        """The whole version-4 file on `base` with the refinement model's stage at EXTEND_SCALE after it,
-        as `extended` follows the refined file (None where it cannot)."""
-        whole, made = self.based(base), self._based[(base.codec, base.shrink, base.data)]
-        if made[1] is None and self.can_extend:
-            e = self.engine
-            refiner = Engine(self.stage_model, e.device, e.batch, e.progress)
-            so_far = whole.picture()
-            data, tokens = refine(whole.data, self.p.pixels, refiner, scale=EXTEND_SCALE, so_far=so_far)
-            made[1] = Refined(data, tokens, so_far, refiner)
-        return made[1]
+            self._based[key] = Refined(data, tokens, base.picture, engine)
+        return self._based[key]
 
     def base_within(self, max_bytes: int, share: float | None = None, alone: bool = False) -> thumbnail.Base | None:
         """The base thumbnail of a version-4 file within max_bytes: the best by PSNR within `share`
@@ -409,10 +397,14 @@ ALONE_MAX_LAYERS = 1
 
 def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
     """A version-4 file within max_bytes: the best base thumbnail within BASE_SHARE of it, then the base
-    model's tokens cut to the budget; where all of them leave bytes, the further stage's cut after
-    them (as extended_within); where no thumbnail fits the share but one fits the whole budget, that
-    thumbnail alone (on the 768x512 test photo at 140-151 bytes: 15.05 dB against 13.6-13.7 for the
-    tokens-only file). None where no base fits (or no base model)."""
+    model's tokens cut to the budget, or all of them where they leave bytes; where no thumbnail fits the
+    share but one fits the whole budget, that thumbnail alone (on the 768x512 test photo at 140-151 bytes:
+    15.05 dB against 13.6-13.7 for the tokens-only file). None where no base fits (or no base model).
+
+    No further stage follows the base model's: where its whole file is under the budget (a smooth photo, or
+    0.4 bpp and more) its picture is already good (28.9-43.3 dB), and the refinement model's stage at 4x after
+    it decoded 0.7-3.7 dB worse in every case measured (11 of 11, held-out training photos at 0.15-1.0 bpp:
+    docs/training.md, "No third stage after a thumbnail's tokens"), for 6-19 s more of encoding."""
     base = ladder.base_within(max_bytes)
     if base is None:  # none within the share: one within the whole budget still beats tokens alone
         return thumbnail_alone(ladder, max_bytes)
@@ -424,8 +416,7 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
             return None
         layers = len(container.read(cut).layers)
         return cut if layers > ALONE_MAX_LAYERS else thumbnail_alone(ladder, max_bytes, base)
-    ext = ladder.based_extended(base)
-    return whole.data if ext is None else extension_within(whole.data, ext, max_bytes, ladder.p.pixels)
+    return whole.data
 
 
 def thumbnail_alone(ladder: ScaleLadder, max_bytes: int,

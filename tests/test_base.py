@@ -420,3 +420,13 @@ def test_a_budget_too_small_for_an_eighth_size_thumbnail_takes_a_sixteenth_size_
     tokens_only = odp.encode(adaptive_photo, bytes=n, device="cpu", base=False)
     ref = helpers.pixels(adaptive_photo)
     assert helpers.psnr(ref, odp.decode(data)) > helpers.psnr(ref, odp.decode(tokens_only)) + 1.5  # 14.41, 12.74 dB
+
+
+def test_a_budget_past_the_whole_file_keeps_it_whole_with_no_further_stage(photo):
+    """Past the base model's last token no stage at 4x follows: it decoded worse in every case measured
+    (ratecontrol.based_within), so a larger budget keeps the same file rather than a worse picture."""
+    data = odp.encode(photo, bpp=2.0, device="cpu")
+    info = odp.info(data)
+    assert info.version == container.BASE_VERSION and info.stages == 1 and info.complete
+    assert len(data) < 2.0 * WIDTH * HEIGHT / 8
+    assert odp.encode(photo, bpp=3.0, device="cpu") == data
