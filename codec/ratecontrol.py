@@ -401,8 +401,8 @@ def based_within(ladder: ScaleLadder, max_bytes: int) -> bytes | None:
     share but one fits the whole budget, that thumbnail alone (on the 768x512 test photo at 140-151 bytes:
     15.05 dB against 13.6-13.7 for the tokens-only file). None where no base fits (or no base model).
 
-    No further stage follows the base model's: where its whole file is under the budget (a smooth photo, or
-    0.4 bpp and more) its picture is already good (28.9-43.3 dB), and the refinement model's stage at 4x after
+    No further stage follows the base model's: where its whole file is under the budget (a large budget for the
+    photo) its picture is already good (28.9-43.3 dB where measured), and the refinement model's stage at 4x after
     it decoded 0.7-3.7 dB worse in every case measured (11 of 11, held-out training photos at 0.15-1.0 bpp:
     docs/training.md, "No third stage after a thumbnail's tokens"), for 6-19 s more of encoding."""
     base = ladder.base_within(max_bytes)

@@ -29,7 +29,11 @@ FORMATS = {"avif": ("AVIF", {"speed": 6}), "webp": ("WEBP", {"method": 4})}
 # (speed 4 turns loop restoration on, a header that form does not rebuild: 25-35 bytes more, packed).
 FINER = {"avif": {"speed": 5}}
 FINER_REACH = 2  # qualities tried either side of the winner's at the finer settings
-QUALITIES = {"avif": range(0, 51), "webp": range(0, 81)}   # the qualities the model saw in training
+# The qualities searched. The models saw AVIF 0-50 and WebP 0-80 in training; AVIF goes on to 95 (100 is its lossless
+# mode): past 50 a base is for budgets of about 0.3 bpp and more, where the cap left bytes unspent or took a WebP
+# base, and every file it changed was better on PSNR, LPIPS-Alex and DISTS (docs/training.md, "AVIF bases above
+# quality 50").
+QUALITIES = {"avif": range(0, 96), "webp": range(0, 81)}
 SHRINKS = (1, 2, 4, 8)
 # Shrunk further, a thumbnail fits budgets where none of SHRINKS does (a 768x512 photo under about 130 bytes,
 # 0.0027 bpp), whose file would otherwise hold tokens alone: the thumbnail-alone model draws it far better

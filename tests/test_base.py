@@ -425,8 +425,19 @@ def test_a_budget_too_small_for_an_eighth_size_thumbnail_takes_a_sixteenth_size_
 def test_a_budget_past_the_whole_file_keeps_it_whole_with_no_further_stage(photo):
     """Past the base model's last token no stage at 4x follows: it decoded worse in every case measured
     (ratecontrol.based_within), so a larger budget keeps the same file rather than a worse picture."""
-    data = odp.encode(photo, bpp=2.0, device="cpu")
+    data = odp.encode(photo, bpp=4.0, device="cpu")  # an AVIF base of quality 95, the highest searched
     info = odp.info(data)
     assert info.version == container.BASE_VERSION and info.stages == 1 and info.complete
-    assert len(data) < 2.0 * WIDTH * HEIGHT / 8
-    assert odp.encode(photo, bpp=3.0, device="cpu") == data
+    assert len(data) < 4.0 * WIDTH * HEIGHT / 8
+    assert odp.encode(photo, bpp=6.0, device="cpu") == data
+
+
+def test_a_large_budget_takes_an_avif_base_past_the_qualities_the_model_trained_on(photo, monkeypatch):
+    """Where AVIF's quality 50 leaves bytes (here 2 bpp), a higher quality fills them, for a better picture
+    than with the search capped at 50 (thumbnail.QUALITIES)."""
+    data = odp.encode(photo, bpp=2.0, device="cpu")
+    monkeypatch.setattr(thumbnail, "QUALITIES", {**thumbnail.QUALITIES, "avif": range(0, 51)})
+    capped = odp.encode(photo, bpp=2.0, device="cpu")
+    assert odp.info(data).base == "avif" and len(capped) < len(data) <= 2.0 * WIDTH * HEIGHT / 8
+    ref = helpers.pixels(photo)
+    assert helpers.psnr(ref, odp.decode(data)) > helpers.psnr(ref, odp.decode(capped))
