@@ -250,8 +250,9 @@ def _out_path(src: str, output: str | None, many: bool, suffix: str) -> str:
                                              "times faster, files slightly worse (default: tiles get tokens by need).")
 @click.option("--first-stage", "first_stage", is_flag=True,
               help="Stop at the first stage's whole file (about 0.035 bpp): encodes faster. By default the "
-                   "file goes on into the refinement stage, up to about 0.2 bpp (a budget or target beyond: "
-                   "a third stage at 4x, up to about 0.5 bpp, slower), and any cut of it is valid.")
+                   "file goes on into the refinement stage, up to about 0.2 bpp (a --psnr/--msssim target beyond, "
+                   "or with --no-base a budget beyond: a third stage at 4x, up to about 0.7 bpp, slower), and "
+                   "any cut of it is valid.")
 @click.option("--no-base", "no_base", is_flag=True,
               help="Tokens only. By default a byte budget (--bytes, --bpp, --quality) starts the file from an "
                    "AVIF or WebP thumbnail of about 19/20 of the bytes, which the tokens of a model trained for it "

@@ -9,7 +9,7 @@ file of no more bytes, at full size or downscaled and enlarged back, per metric 
 from `odp bench`'s cache where it measured that budget (scales 1, 2, 4, 8), else measured here at
 full size and 1/2 (FRESH_SCALES). PSNR and MS-SSIM for both; with --deep, LPIPS and DISTS too (slow on a CPU).
 With --extend, the file goes on past the refinement stage into the further stage (what `odp encode
---bpp 0.4` or more makes: ratecontrol.ScaleLadder.extended), measured at EXTENDED_BUDGETS.
+--no-base --bpp 0.4` or more makes: ratecontrol.ScaleLadder.extended), measured at EXTENDED_BUDGETS.
 With --per-budget, each budget is instead the file `odp encode --bytes` makes for it (version 4, a base
 thumbnail and tokens, where one fits): the best ODP offers at that size, though not one file for all.
 Resumable: one JSON file per photo in --out. Prints the mean per budget and the win rates.

@@ -110,7 +110,7 @@ def write_report(args, runs: list[dict[str, dict]], pictures: list[Path], n: int
              f"in each folder (the first without, the second with `--extend`), over the {n} eval photos both measured. "
              "Each photo is encoded once; every budget is that file cut by `odp truncate --bytes` (no network) "
              f"and scored on what `odp decode` shows. The default file stops near {default_bpp:.2f} bpp; with `--extend` it goes "
-             "on into the third stage (what `odp encode --bpp 0.4` makes). The classic hull at each budget is the "
+             "on into the third stage (what `odp encode --no-base --bpp 0.4` makes). The classic hull at each budget is the "
              "best JPEG / WebP / AVIF / JPEG XL file of no more bytes, at full size or downscaled and enlarged back, "
              "per metric. A plotted point averages every photo; a table's hull column averages the photos where a "
              "classic file fits (how many in parentheses); a win is ODP better than the hull on that photo.", ""]
