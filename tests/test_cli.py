@@ -279,6 +279,25 @@ def test_version_1_files_are_read_and_truncate_to_version_2(tmp_path, v1_model):
     assert [x.level for x in container.read((tmp_path / "20.odp").read_bytes()).layers] == [8, 16, 20]
 
 
+def test_a_version_1_files_model_name_reaches_the_error_line_without_its_escapes(tmp_path):
+    """A version-1 header names its model; a file naming one not installed gets that name quoted in the
+    error line, with its control characters (a terminal escape, a bell) replaced."""
+    data = helpers.v1_file()
+    head = helpers.v1_head(data)
+    fixed = list(container._V1_FIXED.unpack_from(head))
+    fixed[-1] = bytes(32)  # weights no installed model has
+    at = container._V1_FIXED.size
+    name = "odp-small\x1b[2J\x07".encode()
+    head = container._V1_FIXED.pack(*fixed) + bytes([len(name)]) + name + head[at + 1 + head[at]:]
+    hostile = tmp_path / "hostile.odp"
+    hostile.write_bytes(helpers.assemble_v1(head, [x.data for x in container.read(data).layers]))
+    for args in (("decode", hostile, "-o", tmp_path / "out.png"), ("info", hostile, "--verify")):
+        r = odp(*args)
+        line = assert_clean_error(r, contains="odp-small?[2J?")
+        assert "\x1b" not in r.stderr and "\x07" not in r.stderr, line
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_decode_cut_file_warns(tmp_path, small_odp):
     spans = helpers.layer_spans(small_odp)
     whole = container.read(small_odp).layers[9].level  # tokens per tile in the first 10 layers

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The device command of a GPU training run (codec/training/gpu.py): `sh codec/training/gpu.sh [CONFIG [SNAPSHOT]]`
 # trains CONFIG (default: configs/odp-refine-x2-gpu.toml, the refinement stage's decoder from the shipped
-# odp-refine-x2-v3) for ODP_GPU_SECONDS (default 360) on a lent GPU, continuing SNAPSHOT (a committed
+# odp-refine-x2-v4) for ODP_GPU_SECONDS (default 360) on a lent GPU, continuing SNAPSHOT (a committed
 # snapshot folder) if one is named, and leaves the snapshot, its log and the GPU's name in $OUT; then it
 # measures CUDA encoding throughput (issue 26: codec/evaluation/throughput.py) on 64 of the carried photos
 # (the eval photos do not fit the 64 MiB that travels) into $OUT/throughput.json. Needs .gpu/ carried
