@@ -56,13 +56,14 @@ def allocation(toks: np.ndarray, pixels: np.ndarray, engine: Engine, entropy,
     can make a tile worse, and without caps the busiest tiles would reach them first. A lone tile
     needs no weights but still gets its cap: its file ends there (the cap itself, idle, is not
     written), so the whole file is never worse than a cut of it. `cond`: a refinement stage's picture
-    so far (the size of `pixels`), which its errors are measured with.
+    so far (the size of `pixels`), which its errors are measured with; both at the size the model
+    draws (the display size for a stage with `out_shrink`).
     """
     tiles_n, k_max = toks.shape
     grid = np.array(sorted({k for k in ALLOCATION_GRID if k < k_max} | {k_max}))
     bits = token_bits(toks, entropy)
     predictor = getattr(engine.entry, "allocation", None)
-    cond_tiles = None if cond is None else tiling.all_tiles(cond, engine.tile)
+    cond_tiles = None if cond is None else tiling.all_tiles(cond, engine.out_tile)
     if not measure and cond is None and tiles_n > 1 and fits(predictor, k_max):
         counts = np.array(PREDICTED_COUNTS)
         predicted = predicted_errors(predictor, pixels, engine.tile, bits)

@@ -31,7 +31,8 @@ class Engine:
         self.net = open_network(model, device, backend)
         self.device, self.backend = self.net.device, self.net.backend
         self.batch = batch or default_batch(self.device)
-        self.tile = self.entry.tile
+        self.tile = self.entry.tile          # the tiles it codes
+        self.out_tile = self.entry.out_tile  # ... and draws (smaller for a stage drawing at the display size)
         self.progress = progress
 
     def _report(self, what: str, done: int, total: int) -> None:
@@ -70,12 +71,18 @@ class Engine:
 
     def decode(self, tokens: np.ndarray, width: int, height: int, counts: np.ndarray | None = None,
                cond: np.ndarray | None = None) -> np.ndarray:
-        """tokens (tiles, k), of which tile t uses its first counts[t] (default all k) -> (H, W, 3) uint8.
-        `cond`: for a refinement stage's model, the picture so far, (H, W, 3) uint8.
+        """tokens (tiles, k) of a width x height image, of which tile t uses its first counts[t] (default
+        all k) -> the picture, (H, W, 3) uint8; a model that draws smaller (`out_shrink`) draws it that many
+        times smaller each side. `cond`: for a refinement stage's model, the picture so far, (H, W, 3)
+        uint8 at the size drawn.
 
         Tiles with equal counts go through the network together, given exactly their tokens."""
         counts = np.full(len(tokens), tokens.shape[1]) if counts is None else np.asarray(counts)
-        cond_tiles = None if cond is None else tiling.all_tiles(cond, self.tile)
+        shrink, out = self.entry.out_shrink, self.out_tile
+        if width % shrink or height % shrink:
+            raise ValueError(f"{width}x{height} is not a whole multiple of {shrink}, the model's out_shrink")
+        width, height = width // shrink, height // shrink
+        cond_tiles = None if cond is None else tiling.all_tiles(cond, out)
         canvas = np.empty((height, width, 3), np.uint8)
         done = 0
         for k in np.unique(counts):
@@ -85,26 +92,28 @@ class Engine:
                 tiles = (self.net.decode(tokens[sel, :k]) if cond_tiles is None
                          else self.net.decode(tokens[sel, :k], cond_tiles[sel]))
                 for j, t in enumerate(sel):
-                    tiling.place_tiles(canvas, tiles[j:j + 1], int(t), self.tile)
+                    tiling.place_tiles(canvas, tiles[j:j + 1], int(t), out)
                 done += len(sel)
                 self._report("decoding", done, len(counts))
-        tiling.deblock(canvas, self.tile)
+        tiling.deblock(canvas, out, *tiling.deblock_reach(shrink))
         return canvas
 
     def tile_errors(self, tokens: np.ndarray, pixels: np.ndarray, tiles: np.ndarray, k: int,
                     cond_tiles: np.ndarray | None = None) -> np.ndarray:
         """Squared error (summed over pixels) of each of `tiles` decoded from its first k tokens
-        (`cond_tiles`: a refinement stage's picture so far, every tile's, in tile order)."""
+        (`cond_tiles`: a refinement stage's picture so far, every tile's, in tile order; `pixels` and
+        `cond_tiles` at the size the model draws)."""
         h, w = pixels.shape[:2]
+        size = self.out_tile
         out = np.empty(len(tiles))
         for i in range(0, len(tiles), self.batch):
             sel = tiles[i:i + self.batch]
             y = (self.net.decode(tokens[sel, :k]) if cond_tiles is None
                  else self.net.decode(tokens[sel, :k], cond_tiles[sel])).astype(np.float64)
             for j, t in enumerate(sel):
-                r, c = divmod(int(t), -(-w // self.tile))
-                y0, x0 = r * self.tile, c * self.tile
-                y1, x1 = min(h, y0 + self.tile), min(w, x0 + self.tile)
+                r, c = divmod(int(t), -(-w // size))
+                y0, x0 = r * size, c * size
+                y1, x1 = min(h, y0 + size), min(w, x0 + size)
                 out[i + j] = ((y[j, :y1 - y0, :x1 - x0] - pixels[y0:y1, x0:x1]) ** 2).sum()
             self._report("scoring", i + len(sel), len(tiles))
         return out

@@ -29,10 +29,18 @@ class ModelConfig:
     levels: tuple[int, ...] = (8, 8, 8, 8)       # FSQ levels -> 8**4 = 4096 codes
     head_channels: tuple[int, ...] = (128, 64, 32, 16)  # conv head, one stage per 2x
     conditioned: bool = False  # a refinement stage: both halves also see the picture so far (below)
+    out_shrink: int = 1        # the decoder draws the tile this many times smaller per side (below)
 
     @property
     def grid(self) -> int:
         return self.tile // self.patch
+
+    @property
+    def out_tile(self) -> int:
+        """Pixels per side of a decoded tile: a refinement stage coded at 2x with `out_shrink = 2`
+        draws its tiles at the display size itself, skipping the head's costliest stage and the
+        reduction a picture coded larger needs."""
+        return self.tile // self.out_shrink
 
     @property
     def codebook_size(self) -> int:
@@ -123,7 +131,7 @@ class UpHead(nn.Module):
 
     def __init__(self, width: int, channels: tuple[int, ...], patch: int):
         super().__init__()
-        assert 2 ** len(channels) == patch, "one 2x stage per factor of two in the patch size"
+        assert 2 ** len(channels) == patch >= 4, "one 2x stage per factor of two in the (output) patch size"
         self.patch = patch
         self.coarse = nn.Conv2d(width, 3 * 16, 1)
         layers: list[nn.Module] = [nn.Conv2d(width, channels[0], 3, padding=1)]
@@ -138,6 +146,10 @@ class UpHead(nn.Module):
         coarse = F.interpolate(F.pixel_shuffle(self.coarse(x), 4), scale_factor=self.patch // 4,
                                mode="bilinear", align_corners=False)
         return coarse + self.detail(x)
+
+
+def out_shrink_ok(cfg: ModelConfig) -> bool:
+    return cfg.out_shrink == 1 or (cfg.conditioned and cfg.out_shrink in (2, 4) and cfg.patch // cfg.out_shrink >= 4)
 
 
 def coarse_to_fine_order(grid: int) -> torch.Tensor:
@@ -190,10 +202,17 @@ class Tokenizer(nn.Module):
         self.dec_queries = nn.Parameter(torch.randn(1, n, w) * 0.02)
         self.dec_blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(w)
-        self.head = UpHead(w, cfg.head_channels, cfg.patch)
+        out_patch = cfg.patch // cfg.out_shrink
+        assert out_shrink_ok(cfg), "out_shrink needs a conditioned model and a whole output patch"
+        self.head = UpHead(w, cfg.head_channels, out_patch)
         if cfg.conditioned:  # the picture so far, patch-embedded into the encoder's patches and the decoder's queries
             self.enc_cond = nn.Conv2d(3, w, cfg.patch, stride=cfg.patch)
-            self.dec_cond = nn.Conv2d(3, w, cfg.patch, stride=cfg.patch)
+            # the decoder's is at the output size; a smaller output's sees a 2-pixel border too, as the
+            # coded size's picture (enlarged bicubically) carried its neighbours into each patch, and
+            # repeats the tile's edge beyond it, as bicubic enlarging does
+            edge = 2 if cfg.out_shrink > 1 else 0
+            self.dec_cond = nn.Conv2d(3, w, out_patch + 2 * edge, stride=out_patch, padding=edge,
+                                      padding_mode="replicate" if edge else "zeros")
 
     def start_as_identity(self) -> None:
         """A refinement stage made from a trained tokenizer starts by returning the picture so far:
@@ -226,7 +245,8 @@ class Tokenizer(nn.Module):
 
         keep (B,) optionally keeps only the first keep[i] tokens of row i (tail drop);
         dropped tokens are masked out of attention, equivalent to passing fewer tokens.
-        A refinement stage adds what it decodes to `cond`, the picture so far.
+        A refinement stage adds what it decodes to `cond`, the picture so far, at the output size
+        (cfg.out_tile: the coded tile's size unless `out_shrink`).
         """
         b, k = values.shape[:2]
         n, g = self.cfg.grid ** 2, self.cfg.grid
@@ -250,7 +270,8 @@ class Tokenizer(nn.Module):
         """ids (B, k) with 1 <= k <= K (0 <= k for a refinement stage) -> tiles in [-1, 1]."""
         return self.decode_values(self.fsq.ids_to_values(ids), cond=cond).clamp(-1, 1)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, cond: torch.Tensor | None = None,
+                out_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`out_cond`: the picture so far at the output size, where it is not the coded size (`out_shrink`)."""
         values, ids = self.encode_values(x, cond)
-        return self.decode_values(values, keep, cond), ids
+        return self.decode_values(values, keep, cond if out_cond is None else out_cond), ids

@@ -39,8 +39,14 @@ def decode_stage(engine: Engine, stage: StageTokens, shown: np.ndarray) -> np.nd
     stages before it show."""
     h = stage.container.header
     scale = stage_scale((shown.shape[1], shown.shape[0]), (h.width, h.height))
-    big = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=enlarge_bicubic(shown, scale))
-    pic = resize(big, (shown.shape[1], shown.shape[0]))
+    if engine.entry.out_shrink == scale:  # a decoder that draws at the display size
+        pic = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=shown)
+    elif engine.entry.out_shrink == 1:
+        big = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=enlarge_bicubic(shown, scale))
+        pic = resize(big, (shown.shape[1], shown.shape[0]))
+    else:
+        raise FormatError(f"model '{engine.entry.name}' draws {engine.entry.out_shrink} times smaller than it "
+                          f"codes, not the {scale} times of this stage")
     if h.base_low_band:  # a version-4 first stage (`shown` is its base's picture) taking part of the base's low band
         pic = thumbnail.with_low_band(pic, shown, h.base_low_band)
     return pic
@@ -103,7 +109,8 @@ def refine(data: bytes, pixels: np.ndarray, engine: Engine, scale: int | None = 
     big, cond = enlarge_bicubic(pixels, scale), enlarge_bicubic(so_far, scale)
     tokens = engine.encode(big, cond=cond)
     entropy = entropy or engine.entry.best_entropy
-    weights, caps = allocation(tokens, big, engine, entropy, measure=True, cond=cond) if adaptive else (b"", b"")
+    drawn = (big, cond) if engine.entry.out_shrink == 1 else (pixels, so_far)  # what its decoder draws, and on
+    weights, caps = allocation(tokens, drawn[0], engine, entropy, measure=True, cond=drawn[1]) if adaptive else (b"", b"")
     return stream.add_stage(data, tokens, w * scale, h * scale, engine.entry, weights, caps, level=level,
                             entropy=entropy), tokens
 

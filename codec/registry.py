@@ -84,6 +84,16 @@ class Entry:
         return int(self.config["tile"])
 
     @property
+    def out_shrink(self) -> int:
+        """How many times smaller per side the decoder draws a tile than it codes it (codec/model.py)."""
+        return int(self.config.get("out_shrink", 1))
+
+    @property
+    def out_tile(self) -> int:
+        """Pixels per side of a decoded tile."""
+        return self.tile // self.out_shrink
+
+    @property
     def tokens(self) -> int:
         """Tokens per tile the model makes (the most a file can keep)."""
         return int(self.config["tokens"])

@@ -54,7 +54,13 @@ DEBLOCK_REACH = 16  # pixels each side of a tile border that the deblocking filt
 DEBLOCK_EDGE = 3    # pixels nearest a border that the decoder draws poorly, rebuilt by interpolation
 
 
-def deblock(canvas: np.ndarray, tile: int) -> None:
+def deblock_reach(shrink: int = 1) -> tuple[int, int]:
+    """(reach, edge) of the filter for tiles drawn `shrink` times smaller than coded: the same share
+    of the tile as at the coded size, where it was tuned."""
+    return DEBLOCK_REACH // shrink, max(1, round(DEBLOCK_EDGE / shrink))
+
+
+def deblock(canvas: np.ndarray, tile: int, reach: int = DEBLOCK_REACH, edge: int = DEBLOCK_EDGE) -> None:
     """Hide tile borders in a decoded image (in place), as classic codecs' loop filters do.
 
     Tiles are decoded independently, so colours jump at borders and the decoder draws the
@@ -63,9 +69,9 @@ def deblock(canvas: np.ndarray, tile: int) -> None:
     pixels each side, then rebuilds the DEBLOCK_EDGE pixels next to the border by linear
     interpolation. Tuned on training photos: border/inside gradient ratio from ~15 to
     ~0.7 and +0.1 dB PSNR (docs/model.md). Bands are filtered one at a time, so memory
-    stays small on huge images.
+    stays small on huge images. A tile drawn smaller than coded takes a `reach` and `edge` as small.
     """
-    m, reach = DEBLOCK_EDGE, DEBLOCK_REACH
+    m = edge
     for axis in (1, 0):  # vertical borders first, then horizontal ones
         x = np.moveaxis(canvas, axis, 0)  # a view: borders now lie across the first axis
         n = x.shape[0]

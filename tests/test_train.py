@@ -378,8 +378,8 @@ def test_a_classic_base_is_a_codec_thumbnail_of_each_tile():
     ref = train.Refinement(rc, 256, "cpu")
     photo = np.asarray(Image.open(DATA / "photo_768x512.png").convert("RGB"))
     x = train.to_model_range(torch.from_numpy(np.stack([photo[:256, :256], photo[256:, 256:512]]).copy()))
-    target, so_far = ref.pairs(x, np.random.default_rng(0))
-    assert target.shape == so_far.shape == (2, 3, 256, 256)
+    target, so_far, drawn, drawn_so_far = ref.pairs(x, np.random.default_rng(0))
+    assert target.shape == so_far.shape == (2, 3, 256, 256) and drawn is target and drawn_so_far is so_far
     assert 18 < train.psnr(so_far, target) < 35
     again = ref.pairs(x, None, full=True)
     assert all(torch.equal(a, b) for a, b in zip(ref.pairs(x, None, full=True), again))
@@ -463,3 +463,60 @@ def test_a_lighter_start_refuses_an_encoder_of_another_shape():
     assert fresh and all(k.startswith("head.detail") for k in fresh) and not set(fresh) & set(state)
     model.load_state_dict(state, strict=False)
     assert torch.count_nonzero(model.head.detail[-1].weight) == torch.count_nonzero(model.head.detail[-1].bias) == 0
+
+
+def test_a_decoder_drawing_at_the_display_size_reads_the_same_tokens(tmp_path):
+    """`out_shrink = 2` (issue 26): a decoder for odp-refine-x2-v4's tokens that draws each 2x-coded tile at the
+    display size, skipping the head's 256² stage. The encoder stays v4's bit for bit; the export is a stage of
+    the same tokens whose tiles are 128 px, and a file v4's encoder made decodes through it at the display
+    size, on ONNX Runtime as on torch."""
+    from odp.codec import refinement, stream
+    from odp.codec.engine import Engine
+    from odp.codec.quality import psnr
+
+    cfg = one_step_fine_tune(tmp_path, "odp-refine-x2-half.toml", monitor_ks=[256])
+    shipped = weights.load(cfg["train"]["init"]).tokenizer.state_dict()
+    ckpt = load_file(str(tmp_path / "run" / "ckpt.safetensors"))
+    assert all(torch.equal(ckpt[f"model.{k}"], shipped[k]) for k in shipped if not k.startswith(train.DECODER_PREFIXES))
+    export.main(["--run", str(tmp_path / "snap"), "--name", "half-stage", "--out", str(tmp_path)])
+    base, half = weights.load(cfg["train"]["init"]), weights.load_path(tmp_path / "half-stage.safetensors")
+    assert (half.entry.refines, half.entry.scale, half.context.id) == (base.entry.refines, base.entry.scale, base.context.id)
+    assert (half.entry.out_shrink, half.entry.out_tile, base.entry.out_shrink) == (2, 128, 1)
+    tiles = torch.zeros(1, 3, 256, 256)
+    ids = base.tokenizer.encode(tiles, cond=tiles)
+    assert torch.equal(ids, half.tokenizer.encode(tiles, cond=tiles))
+    assert half.tokenizer.decode(ids[:, :16], cond=tiles[..., :128, :128]).shape == (1, 3, 128, 128)
+
+    photo = np.asarray(Image.open(DATA / "astronaut-320x240.png").convert("RGB"))
+    import odp
+    data = odp.encode(Image.fromarray(photo), device="cpu")
+    first, stage = stream.read_stages(data)
+    assert stage.model.sha256 == base.entry.sha256
+    so_far = Engine(first.model, "cpu").picture(first.tokens, first.container.header, first.container.level)
+    pictures = [refinement.decode_stage(Engine(m, "cpu", backend=b), stage, so_far)
+                for m, b in ((half, "torch"), (half.entry, "onnx"), (base.entry, "onnx"))]
+    assert all(p.shape == photo.shape for p in pictures)
+    assert psnr(pictures[0], pictures[1]) > 35  # the two backends draw alike (the graphs' 8-bit products)
+    # one step from v4 (its last layer starts at zero): the tokens already add to the picture so far
+    assert psnr(photo, pictures[1]) > psnr(photo, so_far) + 1
+
+
+def test_a_decoder_drawing_smaller_sees_the_picture_so_far_as_before():
+    """train.shrunk_cond_start: the patch embedding of the picture so far at the display size is fitted to
+    the shipped stage's embedding of it enlarged (bicubic, as the codec enlarges it): the same view, to
+    rounding, on a real photo."""
+    import dataclasses
+    import torch.nn.functional as F
+
+    start = weights.load("odp-refine-x2-v4").tokenizer
+    model = Tokenizer(dataclasses.replace(start.cfg, head_channels=(128, 64, 16), out_shrink=2))
+    state, fresh = train.lighter_start(model, start.state_dict())
+    assert "dec_cond.weight" in fresh and not any(k.startswith("enc") for k in fresh)
+    model.load_state_dict(state, strict=False)
+    assert train.shrunk_cond_start(model, start) < 1e-4
+    photo = np.asarray(Image.open(DATA / "photo_768x512.png").convert("RGB"))[:128, :128]
+    x = train.to_model_range(torch.from_numpy(photo.copy())[None])
+    with torch.no_grad():
+        want = start.dec_cond(F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False))
+        got = model.dec_cond(x)
+    assert float((got - want).norm() / want.norm()) < 1e-3

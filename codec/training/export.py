@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         t = load_file(str(run / "snapshot.safetensors"))
         if not tc.get("init"):
             sys.exit(f"export: {run} has no ckpt.safetensors, and a snapshot needs its run's init model")
-        tok.load_state_dict(load(tc["init"]).tokenizer.state_dict()
+        own = tok.state_dict()  # (a lighter decoder leaves some of its init's weights out)
+        tok.load_state_dict({k: v for k, v in load(tc["init"]).tokenizer.state_dict().items() if k in own}
                             | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
     # ship what is decoded: round-trip through fp16 before measuring anything
     tok.load_state_dict({k: v.half().float() for k, v in tok.state_dict().items()})

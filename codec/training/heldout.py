@@ -16,6 +16,7 @@ drawn by the shipped stage's decoder and by the snapshot's (default budgets 0.05
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tomllib
@@ -49,8 +50,11 @@ def fine_tuned(base: Model, snapshot: Path) -> Model:
     cfg = ModelConfig.from_dict(json.loads((snapshot / "state.json").read_text())["config"]["model"])
     tok = type(base.tokenizer)(cfg)
     t = load_file(str(snapshot / "snapshot.safetensors"))
-    tok.load_state_dict(base.tokenizer.state_dict() | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
-    return Model(base.entry, cfg, tok.eval())
+    own = tok.state_dict()
+    tok.load_state_dict({k: v for k, v in base.tokenizer.state_dict().items() if k in own}
+                        | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
+    # the entry tells an Engine how the network draws (its tile, `out_shrink`): the snapshot's shape
+    return Model(dataclasses.replace(base.entry, config=cfg.to_dict()), cfg, tok.eval())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,8 +5,8 @@
 Writes `<model>.encoder.onnx` (uint8 tiles (B, T, T, 3) -> int32 token ids (B, K)) and
 `<model>.decoder.onnx` (int64 ids (B, k), any 1 <= k <= K -> uint8 tiles) next to the weights; a
 refinement stage's graphs (a conditioned tokenizer) take a second input, `cond`: uint8 tiles of the
-picture so far, the same shape as the tiles. The
-graphs hold no weights: each weight is an external tensor named after its key in the model's
+picture so far, the same shape as the tiles (the decoder's as its output's, smaller for a model with
+`out_shrink`). The graphs hold no weights: each weight is an external tensor named after its key in the model's
 safetensors file, which codec/net_onnx.py reads and hands to ONNX Runtime. The safetensors file stays
 the one copy of the weights (its sha256 names the model in every file), and a graph is ~100 KB.
 
@@ -176,12 +176,14 @@ def export(model: Model, out: Path) -> list[Path]:
     count = torch.export.Dim("count", min=1, max=tokens)
     tiles = torch.zeros(2, tile, tile, 3, dtype=torch.uint8)
     ids = torch.zeros(2, tokens - 1, dtype=torch.int64)
-    # a separate example tensor: the exporter would take one tensor passed twice for one input
+    # separate example tensors: the exporter would take one tensor passed twice for one input
     cond = {"cond": (torch.zeros_like(tiles), {0: batch})} if tok.cfg.conditioned else {}
+    drawn = tok.cfg.out_tile  # a decoder drawing smaller (out_shrink) is given the picture so far at its size
+    out_cond = {"cond": (torch.zeros(2, drawn, drawn, 3, dtype=torch.uint8), {0: batch})} if tok.cfg.conditioned else {}
     enc, dec = (CondEncoderGraph, CondDecoderGraph) if tok.cfg.conditioned else (EncoderGraph, DecoderGraph)
     paths = []
     for part, module, inputs in (("encoder", enc(tok), {"tiles": (tiles, {0: batch}), **cond}),
-                                 ("decoder", dec(tok), {"ids": (ids, {0: batch, 1: count}), **cond})):
+                                 ("decoder", dec(tok), {"ids": (ids, {0: batch, 1: count}), **out_cond})):
         path = out / f"{model.name}.{part}.onnx"
         tmp = path.with_suffix(".tmp")
         onnx.save(quantize_matmuls(graph(module, inputs, model.entry.path)), str(tmp))

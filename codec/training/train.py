@@ -224,6 +224,27 @@ def lighter_start(model: Tokenizer, state: dict) -> tuple[dict, list[str]]:
     return {k: v for k, v in state.items() if k in own and k not in fresh and k not in at_zero}, fresh
 
 
+@torch.no_grad()
+def shrunk_cond_start(model: Tokenizer, start: Tokenizer, samples: int = 64) -> float:
+    """Start a decoder that sees the picture so far at the display size (`out_shrink`) from one that saw
+    it enlarged to the coded size: its patch embedding, fitted by least squares to the init's embedding
+    of the same pictures enlarged (bicubic, as the codec enlarges them: a linear map, exact up to
+    rounding). Returns the fit's relative error."""
+    s = model.cfg.out_shrink // start.cfg.out_shrink
+    new, old = model.dec_cond, start.dec_cond
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(samples, 3, model.cfg.out_tile, model.cfg.out_tile, generator=g) - 0.5
+    want = old(F.interpolate(small, scale_factor=s, mode="bicubic", align_corners=False)) - old.bias[:, None, None]
+    pad = new.padding[0]
+    cols = F.unfold(F.pad(small, (pad,) * 4, mode="replicate"), new.kernel_size, stride=new.stride)  # (N, 3*k*k, cells)
+    a = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    b = want.flatten(2).transpose(1, 2).reshape(-1, want.shape[1])
+    w = torch.linalg.lstsq(a, b).solution  # (3*k*k, width)
+    new.weight.copy_(w.T.reshape(new.weight.shape))
+    new.bias.copy_(old.bias)
+    return float((a @ w - b).norm() / b.norm())
+
+
 def load_snapshot(folder: Path, model: Tokenizer, ema: Tokenizer, disc: torch.nn.Module | None, run: Path) -> int:
     """Continue from a committed snapshot: model and EMA both start from its EMA weights (laid over the
     `init` weights they were loaded with, for a snapshot that holds only the decoder)."""
@@ -289,8 +310,11 @@ class Refinement:
     shrunk by one of `shrink`, coded by one of the codecs `quality` names (Pillow) at a random quality in its range,
     decoded and enlarged back (Lanczos), as a file whose first layer is that thumbnail would show."""
 
-    def __init__(self, rc: dict, tile: int, device):
-        self.scale, self.tile = int(rc["scale"]), tile
+    def __init__(self, rc: dict, tile: int, device, out_shrink: int = 1):
+        self.scale, self.tile, self.out_shrink = int(rc["scale"]), tile, out_shrink
+        if out_shrink not in (1, self.scale):
+            raise SystemExit(f"out_shrink {out_shrink}: a stage draws at its coded size (1) or the display size "
+                             f"({self.scale})")
         if rc["base"] == "classic":
             self.base = None
             self.shrink, self.quality = rc["shrink"], rc["quality"]  # quality: {codec: [lo, hi]}
@@ -315,10 +339,11 @@ class Refinement:
         return torch.stack(out).to(x.device).float() / 127.5 - 1
 
     @torch.no_grad()
-    def pairs(self, x: torch.Tensor, rng: np.random.Generator | None, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source tiles (B, 3, T, T) -> (target tiles, picture-so-far tiles), both (B, 3, T, T);
-        `full`: the base keeps all its tokens (a classic base: a fixed draw) and the cells go round in
-        order (the monitor)."""
+    def pairs(self, x: torch.Tensor, rng: np.random.Generator | None, full: bool = False) -> tuple[torch.Tensor, ...]:
+        """Source tiles (B, 3, T, T) -> (target tiles, picture-so-far tiles), both (B, 3, T, T), then the
+        same two at the output size (the same tensors unless the model draws smaller: `out_shrink`, then
+        the source's own cells, T / scale a side); `full`: the base keeps all its tokens (a classic base:
+        a fixed draw) and the cells go round in order (the monitor)."""
         b = x.shape[0]
         if self.base is None:
             so_far = self.classic_picture(x, np.random.default_rng(0) if full else rng)
@@ -331,25 +356,38 @@ class Refinement:
         out = []
         for a in (x, so_far):
             big = F.interpolate(a, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
-            out.append(torch.stack([big[i, :, (c // self.scale) * self.tile:(c // self.scale + 1) * self.tile,
-                                        (c % self.scale) * self.tile:(c % self.scale + 1) * self.tile]
-                                    for i, c in enumerate(cells)]))
-        return out[0], out[1]
+            out.append(self.cells_of(big, cells, self.tile))
+        if self.out_shrink == 1:
+            return out[0], out[1], out[0], out[1]
+        return out[0], out[1], self.cells_of(x, cells, self.tile // self.scale), self.cells_of(so_far, cells, self.tile // self.scale)
+
+    def cells_of(self, a: torch.Tensor, cells: np.ndarray, size: int) -> torch.Tensor:
+        """Cell cells[i] (row-major on a scale x scale grid) of size x size pixels of each a[i]."""
+        return torch.stack([a[i, :, (c // self.scale) * size:(c // self.scale + 1) * size,
+                              (c % self.scale) * size:(c % self.scale + 1) * size] for i, c in enumerate(cells)])
 
 
 @torch.no_grad()
 def evaluate(model: Tokenizer, tiles: torch.Tensor, ks: list[int], lpips_vgg=None, judges: dict | None = None,
-             perc_key: str = "lpips_vgg", cond: torch.Tensor | None = None) -> dict:
+             perc_key: str = "lpips_vgg", cond: torch.Tensor | None = None, target: torch.Tensor | None = None,
+             out_cond: torch.Tensor | None = None) -> dict:
     """PSNR (and LPIPS-VGG when a perceptual loss is on, and each judge metric, e.g. DISTS, that is
     only ever measured) at several prefix lengths, and how much of the codebook the held-out tiles
-    use (FSQ has no codebook vectors to die, but a collapsed code distribution shows here)."""
+    use (FSQ has no codebook vectors to die, but a collapsed code distribution shows here).
+    `target`, `out_cond`: the tiles and the picture so far at the display size, for a config whose
+    model draws there (`out_shrink`); a model drawing at the coded size is then reduced to it
+    (antialiased bicubic, near the codec's Lanczos), so both are judged on the same pixels."""
     model.eval()
     values, ids = model.encode_values(tiles, cond)
+    target = tiles if target is None else target
+    dec_cond = cond if model.cfg.out_shrink == 1 else out_cond
     out = {}
     for k in ks:
-        y = model.decode_values(values[:, :k], cond=cond)
-        out[f"psnr@{k}"] = round(psnr(y, tiles), 3)
-        a, b = (y.clamp(-1, 1) + 1) / 2, (tiles + 1) / 2
+        y = model.decode_values(values[:, :k], cond=dec_cond)
+        if y.shape[-1] != target.shape[-1]:
+            y = F.interpolate(y, size=target.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
+        out[f"psnr@{k}"] = round(psnr(y, target), 3)
+        a, b = (y.clamp(-1, 1) + 1) / 2, (target + 1) / 2
         if lpips_vgg is not None:
             out[f"{perc_key}@{k}"] = round(lpips_vgg(a, b).mean().item(), 4)
         for name, metric in (judges or {}).items():
@@ -424,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
             if lead:
                 print(f"started fresh (a new shape): {', '.join(fresh)}", file=sys.stderr)
         model.load_state_dict(state, strict=not (new_stage or fresh))
+        if mc.out_shrink > start.cfg.out_shrink:
+            shrunk_cond_start(model, start)
         if new_stage:  # a trained refinement stage (e.g. for a decoder fine-tune) keeps its conditioning
             model.start_as_identity()
         if lead:
@@ -478,17 +518,18 @@ def main(argv: list[str] | None = None) -> None:
         from ..evaluation.perceptual import get as get_metric
 
         judges = {name: get_metric(name, device) for name in lc["judges"]}
-    refine = Refinement(cfg["refine"], mc.tile, device) if mc.conditioned else None
-    monitor_cond = None
+    refine = Refinement(cfg["refine"], mc.tile, device, mc.out_shrink) if mc.conditioned else None
+    monitor_cond = monitor_target = monitor_out_cond = None
     if refine is not None and lead:
-        monitor, monitor_cond = refine.pairs(monitor, None, full=True)
+        monitor, monitor_cond, monitor_target, monitor_out_cond = refine.pairs(monitor, None, full=True)
+    watch = dict(cond=monitor_cond, target=monitor_target, out_cond=monitor_out_cond)
     if args.monitor_only:  # the same crops and metrics as the run's monitor, for a step-0 reference
         from ..weights import load as load_shipped
 
         if lead:
             ref = load_shipped(args.monitor_only).tokenizer.to(device)
             print(json.dumps({"model": args.monitor_only, "eval": "held-out train crops",
-                              **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key, monitor_cond)}))
+                              **evaluate(ref, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key, **watch)}))
         return
     disc_start = lc["adv_start"] if lc["disc_start"] is None else lc["disc_start"]
     last_layer = model.head.detail[-1].weight
@@ -504,12 +545,15 @@ def main(argv: list[str] | None = None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         x, cond = sampler.batch(batch).to(device), None
+        out_cond = None
         if refine is not None:
-            x, cond = refine.pairs(x, crop_rng)
+            x, cond, target, out_cond = refine.pairs(x, crop_rng)
         keep = draw_keep(x.shape[0], 0 if refine else 1, mc.tokens, tc.get("short_keep"), device)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc["bf16"]):
-            y, _ = net(x, keep, cond)
+            y, _ = net(x, keep, cond, out_cond)
         y = y.float()
+        if refine is not None:  # the loss and the critic judge the output size's pixels
+            x = target
         loss = mse = F.mse_loss(y, x)
         rec = {}
         if lpips_vgg is not None:
@@ -570,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
                     break
                 continue
             rec = {"step": step, "eval": "held-out train crops",
-                   **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key, monitor_cond),
+                   **evaluate(ema, monitor, tc["monitor_ks"], lpips_vgg, judges, perc_key, **watch),
                    "wall_s": round(time.time() - t0, 1), **agree}
             log.write(json.dumps(rec) + "\n")
             log.flush()
