@@ -101,11 +101,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rows: slice | None = None) -> torch.Tensor:
+        """`rows`: only these rows' outputs are wanted (the last block of a stack whose other rows are
+        dropped): the rest still give keys and values, but skip the projection and MLP after attention."""
         b, n, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if rows is not None:
+            q, x = q[:, :, rows], x[:, rows]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.proj(a.transpose(1, 2).reshape(b, n, c))
+        x = x + self.proj(a.transpose(1, 2).reshape(b, x.shape[1], c))
         return x + self.mlp(self.norm2(x))
 
 
@@ -229,9 +233,9 @@ class Tokenizer(nn.Module):
         if self.cfg.conditioned:
             p = p + self.enc_cond(cond).flatten(2).transpose(1, 2)
         h = torch.cat([p, self.enc_latents + p[:, self.anchor]], 1)
-        for blk in self.enc_blocks:
-            h = blk(h)
-        z = self.to_code(self.enc_norm(h[:, n:]))
+        for i, blk in enumerate(self.enc_blocks):
+            h = blk(h, rows=slice(n, None) if i == len(self.enc_blocks) - 1 else None)
+        z = self.to_code(self.enc_norm(h))
         return self.fsq(z)
 
     @torch.no_grad()
@@ -260,9 +264,9 @@ class Tokenizer(nn.Module):
         if self.cfg.conditioned:
             queries = queries + self.dec_cond(cond).flatten(2).transpose(1, 2).to(code.dtype)
         h = torch.cat([queries, code + self.dec_latent_pos[:, :k]], 1)
-        for blk in self.dec_blocks:
-            h = blk(h, mask)
-        h = self.dec_norm(h[:, :n]).transpose(1, 2).reshape(b, -1, g, g)
+        for i, blk in enumerate(self.dec_blocks):
+            h = blk(h, mask, rows=slice(0, n) if i == len(self.dec_blocks) - 1 else None)
+        h = self.dec_norm(h).transpose(1, 2).reshape(b, -1, g, g)
         return self.head(h) + cond if self.cfg.conditioned else self.head(h)
 
     @torch.no_grad()
