@@ -16,7 +16,7 @@ from .stream import token_bits
 # its later tokens stop helping. ENCODER_VERSION names what the encoder writes, for caches of its
 # files (odp bench): 3 caps a lone tile too, 4 leaves idle caps out of files, 5 predicts the errors.
 ALLOCATION_GRID = (4, 16, 48, 128, 192, 256)
-ENCODER_VERSION = 20 # 5: errors predicted, not measured; 6: coded larger where a budget leaves bytes;
+ENCODER_VERSION = 21 # 5: errors predicted, not measured; 6: coded larger where a budget leaves bytes;
                      # 7: the refinement stage where a budget leaves bytes past the first stage;
                      # 8: a third stage (the refinement model at 4x) past the refinement stage's whole;
                      # 9: a version-4 file whose tokens' share holds no layer gives its thumbnail the whole budget
@@ -32,6 +32,7 @@ ENCODER_VERSION = 20 # 5: errors predicted, not measured; 6: coded larger where 
                      # 18: the chosen AVIF base made again at speed 5 where better (thumbnail.FINER)
                      # 19: no third stage after a version-4 file's whole (ratecontrol.based_within)
                      # 20: AVIF bases searched up to quality 95 (was 50: thumbnail.QUALITIES)
+                     # 21: graphs whose last transformer block computes only the rows kept: a few tokens differ
 # Block sizes at which tile_features measures the detail a blocky approximation misses.
 FEATURE_SCALES = (2, 4, 8, 16, 32, 64, 256)
 # Token counts at which the allocation predictor gives each tile's error (ALLOCATION_GRID and the
