@@ -28,6 +28,16 @@ def stage_scale(display: tuple[int, int], coded: tuple[int, int]) -> int:
     return cw // w
 
 
+def drawn_scale(engine: Engine, scale: int) -> int:
+    """How many times each side of the display size the stage's decoder draws, for a stage coded at `scale`:
+    `scale` itself, or less for a model drawing smaller than it codes (`out_shrink`; 1: the display size)."""
+    shrink = engine.entry.out_shrink
+    if scale % shrink:
+        raise FormatError(f"model '{engine.entry.name}' draws {shrink} times smaller than it codes: it cannot "
+                          f"draw a stage coded at {scale}x")
+    return scale // shrink
+
+
 def encode_stage(engine: Engine, pixels: np.ndarray, shown: np.ndarray, scale: int) -> np.ndarray:
     """The stage's tokens (tiles, K) of the image `pixels` (display size, uint8) coded at `scale` times
     each side, given `shown`, the picture the stages before show (same size)."""
@@ -39,14 +49,11 @@ def decode_stage(engine: Engine, stage: StageTokens, shown: np.ndarray) -> np.nd
     stages before it show."""
     h = stage.container.header
     scale = stage_scale((shown.shape[1], shown.shape[0]), (h.width, h.height))
-    if engine.entry.out_shrink == scale:  # a decoder that draws at the display size
-        pic = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=shown)
-    elif engine.entry.out_shrink == 1:
-        big = engine.decode(stage.tokens, h.width, h.height, stage.counts, cond=enlarge_bicubic(shown, scale))
-        pic = resize(big, (shown.shape[1], shown.shape[0]))
-    else:
-        raise FormatError(f"model '{engine.entry.name}' draws {engine.entry.out_shrink} times smaller than it "
-                          f"codes, not the {scale} times of this stage")
+    drawn = drawn_scale(engine, scale)
+    pic = engine.decode(stage.tokens, h.width, h.height, stage.counts,
+                        cond=enlarge_bicubic(shown, drawn) if drawn > 1 else shown)
+    if drawn > 1:
+        pic = resize(pic, (shown.shape[1], shown.shape[0]))
     if h.base_low_band:  # a version-4 first stage (`shown` is its base's picture) taking part of the base's low band
         pic = thumbnail.with_low_band(pic, shown, h.base_low_band)
     return pic
@@ -109,8 +116,12 @@ def refine(data: bytes, pixels: np.ndarray, engine: Engine, scale: int | None = 
     big, cond = enlarge_bicubic(pixels, scale), enlarge_bicubic(so_far, scale)
     tokens = engine.encode(big, cond=cond)
     entropy = entropy or engine.entry.best_entropy
-    drawn = (big, cond) if engine.entry.out_shrink == 1 else (pixels, so_far)  # what its decoder draws, and on
-    weights, caps = allocation(tokens, drawn[0], engine, entropy, measure=True, cond=drawn[1]) if adaptive else (b"", b"")
+    weights, caps = b"", b""
+    if adaptive:  # errors measured at the size its decoder draws
+        d = drawn_scale(engine, scale)
+        drawn = ((big, cond) if d == scale else (pixels, so_far) if d == 1
+                 else (enlarge_bicubic(pixels, d), enlarge_bicubic(so_far, d)))
+        weights, caps = allocation(tokens, drawn[0], engine, entropy, measure=True, cond=drawn[1])
     return stream.add_stage(data, tokens, w * scale, h * scale, engine.entry, weights, caps, level=level,
                             entropy=entropy), tokens
 

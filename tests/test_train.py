@@ -499,6 +499,11 @@ def test_a_decoder_drawing_at_the_display_size_reads_the_same_tokens(tmp_path):
     assert psnr(pictures[0], pictures[1]) > 35  # the two backends draw alike (the graphs' 8-bit products)
     # one step from v4 (its last layer starts at zero): the tokens already add to the picture so far
     assert psnr(photo, pictures[1]) > psnr(photo, so_far) + 1
+    # a further stage at 4x (the same model again, past the default file) is drawn at 2x, then reduced
+    engine = Engine(half.entry, "cpu")
+    assert [refinement.drawn_scale(engine, s) for s in (2, 4)] == [1, 2]
+    with pytest.raises(odp.FormatError, match="cannot draw a stage coded at 3x"):
+        refinement.drawn_scale(engine, 3)
 
 
 def test_a_decoder_drawing_smaller_sees_the_picture_so_far_as_before():
