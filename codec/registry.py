@@ -173,7 +173,8 @@ def entry_at(path: Path) -> Entry:
             raise ModelNotFound(f"weights file {path.name} has no entropy tables") from None
     try:
         config = json.loads(meta["config"])
-        if not isinstance(config, dict) or int(config["tile"]) < 1 or int(config["tokens"]) < 1:
+        if (not isinstance(config, dict) or int(config["tile"]) < 1 or int(config["tokens"]) < 1
+                or int(config.get("out_shrink", 1)) not in (1, 2, 4)):
             raise ValueError("bad config")
         tables = PositionTables(freqs.astype("int64"))
         name, entropy_model = meta["name"], meta["entropy_model"]

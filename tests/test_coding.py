@@ -1038,3 +1038,25 @@ def test_a_target_out_of_reach_at_full_size_is_met_coding_larger(coffee, coffee_
 def test_scale_out_of_range(adaptive_photo, scale, message):
     with pytest.raises(ValueError, match=message):
         helpers.encode(adaptive_photo, scale=scale, device="cpu")
+
+
+def test_a_weights_file_with_an_impossible_out_shrink_is_refused(tmp_path):
+    """A model's config comes from its weights file: an `out_shrink` that no tile size divides into whole
+    output tiles (0, 3) is refused in one line when the file is read, never a ZeroDivisionError later."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from odp.codec import registry
+
+    src = weights.WEIGHTS_DIR / "odp-refine-x2-v4.safetensors"
+    with safe_open(str(src), framework="np") as f:
+        meta = dict(f.metadata())
+    tensors = {"entropy.freqs": load_file(str(src))["entropy.freqs"]}
+    for bad in (0, 3):
+        config = json.loads(meta["config"]) | {"out_shrink": bad}
+        path = tmp_path / f"odd-{bad}.safetensors"
+        save_file(tensors, str(path), metadata=meta | {"config": json.dumps(config)})
+        with pytest.raises(ModelNotFound, match="does not fit this version"):
+            registry.entry_at(path)
