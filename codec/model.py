@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import draws_whole_patches
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -152,10 +154,6 @@ class UpHead(nn.Module):
         return coarse + self.detail(x)
 
 
-def out_shrink_ok(cfg: ModelConfig) -> bool:
-    return cfg.out_shrink == 1 or (cfg.conditioned and cfg.out_shrink in (2, 4) and cfg.patch // cfg.out_shrink >= 4)
-
-
 def coarse_to_fine_order(grid: int) -> torch.Tensor:
     """Patch index anchoring each token: bit-reversed Z-order over the patch grid.
 
@@ -207,7 +205,7 @@ class Tokenizer(nn.Module):
         self.dec_blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(w)
         out_patch = cfg.patch // cfg.out_shrink
-        assert out_shrink_ok(cfg), "out_shrink needs a conditioned model and a whole output patch"
+        assert draws_whole_patches(cfg.to_dict()), "out_shrink needs a conditioned model and a whole output patch"
         self.head = UpHead(w, cfg.head_channels, out_patch)
         if cfg.conditioned:  # the picture so far, patch-embedded into the encoder's patches and the decoder's queries
             self.enc_cond = nn.Conv2d(3, w, cfg.patch, stride=cfg.patch)

@@ -161,6 +161,14 @@ def check_pinned(path: Path) -> bytes:
     return digest
 
 
+def draws_whole_patches(config: dict) -> bool:
+    """Whether a network of this shape can draw smaller than it codes (`out_shrink`): only a refinement stage,
+    which sees the picture so far, and only to whole output patches of at least 4 pixels. Torch-free, so that
+    a weights file is judged when read; the model asserts the same rule when built."""
+    shrink = int(config.get("out_shrink", 1))
+    return shrink == 1 or (bool(config.get("conditioned")) and shrink in (2, 4) and int(config["patch"]) // shrink >= 4)
+
+
 @lru_cache(maxsize=16)  # more than the shipped models (11)
 def entry_at(path: Path) -> Entry:
     """Read a weights file's metadata and entropy models (never its network, never a pickle)."""
@@ -174,7 +182,7 @@ def entry_at(path: Path) -> Entry:
     try:
         config = json.loads(meta["config"])
         if (not isinstance(config, dict) or int(config["tile"]) < 1 or int(config["tokens"]) < 1
-                or int(config.get("out_shrink", 1)) not in (1, 2, 4)):
+                or not draws_whole_patches(config)):
             raise ValueError("bad config")
         tables = PositionTables(freqs.astype("int64"))
         name, entropy_model = meta["name"], meta["entropy_model"]

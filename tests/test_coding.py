@@ -1042,7 +1042,8 @@ def test_scale_out_of_range(adaptive_photo, scale, message):
 
 def test_a_weights_file_with_an_impossible_out_shrink_is_refused(tmp_path):
     """A model's config comes from its weights file: an `out_shrink` that no tile size divides into whole
-    output tiles (0, 3) is refused in one line when the file is read, never a ZeroDivisionError later."""
+    output tiles (0, 3), one that leaves output patches under 4 pixels (8), or one on a network that does not
+    see the picture so far is refused in one line when the file is read, never a ZeroDivisionError later."""
     import json
 
     from safetensors import safe_open
@@ -1054,9 +1055,10 @@ def test_a_weights_file_with_an_impossible_out_shrink_is_refused(tmp_path):
     with safe_open(str(src), framework="np") as f:
         meta = dict(f.metadata())
     tensors = {"entropy.freqs": load_file(str(src))["entropy.freqs"]}
-    for bad in (0, 3):
-        config = json.loads(meta["config"]) | {"out_shrink": bad}
-        path = tmp_path / f"odd-{bad}.safetensors"
+    for i, bad in enumerate([{"out_shrink": 0}, {"out_shrink": 3}, {"out_shrink": 8},
+                             {"out_shrink": 2, "conditioned": False}]):
+        config = json.loads(meta["config"]) | bad
+        path = tmp_path / f"odd-{i}.safetensors"
         save_file(tensors, str(path), metadata=meta | {"config": json.dumps(config)})
         with pytest.raises(ModelNotFound, match="does not fit this version"):
             registry.entry_at(path)

@@ -28,7 +28,7 @@ from ...entropy.models import PositionTables
 from ..model import ModelConfig, Tokenizer
 from ..registry import path_of
 from ..weights import WEIGHTS_DIR, load, load_path, save_weights
-from .train import DECODER_PREFIXES, CropSampler, split_photos
+from .train import DECODER_PREFIXES, CropSampler, snapshot_over_init, split_photos
 
 
 @torch.inference_mode()
@@ -132,12 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         t = load_file(str(run / "ckpt.safetensors"))
         tok.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
     else:  # a committed snapshot of a decoder-only run holds the decoder's EMA: laid over its init's weights
-        t = load_file(str(run / "snapshot.safetensors"))
         if not tc.get("init"):
             sys.exit(f"export: {run} has no ckpt.safetensors, and a snapshot needs its run's init model")
-        own = tok.state_dict()  # (a lighter decoder leaves some of its init's weights out)
-        tok.load_state_dict({k: v for k, v in load(tc["init"]).tokenizer.state_dict().items() if k in own}
-                            | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
+        snapshot_over_init(run, tok, load(tc["init"]).tokenizer.state_dict())
     # ship what is decoded: round-trip through fp16 before measuring anything
     tok.load_state_dict({k: v.half().float() for k, v in tok.state_dict().items()})
     tok.eval()

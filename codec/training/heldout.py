@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from ..coding import encode
 from .. import ratecontrol, registry
@@ -41,18 +40,14 @@ from ..ratecontrol import Coded, render
 from ..refinement import stage_picture
 from ..stream import container, read_tokens, truncate
 from ..weights import Model, load
-from .train import split_photos
+from .train import snapshot_over_init, split_photos
 
 
 def fine_tuned(base: Model, snapshot: Path) -> Model:
     """`base` with the snapshot's EMA weights laid over it (a decoder-only snapshot holds only those), in the
     snapshot's own shape (a lighter decoder's head differs from its base's: `init_lighter`)."""
     cfg = ModelConfig.from_dict(json.loads((snapshot / "state.json").read_text())["config"]["model"])
-    tok = type(base.tokenizer)(cfg)
-    t = load_file(str(snapshot / "snapshot.safetensors"))
-    own = tok.state_dict()
-    tok.load_state_dict({k: v for k, v in base.tokenizer.state_dict().items() if k in own}
-                        | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
+    tok = snapshot_over_init(snapshot, type(base.tokenizer)(cfg), base.tokenizer.state_dict())
     # the entry tells an Engine how the network draws (its tile, `out_shrink`): the snapshot's shape
     return Model(dataclasses.replace(base.entry, config=cfg.to_dict()), cfg, tok.eval())
 

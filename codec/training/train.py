@@ -260,6 +260,17 @@ def load_snapshot(folder: Path, model: Tokenizer, ema: Tokenizer, disc: torch.nn
     return json.loads((folder / "state.json").read_text())["step"]
 
 
+def snapshot_over_init(folder: Path, model: Tokenizer, init: dict) -> Tokenizer:
+    """`model` holding a committed snapshot's EMA weights laid over its `init` weights, to read a decoder-only
+    run outside training (export, held-out checks): the init gives the frozen encoder, of which a lighter
+    decoder (`init_lighter`) takes only the weights it has."""
+    own = model.state_dict()
+    t = load_file(str(folder / "snapshot.safetensors"))
+    model.load_state_dict({k: v for k, v in init.items() if k in own}
+                          | {k[4:]: v.float() for k, v in t.items() if k.startswith("ema.")})
+    return model
+
+
 def init_distributed(device_type: str) -> tuple[int, int, str]:
     """(rank, world size, device): under torchrun (which sets RANK, WORLD_SIZE and LOCAL_RANK) one
     process per GPU over NCCL, or per share of the CPU over gloo; a plain process is rank 0 of 1."""
