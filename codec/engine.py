@@ -9,11 +9,13 @@ import numpy as np
 
 from . import tiling
 from .imaging import gray_of, resize
+from .net_onnx import threads
 from .network import open_network, pick_device  # noqa: F401  (pick_device re-exported)
 
 
 def default_batch(device: str) -> int:
-    return 64 if device == "cuda" else 4
+    """Tiles per network call: on the CPU enough for every thread to take one (net_onnx runs them side by side)."""
+    return 64 if device == "cuda" else max(4, threads())
 
 
 class Engine:

@@ -8,6 +8,7 @@ safetensors file stays the one copy of the weights.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,23 +27,38 @@ def has_graphs(entry: Entry) -> bool:
 
 
 def threads() -> int:
-    """Threads per network call: $ODP_THREADS, else 0 (ONNX Runtime's default: one per physical core)."""
-    value = os.environ.get("ODP_THREADS", "0")
-    return int(value) if value.isdigit() else 0
+    """Tiles run at once, one thread each: $ODP_THREADS, else one per core this process may use (at most
+    MAX_THREADS: each running tile holds its own activations)."""
+    value = os.environ.get("ODP_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_THREADS))
+
+
+MAX_THREADS = 8
 
 
 @lru_cache(maxsize=8)
 def _session(graph: Path):
-    """An ONNX Runtime session of `graph`, its weights read from the safetensors file beside it."""
+    """An ONNX Runtime session of `graph`, its weights read from the safetensors file beside it, one thread
+    per call: tiles run side by side instead (`_run`), which scales better than splitting a tile's small
+    products across threads (measured: docs/results.md, "Tiles side by side")."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads()
+    opts.intra_op_num_threads = 1
     try:
         return ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for a damaged or mismatched graph
         raise ModelNotFound(f"{graph.name} cannot run ({str(e).splitlines()[0][:200]}): reinstall ODP") from None
+
+
+@lru_cache(maxsize=1)
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per process (`pid`: a forked child starts its own, its parent's threads being gone)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="odp-tile")
 
 
 class OnnxNetwork:
@@ -53,13 +69,19 @@ class OnnxNetwork:
 
     def _run(self, part: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One tile per call: the graphs' 8-bit products quantize their input per call, so a batch would
-        make a tile's tokens and pixels depend on the tiles beside it (and one at a time is no slower)."""
+        make a tile's tokens and pixels depend on the tiles beside it. The calls of a batch run side by
+        side on `threads()` threads (ONNX Runtime lets go of the GIL), each tile's result as if alone."""
         session = _session(graph_path(self.entry, part))
         count = len(next(iter(feeds.values())))
         if any(len(v) != count for v in feeds.values()):
             raise ValueError(f"{part}: inputs of different batch sizes {[len(v) for v in feeds.values()]}")
-        return np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
-                               for i in range(count)])
+
+        def one(i: int) -> np.ndarray:
+            return session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
+
+        workers = min(threads(), count)
+        done = _pool(threads(), os.getpid()).map(one, range(count)) if workers > 1 else map(one, range(count))
+        return np.concatenate(list(done))
 
     def _cond(self, cond: np.ndarray | None) -> dict[str, np.ndarray]:
         return {} if cond is None else {"cond": np.ascontiguousarray(cond, np.uint8)}

@@ -158,10 +158,24 @@ def test_backend_and_device_errors(monkeypatch):
 
 
 def test_threads_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ODP_THREADS", "3")
+    assert net_onnx.threads() == 3
+    for unset in ("many", "0", ""):  # not a count: one thread per core, within the cap
+        monkeypatch.setenv("ODP_THREADS", unset)
+        assert 1 <= net_onnx.threads() <= net_onnx.MAX_THREADS
+
+
+def test_tiles_side_by_side_give_what_each_gives_alone(monkeypatch, refine_model, tiles):
+    """The ONNX backend runs a batch's tiles on several threads at once: each tile's tokens and pixels are
+    those it gets on one thread, in the batch's order."""
+    net = network.open_network(refine_model.entry, "cpu", "onnx")
+    cond = np.ascontiguousarray(tiles[::-1])
     monkeypatch.setenv("ODP_THREADS", "1")
-    assert net_onnx.threads() == 1
-    monkeypatch.setenv("ODP_THREADS", "many")
-    assert net_onnx.threads() == 0
+    alone = net.encode(tiles, cond)
+    pixels = net.decode(alone[:, :64], cond)
+    monkeypatch.setenv("ODP_THREADS", "3")
+    assert np.array_equal(net.encode(tiles, cond), alone)
+    assert np.array_equal(net.decode(alone[:, :64], cond), pixels)
 
 
 def test_refinement_stage_runs_on_both_backends(refine_model, tiles):
