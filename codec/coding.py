@@ -58,6 +58,8 @@ def _encode_prepared(p, options: EncodeOptions, engine: Engine, full_tokens: np.
     refine = options.refine and full_size and tokens is None
     ladder = ScaleLadder(p, engine, options.adaptive, full_tokens, refine, options.max_pixels,
                          base=refine and options.base and scale == "auto")
+    if max_bytes is None and target is None and tokens is None and scale == "auto":
+        ladder.warm_refined()  # the default: the whole file of both stages
     if not isinstance(scale, str):
         codeds = [ladder.full if scale == 1 else encode_at(p, scale, engine, options.adaptive)]
     else:

@@ -37,6 +37,12 @@ class Engine:
         self.out_tile = self.entry.out_tile  # ... and draws (smaller for a stage drawing at the display size)
         self.progress = progress
 
+    def warm(self, *parts: str) -> None:
+        """Let the network start opening what it will run ("encoder", "decoder") while the caller works on."""
+        warm = getattr(self.net, "warm", None)  # (ONNX Runtime sessions; torch builds its network at once)
+        if warm is not None:
+            warm(*parts)
+
     def _report(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(what, done, total)

@@ -8,7 +8,8 @@ safetensors file stays the one copy of the weights.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,8 +40,7 @@ def threads() -> int:
 MAX_THREADS = 8
 
 
-@lru_cache(maxsize=8)
-def _session(graph: Path):
+def _new_session(graph: Path):
     """An ONNX Runtime session of `graph`, its weights read from the safetensors file beside it, one thread
     per call: tiles run side by side instead (`_run`), which scales better than splitting a tile's small
     products across threads (measured: docs/results.md, "Tiles side by side")."""
@@ -55,10 +55,38 @@ def _session(graph: Path):
         raise ModelNotFound(f"{graph.name} cannot run ({str(e).splitlines()[0][:200]}): reinstall ODP") from None
 
 
+MAX_SESSIONS = 8  # sessions kept open (each holds its model's weights in fp32); the oldest closes first
+_sessions: dict[tuple[Path, int], Future] = {}
+_sessions_lock = threading.Lock()
+
+
 @lru_cache(maxsize=1)
 def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
     """One pool per process (`pid`: a forked child starts its own, its parent's threads being gone)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="odp-tile")
+
+
+def _session_future(graph: Path) -> Future:
+    """The session of `graph`, made once per process on the tile pool: asking early (`OnnxNetwork.warm`)
+    lets it start while the caller does other work."""
+    key = (graph, os.getpid())  # a forked child makes its own
+    with _sessions_lock:
+        future = _sessions.pop(key, None)
+        if future is None:
+            if len(_sessions) >= MAX_SESSIONS:
+                del _sessions[next(iter(_sessions))]  # the least recently asked for
+            future = _pool(threads(), os.getpid()).submit(_new_session, graph)
+        _sessions[key] = future
+        return future
+
+
+def _session(graph: Path):
+    try:
+        return _session_future(graph).result()
+    except ModelNotFound:  # not kept: a graph mended later opens
+        with _sessions_lock:
+            _sessions.pop((graph, os.getpid()), None)
+        raise
 
 
 class OnnxNetwork:
@@ -82,6 +110,12 @@ class OnnxNetwork:
         workers = min(threads(), count)
         done = _pool(threads(), os.getpid()).map(one, range(count)) if workers > 1 else map(one, range(count))
         return np.concatenate(list(done))
+
+    def warm(self, *parts: str) -> None:
+        """Start opening these graphs' sessions ("encoder", "decoder") in the background: each takes
+        0.05-0.1 s, which a caller that knows what it will run overlaps with its other work."""
+        for part in parts:
+            _session_future(graph_path(self.entry, part))
 
     def _cond(self, cond: np.ndarray | None) -> dict[str, np.ndarray]:
         return {} if cond is None else {"cond": np.ascontiguousarray(cond, np.uint8)}

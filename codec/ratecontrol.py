@@ -131,6 +131,7 @@ class ScaleLadder:
         self.stage_model = stage  # the refinement model's registry Entry, or None
         self.can_extend = stage is not None and stage_fits(width, height, EXTEND_SCALE, max_pixels)
         self._refined: Refined | None = None
+        self._refiner: Engine | None = None
         self._extended: Refined | None = None
         based = registry.base_model() if base else None
         if based is not None and not stage_fits(width, height, based.scale, max_pixels):
@@ -139,12 +140,21 @@ class ScaleLadder:
         self._thumbs: thumbnail.Candidates | None = None
         self._based: dict = {}   # whole version-4 files by base
 
+    def warm_refined(self) -> None:
+        """For a caller that will ask for `refined`: start opening the networks it runs (the first stage's
+        encoder and decoder, the refinement stage's encoder) while the first stage's work begins."""
+        if self.stage_model is not None:
+            e = self.engine
+            self._refiner = self._refiner or Engine(self.stage_model, e.device, e.batch, e.progress)
+            e.warm("encoder", "decoder")
+            self._refiner.warm("encoder")
+
     @property
     def refined(self) -> Refined | None:
         """The full-size file with the refinement stage after it (None without a refinement model)."""
         if self._refined is None and self.stage_model is not None:
             e = self.engine
-            refiner = Engine(self.stage_model, e.device, e.batch, e.progress)
+            refiner = self._refiner or Engine(self.stage_model, e.device, e.batch, e.progress)
             full = self.full
             so_far = render(full, full.data, e)
             data, tokens = refine(full.data, self.p.pixels, refiner, so_far=so_far)

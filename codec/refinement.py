@@ -86,6 +86,8 @@ def shown(data: bytes, device: str = "cpu", engines: dict | None = None, batch: 
         if bool(model.config.get("conditioned")) != bool(i or c.header.base):
             raise FormatError(f"stage {i + 1} names model '{model.name}', which is "
                               f"{'a' if model.config.get('conditioned') else 'no'} refinement model")
+    for stage in [c] + c.stages:  # their networks open while the tokens are read
+        engine_of(registry.find_by_hash(stage.header.model_id)).warm("decoder")
     stages = stream.read_stages(data, max_pixels, intact=strict)
     first = stages[0]
     if strict and not first.container.complete:

@@ -12,6 +12,7 @@ import pytest
 
 import odp
 from odp.codec import net_onnx, network, registry, tiling
+from odp.codec.errors import ModelNotFound
 from odp.codec.engine import Engine
 from odp.codec.quality import psnr
 from odp.codec.training.onnx import quantize_matmuls, safetensors_offsets
@@ -187,3 +188,23 @@ def test_refinement_stage_runs_on_both_backends(refine_model, tiles):
     a = assert_close(onnx_net, torch_net, tiles, cond, counts=(1, 64, 256))
     # the tokens refine: more of them bring the picture closer to the tiles than the picture so far
     assert psnr(onnx_net.decode(a, cond), tiles) > psnr(cond, tiles) + 3
+
+
+def test_sessions_open_once_ahead_of_use_and_a_broken_graph_is_not_kept(tmp_path, refine_model):
+    """`warm` starts opening a graph's session in the background; the network then runs that same session.
+    A graph that cannot open fails in one line each time it is asked for, and opens once it is mended."""
+    import shutil
+
+    net = network.open_network(refine_model.entry, "cpu", "onnx")
+    graph = net_onnx.graph_path(refine_model.entry, "decoder")
+    net.warm("decoder")
+    assert net_onnx._session(graph) is net_onnx._session_future(graph).result()
+
+    broken = tmp_path / graph.name
+    broken.write_bytes(b"not a graph")
+    shutil.copy(refine_model.entry.path, tmp_path / refine_model.entry.path.name)
+    for _ in range(2):
+        with pytest.raises(ModelNotFound, match="cannot run"):
+            net_onnx._session(broken)
+    shutil.copy(graph, broken)
+    assert net_onnx._session(broken).get_inputs()[0].name == "ids"
