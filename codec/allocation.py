@@ -11,6 +11,7 @@ import numpy as np
 from . import tiling
 from .engine import Engine
 from .stream import token_bits
+from .workers import run_all
 
 # Token counts at which the encoder decodes every tile to weigh it, and (the top ones) to find where
 # its later tokens stop helping. ENCODER_VERSION names what the encoder writes, for caches of its
@@ -132,15 +133,19 @@ def tile_features(pixels: np.ndarray, tile: int, bits: np.ndarray, counts) -> np
     """
     h, w = pixels.shape[:2]
     boxes = tiling.tile_boxes(w, h, tile)
-    detail = np.empty((len(boxes), len(FEATURE_SCALES)))
-    for i, t in enumerate(tiling.iter_tile_batches(pixels, tile, 1)):
+
+    def detail_of(i: int) -> list[float]:
         x0, y0, x1, y1 = boxes[i]
-        x = t[0].astype(np.float32)
-        for j, s in enumerate(FEATURE_SCALES):
+        x = next(tiling.iter_tile_batches(pixels[y0:y1, x0:x1], tile, 1))[0].astype(np.float32)
+        out = []
+        for s in FEATURE_SCALES:
             n = tile // s
             means = x.reshape(n, s, n, s, 3).mean((1, 3))
             diff = x - np.repeat(np.repeat(means, s, 0), s, 1)
-            detail[i, j] = np.log(np.mean(diff[:y1 - y0, :x1 - x0] ** 2) + 1)
+            out.append(np.log(np.mean(diff[:y1 - y0, :x1 - x0] ** 2) + 1))
+        return out
+
+    detail = np.array(run_all(detail_of, range(len(boxes))), np.float64).reshape(len(boxes), len(FEATURE_SCALES))
     per_token = np.cumsum(bits, 1) / np.arange(1, bits.shape[1] + 1)
     fixed = np.concatenate([detail, np.log(per_token[:, [15, -1]] + 0.1)], 1)
     at_k = np.log(per_token[:, np.asarray(counts) - 1] + 0.1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import tiling
 from .imaging import gray_of, resize
-from .net_onnx import threads
+from .workers import threads
 from .network import open_network, pick_device  # noqa: F401  (pick_device re-exported)
 
 

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from ..formats import container
 from .errors import InputError, OdpWarning, one_line, printable
+from .workers import bands, run_all
 
 METADATA = ("icc", "exif")
 # the image files that folder-wide commands (bench, training, the TUI) pick up
@@ -194,7 +195,10 @@ def _enlarge_axis(x: np.ndarray, scale: int, axis: int) -> np.ndarray:
 def enlarge_bicubic(pixels: np.ndarray, scale: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (scale H, scale W, 3) uint8, enlarged as a refinement stage's model was
     trained to see the picture so far (torch's bicubic on the same values, within one level)."""
-    out = _enlarge_axis(_enlarge_axis(pixels.astype(np.float32), scale, 0), scale, 1)
+    x = pixels.astype(np.float32)
+    # each pass cut across the other axis into bands, one per worker thread: the same values
+    tall = np.concatenate(run_all(lambda b: _enlarge_axis(x[:, b], scale, 0), bands(x.shape[1])), 1)
+    out = np.concatenate(run_all(lambda b: _enlarge_axis(tall[b], scale, 1), bands(tall.shape[0])), 0)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

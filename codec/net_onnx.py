@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelNotFound
 from .registry import Entry
+from .workers import pool, run_all
 
 
 def graph_path(entry: Entry, part: str) -> Path:
@@ -25,19 +25,6 @@ def graph_path(entry: Entry, part: str) -> Path:
 
 def has_graphs(entry: Entry) -> bool:
     return all(graph_path(entry, part).is_file() for part in ("encoder", "decoder"))
-
-
-def threads() -> int:
-    """Tiles run at once, one thread each: $ODP_THREADS, else one per core this process may use (at most
-    MAX_THREADS: each running tile holds its own activations)."""
-    value = os.environ.get("ODP_THREADS", "")
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, MAX_THREADS))
-
-
-MAX_THREADS = 8
 
 
 def _new_session(graph: Path):
@@ -60,12 +47,6 @@ _sessions: dict[tuple[Path, int], Future] = {}
 _sessions_lock = threading.Lock()
 
 
-@lru_cache(maxsize=1)
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """One pool per process (`pid`: a forked child starts its own, its parent's threads being gone)."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="odp-tile")
-
-
 def _session_future(graph: Path) -> Future:
     """The session of `graph`, made once per process on the tile pool: asking early (`OnnxNetwork.warm`)
     lets it start while the caller does other work."""
@@ -75,7 +56,7 @@ def _session_future(graph: Path) -> Future:
         if future is None:
             if len(_sessions) >= MAX_SESSIONS:
                 del _sessions[next(iter(_sessions))]  # the least recently asked for
-            future = _pool(threads(), os.getpid()).submit(_new_session, graph)
+            future = pool().submit(_new_session, graph)
         _sessions[key] = future
         return future
 
@@ -98,7 +79,7 @@ class OnnxNetwork:
     def _run(self, part: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """One tile per call: the graphs' 8-bit products quantize their input per call, so a batch would
         make a tile's tokens and pixels depend on the tiles beside it. The calls of a batch run side by
-        side on `threads()` threads (ONNX Runtime lets go of the GIL), each tile's result as if alone."""
+        side on the worker threads (workers.py; ONNX Runtime lets go of the GIL), each tile's result as if alone."""
         session = _session(graph_path(self.entry, part))
         count = len(next(iter(feeds.values())))
         if any(len(v) != count for v in feeds.values()):
@@ -107,9 +88,7 @@ class OnnxNetwork:
         def one(i: int) -> np.ndarray:
             return session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
 
-        workers = min(threads(), count)
-        done = _pool(threads(), os.getpid()).map(one, range(count)) if workers > 1 else map(one, range(count))
-        return np.concatenate(list(done))
+        return np.concatenate(run_all(one, range(count)))
 
     def warm(self, *parts: str) -> None:
         """Start opening these graphs' sessions ("encoder", "decoder") in the background: each takes

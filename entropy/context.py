@@ -270,6 +270,12 @@ class DigitContextModel(_Hidden):
         (empty) context: its hidden layer is computed once and shared by all of them."""
         if self._first_token_bits is None:
             pre = self.prepare(np.full((1, self.lags), self.alphabet), np.zeros(1, np.int64))
-            every = np.arange(self.alphabet)
-            self._first_token_bits = float(self._bits(np.repeat(pre, self.alphabet, 0), every).min())
+            # digit by digit, each table once per value of the digits below it (radix**k rows, not one per
+            # token): bits[lower] of every value of the k lower digits, summed in the order _bits sums them
+            bits = np.zeros(1)
+            for k in range(self.digits):
+                lower = np.arange(self.radix ** k)
+                f = self.digit_frequencies(np.repeat(pre, len(lower), 0), lower, k)   # (radix**k, radix)
+                bits = (bits[:, None] + (PRECISION_BITS - np.log2(f))).T.reshape(-1)  # token = lower + d * radix**k
+            self._first_token_bits = float(bits[:self.alphabet].min())
         return self._first_token_bits

@@ -79,3 +79,15 @@ def test_caps_fall_where_training_tiles_end():
     mse[:, :] = np.linspace(1, 2, len(counts))  # every tile best at 4 tokens: caps stay in the tail
     assert allocfit.cap_counts(mse).tolist() == [256]
     assert set(registry.find().allocation["cap_counts"]) <= set(counts[counts >= allocation.PREDICTED_CAP_FLOOR])
+
+
+def test_work_split_across_threads_gives_the_same_values(adaptive_photo, monkeypatch):
+    """The encoder's array work runs in parts on the worker threads (workers.py): the enlarged picture and
+    the tiles' features are the same, value for value, on one thread and on three (an odd edge tile too)."""
+    pixels = np.asarray(adaptive_photo)[:300, :500]
+    bits = np.random.default_rng(0).uniform(2, 12, (len(tiling.tile_boxes(500, 300, 256)), 256))
+    results = []
+    for n in ("1", "3"):
+        monkeypatch.setenv("ODP_THREADS", n)
+        results.append((imaging.enlarge_bicubic(pixels, 2), allocation.tile_features(pixels, 256, bits, [1, 64, 256])))
+    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])

@@ -205,6 +205,10 @@ def test_digit_tables_are_exact_and_equal_the_integer_reference(digit_context):
     picked = np.take_along_axis(tables, coder.digits_of(every, m)[:, :, None], 2)[:, :, 0]
     np.testing.assert_allclose(first, (24 - np.log2(picked)).sum(1))
     assert 0 < m.first_token_bits() <= first.min() + 1e-9
+    # and it is the cheapest first token of all, exactly (computed digit by digit, not token by token)
+    all_tokens = np.arange(m.alphabet)
+    cheapest = m.token_bits(np.full((m.alphabet, m.lags), m.alphabet), np.zeros(m.alphabet, np.int64), all_tokens).min()
+    assert m.first_token_bits() == cheapest
 
 
 def test_digit_model_refuses_tensors_that_do_not_fit():

@@ -27,7 +27,7 @@ TORCH_FREE_CODEC = {"odp.codec.errors", "odp.codec.imaging", "odp.codec.options"
                     "odp.codec.stream", "odp.codec.evaluation.settings", "odp.codec.tiling", "odp.codec.quality",
                     "odp.codec.network", "odp.codec.net_onnx", "odp.codec.engine", "odp.codec.allocation",
                     "odp.codec.ratecontrol", "odp.codec.coding", "odp.codec.distributed", "odp.codec.refinement",
-                    "odp.codec.thumbnail", "odp.codec.packed"}
+                    "odp.codec.thumbnail", "odp.codec.packed", "odp.codec.workers"}
 # network.py's lazy imports: torch itself (is CUDA there?) and the torch backend
 TORCH_DOORS = {("odp.codec.network", "odp.codec.net_torch"), ("odp.codec.network", "torch")}
 # what the faces (cli/, tui/, the Pillow plugin) may import from odp besides themselves

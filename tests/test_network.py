@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import odp
-from odp.codec import net_onnx, network, registry, tiling
+from odp.codec import net_onnx, network, registry, tiling, workers
 from odp.codec.errors import ModelNotFound
 from odp.codec.engine import Engine
 from odp.codec.quality import psnr
@@ -160,10 +160,11 @@ def test_backend_and_device_errors(monkeypatch):
 
 def test_threads_from_the_environment(monkeypatch):
     monkeypatch.setenv("ODP_THREADS", "3")
-    assert net_onnx.threads() == 3
+    assert workers.threads() == 3
+    assert [(b.start, b.stop) for b in workers.bands(10)] == [(0, 3), (3, 6), (6, 10)]
     for unset in ("many", "0", ""):  # not a count: one thread per core, within the cap
         monkeypatch.setenv("ODP_THREADS", unset)
-        assert 1 <= net_onnx.threads() <= net_onnx.MAX_THREADS
+        assert 1 <= workers.threads() <= workers.MAX_THREADS
 
 
 def test_tiles_side_by_side_give_what_each_gives_alone(monkeypatch, refine_model, tiles):

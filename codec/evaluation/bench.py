@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ...formats import container
-from .. import coding, net_onnx, network, ratecontrol, registry, stream, thumbnail, tiling
+from .. import coding, network, ratecontrol, registry, stream, thumbnail, tiling, workers
 from ..allocation import ALLOCATION_GRID, ENCODER_VERSION
 from ..engine import Engine, pick_device
 from ..imaging import IMAGE_SUFFIXES, Prepared
@@ -711,7 +711,7 @@ def run(folder: Path, out: Path, budgets=BUDGETS, metric_names=metrics.METRICS, 
     meta = {**settings, "folder": str(folder), "images": names, "device": dev, "seconds_total": elapsed,
             "seconds_measuring_all_parts": measured_s, "backend": Engine(model, "cpu").backend,
             "torch": _torch_version(), "platform": platform.platform(),
-            "cpu_threads": net_onnx.threads(), "model": model.name}
+            "cpu_threads": workers.threads(), "model": model.name}
     (out / "points.json").write_text(json.dumps({"settings": meta, "points": points, "summary": summary,
                                                  "comparison": comparison, "bd_rate": bd, "speed": speed,
                                                  "odp_stats": odp_stats}, indent=1))
