@@ -144,17 +144,21 @@ class ScaleLadder:
         """For a caller that will ask for `refined`: start opening the networks it runs (the first stage's
         encoder and decoder, the refinement stage's encoder) while the first stage's work begins."""
         if self.stage_model is not None:
+            self.engine.warm("encoder", "decoder")
+            self._refiner_engine().warm("encoder")
+
+    def _refiner_engine(self) -> Engine:
+        """The refinement stage's Engine, made once (on the first stage's device, batch and progress)."""
+        if self._refiner is None:
             e = self.engine
-            self._refiner = self._refiner or Engine(self.stage_model, e.device, e.batch, e.progress)
-            e.warm("encoder", "decoder")
-            self._refiner.warm("encoder")
+            self._refiner = Engine(self.stage_model, e.device, e.batch, e.progress)
+        return self._refiner
 
     @property
     def refined(self) -> Refined | None:
         """The full-size file with the refinement stage after it (None without a refinement model)."""
         if self._refined is None and self.stage_model is not None:
-            e = self.engine
-            refiner = self._refiner or Engine(self.stage_model, e.device, e.batch, e.progress)
+            e, refiner = self.engine, self._refiner_engine()
             full = self.full
             so_far = render(full, full.data, e)
             data, tokens = refine(full.data, self.p.pixels, refiner, so_far=so_far)

@@ -81,13 +81,15 @@ def shown(data: bytes, device: str = "cpu", engines: dict | None = None, batch: 
         return engines[entry.name]
 
     c = container.read(data, max_pixels)
+    models = []
     for i, stage in enumerate([c] + c.stages):  # before any decoding
         model = registry.find_by_hash(stage.header.model_id)
+        models.append(model)
         if bool(model.config.get("conditioned")) != bool(i or c.header.base):
             raise FormatError(f"stage {i + 1} names model '{model.name}', which is "
                               f"{'a' if model.config.get('conditioned') else 'no'} refinement model")
-    for stage in [c] + c.stages:  # their networks open while the tokens are read
-        engine_of(registry.find_by_hash(stage.header.model_id)).warm("decoder")
+    for model in models:  # their networks open while the tokens are read
+        engine_of(model).warm("decoder")
     stages = stream.read_stages(data, max_pixels, intact=strict)
     first = stages[0]
     if strict and not first.container.complete:
